@@ -1,0 +1,136 @@
+//! The command line, built from the task registry so that each task's inputs, options and
+//! examples appear under `zoo run <task> --help` without the CLI knowing any task.
+
+use clap::{Arg, ArgAction, Command};
+use zoo_runtime::{Registry, Task};
+
+const ABOUT: &str = "Run pretrained neural networks on your own machine, offline once the weights are cached.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  zoo list                                   tasks, their models, what is downloaded
+  zoo run image-classification photo.jpg     classify with the bundled default model
+  zoo run image-classification photos/ --json > labels.jsonl
+  zoo download image-classification          fetch a task's models for offline use
+  zoo info efficientnet-lite0                a model's source, licence, files and quality
+
+Models are named by catalogue id (see `zoo list`), by Hugging Face Hub id with an optional
+revision (owner/name@revision), or by a local folder (./my-model).
+
+Environment:
+  HF_HUB_CACHE, HF_HOME   where downloaded models live (default ~/.cache/huggingface/hub,
+                          shared with Python's huggingface_hub)
+  HF_ENDPOINT             the Hub to download from (default https://huggingface.co)
+  HF_HUB_OFFLINE=1        never touch the network (same as --offline)
+  HF_TOKEN                token for private or gated repositories
+
+Exit status: 0 success, 1 a run or download failed (for any input), 2 usage error.";
+
+fn offline_arg() -> Arg {
+    Arg::new("offline")
+        .long("offline")
+        .action(ArgAction::SetTrue)
+        .global(true)
+        .help("Never touch the network; use only cached and bundled models (also HF_HUB_OFFLINE=1)")
+}
+
+fn json_arg(help: &'static str) -> Arg {
+    Arg::new("json").long("json").action(ArgAction::SetTrue).help(help)
+}
+
+pub fn command(registry: &Registry) -> Command {
+    let mut run = Command::new("run")
+        .about("Run a task's model on inputs")
+        .long_about("Run a task's model on inputs. Each task has its own options: `zoo run <task> --help`.")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand_value_name("TASK")
+        .subcommand_help_heading("Tasks");
+    for task in registry.tasks() {
+        run = run.subcommand(run_task_command(task));
+    }
+    Command::new("zoo")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(ABOUT)
+        .after_help(AFTER_HELP)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .arg(offline_arg())
+        .subcommand(
+            Command::new("list")
+                .about("List tasks and their models, marking defaults and what is available offline")
+                .arg(json_arg("Print one JSON object per model")),
+        )
+        .subcommand(
+            Command::new("download")
+                .about("Download models into the Hugging Face cache for offline use")
+                .long_about(
+                    "Download models into the Hugging Face cache for offline use. Name tasks (all their \
+                     catalogue models), catalogue ids, or Hub ids. Files already cached are checked against \
+                     the catalogue's sha256 and fetched again if damaged; interrupted downloads resume.",
+                )
+                .arg(Arg::new("models").value_name("TASK|MODEL").num_args(1..).required(true))
+                .arg(json_arg("Print one JSON object per model"))
+                .after_help("Examples:\n  zoo download image-classification\n  zoo download timm/tf_efficientnet_lite0.in1k"),
+        )
+        .subcommand(
+            Command::new("info")
+                .about("Show a model's source, licence, quality and files")
+                .arg(Arg::new("model").value_name("MODEL").required(true))
+                .arg(json_arg("Print the information as one JSON object")),
+        )
+        .subcommand(run)
+}
+
+fn run_task_command(task: &dyn Task) -> Command {
+    let input = task.input();
+    let models: Vec<String> = task
+        .models()
+        .iter()
+        .map(|m| format!("  {}{}  {}", m.id, if m.default { " (default)" } else { "" }, m.summary))
+        .collect();
+    let mut after = format!("Models in the catalogue:\n{}", models.join("\n"));
+    if !task.examples().is_empty() {
+        after.push_str("\n\nExamples:\n");
+        after.push_str(&task.examples().iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"));
+    }
+    let mut cmd = Command::new(task.name())
+        .about(task.summary())
+        .visible_aliases(task.aliases().iter().copied())
+        .after_help(after)
+        .arg(Arg::new("inputs").value_name("INPUT").num_args(1..).required(true).help(input.description))
+        .arg(
+            Arg::new("model")
+                .short('m')
+                .long("model")
+                .value_name("MODEL")
+                .help("Catalogue id, Hub id (owner/name[@revision]) or local folder [default: the task's default]"),
+        )
+        .arg(json_arg("Print one JSON object per input (JSON Lines), in input order"))
+        .arg(
+            Arg::new("device")
+                .long("device")
+                .value_name("DEVICE")
+                .default_value("cpu")
+                .help("cpu, cuda, cuda:N or metal (GPU builds only)"),
+        )
+        .arg(
+            Arg::new("threads")
+                .long("threads")
+                .value_name("N")
+                .value_parser(clap::value_parser!(usize))
+                .help("CPU threads to use [default: all cores]"),
+        );
+    for option in task.options() {
+        let mut arg = Arg::new(option.name).long(option.name).help(option.help).help_heading("Task options");
+        arg = match option.value_name {
+            Some(value_name) => arg.value_name(value_name).action(ArgAction::Set),
+            None => arg.action(ArgAction::SetTrue),
+        };
+        if let Some(default) = option.default {
+            arg = arg.default_value(default);
+        }
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}

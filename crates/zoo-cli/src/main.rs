@@ -1,0 +1,57 @@
+//! `zoo`: a thin command line over zoo-runtime and the registered tasks.
+
+mod cli;
+mod commands;
+mod tasks;
+
+use std::process::ExitCode;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+/// Exit codes: 0 success, 1 the work failed (for any input), 2 the command line was wrong.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let registry = tasks::registry();
+    let matches = match cli::command(&registry).try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_error(e, &registry),
+    };
+    match commands::dispatch(&registry, &matches) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zoo: error: {}", one_line(&e));
+            let usage = e.downcast_ref::<zoo_runtime::Error>().is_some_and(|e| e.is_usage());
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
+        }
+    }
+}
+
+/// The error and its causes on one line, so each failure is one line of stderr.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
+}
+
+/// Help and version print as clap renders them; errors become one line naming what was wrong.
+fn clap_error(e: clap::Error, registry: &zoo_runtime::Registry) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { EXIT_USAGE } else { 0 });
+    }
+    let message = match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
+        (ErrorKind::InvalidSubcommand, Some(ContextValue::String(name))) if std::env::args().nth(1).as_deref() == Some("run") => {
+            let known: Vec<&str> = registry.tasks().map(|t| t.name()).collect();
+            format!("unknown task '{name}'; known tasks: {} (see `zoo list`)", known.join(", "))
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:"));
+            let first = lines.next().unwrap_or("invalid command line").trim_start_matches("error: ").to_string();
+            let tips: Vec<&str> = lines.filter(|l| l.starts_with("tip:")).collect();
+            if tips.is_empty() { first } else { format!("{first} ({})", tips.join("; ")) }
+        }
+    };
+    eprintln!("zoo: error: {message} (see --help)");
+    ExitCode::from(EXIT_USAGE)
+}

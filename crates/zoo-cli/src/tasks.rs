@@ -1,0 +1,12 @@
+//! The one place tasks are registered. Adding a task: a crate in `tasks/`, a dependency (and
+//! feature) in this crate's Cargo.toml, and one line here.
+
+use zoo_runtime::Registry;
+
+pub fn registry() -> Registry {
+    #[allow(unused_mut)]
+    let mut registry = Registry::new();
+    #[cfg(feature = "image-classification")]
+    registry.register(zoo_image_classification::ImageClassification);
+    registry
+}

@@ -1,0 +1,25 @@
+//! zoo's shared runtime: the task contract and registry, the model catalogue, model resolution
+//! and Hub downloads into the standard Hugging Face cache, weights loading, devices, inputs, errors.
+
+pub mod bundled;
+pub mod catalog;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod hub;
+pub mod image_io;
+pub mod inputs;
+pub mod model;
+pub mod progress;
+pub mod task;
+
+pub use catalog::{Catalog, CatalogEntry};
+pub use error::{Error, Result};
+pub use hub::HubSettings;
+pub use model::{Model, ModelFile, ModelRef};
+pub use task::{Context, Input, InputSource, InputSpec, Prediction, PredictionResult, Registry, Runner, Task, TaskArgs, TaskOption};
+
+// Re-exported so task crates build on the same versions.
+pub use candle_core;
+pub use candle_nn;
+pub use image;

@@ -1,0 +1,216 @@
+//! The contract between zoo and a task plugin.
+//!
+//! A task is a unit struct implementing [`Task`]: it names itself, describes its inputs and
+//! options, and loads a [`Runner`] from a resolved [`Model`]. The runner turns batches of
+//! [`Input`]s into [`Prediction`]s, which render for people and as JSON. The CLI knows nothing
+//! task-specific: everything it shows or parses comes through these traits.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use crate::catalog::{Catalog, CatalogEntry};
+use crate::error::{Error, Result};
+use crate::hub::HubSettings;
+use crate::model::Model;
+
+/// What a task reads, for `--help`, for expanding folders into files, and for stdin.
+#[derive(Debug, Clone, Copy)]
+pub struct InputSpec {
+    /// Shown in help, e.g. "image files (JPEG, PNG, WebP, BMP, GIF), folders or globs".
+    pub description: &'static str,
+    /// Lower-case extensions picked from folders and globs.
+    pub extensions: &'static [&'static str],
+    /// Whether `-` reads the input from stdin.
+    pub stdin: bool,
+}
+
+/// A task-specific command-line option, e.g. `--top-k N`.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskOption {
+    /// The long name without dashes.
+    pub name: &'static str,
+    /// `Some("N")` for an option taking a value; `None` for a flag.
+    pub value_name: Option<&'static str>,
+    pub help: &'static str,
+    pub default: Option<&'static str>,
+}
+
+/// Values of a task's options as given on the command line (defaults filled in by the caller).
+#[derive(Debug, Clone, Default)]
+pub struct TaskArgs {
+    values: HashMap<String, String>,
+}
+
+impl TaskArgs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&mut self, name: &str, value: impl Into<String>) -> &mut Self {
+        self.values.insert(name.to_string(), value.into());
+        self
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.values.get(name).is_some_and(|v| v == "true")
+    }
+
+    /// Parses an option's value; a value that does not parse is a usage error naming the option.
+    pub fn parse<T: FromStr>(&self, name: &str) -> Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let Some(raw) = self.value(name) else { return Ok(None) };
+        raw.parse().map(Some).map_err(|e: T::Err| Error::InvalidOption {
+            option: name.to_string(),
+            value: raw.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// One input of a run: a file, or bytes read from stdin.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// What outputs call it: the path as given, or `-`.
+    pub name: String,
+    pub source: InputSource,
+}
+
+#[derive(Debug, Clone)]
+pub enum InputSource {
+    File(PathBuf),
+    Stdin(std::sync::Arc<[u8]>),
+}
+
+impl Input {
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        Input { name: path.display().to_string(), source: InputSource::File(path) }
+    }
+
+    /// The path errors name (`-` for stdin).
+    pub fn path(&self) -> &Path {
+        match &self.source {
+            InputSource::File(path) => path,
+            InputSource::Stdin(_) => Path::new("-"),
+        }
+    }
+
+    /// The whole input. Files are read once, here; a missing or unreadable file is an error
+    /// naming it.
+    pub fn read(&self) -> Result<Cow<'_, [u8]>> {
+        match &self.source {
+            InputSource::Stdin(bytes) => Ok(Cow::Borrowed(bytes)),
+            InputSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    let reason = match e.kind() {
+                        std::io::ErrorKind::NotFound => "no such file".to_string(),
+                        std::io::ErrorKind::IsADirectory => "is a folder, not a file".to_string(),
+                        _ => e.to_string(),
+                    };
+                    Error::input(path, reason)
+                })?;
+                if bytes.is_empty() {
+                    return Err(Error::input(path, "the file is empty"));
+                }
+                Ok(Cow::Owned(bytes))
+            }
+        }
+    }
+}
+
+/// What every task's loader gets besides the model.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub device: Device,
+    pub hub: HubSettings,
+    /// Whether progress bars may be drawn (they are, only on a terminal).
+    pub progress: bool,
+}
+
+/// The result for one input, as the task chooses to show it.
+pub trait Prediction: Send {
+    /// Fields of the input's JSON object; the caller adds `input` and `model`.
+    fn json(&self) -> serde_json::Map<String, serde_json::Value>;
+    /// Lines for a person, without the input's name (the caller prints that).
+    fn human(&self) -> String;
+}
+
+pub type PredictionResult = Result<Box<dyn Prediction>>;
+
+/// A loaded model, ready to run many inputs.
+pub trait Runner {
+    /// How many inputs [`Runner::run`] takes at once.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// One result per input, in order; one bad input does not spoil the others.
+    fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult>;
+}
+
+/// A task plugin. Register it in the CLI's task list; nothing else in zoo names it.
+pub trait Task: Send + Sync {
+    /// Canonical name, as in the catalogue: `image-classification`.
+    fn name(&self) -> &'static str;
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// One line for `zoo list` and `--help`.
+    fn summary(&self) -> &'static str;
+    fn input(&self) -> InputSpec;
+    fn options(&self) -> &'static [TaskOption] {
+        &[]
+    }
+    /// Command lines shown under `zoo run <task> --help`.
+    fn examples(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The catalogue's models for this task.
+    fn models(&self) -> Vec<&'static CatalogEntry> {
+        Catalog::bundled().for_task(self.name()).collect()
+    }
+    /// Builds a runner: reads the model's files, checks the options (a bad value is a usage
+    /// error, reported before any input is read).
+    fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>>;
+}
+
+/// The tasks a build of zoo knows, in the order they were registered.
+#[derive(Default)]
+pub struct Registry {
+    tasks: Vec<Box<dyn Task>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, task: impl Task + 'static) -> &mut Self {
+        self.tasks.push(Box::new(task));
+        self
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &dyn Task> {
+        self.tasks.iter().map(|t| t.as_ref())
+    }
+
+    pub fn find(&self, name: &str) -> Result<&dyn Task> {
+        let name = name.to_ascii_lowercase();
+        self.tasks()
+            .find(|t| t.name() == name || t.aliases().contains(&name.as_str()))
+            .ok_or_else(|| Error::UnknownTask {
+                name,
+                known: self.tasks().map(|t| t.name()).collect::<Vec<_>>().join(", "),
+            })
+    }
+}

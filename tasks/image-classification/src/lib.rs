@@ -1,0 +1,269 @@
+//! zoo task: image classification.
+//!
+//! Runs timm's EfficientNet-Lite family (the bundled default, `efficientnet-lite0`) and Hugging
+//! Face `ViTForImageClassification` checkpoints. Images are decoded by the runtime (format sniffed,
+//! EXIF orientation applied, size limits checked), preprocessed as each model family expects, and
+//! classified in batches; each input gets its top-k labels with probabilities.
+
+pub mod efficientnet;
+pub mod hf;
+pub mod kernels;
+pub mod preprocess;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_transformers::models::vit;
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
+use zoo_runtime::{Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs, TaskOption};
+
+use crate::efficientnet::EfficientNetLite;
+use crate::hf::{HfConfig, PreprocessorConfig};
+use crate::preprocess::Preprocess;
+
+pub struct ImageClassification;
+
+const OPTIONS: &[TaskOption] = &[
+    TaskOption { name: "top-k", value_name: Some("N"), help: "How many of the most likely labels to show per image", default: Some("5") },
+    TaskOption { name: "batch-size", value_name: Some("N"), help: "Images per forward pass", default: Some("8") },
+    TaskOption {
+        name: "max-pixels",
+        value_name: Some("N"),
+        help: "Refuse images with more pixels than this (read from the header, before decoding)",
+        default: Some("100000000"),
+    },
+];
+
+impl Task for ImageClassification {
+    fn name(&self) -> &'static str {
+        "image-classification"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["classify", "image"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "Name what a photo shows (ImageNet's 1000 classes by default)"
+    }
+
+    fn input(&self) -> InputSpec {
+        InputSpec {
+            description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
+            extensions: IMAGE_EXTENSIONS,
+            stdin: true,
+        }
+    }
+
+    fn options(&self) -> &'static [TaskOption] {
+        OPTIONS
+    }
+
+    fn examples(&self) -> &'static [&'static str] {
+        &[
+            "zoo run image-classification photo.jpg",
+            "zoo run image-classification photos/ --top-k 3 --json",
+            "zoo run image-classification photo.jpg --model google/vit-base-patch16-224",
+        ]
+    }
+
+    fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
+        let top_k: usize = args.parse("top-k")?.unwrap_or(5);
+        let batch_size: usize = args.parse("batch-size")?.unwrap_or(8);
+        let max_pixels: u64 = args.parse("max-pixels")?.unwrap_or(image_io::DEFAULT_MAX_PIXELS);
+        for (name, value) in [("top-k", top_k), ("batch-size", batch_size)] {
+            if value == 0 {
+                return Err(Error::InvalidOption { option: name.into(), value: "0".into(), reason: "must be at least 1".into() });
+            }
+        }
+        let mut classifier = Classifier::load(model, &ctx.device)?;
+        classifier.top_k = top_k.min(classifier.labels.len());
+        classifier.batch_size = batch_size;
+        classifier.max_pixels = max_pixels;
+        Ok(Box::new(classifier))
+    }
+}
+
+enum Network {
+    Lite(EfficientNetLite),
+    Vit(vit::Model),
+}
+
+/// A loaded image classifier.
+pub struct Classifier {
+    network: Network,
+    preprocess: Preprocess,
+    labels: Vec<String>,
+    device: Device,
+    top_k: usize,
+    batch_size: usize,
+    max_pixels: u64,
+}
+
+impl Classifier {
+    /// Builds the network `config.json` describes: timm's `architecture` field for
+    /// EfficientNet-Lite, transformers' `architectures` list for ViT.
+    pub fn load(model: &Model, device: &Device) -> Result<Self> {
+        let config: Value = model.json("config.json")?;
+        let timm_arch = config.get("architecture").and_then(Value::as_str).map(str::to_string);
+        let hf: HfConfig = serde_json::from_value(config.clone()).map_err(|e| Error::model(&model.id, e))?;
+        let bad = |e: candle_core::Error| Error::model(&model.id, e);
+        let (network, preprocess, labels) = match (&timm_arch, hf.architectures.first()) {
+            (Some(arch), _) if arch.starts_with("tf_efficientnet_lite") => {
+                let vb = model.var_builder("model.safetensors", DType::F32, device)?;
+                let net = EfficientNetLite::load(vb).map_err(bad)?;
+                let labels = timm_labels(model, &config, net.num_classes)?;
+                let cfg = config.get("pretrained_cfg").unwrap_or(&config);
+                let crop = cfg.pointer("/input_size/1").and_then(Value::as_u64).unwrap_or(224) as u32;
+                let crop_pct = cfg.get("crop_pct").and_then(Value::as_f64).unwrap_or(0.875) as f32;
+                (Network::Lite(net), Preprocess::efficientnet_lite(crop, crop_pct), labels)
+            }
+            (_, Some(arch)) if arch == "ViTForImageClassification" => {
+                let cfg: vit::Config = serde_json::from_value(config.clone())
+                    .map_err(|e| Error::model(&model.id, format!("config.json: {e}")))?;
+                let labels = hf.labels().ok_or_else(|| Error::model(&model.id, "config.json: id2label must name classes 0..n"))?;
+                let vb = model.var_builder("model.safetensors", DType::F32, device)?;
+                let net = vit::Model::new(&cfg, labels.len(), vb).map_err(bad)?;
+                let processor: Option<PreprocessorConfig> = model.optional_json("preprocessor_config.json")?;
+                let preprocess = PreprocessorConfig::to_preprocess(processor.as_ref(), cfg.image_size as u32);
+                (Network::Vit(net), preprocess, labels)
+            }
+            (timm, hf_arch) => {
+                let found = timm.clone().or(hf_arch.cloned()).unwrap_or_else(|| "none given".into());
+                return Err(Error::model(
+                    &model.id,
+                    format!("unsupported architecture ({found}); image classification runs timm tf_efficientnet_lite0..4 and transformers ViTForImageClassification"),
+                ));
+            }
+        };
+        Ok(Classifier { network, preprocess, labels, device: device.clone(), top_k: 5, batch_size: 8, max_pixels: image_io::DEFAULT_MAX_PIXELS })
+    }
+
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.preprocess
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits for a batch prepared by [`Preprocess::tensor`] (concatenated on dim 0).
+    pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.network {
+            Network::Lite(net) => net.forward(x),
+            Network::Vit(net) => net.forward(x),
+        }
+    }
+
+    /// Decodes and preprocesses one input into a (1, ...) tensor.
+    pub fn prepare(&self, input: &Input) -> Result<Tensor> {
+        let image = image_io::decode(input, self.max_pixels)?;
+        let rgb = self.preprocess.to_rgb(&image);
+        Ok(self.preprocess.tensor(&rgb, &self.device)?)
+    }
+
+    /// Top-k labels for each row of `logits`.
+    pub fn top_k(&self, logits: &Tensor, k: usize) -> candle_core::Result<Vec<Classification>> {
+        let probs = candle_nn::ops::softmax_last_dim(logits)?.to_vec2::<f32>()?;
+        Ok(probs
+            .into_iter()
+            .map(|row| {
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                let predictions = order[..k.min(row.len())]
+                    .iter()
+                    .map(|&index| Label { index, label: self.labels[index].clone(), score: row[index] })
+                    .collect();
+                Classification { predictions }
+            })
+            .collect())
+    }
+}
+
+impl Runner for Classifier {
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
+        // Decoding and resizing are independent per image; the network then runs once per batch.
+        let prepared: Vec<Result<Tensor>> = batch.par_iter().map(|input| self.prepare(input)).collect();
+        let ready: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let mut outputs = if ready.is_empty() {
+            Vec::new()
+        } else {
+            let run = Tensor::cat(&ready, 0).and_then(|x| self.logits(&x)).and_then(|l| self.top_k(&l, self.top_k));
+            match run {
+                Ok(outputs) => outputs,
+                Err(e) => {
+                    let message = e.to_string();
+                    return batch
+                        .iter()
+                        .map(|input| Err(Error::input(input.path(), format!("classification failed: {message}"))))
+                        .collect();
+                }
+            }
+        }
+        .into_iter();
+        prepared
+            .into_iter()
+            .map(|p| p.map(|_| Box::new(outputs.next().expect("one output per prepared image")) as Box<dyn Prediction>))
+            .collect()
+    }
+}
+
+/// One label with its probability.
+#[derive(Debug, Clone, Serialize)]
+pub struct Label {
+    pub index: usize,
+    pub label: String,
+    pub score: f32,
+}
+
+/// The result for one image: its most likely labels, best first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    pub predictions: Vec<Label>,
+}
+
+impl Prediction for Classification {
+    fn json(&self) -> serde_json::Map<String, Value> {
+        let mut map = serde_json::Map::new();
+        map.insert("predictions".into(), serde_json::to_value(&self.predictions).expect("labels serialise"));
+        map
+    }
+
+    fn human(&self) -> String {
+        self.predictions
+            .iter()
+            .map(|p| format!("{:>6.2}%  {} ({})", p.score * 100.0, p.label, p.index))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// timm checkpoints name their classes in a file beside the config, in `label_names`, or not at
+/// all; an unnamed 1000-class head is ImageNet-1k, whose names are bundled.
+fn timm_labels(model: &Model, config: &Value, classes: usize) -> Result<Vec<String>> {
+    let labels: Vec<String> = if let Some(file) = config.get("label_names_file").and_then(Value::as_str) {
+        model.file(file)?.text()?.lines().map(str::to_string).collect()
+    } else if let Some(names) = config.get("label_names").and_then(Value::as_array) {
+        names.iter().map(|n| n.as_str().unwrap_or_default().to_string()).collect()
+    } else if classes == 1000 {
+        let bytes = zoo_runtime::bundled::file(IMAGENET_LABELS).expect("ImageNet labels are bundled");
+        String::from_utf8_lossy(bytes).lines().map(str::to_string).collect()
+    } else {
+        (0..classes).map(|i| format!("class {i}")).collect()
+    };
+    if labels.len() != classes {
+        return Err(Error::model(&model.id, format!("{} label names for {classes} classes", labels.len())));
+    }
+    Ok(labels)
+}
+
+const IMAGENET_LABELS: &str = "efficientnet-lite0/labels.txt";

@@ -1,0 +1,84 @@
+//! Turning a decoded image into the network's input, as each model family was trained.
+
+use candle_core::{Device, Result, Tensor};
+use image::imageops::FilterType;
+use image::{DynamicImage, RgbImage};
+
+/// How a model wants its pixels.
+#[derive(Debug, Clone)]
+pub struct Preprocess {
+    pub resize: Resize,
+    pub filter: FilterType,
+    /// Per channel: x = (pixel - offset) / scale, with pixel in 0..255.
+    pub offset: [f32; 3],
+    pub scale: [f32; 3],
+    /// NHWC (true) or NCHW (false).
+    pub channels_last: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Resize {
+    /// Shorter side to `shorter`, then the centre `crop` x `crop` (timm / TF eval).
+    ShorterThenCrop { shorter: u32, crop: u32 },
+    /// Straight to height x width, aspect ignored (Hugging Face ViT image processors).
+    Exact { height: u32, width: u32 },
+}
+
+impl Preprocess {
+    /// EfficientNet-Lite as TensorFlow evaluated it: shorter side 256 (= 224 / 0.875), centre crop
+    /// 224, bilinear with antialias, (x - 127) / 128.
+    pub fn efficientnet_lite(crop: u32, crop_pct: f32) -> Self {
+        Preprocess {
+            resize: Resize::ShorterThenCrop { shorter: (crop as f32 / crop_pct).round() as u32, crop },
+            filter: FilterType::Triangle,
+            offset: [127.0; 3],
+            scale: [128.0; 3],
+            channels_last: true,
+        }
+    }
+
+    pub fn output_hw(&self) -> (u32, u32) {
+        match self.resize {
+            Resize::ShorterThenCrop { crop, .. } => (crop, crop),
+            Resize::Exact { height, width } => (height, width),
+        }
+    }
+
+    pub fn to_rgb(&self, image: &DynamicImage) -> RgbImage {
+        let rgb = image.to_rgb8();
+        match self.resize {
+            Resize::ShorterThenCrop { shorter, crop } => {
+                let (w, h) = rgb.dimensions();
+                let r = shorter as f64 / w.min(h) as f64;
+                let nw = ((w as f64 * r).round() as u32).max(shorter);
+                let nh = ((h as f64 * r).round() as u32).max(shorter);
+                let resized = image::imageops::resize(&rgb, nw, nh, self.filter);
+                let (left, top) = ((nw - crop) / 2, (nh - crop) / 2);
+                image::imageops::crop_imm(&resized, left, top, crop, crop).to_image()
+            }
+            Resize::Exact { height, width } => image::imageops::resize(&rgb, width, height, self.filter),
+        }
+    }
+
+    /// A (1, H, W, 3) or (1, 3, H, W) f32 tensor.
+    pub fn tensor(&self, rgb: &RgbImage, device: &Device) -> Result<Tensor> {
+        let (w, h) = rgb.dimensions();
+        let (w, h) = (w as usize, h as usize);
+        let mut data = vec![0f32; w * h * 3];
+        for (i, px) in rgb.pixels().enumerate() {
+            for ch in 0..3 {
+                let v = (px.0[ch] as f32 - self.offset[ch]) / self.scale[ch];
+                if self.channels_last {
+                    data[i * 3 + ch] = v;
+                } else {
+                    data[ch * w * h + i] = v;
+                }
+            }
+        }
+        if self.channels_last {
+            Tensor::from_vec(data, (1, h, w, 3), device)
+        } else {
+            Tensor::from_vec(data, (1, 3, h, w), device)
+        }
+    }
+}
