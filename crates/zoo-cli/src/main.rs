@@ -13,6 +13,11 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before anything reads the catalogue, so that a bad ZOO_CATALOG file is reported, not ignored.
+    if let Err(e) = zoo_runtime::Catalog::init() {
+        eprintln!("zoo: error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let registry = tasks::registry();
     let matches = match cli::command(&registry).try_get_matches() {
         Ok(m) => m,

@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+static CATALOG: OnceLock<Catalog> = OnceLock::new();
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
@@ -70,14 +72,34 @@ impl Catalog {
         Ok(catalog)
     }
 
-    /// The catalogue compiled into this build.
+    /// The catalogue in force: the one compiled into this build, plus the entries of the file
+    /// `ZOO_CATALOG` names, if set (Hub models a user or a test pins with their own checksums).
+    /// The CLI calls [`Catalog::init`] first so that a bad extra file is a clean error.
     pub fn bundled() -> &'static Catalog {
-        static CATALOG: OnceLock<Catalog> = OnceLock::new();
         CATALOG.get_or_init(|| {
-            // The catalogue is part of the source tree and checked by a unit test, so a broken one
-            // is a build defect, not a user error.
+            // The built-in catalogue is part of the source tree and checked by a unit test, so a
+            // broken one is a build defect, not a user error.
             Catalog::parse(crate::bundled::catalog_text()).expect("weights/catalog.toml is valid")
         })
+    }
+
+    /// Loads the built-in catalogue and the extra file named by `ZOO_CATALOG`, once.
+    pub fn init() -> Result<&'static Catalog> {
+        if let Some(catalog) = CATALOG.get() {
+            return Ok(catalog);
+        }
+        let mut catalog = Catalog::parse(crate::bundled::catalog_text())?;
+        if let Some(path) = std::env::var_os("ZOO_CATALOG").filter(|p| !p.is_empty()) {
+            let path = std::path::PathBuf::from(path);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let extra = Catalog::parse(&text).map_err(|e| Error::Catalog(format!("{} (ZOO_CATALOG): {e}", path.display())))?;
+            if let Some(m) = extra.models.iter().find(|m| m.is_bundled()) {
+                return Err(Error::Catalog(format!("{} (ZOO_CATALOG): '{}' cannot be bundled; only zoo's own catalogue bundles weights", path.display(), m.id)));
+            }
+            catalog.models.extend(extra.models);
+            catalog.validate().map_err(|e| Error::Catalog(format!("{} (ZOO_CATALOG): {e}", path.display())))?;
+        }
+        Ok(CATALOG.get_or_init(|| catalog))
     }
 
     pub fn get(&self, id: &str) -> Option<&CatalogEntry> {

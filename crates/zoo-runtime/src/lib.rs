@@ -12,6 +12,8 @@ pub mod inputs;
 pub mod model;
 pub mod progress;
 pub mod task;
+#[doc(hidden)]
+pub mod test_support;
 
 pub use catalog::{Catalog, CatalogEntry};
 pub use error::{Error, Result};
