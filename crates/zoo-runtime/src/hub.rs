@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
 use sha2::{Digest, Sha256};
 
@@ -117,8 +117,23 @@ impl HubRepo<'_> {
         Ok(path)
     }
 
-    /// Re-hashes a cached file against the catalogue; a mismatch removes it.
+    /// Checks a cached file's size and sha256 against the catalogue; a mismatch removes it.
     pub fn verify(&self, file: &str, path: &Path, expected: &CatalogFile) -> Result<()> {
+        // The size first: it costs nothing, and it is the only check an entry without a sha256
+        // gets. hf-hub does not compare what it received with the size the Hub announced, so a
+        // body cut short without a Content-Length is renamed into place as if complete.
+        if let Some(size) = expected.size {
+            let actual = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+            if actual != size {
+                self.remove_cached(file);
+                return Err(Error::Download {
+                    repo: self.repo.clone(),
+                    revision: self.revision.clone(),
+                    file: file.to_string(),
+                    reason: format!("got {actual} bytes where the catalogue says {size}; the file was removed from the cache, run the command again to fetch it anew"),
+                });
+            }
+        }
         let Some(sha) = &expected.sha256 else { return Ok(()) };
         let actual = sha256_file(path)?;
         if &actual != sha {
@@ -146,23 +161,28 @@ impl HubRepo<'_> {
         }
     }
 
-    fn api(&self) -> Result<hf_hub::api::sync::ApiRepo> {
-        let api = ApiBuilder::new()
+    fn client(&self) -> Result<Api> {
+        ApiBuilder::new()
             .with_cache_dir(self.settings.cache_dir.clone())
             .with_endpoint(self.settings.endpoint.clone())
             .with_token(self.settings.token.clone())
             .with_progress(false)
             .build()
-            .map_err(|e| self.download_error("", e))?;
+            .map_err(|e| self.download_error("", e))
+    }
+
+    fn api(&self) -> Result<hf_hub::api::sync::ApiRepo> {
         let repo = Repo::with_revision(self.repo.clone(), RepoType::Model, self.revision.clone());
-        Ok(api.repo(repo))
+        Ok(self.client()?.repo(repo))
     }
 
     fn download(&self, file: &str) -> Result<PathBuf> {
+        let client = self.client()?;
         let api = self.api()?;
         // Another zoo (or Python) may be fetching the same blob: hf-hub gives up on its lock after a
         // few seconds, so wait for the other process and then take its finished file.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30 * 60);
+        let mut restarted = false;
         loop {
             let bar = progress::DownloadBar::new(self.settings.progress);
             match api.download_with_progress(file, bar) {
@@ -171,6 +191,13 @@ impl HubRepo<'_> {
                     if let Some(path) = self.cached(file) {
                         return Ok(path);
                     }
+                }
+                // A `.part` already as long as the file (a run stopped between the last byte and
+                // the rename) makes hf-hub ask for bytes past the end, forever: start it afresh once.
+                Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::StatusCode(416)) && !restarted => {
+                    restarted = true;
+                    let etag = client.metadata(&api.url(file)).map_err(|e| self.download_error(file, e))?.etag().to_string();
+                    let _ = std::fs::remove_file(self.repo_dir().join("blobs").join(format!("{etag}.part")));
                 }
                 Err(e) => return Err(self.download_error(file, e)),
             }
