@@ -1,1 +1,64 @@
-fn main(){}
+//! `make bench` for image classification: the bundled EfficientNet-Lite0 on preprocessed 224x224
+//! inputs (what the onnxruntime peer in ../shared/bench times), at batch 1 and 32, plus the whole
+//! pipeline from a JPEG file (decode, resize, crop, forward). Prints one JSON line per measurement,
+//! in the peer's field names, so both can be tabled side by side.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use zoo_image_classification::Classifier;
+use zoo_runtime::{HubSettings, Input, Model, ModelRef};
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
+}
+
+/// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, seconds).
+fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64) {
+    f();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < 3 || start.elapsed() < min {
+        f();
+        n += 1;
+    }
+    (n, start.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let min = Duration::from_secs_f64(std::env::var("ZOO_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0));
+    let threads = candle_core::utils::get_num_threads();
+    let model = Model::resolve(&ModelRef::parse("efficientnet-lite0").unwrap(), &HubSettings::from_env(true));
+    let load_start = Instant::now();
+    let classifier = Classifier::load(&model, &Device::Cpu).unwrap();
+    let load_s = load_start.elapsed().as_secs_f64();
+
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/chelsea.png");
+    let one = classifier.prepare(&Input::file(&photo)).unwrap();
+    for batch in [1usize, 32] {
+        let x = Tensor::cat(&vec![&one; batch], 0).unwrap();
+        let (n, secs) = time_loop(min, || {
+            classifier.logits(&x).unwrap();
+        });
+        let per_s = (n as usize * batch) as f64 / secs;
+        println!(
+            "{}",
+            json!({"task": "image", "peer": "zoo (candle)", "model": "efficientnet-lite0 (bundled f16 -> f32)", "input": "224x224",
+                   "batch": batch, "threads": threads, "wall_s": secs, "items_per_s": per_s, "ms_per_item": 1000.0 / per_s,
+                   "peak_rss_mb": peak_rss_mb(), "load_s": load_s})
+        );
+    }
+
+    let (n, secs) = time_loop(min, || {
+        let x = classifier.prepare(&Input::file(&photo)).unwrap();
+        classifier.top_k(&classifier.logits(&x).unwrap(), 5).unwrap();
+    });
+    println!(
+        "{}",
+        json!({"task": "image", "peer": "zoo (candle)", "model": "efficientnet-lite0", "input": "chelsea.png file (decode+resize+crop+forward)",
+               "batch": 1, "threads": threads, "wall_s": secs, "items_per_s": n as f64 / secs, "peak_rss_mb": peak_rss_mb()})
+    );
+}

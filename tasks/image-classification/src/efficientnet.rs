@@ -7,28 +7,28 @@
 //! depthwise convolution (grouped conv2d runs one small convolution per channel), so the CPU path
 //! uses the kernels in [`crate::kernels`], and other devices fall back to candle's conv2d.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::{self, ConvWeights};
+use crate::kernels::{self, ConvWeights, Pointwise};
 
 const BN_EPS: f64 = 1e-3;
 /// Stride of the first block of each of the seven stages (the same for lite0..lite4); the block
 /// counts, kernel sizes and widths are read from the weights.
 const STAGE_STRIDES: [usize; 7] = [1, 2, 2, 2, 1, 2, 1];
 
-/// A convolution with its batch norm folded in, followed by ReLU6 or nothing.
+/// A convolution with its batch norm folded in, followed by ReLU6 or nothing, run with candle's
+/// own ops: the path for non-CPU devices, and the reference the CPU kernels are tested against.
 struct Conv {
-    /// (out, in/groups, k, k), for candle's conv2d on non-CPU devices.
+    /// (out, in/groups, k, k)
     weight: Tensor,
     bias: Tensor,
     kernel: usize,
     stride: usize,
     depthwise: bool,
     relu6: bool,
-    /// The same weights laid out for the CPU kernels, or, for 1x1, (in, out) for a matmul.
-    cpu: Option<ConvWeights>,
-    pointwise_t: Option<Tensor>,
 }
 
 impl Conv {
@@ -48,47 +48,32 @@ impl Conv {
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
         let weight = weight.broadcast_mul(&scale.reshape((out_ch, 1, 1, 1))?)?;
         let bias = (beta - (mean * &scale)?)?;
-        let on_cpu = weight.device().is_cpu();
-        let (cpu, pointwise_t) = if k == 1 && !depthwise {
-            (None, Some(weight.reshape((out_ch, in_ch))?.t()?.contiguous()?))
-        } else if on_cpu {
-            (Some(ConvWeights::new(&weight, &bias, depthwise)?), None)
-        } else {
-            (None, None)
-        };
-        Ok(Conv { weight, bias, kernel: k, stride, depthwise, relu6, cpu, pointwise_t })
+        Ok(Conv { weight, bias, kernel: k, stride, depthwise, relu6 })
+    }
+
+    fn spatial(&self) -> Result<ConvWeights> {
+        ConvWeights::new(&self.weight, &self.bias, self.stride, self.depthwise, self.relu6)
+    }
+
+    fn pointwise(&self) -> Result<Pointwise> {
+        Pointwise::new(&self.weight, &self.bias, self.relu6)
     }
 
     /// x: (B, H, W, C) contiguous.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(w_t) = &self.pointwise_t {
-            let (b, h, w, c) = x.dims4()?;
-            let y = x.reshape((b * h * w, c))?.matmul(w_t)?.broadcast_add(&self.bias)?;
-            let y = if self.relu6 { y.clamp(0f32, 6f32)? } else { y };
-            return y.reshape((b, h, w, ()));
-        }
-        if let Some(cpu) = &self.cpu {
-            return kernels::conv_same(x, cpu, self.stride, self.relu6);
-        }
-        self.forward_generic(x)
-    }
-
-    /// candle's own conv2d with explicit TF-same padding: any device, and the reference the CPU
-    /// kernels are tested against.
-    fn forward_generic(&self, x: &Tensor) -> Result<Tensor> {
         let (_, h, w, c) = x.dims4()?;
         let (top, bottom) = kernels::same_padding(h, self.kernel, self.stride);
         let (left, right) = kernels::same_padding(w, self.kernel, self.stride);
         let nchw = x.permute((0, 3, 1, 2))?.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
         let groups = if self.depthwise { c } else { 1 };
-        let y = nchw.conv2d(&self.weight, 0, self.stride, 1, groups)?;
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        let y = nchw.conv2d(&self.weight.to_device(x.device())?, 0, self.stride, 1, groups)?;
+        let y = y.broadcast_add(&self.bias.to_device(x.device())?.reshape((1, (), 1, 1))?)?;
         let y = if self.relu6 { y.clamp(0f32, 6f32)? } else { y };
         y.permute((0, 2, 3, 1))?.contiguous()
     }
 }
 
-/// timm's DepthwiseSeparableConv (first stage) and InvertedResidual (the others).
+/// timm's DepthwiseSeparableConv (first stage: no expansion) and InvertedResidual (the others).
 struct Block {
     expand: Option<Conv>,
     depthwise: Conv,
@@ -113,6 +98,14 @@ impl Block {
             Some(e) => e.weight.dim(1)?,
             None => depthwise.weight.dim(0)?,
         };
+        if let Some(e) = &expand {
+            if e.weight.dim(0)? != depthwise.weight.dim(0)? {
+                candle_core::bail!("expansion gives {} channels, the depthwise conv takes {}", e.weight.dim(0)?, depthwise.weight.dim(0)?)
+            }
+        }
+        if project.weight.dim(1)? != depthwise.weight.dim(0)? {
+            candle_core::bail!("projection takes {} channels, the depthwise conv gives {}", project.weight.dim(1)?, depthwise.weight.dim(0)?)
+        }
         let out_ch = project.weight.dim(0)?;
         // timm's Lite blocks keep the skip wherever shapes allow it.
         let residual = stride == 1 && in_ch == out_ch;
@@ -137,14 +130,20 @@ pub struct EfficientNetLite {
     stem: Conv,
     blocks: Vec<Block>,
     head: Conv,
-    classifier_t: Tensor,
+    classifier: Tensor,
     classifier_bias: Tensor,
+    cpu: CpuNet,
     pub num_classes: usize,
 }
 
 impl EfficientNetLite {
+    /// Loads and folds the weights (always on the CPU; the generic path moves them to the input's
+    /// device).
     pub fn load(vb: VarBuilder) -> Result<Self> {
         let stem = Conv::load(vb.pp("conv_stem"), vb.pp("bn1"), 2, false, true)?;
+        if stem.weight.dim(1)? != 3 {
+            candle_core::bail!("the stem takes {} channels, not RGB", stem.weight.dim(1)?)
+        }
         let mut blocks = Vec::new();
         for (stage, stride) in STAGE_STRIDES.iter().enumerate() {
             let mut index = 0;
@@ -164,17 +163,28 @@ impl EfficientNetLite {
             candle_core::bail!("classifier takes {features} features, the head gives {}", head.weight.dim(0)?)
         }
         let classifier_bias = vb.get(num_classes, "classifier.bias")?;
-        Ok(EfficientNetLite { stem, blocks, head, classifier_t: classifier.t()?.contiguous()?, classifier_bias, num_classes })
+        let cpu = CpuNet {
+            stem: stem.spatial()?,
+            blocks: blocks
+                .iter()
+                .map(|b| {
+                    Ok(CpuBlock {
+                        expand: b.expand.as_ref().map(Conv::pointwise).transpose()?,
+                        depthwise: b.depthwise.spatial()?,
+                        project: b.project.pointwise()?,
+                        residual: b.residual,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            head: head.pointwise()?,
+            classifier: Pointwise::new(&classifier, &classifier_bias, false)?,
+            scratch: Mutex::new(Default::default()),
+        };
+        Ok(EfficientNetLite { stem, blocks, head, classifier, classifier_bias, cpu, num_classes })
     }
 
-    pub fn device(&self) -> &Device {
-        self.head.bias.device()
-    }
-}
-
-impl Module for EfficientNetLite {
-    /// x: (B, H, W, 3) normalised pixels; returns (B, classes) logits.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The network in candle ops, on any device.
+    fn forward_generic(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = self.stem.forward(&x.contiguous()?)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
@@ -182,16 +192,126 @@ impl Module for EfficientNetLite {
         let x = self.head.forward(&x)?;
         let (b, h, w, c) = x.dims4()?;
         let pooled = x.reshape((b, h * w, c))?.mean(1)?;
-        pooled.matmul(&self.classifier_t)?.broadcast_add(&self.classifier_bias)
+        let dev = pooled.device();
+        pooled.matmul(&self.classifier.to_device(dev)?.t()?)?.broadcast_add(&self.classifier_bias.to_device(dev)?)
     }
 }
 
-/// Index of the last dimension, re-exported for callers' softmax.
-pub const CLASSES_DIM: D = D::Minus1;
+impl Module for EfficientNetLite {
+    /// x: (B, H, W, 3) normalised pixels; returns (B, classes) logits.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            x.contiguous()?.apply_op1_no_bwd(&self.cpu)
+        } else {
+            self.forward_generic(x)
+        }
+    }
+}
+
+struct CpuBlock {
+    expand: Option<Pointwise>,
+    depthwise: ConvWeights,
+    project: Pointwise,
+    residual: bool,
+}
+
+/// The whole network on the CPU as one candle op over plain buffers: candle's element-wise ops
+/// would each make a pass over memory and a round of thread synchronisation, where here bias,
+/// residual and ReLU6 ride along with the convolutions, and three buffers are reused throughout.
+struct CpuNet {
+    stem: ConvWeights,
+    blocks: Vec<CpuBlock>,
+    head: Pointwise,
+    classifier: Pointwise,
+    scratch: Mutex<[Vec<f32>; 3]>,
+}
+
+fn ensure(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+impl CpuNet {
+    fn forward(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Vec<f32> {
+        let threads = candle_core::utils::get_num_threads();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let [mut x, mut e, mut d] = std::mem::take(&mut *scratch);
+
+        let (in_h, in_w) = (h, w);
+        let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
+        ensure(&mut x, batch * h * w * self.stem.out_ch);
+        self.stem.run(input, batch, in_h, in_w, &mut x);
+        let mut ch = self.stem.out_ch;
+        for block in &self.blocks {
+            let rows = batch * h * w;
+            let dw = &block.depthwise;
+            let (oh, ow) = dw.output_hw(h, w);
+            ensure(&mut d, batch * oh * ow * dw.out_ch);
+            match &block.expand {
+                Some(expand) => {
+                    // The expansion's bias and ReLU6 are applied by the depthwise kernel as it
+                    // reads, so the widest tensor is written once and read once.
+                    ensure(&mut e, rows * expand.out_ch);
+                    expand.product(&x[..rows * ch], rows, &mut e, threads);
+                    dw.run_fused(&e[..rows * dw.in_ch], Some(expand.bias()), batch, h, w, &mut d);
+                }
+                None => dw.run(&x[..rows * dw.in_ch], batch, h, w, &mut d),
+            }
+            let out_rows = batch * oh * ow;
+            let out_ch = block.project.out_ch;
+            // The expansion buffer is free again: the block's output goes there.
+            ensure(&mut e, out_rows * out_ch);
+            let residual = block.residual.then(|| &x[..out_rows * out_ch]);
+            block.project.run(&d[..out_rows * dw.out_ch], out_rows, residual, &mut e, threads);
+            std::mem::swap(&mut x, &mut e);
+            (h, w, ch) = (oh, ow, out_ch);
+        }
+        let rows = batch * h * w;
+        ensure(&mut e, rows * self.head.out_ch);
+        self.head.product(&x[..rows * ch], rows, &mut e, threads);
+        let features = self.head.out_ch;
+        let mut pooled = vec![0f32; batch * features];
+        // The head's bias and ReLU6, then the global average.
+        for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
+            for pixel in e[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
+                for ((s, p), bias) in sum.iter_mut().zip(pixel).zip(self.head.bias()) {
+                    *s += (p + bias).clamp(0.0, 6.0);
+                }
+            }
+            let n = (h * w) as f32;
+            sum.iter_mut().for_each(|s| *s /= n);
+        }
+        let mut logits = vec![0f32; batch * self.classifier.out_ch];
+        self.classifier.run(&pooled, batch, None, &mut logits, threads);
+        *scratch = [x, e, d];
+        logits
+    }
+}
+
+impl CustomOp1 for CpuNet {
+    fn name(&self) -> &'static str {
+        "efficientnet-lite-cpu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, h, w, c) = layout.shape().dims4()?;
+        if c != 3 {
+            candle_core::bail!("efficientnet-lite takes (batch, height, width, 3) input, got {c} channels")
+        }
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("efficientnet-lite needs a contiguous input")
+        };
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let logits = self.forward(input, batch, h, w);
+        Ok((CpuStorage::F32(logits), Shape::from((batch, self.classifier.out_ch))))
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use std::collections::HashMap;
 
     fn random_conv(out_ch: usize, in_ch: usize, k: usize, stride: usize, depthwise: bool) -> Conv {
@@ -206,23 +326,58 @@ mod tests {
         Conv::load(vb.pp("c"), vb.pp("bn"), stride, depthwise, true).unwrap()
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
     /// The CPU kernels must agree with candle's conv2d for every kernel size, stride and odd
     /// spatial size the Lite family uses (odd sizes exercise the asymmetric padding).
     #[test]
     fn cpu_kernels_match_candle_conv2d() {
-        for &(k, stride, h, w) in &[(3, 1, 7, 9), (3, 2, 7, 8), (5, 1, 6, 5), (5, 2, 9, 11), (3, 2, 224, 224)] {
+        for &(k, stride, h, w) in &[(3, 1, 7, 9), (3, 2, 7, 8), (5, 1, 6, 5), (5, 2, 9, 11), (3, 2, 224, 224), (1, 1, 5, 4)] {
             for depthwise in [true, false] {
                 let (out_ch, in_ch) = if depthwise { (24, 1) } else { (16, 3) };
                 let conv = random_conv(out_ch, in_ch, k, stride, depthwise);
                 let c = if depthwise { out_ch } else { in_ch };
-                let x = Tensor::randn(0f32, 1.0, (2, h, w, c), &Device::Cpu).unwrap();
-                let fast = conv.forward(&x).unwrap();
-                let reference = conv.forward_generic(&x).unwrap();
-                assert_eq!(fast.dims(), reference.dims());
-                let diff = (fast - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let batch = 2;
+                let x = Tensor::randn(0f32, 1.0, (batch, h, w, c), &Device::Cpu).unwrap();
+                let reference = conv.forward(&x).unwrap();
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let fast: Vec<f32> = if k == 1 && !depthwise {
+                    let pw = conv.pointwise().unwrap();
+                    let mut out = vec![0f32; batch * h * w * out_ch];
+                    pw.run(&xs, batch * h * w, None, &mut out, 2);
+                    out
+                } else {
+                    let cw = conv.spatial().unwrap();
+                    let (oh, ow) = cw.output_hw(h, w);
+                    let mut out = vec![0f32; batch * oh * ow * out_ch];
+                    cw.run(&xs, batch, h, w, &mut out);
+                    out
+                };
+                let fast = Tensor::from_vec(fast, reference.shape(), &Device::Cpu).unwrap();
+                let diff = max_diff(&fast, &reference);
                 assert!(diff < 1e-4, "k{k} s{stride} {h}x{w} depthwise={depthwise}: max diff {diff}");
             }
         }
+    }
+
+    /// The fused CPU network against the same network in candle ops, on the bundled weights and
+    /// an odd-sized batch.
+    #[test]
+    fn fused_cpu_network_matches_candle_ops() {
+        let bytes = zoo_runtime::bundled::file("efficientnet-lite0/model.safetensors").unwrap();
+        let vb = VarBuilder::from_slice_safetensors(bytes, DType::F32, &Device::Cpu).unwrap();
+        let net = EfficientNetLite::load(vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 97, 130, 3), &Device::Cpu).unwrap();
+        let fast = net.forward(&x).unwrap();
+        let reference = net.forward_generic(&x).unwrap();
+        let diff = max_diff(&fast, &reference);
+        assert!(diff < 1e-3, "max logit diff {diff}");
+        // The scratch buffers are reused: a second, smaller call must not see the first's data.
+        let small = x.narrow(0, 0, 1).unwrap();
+        assert!(max_diff(&net.forward(&small).unwrap(), &reference.narrow(0, 0, 1).unwrap()) < 1e-3);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! CPU convolution kernels for NHWC tensors with TensorFlow "same" padding, bias and an optional
-//! ReLU6 fused in. Used for the depthwise convolutions and the 3-channel stem, the two kinds that
-//! neither a matmul nor candle's grouped conv2d does well. Work is split across output rows with
-//! rayon; the inner loops run over contiguous channels so the compiler vectorises them.
+//! CPU kernels for EfficientNet-Lite in NHWC with TensorFlow "same" padding: the depthwise and
+//! stem convolutions (bias and ReLU6 fused in), and 1x1 convolutions as one matrix product each
+//! with the bias, the residual and ReLU6 fused around it. Work is split across output rows with
+//! rayon; inner loops run over contiguous channels so the compiler vectorises them.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 /// (before, after) padding so that the output has ceil(size / stride) elements; TensorFlow puts
@@ -14,99 +14,285 @@ pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize)
     (total / 2, total - total / 2)
 }
 
-/// Convolution weights re-laid for the kernels: depthwise (k, k, C); dense (k, k, C_in, C_out).
+/// A spatial convolution laid out for [`ConvWeights::run`]: depthwise (k, k, C) or dense
+/// (k, k, C_in, C_out).
 pub struct ConvWeights {
     weights: Vec<f32>,
     bias: Vec<f32>,
-    kernel: usize,
-    in_ch: usize,
-    out_ch: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub in_ch: usize,
+    pub out_ch: usize,
     depthwise: bool,
+    relu6: bool,
 }
 
 impl ConvWeights {
     /// `weight`: (out, in/groups, k, k) as PyTorch stores it; `bias`: (out).
-    pub fn new(weight: &Tensor, bias: &Tensor, depthwise: bool) -> Result<Self> {
+    pub fn new(weight: &Tensor, bias: &Tensor, stride: usize, depthwise: bool, relu6: bool) -> Result<Self> {
         let (out_ch, in_per_group, kernel, _) = weight.dims4()?;
-        let weights = if depthwise {
-            weight.squeeze(1)?.permute((1, 2, 0))?
-        } else {
-            weight.permute((2, 3, 1, 0))?
-        };
+        if kernel > 7 {
+            candle_core::bail!("{kernel}x{kernel} convolutions are not supported (at most 7x7)")
+        }
+        let weights = if depthwise { weight.squeeze(1)?.permute((1, 2, 0))? } else { weight.permute((2, 3, 1, 0))? };
         Ok(ConvWeights {
             weights: weights.flatten_all()?.to_vec1()?,
             bias: bias.to_vec1()?,
             kernel,
+            stride,
             in_ch: if depthwise { out_ch } else { in_per_group },
             out_ch,
             depthwise,
+            relu6,
         })
     }
-}
 
-struct ConvSame<'a> {
-    w: &'a ConvWeights,
-    stride: usize,
-    relu6: bool,
-}
-
-/// x: (B, H, W, C_in) f32 on the CPU; returns (B, ceil(H/s), ceil(W/s), C_out).
-pub fn conv_same(x: &Tensor, w: &ConvWeights, stride: usize, relu6: bool) -> Result<Tensor> {
-    x.apply_op1_no_bwd(&ConvSame { w, stride, relu6 })
-}
-
-impl CustomOp1 for ConvSame<'_> {
-    fn name(&self) -> &'static str {
-        "conv-same-nhwc"
+    pub fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        (h.div_ceil(self.stride), w.div_ceil(self.stride))
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (batch, h, w, c) = layout.shape().dims4()?;
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("conv-same-nhwc needs a contiguous input")
-        };
-        let x = &storage.as_slice::<f32>()?[start..end];
-        let p = self.w;
-        if c != p.in_ch {
-            candle_core::bail!("conv-same-nhwc: input has {c} channels, the weights take {}", p.in_ch)
-        }
-        let (k, s, cout) = (p.kernel, self.stride, p.out_ch);
-        let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
+    /// x: (batch, h, w, in_ch); out: (batch, ceil(h/s), ceil(w/s), out_ch).
+    pub fn run(&self, x: &[f32], batch: usize, h: usize, w: usize, out: &mut [f32]) {
+        self.run_fused(x, None, batch, h, w, out)
+    }
+
+    /// As [`ConvWeights::run`], for a depthwise convolution whose input still lacks the previous
+    /// layer's bias and ReLU6 (`input_bias`): they are applied as each input value is loaded, which
+    /// saves a pass over the widest tensors of the network.
+    pub fn run_fused(&self, x: &[f32], input_bias: Option<&[f32]>, batch: usize, h: usize, w: usize, out: &mut [f32]) {
+        assert!(input_bias.is_none() || self.depthwise, "only depthwise convolutions take a pending input bias");
+        let (k, s, c, cout) = (self.kernel, self.stride, self.in_ch, self.out_ch);
+        let (oh, ow) = self.output_hw(h, w);
         let (pad_top, _) = same_padding(h, k, s);
         let (pad_left, _) = same_padding(w, k, s);
-        let mut out = vec![0f32; batch * oh * ow * cout];
-        out.par_chunks_mut(ow * cout).enumerate().for_each(|(row, out_row)| {
+        debug_assert_eq!(x.len(), batch * h * w * c);
+        // Offsets of the k x k taps from the top-left one, for pixels whose window lies inside
+        // the image (most of them), which then need no bounds checks per tap.
+        let relative: Vec<usize> = (0..k * k).map(|t| ((t / k) * w + t % k) * c).collect();
+        out[..batch * oh * ow * cout].par_chunks_mut(ow * cout).enumerate().for_each(|(row, out_row)| {
             let (b, oy) = (row / oh, row % oh);
-            for (ox, acc) in out_row.chunks_exact_mut(cout).enumerate() {
-                acc.copy_from_slice(&p.bias);
-                for ky in 0..k {
-                    let Some(iy) = (oy * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
-                    for kx in 0..k {
-                        let Some(ix) = (ox * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) else { continue };
-                        let pixel = &x[((b * h + iy) * w + ix) * c..][..c];
-                        let tap = ky * k + kx;
-                        if p.depthwise {
-                            let wt = &p.weights[tap * c..][..c];
-                            for ((a, &wv), &xv) in acc.iter_mut().zip(wt).zip(pixel) {
-                                *a += wv * xv;
-                            }
-                        } else {
-                            for (ci, &xv) in pixel.iter().enumerate() {
-                                let wt = &p.weights[(tap * c + ci) * cout..][..cout];
-                                for (a, &wv) in acc.iter_mut().zip(wt) {
-                                    *a += xv * wv;
-                                }
+            let mut taps: Vec<(usize, usize)> = Vec::with_capacity(k * k);
+            let top = (oy * s).checked_sub(pad_top).filter(|&iy| iy + k <= h);
+            // Output columns whose window lies inside the image horizontally.
+            let first_inside = pad_left.div_ceil(s).min(ow);
+            let last_inside = if w >= k { ((w - k + pad_left) / s + 1).min(ow) } else { 0 };
+            let mut ox = 0;
+            while ox < ow {
+                // Four interior pixels of a depthwise conv at once: four accumulator chains per
+                // channel block hide the FMA latency, and each weight is loaded once for four.
+                if self.depthwise && top.is_some() && ox >= first_inside && ox + PIXELS <= last_inside {
+                    let iy = top.unwrap();
+                    let bases: [usize; PIXELS] = std::array::from_fn(|p| ((b * h + iy) * w + (ox + p) * s - pad_left) * c);
+                    let out_px = &mut out_row[ox * cout..(ox + PIXELS) * cout];
+                    match input_bias {
+                        Some(bias) => self.depthwise_block::<true>(x, bias, &relative, bases, out_px),
+                        None => self.depthwise_block::<false>(x, &[], &relative, bases, out_px),
+                    }
+                    ox += PIXELS;
+                    continue;
+                }
+                let out_px = &mut out_row[ox * cout..(ox + 1) * cout];
+                taps.clear();
+                let left = (ox * s).checked_sub(pad_left).filter(|&ix| ix + k <= w);
+                if let (Some(iy), Some(ix)) = (top, left) {
+                    let base = ((b * h + iy) * w + ix) * c;
+                    taps.extend(relative.iter().enumerate().map(|(t, r)| (t, base + r)));
+                } else {
+                    for ky in 0..k {
+                        let Some(iy) = (oy * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
+                        for kx in 0..k {
+                            if let Some(ix) = (ox * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) {
+                                taps.push((ky * k + kx, ((b * h + iy) * w + ix) * c));
                             }
                         }
                     }
                 }
-                if self.relu6 {
-                    for a in acc.iter_mut() {
-                        *a = a.clamp(0.0, 6.0);
+                if let Some(bias) = input_bias {
+                    self.depthwise_pixel::<true>(x, bias, &taps, out_px);
+                } else if self.depthwise {
+                    self.depthwise_pixel::<false>(x, &[], &taps, out_px);
+                } else {
+                    self.dense_pixel(x, &taps, out_px);
+                }
+                ox += 1;
+            }
+        });
+    }
+
+    /// PIXELS neighbouring output pixels of a depthwise convolution whose windows are inside the
+    /// image, starting at input offsets `bases`; `out` holds their channels one pixel after another.
+    #[inline(always)]
+    fn depthwise_block<const PENDING: bool>(&self, x: &[f32], in_bias: &[f32], relative: &[usize], bases: [usize; PIXELS], out: &mut [f32]) {
+        let c = self.in_ch;
+        let blocks = c / LANES;
+        let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
+        for blk in 0..blocks {
+            let ch = blk * LANES;
+            let bias: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
+            let mut acc = [bias; PIXELS];
+            let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
+            for (tap, rel) in relative.iter().enumerate() {
+                let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
+                for p in 0..PIXELS {
+                    let px: &[f32; LANES] = x[bases[p] + rel + ch..][..LANES].try_into().unwrap();
+                    for l in 0..LANES {
+                        acc[p][l] = wt[l].mul_add(load(px[l], ib[l]), acc[p][l]);
                     }
                 }
             }
+            for (p, acc) in acc.iter_mut().enumerate() {
+                finish(acc, self.relu6);
+                out[p * c + ch..][..LANES].copy_from_slice(acc);
+            }
+        }
+        for ch in blocks * LANES..c {
+            let ib = if PENDING { in_bias[ch] } else { 0.0 };
+            for p in 0..PIXELS {
+                let mut acc = self.bias[ch];
+                for (tap, rel) in relative.iter().enumerate() {
+                    acc = self.weights[tap * c + ch].mul_add(load(x[bases[p] + rel + ch], ib), acc);
+                }
+                out[p * c + ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn depthwise_pixel<const PENDING: bool>(&self, x: &[f32], in_bias: &[f32], taps: &[(usize, usize)], out: &mut [f32]) {
+        let c = self.in_ch;
+        let blocks = c / LANES;
+        let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
+        for blk in 0..blocks {
+            let ch = blk * LANES;
+            let mut acc: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
+            let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
+            for &(tap, offset) in taps {
+                let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
+                let px: &[f32; LANES] = x[offset + ch..][..LANES].try_into().unwrap();
+                for l in 0..LANES {
+                    acc[l] = wt[l].mul_add(load(px[l], ib[l]), acc[l]);
+                }
+            }
+            finish(&mut acc, self.relu6);
+            out[ch..ch + LANES].copy_from_slice(&acc);
+        }
+        for ch in blocks * LANES..c {
+            let mut acc = self.bias[ch];
+            let ib = if PENDING { in_bias[ch] } else { 0.0 };
+            for &(tap, offset) in taps {
+                acc = self.weights[tap * c + ch].mul_add(load(x[offset + ch], ib), acc);
+            }
+            out[ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
+        }
+    }
+
+    /// One output pixel of a dense convolution (the stem: few input channels), LANES output
+    /// channels at a time.
+    #[inline(always)]
+    fn dense_pixel(&self, x: &[f32], taps: &[(usize, usize)], out: &mut [f32]) {
+        let (c, cout) = (self.in_ch, self.out_ch);
+        let blocks = cout / LANES;
+        for blk in 0..blocks {
+            let ch = blk * LANES;
+            let mut acc: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
+            for &(tap, offset) in taps {
+                for ci in 0..c {
+                    let xv = x[offset + ci];
+                    let wt: &[f32; LANES] = self.weights[(tap * c + ci) * cout + ch..][..LANES].try_into().unwrap();
+                    for l in 0..LANES {
+                        acc[l] = wt[l].mul_add(xv, acc[l]);
+                    }
+                }
+            }
+            finish(&mut acc, self.relu6);
+            out[ch..ch + LANES].copy_from_slice(&acc);
+        }
+        for ch in blocks * LANES..cout {
+            let mut acc = self.bias[ch];
+            for &(tap, offset) in taps {
+                for ci in 0..c {
+                    acc = self.weights[(tap * c + ci) * cout + ch].mul_add(x[offset + ci], acc);
+                }
+            }
+            out[ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
+        }
+    }
+}
+
+/// Channels per inner block: one AVX-512 register, or two AVX2 ones.
+const LANES: usize = 16;
+/// Output pixels per depthwise block.
+const PIXELS: usize = 4;
+
+#[inline(always)]
+fn finish(acc: &mut [f32; LANES], relu6: bool) {
+    if relu6 {
+        for v in acc.iter_mut() {
+            *v = v.clamp(0.0, 6.0);
+        }
+    }
+}
+
+/// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
+pub struct Pointwise {
+    /// (in, out), row-major.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    pub in_ch: usize,
+    pub out_ch: usize,
+    relu6: bool,
+}
+
+impl Pointwise {
+    /// `weight`: (out, in) or (out, in, 1, 1).
+    pub fn new(weight: &Tensor, bias: &Tensor, relu6: bool) -> Result<Self> {
+        let out_ch = weight.dim(0)?;
+        let weight = weight.reshape((out_ch, ()))?;
+        let in_ch = weight.dim(1)?;
+        Ok(Pointwise { weights: weight.t()?.flatten_all()?.to_vec1()?, bias: bias.to_vec1()?, in_ch, out_ch, relu6 })
+    }
+
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch).
+    pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32], threads: usize) {
+        self.product(x, rows, out, threads);
+        let cout = self.out_ch;
+        // One pass adds the bias and the residual and applies ReLU6, while the rows are warm.
+        const ROWS: usize = 32;
+        out[..rows * cout].par_chunks_mut(cout * ROWS).enumerate().for_each(|(chunk, block)| {
+            for (r, row) in block.chunks_exact_mut(cout).enumerate() {
+                row.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
+                if let Some(res) = residual {
+                    let res = &res[(chunk * ROWS + r) * cout..][..cout];
+                    row.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+                }
+                if self.relu6 {
+                    row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+                }
+            }
         });
-        Ok((CpuStorage::F32(out), Shape::from((batch, oh, ow, cout))))
+    }
+
+    /// Only the matrix product x * W into `out`: the caller applies the bias and ReLU6 later,
+    /// where it reads the values anyway.
+    pub fn product(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        let (cin, cout) = (self.in_ch, self.out_ch);
+        let out = &mut out[..rows * cout];
+        assert!(x.len() >= rows * cin, "pointwise input too short");
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: the pointers and strides describe `out` (rows x cout), `x` (rows x cin, checked
+        // above) and `weights` (cin x cout), all row-major; `out` does not alias the inputs.
+        unsafe {
+            gemm::gemm(
+                rows, cout, cin,
+                out.as_mut_ptr(), 1, cout as isize, false,
+                x.as_ptr(), 1, cin as isize,
+                self.weights.as_ptr(), 1, cout as isize,
+                0.0, 1.0, false, false, false, parallelism,
+            );
+        }
     }
 }
