@@ -60,7 +60,14 @@ fn top1(line: &Value) -> u64 {
 fn classifies_bundled_photos_offline_with_no_download() {
     let coffee = data("coffee.png");
     let chelsea = data("chelsea.png");
-    let run = zoo(&["run", "image-classification", coffee.to_str().unwrap(), chelsea.to_str().unwrap(), "--json", "--offline"]);
+    let run = zoo(&[
+        "run",
+        "image-classification",
+        coffee.to_str().unwrap(),
+        chelsea.to_str().unwrap(),
+        "--json",
+        "--offline",
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     // Quiet when piped: no progress bars or chatter on a non-terminal stderr.
     assert_eq!(run.stderr, "");
@@ -74,7 +81,8 @@ fn classifies_bundled_photos_offline_with_no_download() {
     assert_eq!(lines[0]["predictions"][0]["label"], "espresso");
     let p = lines[0]["predictions"][0]["score"].as_f64().unwrap();
     assert!((0.90..=0.99).contains(&p), "espresso probability {p}");
-    let cat: Vec<u64> = lines[1]["predictions"].as_array().unwrap()[..3].iter().map(|p| p["index"].as_u64().unwrap()).collect();
+    let cat: Vec<u64> =
+        lines[1]["predictions"].as_array().unwrap()[..3].iter().map(|p| p["index"].as_u64().unwrap()).collect();
     let mut sorted = cat.clone();
     sorted.sort();
     assert_eq!(sorted, [281, 282, 285], "chelsea top-3 {cat:?}");
@@ -107,7 +115,8 @@ fn reads_stdin_folders_and_globs() {
     std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
     let run = zoo(&["run", "image-classification", dir.path().to_str().unwrap(), "--json", "--batch-size", "1"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let inputs: Vec<String> = json_lines(&run.stdout).iter().map(|l| l["input"].as_str().unwrap().to_string()).collect();
+    let inputs: Vec<String> =
+        json_lines(&run.stdout).iter().map(|l| l["input"].as_str().unwrap().to_string()).collect();
     assert!(inputs.len() == 2 && inputs[0].ends_with("a.PNG") && inputs[1].ends_with("b.png"), "{inputs:?}");
 
     let pattern = format!("{}/*.png", dir.path().display());
@@ -135,7 +144,11 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, no interlace
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     // An empty stored zlib block stands in for the pixel data.
-    for (kind, body) in [(&b"IHDR"[..], &ihdr[4..]), (b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01][..]), (b"IEND", &[][..])] {
+    for (kind, body) in [
+        (&b"IHDR"[..], &ihdr[4..]),
+        (b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01][..]),
+        (b"IEND", &[][..]),
+    ] {
         let mut chunk = kind.to_vec();
         chunk.extend(body);
         png.extend((body.len() as u32).to_be_bytes());

@@ -211,7 +211,14 @@ impl World {
 
 /// The binary with only the environment the test sets: no proxy variables (127.0.0.1 must not go
 /// through one), no token, no user cache.
-fn zoo_in(args: &[&str], endpoint: &str, cache: &Path, catalog: Option<&Path>, home: &Path, extra: &[(&str, &str)]) -> Run {
+fn zoo_in(
+    args: &[&str],
+    endpoint: &str,
+    cache: &Path,
+    catalog: Option<&Path>,
+    home: &Path,
+    extra: &[(&str, &str)],
+) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoo"));
     cmd.args(args)
         .env_clear()
@@ -273,14 +280,25 @@ fn list_entry(world: &World, model: &str, extra: &[(&str, &str)]) -> Value {
 fn assert_cached_like_the_hub(world: &World, served: &ServedFile) {
     let repo = world.repo_dir(TINY_REPO);
     let blob = repo.join("blobs").join(served.etag());
-    let blob_bytes = std::fs::read(&blob).unwrap_or_else(|e| panic!("{}: {e}\ncache: {:#?}", blob.display(), tree(&repo)));
+    let blob_bytes =
+        std::fs::read(&blob).unwrap_or_else(|e| panic!("{}: {e}\ncache: {:#?}", blob.display(), tree(&repo)));
     assert!(blob_bytes == *served.bytes, "{}: blob differs from what was served", served.path);
     let pointer = repo.join("snapshots").join(TINY_COMMIT).join(&served.path);
     let meta = std::fs::symlink_metadata(&pointer).unwrap_or_else(|e| panic!("{}: {e}", pointer.display()));
     assert!(meta.file_type().is_symlink(), "{} is not a symlink", pointer.display());
     let target = std::fs::read_link(&pointer).expect("read link");
-    assert!(target.is_relative(), "{}: the link should be relative like the Hub clients make it, is {}", pointer.display(), target.display());
-    assert_eq!(std::fs::canonicalize(&pointer).unwrap(), std::fs::canonicalize(&blob).unwrap(), "{}", pointer.display());
+    assert!(
+        target.is_relative(),
+        "{}: the link should be relative like the Hub clients make it, is {}",
+        pointer.display(),
+        target.display()
+    );
+    assert_eq!(
+        std::fs::canonicalize(&pointer).unwrap(),
+        std::fs::canonicalize(&blob).unwrap(),
+        "{}",
+        pointer.display()
+    );
     assert_eq!(sha256_hex(&std::fs::read(&pointer).unwrap()), served.sha256());
 }
 
@@ -301,7 +319,10 @@ fn downloads_a_catalogued_repo_into_the_hub_cache_layout_and_then_serves_it_from
     let reported: Vec<&str> = lines[0]["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert_eq!(reported.len(), 2, "{}", run.describe());
     for served in &world.tiny {
-        assert!(reported.iter().any(|p| p.ends_with(&format!("snapshots/{TINY_COMMIT}/{}", served.path))), "{reported:?}");
+        assert!(
+            reported.iter().any(|p| p.ends_with(&format!("snapshots/{TINY_COMMIT}/{}", served.path))),
+            "{reported:?}"
+        );
         assert_cached_like_the_hub(&world, served);
     }
     // The revision the catalogue pins is recorded as a ref, as hf-hub and huggingface_hub do.
@@ -374,7 +395,14 @@ fn an_unreachable_endpoint_is_a_one_line_error_naming_it() {
     // A port that was free a moment ago: nothing listens there, so the connection is refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let run = zoo_in(&["download", "test-model"], &endpoint, &world.cache(), Some(&world.catalog_path()), world.dir.path(), &[]);
+    let run = zoo_in(
+        &["download", "test-model"],
+        &endpoint,
+        &world.cache(),
+        Some(&world.catalog_path()),
+        world.dir.path(),
+        &[],
+    );
     assert_eq!(run.code, 1, "{}", run.describe());
     let line = run.error_line();
     assert!(line.contains(&endpoint) && line.contains("config.json") && line.contains(TINY_REPO), "{line}");
@@ -477,7 +505,8 @@ fn a_complete_part_file_left_by_a_killed_run_does_not_block_the_download() {
     let run = world.zoo(&["download", "test-model"]);
     assert_eq!(run.code, 0, "{}", run.describe());
     assert_cached_like_the_hub(&world, &weights);
-    let starts: Vec<Option<u64>> = world.file_gets().iter().filter(|r| r.path.ends_with("/model.safetensors")).map(|r| r.range_start()).collect();
+    let starts: Vec<Option<u64>> =
+        world.file_gets().iter().filter(|r| r.path.ends_with("/model.safetensors")).map(|r| r.range_start()).collect();
     assert_eq!(starts, [Some(weights.bytes.len() as u64), Some(0)], "one refused resume, then a fresh start");
 }
 
@@ -509,7 +538,11 @@ fn a_body_cut_short_without_content_length_is_caught_by_the_catalogue_size_or_ch
         let line = run.error_line();
         assert!(line.contains("model.safetensors") && expect.iter().all(|e| line.contains(e)), "{what}: {line}");
         let repo = world.repo_dir(TINY_REPO);
-        assert!(!exists_at_all(&repo.join("snapshots").join(TINY_COMMIT).join("model.safetensors")), "{what}: {:#?}", tree(&repo));
+        assert!(
+            !exists_at_all(&repo.join("snapshots").join(TINY_COMMIT).join("model.safetensors")),
+            "{what}: {:#?}",
+            tree(&repo)
+        );
         assert!(!exists_at_all(&repo.join("blobs").join(weights.etag())), "{what}: {:#?}", tree(&repo));
         assert_eq!(list_entry(&world, "test-model", &[])["available"], "not downloaded", "{what}");
 
@@ -632,14 +665,22 @@ fn an_uncatalogued_repo_downloads_the_files_the_info_api_lists_less_what_zoo_nev
         "the file list comes from the info API: {requests:#?}"
     );
     for skipped in [".gitattributes", "README.md", "pytorch_model.bin", "onnx/model.onnx"] {
-        assert!(requests.iter().all(|r| !r.path.ends_with(&format!("/{skipped}"))), "{skipped} was requested: {requests:#?}");
+        assert!(
+            requests.iter().all(|r| !r.path.ends_with(&format!("/{skipped}"))),
+            "{skipped} was requested: {requests:#?}"
+        );
     }
     let repo = world.repo_dir(OTHER_REPO);
     assert_eq!(std::fs::read_to_string(repo.join("refs").join("main")).unwrap().trim(), OTHER_COMMIT);
     let snapshot = repo.join("snapshots").join(OTHER_COMMIT);
     assert_eq!(names_in(&snapshot), ["config.json", "model.safetensors", "tokenizer.json"], "{:#?}", tree(&repo));
     for served in other_files().iter().filter(|f| files.contains(&f.path)) {
-        assert_eq!(sha256_hex(&std::fs::read(snapshot.join(&served.path)).unwrap()), served.sha256(), "{}", served.path);
+        assert_eq!(
+            sha256_hex(&std::fs::read(snapshot.join(&served.path)).unwrap()),
+            served.sha256(),
+            "{}",
+            served.path
+        );
         assert!(repo.join("blobs").join(served.etag()).is_file(), "{}: blob named after its etag", served.path);
     }
 
@@ -665,7 +706,8 @@ fn shared_hub_cache(test: &str) -> Option<PathBuf> {
         }
         // Straight to the stderr handle: the test harness captures eprintln!, and a skip must show.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "\n==== SKIPPED: {test}: {why} (set CI=true to make this a failure) ====\n");
+        let _ =
+            writeln!(std::io::stderr(), "\n==== SKIPPED: {test}: {why} (set CI=true to make this a failure) ====\n");
         return None;
     }
     let mut cmd = Command::new("bash");
@@ -692,7 +734,8 @@ fn offline_against_a_real_hub_cache_finds_the_snapshot_by_branch_and_by_commit()
     let minilm = "sentence-transformers/all-MiniLM-L6-v2";
     let commit = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41";
     for reference in [minilm.to_string(), format!("{minilm}@{commit}")] {
-        let run = zoo_in(&["download", &reference, "--offline", "--json"], &server.url(), &cache, None, home.path(), &[]);
+        let run =
+            zoo_in(&["download", &reference, "--offline", "--json"], &server.url(), &cache, None, home.path(), &[]);
         assert_eq!(run.code, 0, "{reference}\n{}", run.describe());
         let lines = run.json_lines();
         assert_eq!(lines.len(), 1, "{}", run.describe());
@@ -700,7 +743,10 @@ fn offline_against_a_real_hub_cache_finds_the_snapshot_by_branch_and_by_commit()
         let files: Vec<&str> = lines[0]["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
         let weights = format!("snapshots/{commit}/model.safetensors");
         assert!(files.iter().any(|f| f.ends_with(&weights)), "{reference}: no model.safetensors in {files:#?}");
-        assert!(files.iter().any(|f| f.ends_with("1_Pooling/config.json")), "{reference}: nested files count: {files:#?}");
+        assert!(
+            files.iter().any(|f| f.ends_with("1_Pooling/config.json")),
+            "{reference}: nested files count: {files:#?}"
+        );
     }
     // CTranslate2's model.bin is what faster-whisper runs, so zoo keeps it.
     let run = zoo_in(
@@ -714,7 +760,11 @@ fn offline_against_a_real_hub_cache_finds_the_snapshot_by_branch_and_by_commit()
     assert_eq!(run.code, 0, "{}", run.describe());
     let files = run.json_lines()[0]["files"].clone();
     assert!(
-        files.as_array().unwrap().iter().any(|f| f.as_str().unwrap().ends_with("0d3d19a32d3338f10357c0889762bd8d64bbdeba/model.bin")),
+        files
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().ends_with("0d3d19a32d3338f10357c0889762bd8d64bbdeba/model.bin")),
         "{files:#?}"
     );
     assert_eq!(server.requests(), vec![], "offline must not touch the server");

@@ -13,7 +13,8 @@ fn main() {
     collect(&weights, &weights, &mut files);
     files.sort();
 
-    let mut out = String::from("/// Files under `weights/`, by path relative to it.\npub static FILES: &[(&str, &[u8])] = &[\n");
+    let mut out =
+        String::from("/// Files under `weights/`, by path relative to it.\npub static FILES: &[(&str, &[u8])] = &[\n");
     for (rel, abs) in &files {
         out.push_str(&format!("    ({rel:?}, include_bytes!({abs:?})),\n"));
     }

@@ -210,7 +210,8 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(b);
                 i += 3;
                 continue;
@@ -351,10 +352,12 @@ fn respond(state: &mut State, request: &Request) -> Response {
         None => Response::new("200 OK", found.bytes.to_vec()),
         Some(value) => {
             let Some((start, end)) = parse_range(value) else {
-                return Response::new("416 Range Not Satisfiable", Vec::new()).header("content-range", format!("bytes */{size}"));
+                return Response::new("416 Range Not Satisfiable", Vec::new())
+                    .header("content-range", format!("bytes */{size}"));
             };
             if start >= size {
-                return Response::new("416 Range Not Satisfiable", Vec::new()).header("content-range", format!("bytes */{size}"));
+                return Response::new("416 Range Not Satisfiable", Vec::new())
+                    .header("content-range", format!("bytes */{size}"));
             }
             let end = end.unwrap_or(size - 1).min(size - 1);
             Response::new("206 Partial Content", found.bytes[start as usize..=end as usize].to_vec())
@@ -365,9 +368,13 @@ fn respond(state: &mut State, request: &Request) -> Response {
         .header("accept-ranges", "bytes")
         .header("content-type", "application/octet-stream")
         .header("x-repo-commit", commit)
-        .header("etag", format!("\"{}\"", if found.lfs { format!("{}-lfs", &found.sha256()[..32]) } else { found.etag() }));
+        .header(
+            "etag",
+            format!("\"{}\"", if found.lfs { format!("{}-lfs", &found.sha256()[..32]) } else { found.etag() }),
+        );
     if found.lfs {
-        response = response.header("x-linked-etag", format!("\"{}\"", found.etag())).header("x-linked-size", size.to_string());
+        response =
+            response.header("x-linked-etag", format!("\"{}\"", found.etag())).header("x-linked-size", size.to_string());
     }
     if !request.is_metadata_probe() {
         if let Some(fault) = state.faults.iter_mut().find(|f| f.times > 0 && f.repo == repo && f.file == file) {

@@ -71,7 +71,9 @@ pub fn command(registry: &Registry) -> Command {
                 )
                 .arg(Arg::new("models").value_name("TASK|MODEL").num_args(1..).required(true))
                 .arg(json_arg("Print one JSON object per model"))
-                .after_help("Examples:\n  zoo download image-classification\n  zoo download timm/tf_efficientnet_lite0.in1k"),
+                .after_help(
+                    "Examples:\n  zoo download image-classification\n  zoo download timm/tf_efficientnet_lite0.in1k",
+                ),
         )
         .subcommand(
             Command::new("info")

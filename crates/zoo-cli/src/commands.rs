@@ -7,7 +7,10 @@ use anyhow::{Context as _, Result};
 use clap::ArgMatches;
 use serde_json::{json, Map, Value};
 use zoo_runtime::catalog::Source;
-use zoo_runtime::{inputs, progress, Catalog, CatalogEntry, Context, Error, HubSettings, Model, ModelFile, ModelRef, Registry, Task, TaskArgs};
+use zoo_runtime::{
+    inputs, progress, Catalog, CatalogEntry, Context, Error, HubSettings, Model, ModelFile, ModelRef, Registry, Task,
+    TaskArgs,
+};
 
 pub fn dispatch(registry: &Registry, matches: &ArgMatches) -> Result<ExitCode> {
     let offline = matches.get_flag("offline");
@@ -52,7 +55,8 @@ fn list(registry: &Registry, hub: &HubSettings, as_json: bool) -> Result<ExitCod
             }
             continue;
         }
-        let aliases = if task.aliases().is_empty() { String::new() } else { format!(" (also: {})", task.aliases().join(", ")) };
+        let aliases =
+            if task.aliases().is_empty() { String::new() } else { format!(" (also: {})", task.aliases().join(", ")) };
         writeln!(out, "{}{aliases}\n  {}", task.name(), task.summary())?;
         for m in task.models() {
             let marker = if m.default { "*" } else { " " };
@@ -129,11 +133,8 @@ fn info(hub: &HubSettings, reference: &str, as_json: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let files: Vec<Value> = entry
-        .files
-        .iter()
-        .map(|f| json!({"path": f.path, "sha256": f.sha256, "size": f.size}))
-        .collect();
+    let files: Vec<Value> =
+        entry.files.iter().map(|f| json!({"path": f.path, "sha256": f.sha256, "size": f.size})).collect();
     if as_json {
         let value = json!({
             "model": entry.id, "task": entry.task, "architecture": entry.architecture, "default": entry.default,
@@ -181,15 +182,18 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
 
     let reference = match m.get_one::<String>("model") {
         Some(name) => ModelRef::parse(name)?,
-        None => ModelRef::Catalog(
-            Catalog::bundled()
-                .default_for(task.name())
-                .ok_or_else(|| Error::Usage(format!("task '{}' has no default model; name one with --model", task.name())))?,
-        ),
+        None => ModelRef::Catalog(Catalog::bundled().default_for(task.name()).ok_or_else(|| {
+            Error::Usage(format!("task '{}' has no default model; name one with --model", task.name()))
+        })?),
     };
     if let ModelRef::Catalog(entry) = &reference {
         if entry.task != task.name() {
-            return Err(Error::WrongTask { model: entry.id.clone(), model_task: entry.task.clone(), task: task.name().into() }.into());
+            return Err(Error::WrongTask {
+                model: entry.id.clone(),
+                model_task: entry.task.clone(),
+                task: task.name().into(),
+            }
+            .into());
         }
     }
     let raw_inputs: Vec<String> = m.get_many::<String>("inputs").expect("required").cloned().collect();

@@ -40,12 +40,21 @@ fn one_line(e: &anyhow::Error) -> String {
 
 /// Help and version print as clap renders them; errors become one line naming what was wrong.
 fn clap_error(e: clap::Error, registry: &zoo_runtime::Registry) -> ExitCode {
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = e.print();
-        return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { EXIT_USAGE } else { 0 });
+        return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            EXIT_USAGE
+        } else {
+            0
+        });
     }
     let message = match (e.kind(), e.get(ContextKind::InvalidSubcommand)) {
-        (ErrorKind::InvalidSubcommand, Some(ContextValue::String(name))) if std::env::args().nth(1).as_deref() == Some("run") => {
+        (ErrorKind::InvalidSubcommand, Some(ContextValue::String(name)))
+            if std::env::args().nth(1).as_deref() == Some("run") =>
+        {
             let known: Vec<&str> = registry.tasks().map(|t| t.name()).collect();
             format!("unknown task '{name}'; known tasks: {} (see `zoo list`)", known.join(", "))
         }
@@ -54,7 +63,11 @@ fn clap_error(e: clap::Error, registry: &zoo_runtime::Registry) -> ExitCode {
             let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:"));
             let first = lines.next().unwrap_or("invalid command line").trim_start_matches("error: ").to_string();
             let tips: Vec<&str> = lines.filter(|l| l.starts_with("tip:")).collect();
-            if tips.is_empty() { first } else { format!("{first} ({})", tips.join("; ")) }
+            if tips.is_empty() {
+                first
+            } else {
+                format!("{first} ({})", tips.join("; "))
+            }
         }
     };
     eprintln!("zoo: error: {message} (see --help)");

@@ -92,9 +92,14 @@ impl Catalog {
         if let Some(path) = std::env::var_os("ZOO_CATALOG").filter(|p| !p.is_empty()) {
             let path = std::path::PathBuf::from(path);
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            let extra = Catalog::parse(&text).map_err(|e| Error::Catalog(format!("{} (ZOO_CATALOG): {e}", path.display())))?;
+            let extra =
+                Catalog::parse(&text).map_err(|e| Error::Catalog(format!("{} (ZOO_CATALOG): {e}", path.display())))?;
             if let Some(m) = extra.models.iter().find(|m| m.is_bundled()) {
-                return Err(Error::Catalog(format!("{} (ZOO_CATALOG): '{}' cannot be bundled; only zoo's own catalogue bundles weights", path.display(), m.id)));
+                return Err(Error::Catalog(format!(
+                    "{} (ZOO_CATALOG): '{}' cannot be bundled; only zoo's own catalogue bundles weights",
+                    path.display(),
+                    m.id
+                )));
             }
             catalog.models.extend(extra.models);
             catalog.validate().map_err(|e| Error::Catalog(format!("{} (ZOO_CATALOG): {e}", path.display())))?;

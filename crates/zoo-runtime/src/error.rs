@@ -31,11 +31,12 @@ pub enum Error {
     #[error("model '{model}' is not fully downloaded ({file} is missing from the cache) and downloads are off (--offline or HF_HUB_OFFLINE); fetch it first with `zoo download {model}`")]
     NotCached { model: String, file: String },
 
-    #[error("could not download {file} of {repo}@{revision}: {reason}")]
-    Download { repo: String, revision: String, file: String, reason: String },
+    /// `file` names the file and where it comes from: "model.safetensors of owner/name@rev".
+    #[error("could not download {file}: {reason}")]
+    Download { file: String, reason: String },
 
-    #[error("{file} of {repo}@{revision} failed its checksum: expected sha256 {expected}, got {actual}; the file was removed from the cache, run the command again to fetch it anew")]
-    Checksum { repo: String, revision: String, file: String, expected: String, actual: String },
+    #[error("{file} failed its checksum: expected sha256 {expected}, got {actual}; the file was removed from the cache, run the command again to fetch it anew")]
+    Checksum { file: String, expected: String, actual: String },
 
     /// Weights or configuration that do not describe a model zoo can run.
     #[error("model '{model}': {reason}")]

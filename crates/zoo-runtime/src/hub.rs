@@ -127,9 +127,7 @@ impl HubRepo<'_> {
             if actual != size {
                 self.remove_cached(file);
                 return Err(Error::Download {
-                    repo: self.repo.clone(),
-                    revision: self.revision.clone(),
-                    file: file.to_string(),
+                    file: self.describe(file),
                     reason: format!("got {actual} bytes where the catalogue says {size}; the file was removed from the cache, run the command again to fetch it anew"),
                 });
             }
@@ -138,13 +136,7 @@ impl HubRepo<'_> {
         let actual = sha256_file(path)?;
         if &actual != sha {
             self.remove_cached(file);
-            return Err(Error::Checksum {
-                repo: self.repo.clone(),
-                revision: self.revision.clone(),
-                file: file.to_string(),
-                expected: sha.clone(),
-                actual,
-            });
+            return Err(Error::Checksum { file: self.describe(file), expected: sha.clone(), actual });
         }
         Ok(())
     }
@@ -196,7 +188,8 @@ impl HubRepo<'_> {
                 // the rename) makes hf-hub ask for bytes past the end, forever: start it afresh once.
                 Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::StatusCode(416)) && !restarted => {
                     restarted = true;
-                    let etag = client.metadata(&api.url(file)).map_err(|e| self.download_error(file, e))?.etag().to_string();
+                    let etag =
+                        client.metadata(&api.url(file)).map_err(|e| self.download_error(file, e))?.etag().to_string();
                     let _ = std::fs::remove_file(self.repo_dir().join("blobs").join(format!("{etag}.part")));
                 }
                 Err(e) => return Err(self.download_error(file, e)),
@@ -207,10 +200,9 @@ impl HubRepo<'_> {
     /// The files the repository holds at this revision (the Hub's model-info API).
     pub fn list_files(&self) -> Result<Vec<String>> {
         if self.settings.offline {
-            let commit = self.cached_commit().ok_or_else(|| Error::NotCached {
-                model: self.repo.clone(),
-                file: "(file list)".into(),
-            })?;
+            let commit = self
+                .cached_commit()
+                .ok_or_else(|| Error::NotCached { model: self.repo.clone(), file: "(file list)".into() })?;
             let dir = self.repo_dir().join("snapshots").join(commit);
             let mut files = Vec::new();
             list_dir(&dir, &dir, &mut files);
@@ -220,11 +212,21 @@ impl HubRepo<'_> {
         Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
     }
 
+    /// "model.safetensors of owner/name@revision", as errors name a file.
+    fn describe(&self, file: &str) -> String {
+        if file.is_empty() {
+            format!("{}@{}", self.repo, self.revision)
+        } else {
+            format!("{file} of {}@{}", self.repo, self.revision)
+        }
+    }
+
     fn download_error(&self, file: &str, e: ApiError) -> Error {
         let reason = match &e {
             ApiError::RequestError(inner) => match inner.as_ref() {
                 ureq::Error::StatusCode(404) => {
-                    "not found on the Hub (HTTP 404): check the repository name, the revision and the file name".to_string()
+                    "not found on the Hub (HTTP 404): check the repository name, the revision and the file name"
+                        .to_string()
                 }
                 ureq::Error::StatusCode(401 | 403) => {
                     "access denied (HTTP 401/403): the repository is private or gated; set HF_TOKEN".to_string()
@@ -235,12 +237,7 @@ impl HubRepo<'_> {
             ApiError::IoError(io) => format!("{io}; the partial download is kept and the next run resumes it"),
             other => other.to_string(),
         };
-        Error::Download {
-            repo: self.repo.clone(),
-            revision: self.revision.clone(),
-            file: file.to_string(),
-            reason,
-        }
+        Error::Download { file: self.describe(file), reason }
     }
 }
 

@@ -17,9 +17,7 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gi
 pub fn decode(input: &Input, max_pixels: u64) -> Result<DynamicImage> {
     let bytes = input.read()?;
     let path = input.path();
-    let reader = ImageReader::new(Cursor::new(&bytes[..]))
-        .with_guessed_format()
-        .map_err(|e| Error::input(path, e))?;
+    let reader = ImageReader::new(Cursor::new(&bytes[..])).with_guessed_format().map_err(|e| Error::input(path, e))?;
     let Some(format) = reader.format() else {
         return Err(Error::input(path, "not an image zoo can read (JPEG, PNG, WebP, BMP or GIF)"));
     };

@@ -19,7 +19,9 @@ pub use catalog::{Catalog, CatalogEntry};
 pub use error::{Error, Result};
 pub use hub::HubSettings;
 pub use model::{Model, ModelFile, ModelRef};
-pub use task::{Context, Input, InputSource, InputSpec, Prediction, PredictionResult, Registry, Runner, Task, TaskArgs, TaskOption};
+pub use task::{
+    Context, Input, InputSource, InputSpec, Prediction, PredictionResult, Registry, Runner, Task, TaskArgs, TaskOption,
+};
 
 // Re-exported so task crates build on the same versions.
 pub use candle_core;

@@ -81,9 +81,8 @@ impl ModelRef {
 fn is_hub_repo_id(text: &str) -> bool {
     let mut parts = text.split('/');
     let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else { return false };
-    let ok = |s: &str| {
-        !s.is_empty() && s.len() <= 96 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    };
+    let ok =
+        |s: &str| !s.is_empty() && s.len() <= 96 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     ok(owner) && ok(name) && !name.starts_with('.')
 }
 
@@ -183,7 +182,9 @@ impl Model {
                     Ok(path) => Ok(Some(ModelFile::Disk(path))),
                     // Without a catalogue entry, the only way to learn a file is absent is to ask.
                     Err(Error::Download { reason, .. }) if expected.is_none() && reason.contains("404") => Ok(None),
-                    Err(Error::NotCached { .. }) if expected.is_none() && hub.cached("config.json").is_some() => Ok(None),
+                    Err(Error::NotCached { .. }) if expected.is_none() && hub.cached("config.json").is_some() => {
+                        Ok(None)
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -213,7 +214,9 @@ impl Model {
             ModelFile::Bundled { bytes, .. } => VarBuilder::from_slice_safetensors(bytes, dtype, device).map_err(bad),
             // SAFETY: the file is mapped read-only; zoo never writes to cached or user weights while
             // they are mapped (a concurrent writer outside zoo would be the user's error, as with any mmap).
-            ModelFile::Disk(path) => unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }.map_err(bad),
+            ModelFile::Disk(path) => {
+                unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }.map_err(bad)
+            }
         }
     }
 

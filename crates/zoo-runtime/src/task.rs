@@ -206,11 +206,8 @@ impl Registry {
 
     pub fn find(&self, name: &str) -> Result<&dyn Task> {
         let name = name.to_ascii_lowercase();
-        self.tasks()
-            .find(|t| t.name() == name || t.aliases().contains(&name.as_str()))
-            .ok_or_else(|| Error::UnknownTask {
-                name,
-                known: self.tasks().map(|t| t.name()).collect::<Vec<_>>().join(", "),
-            })
+        self.tasks().find(|t| t.name() == name || t.aliases().contains(&name.as_str())).ok_or_else(|| {
+            Error::UnknownTask { name, known: self.tasks().map(|t| t.name()).collect::<Vec<_>>().join(", ") }
+        })
     }
 }

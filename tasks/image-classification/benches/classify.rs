@@ -12,7 +12,10 @@ use zoo_runtime::{HubSettings, Input, Model, ModelRef};
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
     kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
 }
 
@@ -29,7 +32,8 @@ fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64) {
 }
 
 fn main() {
-    let min = Duration::from_secs_f64(std::env::var("ZOO_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0));
+    let min =
+        Duration::from_secs_f64(std::env::var("ZOO_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0));
     let threads = candle_core::utils::get_num_threads();
     let model = Model::resolve(&ModelRef::parse("efficientnet-lite0").unwrap(), &HubSettings::from_env(true));
     let load_start = Instant::now();

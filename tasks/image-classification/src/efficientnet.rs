@@ -100,11 +100,19 @@ impl Block {
         };
         if let Some(e) = &expand {
             if e.weight.dim(0)? != depthwise.weight.dim(0)? {
-                candle_core::bail!("expansion gives {} channels, the depthwise conv takes {}", e.weight.dim(0)?, depthwise.weight.dim(0)?)
+                candle_core::bail!(
+                    "expansion gives {} channels, the depthwise conv takes {}",
+                    e.weight.dim(0)?,
+                    depthwise.weight.dim(0)?
+                )
             }
         }
         if project.weight.dim(1)? != depthwise.weight.dim(0)? {
-            candle_core::bail!("projection takes {} channels, the depthwise conv gives {}", project.weight.dim(1)?, depthwise.weight.dim(0)?)
+            candle_core::bail!(
+                "projection takes {} channels, the depthwise conv gives {}",
+                project.weight.dim(1)?,
+                depthwise.weight.dim(0)?
+            )
         }
         let out_ch = project.weight.dim(0)?;
         // timm's Lite blocks keep the skip wherever shapes allow it.
@@ -335,7 +343,9 @@ mod tests {
     /// spatial size the Lite family uses (odd sizes exercise the asymmetric padding).
     #[test]
     fn cpu_kernels_match_candle_conv2d() {
-        for &(k, stride, h, w) in &[(3, 1, 7, 9), (3, 2, 7, 8), (5, 1, 6, 5), (5, 2, 9, 11), (3, 2, 224, 224), (1, 1, 5, 4)] {
+        for &(k, stride, h, w) in
+            &[(3, 1, 7, 9), (3, 2, 7, 8), (5, 1, 6, 5), (5, 2, 9, 11), (3, 2, 224, 224), (1, 1, 5, 4)]
+        {
             for depthwise in [true, false] {
                 let (out_ch, in_ch) = if depthwise { (24, 1) } else { (16, 3) };
                 let conv = random_conv(out_ch, in_ch, k, stride, depthwise);

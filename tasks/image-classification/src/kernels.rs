@@ -80,9 +80,9 @@ impl ConvWeights {
             while ox < ow {
                 // Four interior pixels of a depthwise conv at once: four accumulator chains per
                 // channel block hide the FMA latency, and each weight is loaded once for four.
-                if self.depthwise && top.is_some() && ox >= first_inside && ox + PIXELS <= last_inside {
-                    let iy = top.unwrap();
-                    let bases: [usize; PIXELS] = std::array::from_fn(|p| ((b * h + iy) * w + (ox + p) * s - pad_left) * c);
+                if let (true, Some(iy)) = (self.depthwise && ox >= first_inside && ox + PIXELS <= last_inside, top) {
+                    let bases: [usize; PIXELS] =
+                        std::array::from_fn(|p| ((b * h + iy) * w + (ox + p) * s - pad_left) * c);
                     let out_px = &mut out_row[ox * cout..(ox + PIXELS) * cout];
                     match input_bias {
                         Some(bias) => self.depthwise_block::<true>(x, bias, &relative, bases, out_px),
@@ -122,7 +122,14 @@ impl ConvWeights {
     /// PIXELS neighbouring output pixels of a depthwise convolution whose windows are inside the
     /// image, starting at input offsets `bases`; `out` holds their channels one pixel after another.
     #[inline(always)]
-    fn depthwise_block<const PENDING: bool>(&self, x: &[f32], in_bias: &[f32], relative: &[usize], bases: [usize; PIXELS], out: &mut [f32]) {
+    fn depthwise_block<const PENDING: bool>(
+        &self,
+        x: &[f32],
+        in_bias: &[f32],
+        relative: &[usize],
+        bases: [usize; PIXELS],
+        out: &mut [f32],
+    ) {
         let c = self.in_ch;
         let blocks = c / LANES;
         let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
@@ -158,7 +165,13 @@ impl ConvWeights {
     }
 
     #[inline(always)]
-    fn depthwise_pixel<const PENDING: bool>(&self, x: &[f32], in_bias: &[f32], taps: &[(usize, usize)], out: &mut [f32]) {
+    fn depthwise_pixel<const PENDING: bool>(
+        &self,
+        x: &[f32],
+        in_bias: &[f32],
+        taps: &[(usize, usize)],
+        out: &mut [f32],
+    ) {
         let c = self.in_ch;
         let blocks = c / LANES;
         let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
@@ -207,14 +220,14 @@ impl ConvWeights {
             finish(&mut acc, self.relu6);
             out[ch..ch + LANES].copy_from_slice(&acc);
         }
-        for ch in blocks * LANES..cout {
+        for (ch, out) in out.iter_mut().enumerate().skip(blocks * LANES) {
             let mut acc = self.bias[ch];
             for &(tap, offset) in taps {
                 for ci in 0..c {
                     acc = self.weights[(tap * c + ci) * cout + ch].mul_add(x[offset + ci], acc);
                 }
             }
-            out[ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
+            *out = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
         }
     }
 }
@@ -287,11 +300,25 @@ impl Pointwise {
         // above) and `weights` (cin x cout), all row-major; `out` does not alias the inputs.
         unsafe {
             gemm::gemm(
-                rows, cout, cin,
-                out.as_mut_ptr(), 1, cout as isize, false,
-                x.as_ptr(), 1, cin as isize,
-                self.weights.as_ptr(), 1, cout as isize,
-                0.0, 1.0, false, false, false, parallelism,
+                rows,
+                cout,
+                cin,
+                out.as_mut_ptr(),
+                1,
+                cout as isize,
+                false,
+                x.as_ptr(),
+                1,
+                cin as isize,
+                self.weights.as_ptr(),
+                1,
+                cout as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
             );
         }
     }

@@ -16,7 +16,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
-use zoo_runtime::{Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs, TaskOption};
+use zoo_runtime::{
+    Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs, TaskOption,
+};
 
 use crate::efficientnet::EfficientNetLite;
 use crate::hf::{HfConfig, PreprocessorConfig};
@@ -25,7 +27,12 @@ use crate::preprocess::Preprocess;
 pub struct ImageClassification;
 
 const OPTIONS: &[TaskOption] = &[
-    TaskOption { name: "top-k", value_name: Some("N"), help: "How many of the most likely labels to show per image", default: Some("5") },
+    TaskOption {
+        name: "top-k",
+        value_name: Some("N"),
+        help: "How many of the most likely labels to show per image",
+        default: Some("5"),
+    },
     TaskOption { name: "batch-size", value_name: Some("N"), help: "Images per forward pass", default: Some("8") },
     TaskOption {
         name: "max-pixels",
@@ -74,7 +81,11 @@ impl Task for ImageClassification {
         let max_pixels: u64 = args.parse("max-pixels")?.unwrap_or(image_io::DEFAULT_MAX_PIXELS);
         for (name, value) in [("top-k", top_k), ("batch-size", batch_size)] {
             if value == 0 {
-                return Err(Error::InvalidOption { option: name.into(), value: "0".into(), reason: "must be at least 1".into() });
+                return Err(Error::InvalidOption {
+                    option: name.into(),
+                    value: "0".into(),
+                    reason: "must be at least 1".into(),
+                });
             }
         }
         let mut classifier = Classifier::load(model, &ctx.device)?;
@@ -86,8 +97,8 @@ impl Task for ImageClassification {
 }
 
 enum Network {
-    Lite(EfficientNetLite),
-    Vit(vit::Model),
+    Lite(Box<EfficientNetLite>),
+    Vit(Box<vit::Model>),
 }
 
 /// A loaded image classifier.
@@ -117,17 +128,19 @@ impl Classifier {
                 let cfg = config.get("pretrained_cfg").unwrap_or(&config);
                 let crop = cfg.pointer("/input_size/1").and_then(Value::as_u64).unwrap_or(224) as u32;
                 let crop_pct = cfg.get("crop_pct").and_then(Value::as_f64).unwrap_or(0.875) as f32;
-                (Network::Lite(net), Preprocess::efficientnet_lite(crop, crop_pct), labels)
+                (Network::Lite(Box::new(net)), Preprocess::efficientnet_lite(crop, crop_pct), labels)
             }
             (_, Some(arch)) if arch == "ViTForImageClassification" => {
                 let cfg: vit::Config = serde_json::from_value(config.clone())
                     .map_err(|e| Error::model(&model.id, format!("config.json: {e}")))?;
-                let labels = hf.labels().ok_or_else(|| Error::model(&model.id, "config.json: id2label must name classes 0..n"))?;
+                let labels = hf
+                    .labels()
+                    .ok_or_else(|| Error::model(&model.id, "config.json: id2label must name classes 0..n"))?;
                 let vb = model.var_builder("model.safetensors", DType::F32, device)?;
                 let net = vit::Model::new(&cfg, labels.len(), vb).map_err(bad)?;
                 let processor: Option<PreprocessorConfig> = model.optional_json("preprocessor_config.json")?;
                 let preprocess = PreprocessorConfig::to_preprocess(processor.as_ref(), cfg.image_size as u32);
-                (Network::Vit(net), preprocess, labels)
+                (Network::Vit(Box::new(net)), preprocess, labels)
             }
             (timm, hf_arch) => {
                 let found = timm.clone().or(hf_arch.cloned()).unwrap_or_else(|| "none given".into());
@@ -137,7 +150,15 @@ impl Classifier {
                 ));
             }
         };
-        Ok(Classifier { network, preprocess, labels, device: device.clone(), top_k: 5, batch_size: 8, max_pixels: image_io::DEFAULT_MAX_PIXELS })
+        Ok(Classifier {
+            network,
+            preprocess,
+            labels,
+            device: device.clone(),
+            top_k: 5,
+            batch_size: 8,
+            max_pixels: image_io::DEFAULT_MAX_PIXELS,
+        })
     }
 
     pub fn preprocess(&self) -> &Preprocess {

@@ -18,7 +18,9 @@ fn load(reference: &str) -> Classifier {
 
 /// Max |logit difference| and whether top-5 agrees, over every golden image.
 fn golden_parity(classifier: &Classifier, assets: &Path) -> (f32, Vec<String>) {
-    let golden: Value = serde_json::from_slice(&std::fs::read(assets.join("reference/tf_efficientnet_lite0.golden.json")).unwrap()).unwrap();
+    let golden: Value =
+        serde_json::from_slice(&std::fs::read(assets.join("reference/tf_efficientnet_lite0.golden.json")).unwrap())
+            .unwrap();
     let mut max_diff = 0f32;
     let mut top5_mismatches = Vec::new();
     for image in golden["images"].as_array().unwrap() {
@@ -26,12 +28,14 @@ fn golden_parity(classifier: &Classifier, assets: &Path) -> (f32, Vec<String>) {
         assert_eq!(crop.dimensions(), (224, 224));
         let x = classifier.preprocess().tensor(&crop, &Device::Cpu).unwrap();
         let logits: Vec<f32> = classifier.logits(&x).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
-        let expected: Vec<f32> = image["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let expected: Vec<f32> =
+            image["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         assert_eq!(logits.len(), expected.len());
         let diff = logits.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         max_diff = max_diff.max(diff);
         let top5: Vec<usize> = top_indices(&logits, 5);
-        let want: Vec<usize> = image["top5"].as_array().unwrap().iter().map(|t| t[0].as_u64().unwrap() as usize).collect();
+        let want: Vec<usize> =
+            image["top5"].as_array().unwrap().iter().map(|t| t[0].as_u64().unwrap() as usize).collect();
         if top5 != want {
             top5_mismatches.push(format!("{}: {top5:?} != {want:?}", image["file"]));
         }
@@ -85,7 +89,8 @@ fn dev_accuracy(classifier: &Classifier, assets: &Path) -> Accuracy {
     }
     let mut acc = Accuracy { top1: 0, top5: 0, total: rows.len(), predictions: Vec::new() };
     for chunk in rows.chunks(16) {
-        let xs: Vec<Tensor> = chunk.iter().map(|(file, _)| classifier.prepare(&Input::file(dir.join(file))).unwrap()).collect();
+        let xs: Vec<Tensor> =
+            chunk.iter().map(|(file, _)| classifier.prepare(&Input::file(dir.join(file))).unwrap()).collect();
         let logits = classifier.logits(&Tensor::cat(&xs, 0).unwrap()).unwrap().to_vec2::<f32>().unwrap();
         for ((_, label), row) in chunk.iter().zip(logits) {
             let top5 = top_indices(&row, 5);

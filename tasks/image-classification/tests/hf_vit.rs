@@ -31,7 +31,12 @@ fn write_checkpoint(dir: &std::path::Path) {
     put("vit.embeddings.patch_embeddings.projection.bias", &[HIDDEN]);
     for i in 0..LAYERS {
         let p = format!("vit.encoder.layer.{i}");
-        for name in ["attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense"] {
+        for name in [
+            "attention.attention.query",
+            "attention.attention.key",
+            "attention.attention.value",
+            "attention.output.dense",
+        ] {
             put(&format!("{p}.{name}.weight"), &[HIDDEN, HIDDEN]);
             put(&format!("{p}.{name}.bias"), &[HIDDEN]);
         }

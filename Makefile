@@ -1,0 +1,41 @@
+# zoo — the commands a developer runs. Everything builds once, in release mode: the tests run real
+# networks, which are unusably slow in debug builds, and sharing one profile keeps CI to one build.
+
+CARGO   ?= cargo
+SHARED  ?= ../shared
+THREADS ?= $(shell nproc)
+BENCH_OUT ?= target/bench
+ZOO     := target/release/zoo
+
+.PHONY: setup run test bench lint fuzz clean
+
+## setup: build the release binary (target/release/zoo)
+setup:
+	$(CARGO) build --release --locked
+
+## run: classify the bundled sample photos with the bundled model (no network needed)
+run: setup
+	$(ZOO) run image-classification tests/data/chelsea.png tests/data/coffee.png --top-k 3
+
+## test: unit, parity, accuracy and end-to-end tests (reads ../shared for references)
+test:
+	$(CARGO) test --release --locked --workspace
+
+## bench: zoo's speed next to the onnxruntime peer on the same model, threads and inputs
+bench:
+	@mkdir -p $(BENCH_OUT)
+	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-image-classification --bench classify | tee $(BENCH_OUT)/zoo-image.jsonl
+	@if [ -d "$(SHARED)/bench" ]; then \
+		scripts/bench-venv.sh "$(SHARED)/bench" && \
+		/tmp/bench-venv/bin/python "$(SHARED)/bench/image_efflite0_ort.py" --verify 0 --batches 1,32 \
+			--threads $(THREADS) --min-time 5 | tee $(BENCH_OUT)/peer-image.jsonl && \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl; \
+	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
