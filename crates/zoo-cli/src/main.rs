@@ -60,9 +60,20 @@ fn clap_error(e: clap::Error, registry: &zoo_runtime::Registry) -> ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:"));
-            let first = lines.next().unwrap_or("invalid command line").trim_start_matches("error: ").to_string();
-            let tips: Vec<&str> = lines.filter(|l| l.starts_with("tip:")).collect();
+            let lines: Vec<&str> =
+                rendered.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:")).collect();
+            let mut first =
+                lines.first().copied().unwrap_or("invalid command line").trim_start_matches("error: ").to_string();
+            // "the following required arguments were not provided:" lists them on the next lines.
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines[1..]
+                    .iter()
+                    .copied()
+                    .take_while(|l| !l.starts_with("tip:") && !l.starts_with("For more"))
+                    .collect();
+                first = format!("{first} {}", listed.join(" "));
+            }
+            let tips: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("tip:")).collect();
             if tips.is_empty() {
                 first
             } else {

@@ -57,3 +57,55 @@ fn describe(format: &str, e: image::ImageError) -> String {
         other => format!("corrupt or unsupported {format} data: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 40x20 JPEG, red on the left half and blue on the right, with an EXIF block saying
+    /// "rotate 90 degrees clockwise to display" (orientation 6), as phones write portrait photos.
+    fn rotated_jpeg() -> Vec<u8> {
+        let image =
+            image::RgbImage::from_fn(
+                40,
+                20,
+                |x, _| if x < 20 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) },
+            );
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(&image).unwrap();
+        let mut exif = b"Exif\0\0II\x2a\0\x08\0\0\0".to_vec(); // TIFF header, little-endian, IFD at 8
+        exif.extend([1, 0]); // one entry
+        exif.extend([0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0]); // Orientation (0x0112), SHORT, 1, value 6
+        exif.extend([0, 0, 0, 0]); // no next IFD
+        let mut app1 = vec![0xFF, 0xE1];
+        app1.extend(((exif.len() + 2) as u16).to_be_bytes());
+        app1.extend(exif);
+        [&jpeg[..2], &app1, &jpeg[2..]].concat()
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portrait.jpg");
+        std::fs::write(&path, rotated_jpeg()).unwrap();
+        let image = decode(&Input::file(&path), DEFAULT_MAX_PIXELS).unwrap().to_rgb8();
+        assert_eq!(image.dimensions(), (20, 40), "rotated to portrait");
+        // Turned clockwise, the left (red) half is now on top.
+        let top = image.get_pixel(10, 5).0;
+        let bottom = image.get_pixel(10, 35).0;
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    }
+
+    #[test]
+    fn a_misnamed_file_is_read_by_its_content_and_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let misnamed = dir.path().join("photo.gif");
+        std::fs::write(&misnamed, rotated_jpeg()).unwrap();
+        assert!(decode(&Input::file(&misnamed), DEFAULT_MAX_PIXELS).is_ok());
+        let garbage = dir.path().join("photo.png");
+        std::fs::write(&garbage, b"GIF89a but not really").unwrap();
+        let err = decode(&Input::file(&garbage), DEFAULT_MAX_PIXELS).unwrap_err().to_string();
+        assert!(err.contains("photo.png"), "{err}");
+    }
+}
