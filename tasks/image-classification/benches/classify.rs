@@ -19,16 +19,27 @@ fn peak_rss_mb() -> f64 {
     kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
 }
 
-/// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, seconds).
-fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64) {
+/// CPU seconds the whole process has used (user + system), from /proc: with other jobs on the
+/// machine, images per CPU-second at one thread is a steadier figure than wall time.
+fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, wall
+/// seconds, CPU seconds).
+fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64, f64) {
     f();
     let start = Instant::now();
+    let cpu = process_cpu_s();
     let mut n = 0;
     while n < 3 || start.elapsed() < min {
         f();
         n += 1;
     }
-    (n, start.elapsed().as_secs_f64())
+    (n, start.elapsed().as_secs_f64(), process_cpu_s() - cpu)
 }
 
 fn main() {
@@ -44,19 +55,20 @@ fn main() {
     let one = classifier.prepare(&Input::file(&photo)).unwrap();
     for batch in [1usize, 32] {
         let x = Tensor::cat(&vec![&one; batch], 0).unwrap();
-        let (n, secs) = time_loop(min, || {
+        let (n, secs, cpu) = time_loop(min, || {
             classifier.logits(&x).unwrap();
         });
-        let per_s = (n as usize * batch) as f64 / secs;
+        let items = (n as usize * batch) as f64;
+        let per_s = items / secs;
         println!(
             "{}",
             json!({"task": "image", "peer": "zoo (candle)", "model": "efficientnet-lite0 (bundled f16 -> f32)", "input": "224x224",
                    "batch": batch, "threads": threads, "wall_s": secs, "items_per_s": per_s, "ms_per_item": 1000.0 / per_s,
-                   "peak_rss_mb": peak_rss_mb(), "load_s": load_s})
+                   "items_per_cpu_s": items / cpu, "peak_rss_mb": peak_rss_mb(), "load_s": load_s})
         );
     }
 
-    let (n, secs) = time_loop(min, || {
+    let (n, secs, _) = time_loop(min, || {
         let x = classifier.prepare(&Input::file(&photo)).unwrap();
         classifier.top_k(&classifier.logits(&x).unwrap(), 5).unwrap();
     });

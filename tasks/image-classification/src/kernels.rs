@@ -323,3 +323,30 @@ impl Pointwise {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A pending input bias and ReLU6 give the same result as applying them first, including for
+    /// channels past the last whole block of LANES.
+    #[test]
+    fn depthwise_applies_a_pending_input_bias_like_a_separate_pass() {
+        let dev = Device::Cpu;
+        let (c, k, h, w) = (LANES + 5, 3, 9, 13);
+        let weight = Tensor::randn(0f32, 0.5, (c, 1, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+        let conv = ConvWeights::new(&weight, &bias, 1, true, true).unwrap();
+        let x: Vec<f32> = Tensor::randn(0f32, 3.0, h * w * c, &dev).unwrap().to_vec1().unwrap();
+        let pending: Vec<f32> = Tensor::randn(0f32, 1.0, c, &dev).unwrap().to_vec1().unwrap();
+        let activated: Vec<f32> = x.iter().enumerate().map(|(i, v)| (v + pending[i % c]).clamp(0.0, 6.0)).collect();
+
+        let mut fused = vec![0f32; h * w * c];
+        conv.run_fused(&x, Some(&pending), 1, h, w, &mut fused);
+        let mut separate = vec![0f32; h * w * c];
+        conv.run(&activated, 1, h, w, &mut separate);
+        let diff = fused.iter().zip(&separate).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-5, "max diff {diff}");
+    }
+}
