@@ -69,58 +69,86 @@ impl ConvWeights {
         // Offsets of the k x k taps from the top-left one, for pixels whose window lies inside
         // the image (most of them), which then need no bounds checks per tap.
         let relative: Vec<usize> = (0..k * k).map(|t| ((t / k) * w + t % k) * c).collect();
+        // Output columns whose window lies inside the image horizontally.
+        let first_inside = pad_left.div_ceil(s).min(ow);
+        let last_inside = if w >= k { ((w - k + pad_left) / s + 1).min(ow) } else { 0 };
         out[..batch * oh * ow * cout].par_chunks_mut(ow * cout).enumerate().for_each(|(row, out_row)| {
             let (b, oy) = (row / oh, row % oh);
-            let mut taps: Vec<(usize, usize)> = Vec::with_capacity(k * k);
             let top = (oy * s).checked_sub(pad_top).filter(|&iy| iy + k <= h);
-            // Output columns whose window lies inside the image horizontally.
-            let first_inside = pad_left.div_ceil(s).min(ow);
-            let last_inside = if w >= k { ((w - k + pad_left) / s + 1).min(ow) } else { 0 };
+            // The taps inside the image of every pixel of this row, found once and reused for
+            // every channel block.
+            let mut taps: Vec<(usize, usize)> = Vec::with_capacity(ow * k * k);
+            let mut pixels: Vec<Pixels> = Vec::with_capacity(ow);
             let mut ox = 0;
             while ox < ow {
-                // Four interior pixels of a depthwise conv at once: four accumulator chains per
-                // channel block hide the FMA latency, and each weight is loaded once for four.
                 if let (true, Some(iy)) = (self.depthwise && ox >= first_inside && ox + PIXELS <= last_inside, top) {
-                    let bases: [usize; PIXELS] =
-                        std::array::from_fn(|p| ((b * h + iy) * w + (ox + p) * s - pad_left) * c);
-                    let out_px = &mut out_row[ox * cout..(ox + PIXELS) * cout];
-                    match input_bias {
-                        Some(bias) => self.depthwise_block::<true>(x, bias, &relative, bases, out_px),
-                        None => self.depthwise_block::<false>(x, &[], &relative, bases, out_px),
-                    }
+                    let bases = std::array::from_fn(|p| ((b * h + iy) * w + (ox + p) * s - pad_left) * c);
+                    pixels.push(Pixels::Inside { ox, bases });
                     ox += PIXELS;
                     continue;
                 }
-                let out_px = &mut out_row[ox * cout..(ox + 1) * cout];
-                taps.clear();
-                let left = (ox * s).checked_sub(pad_left).filter(|&ix| ix + k <= w);
-                if let (Some(iy), Some(ix)) = (top, left) {
-                    let base = ((b * h + iy) * w + ix) * c;
-                    taps.extend(relative.iter().enumerate().map(|(t, r)| (t, base + r)));
-                } else {
+                let start = taps.len();
+                for ky in 0..k {
+                    let Some(iy) = (oy * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
+                    for kx in 0..k {
+                        if let Some(ix) = (ox * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) {
+                            taps.push((ky * k + kx, ((b * h + iy) * w + ix) * c));
+                        }
+                    }
+                }
+                pixels.push(Pixels::Edge { ox, taps: start..taps.len() });
+                ox += 1;
+            }
+            if !self.depthwise {
+                for p in &pixels {
+                    if let Pixels::Edge { ox, taps: range } = p {
+                        self.dense_pixel(x, &taps[range.clone()], &mut out_row[ox * cout..(ox + 1) * cout]);
+                    }
+                }
+                return;
+            }
+            // Channel blocks outermost: a block's slice of the k input rows (k x w x 64 bytes)
+            // stays in L1 while the row's pixels, whose windows overlap, are computed.
+            let ib = input_bias.unwrap_or(&[]);
+            for ch in (0..c / LANES).map(|blk| blk * LANES) {
+                for p in &pixels {
+                    match (p, input_bias.is_some()) {
+                        (Pixels::Inside { ox, bases }, true) => {
+                            self.depthwise_block::<true>(x, ib, &relative, *bases, ch, &mut out_row[ox * c..])
+                        }
+                        (Pixels::Inside { ox, bases }, false) => {
+                            self.depthwise_block::<false>(x, ib, &relative, *bases, ch, &mut out_row[ox * c..])
+                        }
+                        (Pixels::Edge { ox, taps: range }, true) => {
+                            self.depthwise_lanes::<true>(x, ib, &taps[range.clone()], ch, &mut out_row[ox * c..])
+                        }
+                        (Pixels::Edge { ox, taps: range }, false) => {
+                            self.depthwise_lanes::<false>(x, ib, &taps[range.clone()], ch, &mut out_row[ox * c..])
+                        }
+                    }
+                }
+            }
+            if c % LANES != 0 {
+                // The last few channels, one at a time, with every pixel's taps listed.
+                for ox in 0..ow {
+                    let mut list = Vec::with_capacity(k * k);
                     for ky in 0..k {
                         let Some(iy) = (oy * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
                         for kx in 0..k {
                             if let Some(ix) = (ox * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) {
-                                taps.push((ky * k + kx, ((b * h + iy) * w + ix) * c));
+                                list.push((ky * k + kx, ((b * h + iy) * w + ix) * c));
                             }
                         }
                     }
+                    self.depthwise_rest(x, ib, &list, &mut out_row[ox * c..(ox + 1) * c]);
                 }
-                if let Some(bias) = input_bias {
-                    self.depthwise_pixel::<true>(x, bias, &taps, out_px);
-                } else if self.depthwise {
-                    self.depthwise_pixel::<false>(x, &[], &taps, out_px);
-                } else {
-                    self.dense_pixel(x, &taps, out_px);
-                }
-                ox += 1;
             }
         });
     }
 
-    /// PIXELS neighbouring output pixels of a depthwise convolution whose windows are inside the
-    /// image, starting at input offsets `bases`; `out` holds their channels one pixel after another.
+    /// Channels `ch..ch + LANES` of PIXELS neighbouring output pixels whose windows are inside the
+    /// image, starting at input offsets `bases`; `out` starts at the first pixel's channels.
+    /// Four accumulator chains hide the FMA latency, and each weight is loaded once for four.
     #[inline(always)]
     fn depthwise_block<const PENDING: bool>(
         &self,
@@ -128,74 +156,118 @@ impl ConvWeights {
         in_bias: &[f32],
         relative: &[usize],
         bases: [usize; PIXELS],
+        ch: usize,
         out: &mut [f32],
     ) {
         let c = self.in_ch;
-        let blocks = c / LANES;
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+        {
+            // Every address the block reads, checked once so the loads below can be unchecked.
+            let last = bases[PIXELS - 1] + relative.last().copied().unwrap_or(0) + ch + LANES;
+            assert!(
+                last <= x.len()
+                    && self.weights.len() >= relative.len() * c
+                    && out.len() >= (PIXELS - 1) * c + ch + LANES
+            );
+            assert!(!PENDING || in_bias.len() >= ch + LANES);
+            // SAFETY: avx512f is enabled at compile time; the asserts above bound every offset.
+            unsafe { self.depthwise_block_avx512::<PENDING>(x, in_bias, relative, bases, ch, out) };
+            return;
+        }
+        #[allow(unreachable_code)]
         let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
-        for blk in 0..blocks {
-            let ch = blk * LANES;
-            let bias: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
-            let mut acc = [bias; PIXELS];
-            let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
-            for (tap, rel) in relative.iter().enumerate() {
-                let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
-                for p in 0..PIXELS {
-                    let px: &[f32; LANES] = x[bases[p] + rel + ch..][..LANES].try_into().unwrap();
-                    for l in 0..LANES {
-                        acc[p][l] = wt[l].mul_add(load(px[l], ib[l]), acc[p][l]);
-                    }
+        let bias: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
+        let mut acc = [bias; PIXELS];
+        let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
+        for (tap, rel) in relative.iter().enumerate() {
+            let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
+            for p in 0..PIXELS {
+                let px: &[f32; LANES] = x[bases[p] + rel + ch..][..LANES].try_into().unwrap();
+                for l in 0..LANES {
+                    acc[p][l] = wt[l].mul_add(load(px[l], ib[l]), acc[p][l]);
                 }
-            }
-            for (p, acc) in acc.iter_mut().enumerate() {
-                finish(acc, self.relu6);
-                out[p * c + ch..][..LANES].copy_from_slice(acc);
             }
         }
-        for ch in blocks * LANES..c {
-            let ib = if PENDING { in_bias[ch] } else { 0.0 };
-            for p in 0..PIXELS {
-                let mut acc = self.bias[ch];
-                for (tap, rel) in relative.iter().enumerate() {
-                    acc = self.weights[tap * c + ch].mul_add(load(x[bases[p] + rel + ch], ib), acc);
-                }
-                out[p * c + ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
-            }
+        for (p, acc) in acc.iter_mut().enumerate() {
+            finish(acc, self.relu6);
+            out[p * c + ch..][..LANES].copy_from_slice(acc);
         }
     }
 
+    /// [`ConvWeights::depthwise_block`] in AVX-512: one register per pixel and block of 16
+    /// channels, so the four accumulators, the weights and the pending bias never leave registers.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     #[inline(always)]
-    fn depthwise_pixel<const PENDING: bool>(
+    unsafe fn depthwise_block_avx512<const PENDING: bool>(
+        &self,
+        x: &[f32],
+        in_bias: &[f32],
+        relative: &[usize],
+        bases: [usize; PIXELS],
+        ch: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let c = self.in_ch;
+        let (xp, wp) = (x.as_ptr(), self.weights.as_ptr().add(ch));
+        let bias = _mm512_loadu_ps(self.bias.as_ptr().add(ch));
+        let mut acc = [bias; PIXELS];
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        let ib = if PENDING { _mm512_loadu_ps(in_bias.as_ptr().add(ch)) } else { zero };
+        for (tap, &rel) in relative.iter().enumerate() {
+            let wt = _mm512_loadu_ps(wp.add(tap * c));
+            for p in 0..PIXELS {
+                let mut v = _mm512_loadu_ps(xp.add(bases[p] + rel + ch));
+                if PENDING {
+                    v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, ib), zero), six);
+                }
+                acc[p] = _mm512_fmadd_ps(wt, v, acc[p]);
+            }
+        }
+        for (p, mut a) in acc.into_iter().enumerate() {
+            if self.relu6 {
+                a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
+            }
+            _mm512_storeu_ps(out.as_mut_ptr().add(p * c + ch), a);
+        }
+    }
+
+    /// Channels `ch..ch + LANES` of one output pixel, from the taps listed.
+    #[inline(always)]
+    fn depthwise_lanes<const PENDING: bool>(
         &self,
         x: &[f32],
         in_bias: &[f32],
         taps: &[(usize, usize)],
+        ch: usize,
         out: &mut [f32],
     ) {
         let c = self.in_ch;
-        let blocks = c / LANES;
         let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
-        for blk in 0..blocks {
-            let ch = blk * LANES;
-            let mut acc: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
-            let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
-            for &(tap, offset) in taps {
-                let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
-                let px: &[f32; LANES] = x[offset + ch..][..LANES].try_into().unwrap();
-                for l in 0..LANES {
-                    acc[l] = wt[l].mul_add(load(px[l], ib[l]), acc[l]);
-                }
+        let mut acc: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
+        let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
+        for &(tap, offset) in taps {
+            let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
+            let px: &[f32; LANES] = x[offset + ch..][..LANES].try_into().unwrap();
+            for l in 0..LANES {
+                acc[l] = wt[l].mul_add(load(px[l], ib[l]), acc[l]);
             }
-            finish(&mut acc, self.relu6);
-            out[ch..ch + LANES].copy_from_slice(&acc);
         }
-        for ch in blocks * LANES..c {
+        finish(&mut acc, self.relu6);
+        out[ch..ch + LANES].copy_from_slice(&acc);
+    }
+
+    /// The channels after the last whole LANES block, of one output pixel.
+    fn depthwise_rest(&self, x: &[f32], in_bias: &[f32], taps: &[(usize, usize)], out: &mut [f32]) {
+        let c = self.in_ch;
+        for (ch, out) in out.iter_mut().enumerate().skip(c / LANES * LANES) {
             let mut acc = self.bias[ch];
-            let ib = if PENDING { in_bias[ch] } else { 0.0 };
             for &(tap, offset) in taps {
-                acc = self.weights[tap * c + ch].mul_add(load(x[offset + ch], ib), acc);
+                let v = x[offset + ch];
+                let v = if in_bias.is_empty() { v } else { (v + in_bias[ch]).clamp(0.0, 6.0) };
+                acc = self.weights[tap * c + ch].mul_add(v, acc);
             }
-            out[ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
+            *out = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
         }
     }
 
@@ -230,6 +302,14 @@ impl ConvWeights {
             *out = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
         }
     }
+}
+
+/// Output pixels of a row, in the groups the depthwise kernel computes them.
+enum Pixels {
+    /// PIXELS neighbours whose windows are inside the image.
+    Inside { ox: usize, bases: [usize; PIXELS] },
+    /// One pixel near an edge, with its taps in a shared list.
+    Edge { ox: usize, taps: std::ops::Range<usize> },
 }
 
 /// Channels per inner block: one AVX-512 register, or two AVX2 ones.
