@@ -175,6 +175,21 @@ impl ConvWeights {
             return;
         }
         #[allow(unreachable_code)]
+        self.depthwise_block_portable::<PENDING>(x, in_bias, relative, bases, ch, out)
+    }
+
+    /// [`ConvWeights::depthwise_block`] in plain Rust, for builds without AVX-512.
+    #[inline(always)]
+    fn depthwise_block_portable<const PENDING: bool>(
+        &self,
+        x: &[f32],
+        in_bias: &[f32],
+        relative: &[usize],
+        bases: [usize; PIXELS],
+        ch: usize,
+        out: &mut [f32],
+    ) {
+        let c = self.in_ch;
         let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
         let bias: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
         let mut acc = [bias; PIXELS];
@@ -408,6 +423,28 @@ impl Pointwise {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The AVX-512 block (where the build has it) and the portable one agree.
+    #[test]
+    fn depthwise_block_paths_agree() {
+        let dev = Device::Cpu;
+        let (c, k, w) = (2 * LANES, 5, 12);
+        let weight = Tensor::randn(0f32, 0.5, (c, 1, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
+        let conv = ConvWeights::new(&weight, &bias, 1, true, true).unwrap();
+        let x: Vec<f32> = Tensor::randn(0f32, 3.0, k * w * c, &dev).unwrap().to_vec1().unwrap();
+        let pending: Vec<f32> = Tensor::randn(0f32, 1.0, c, &dev).unwrap().to_vec1().unwrap();
+        let relative: Vec<usize> = (0..k * k).map(|t| ((t / k) * w + t % k) * c).collect();
+        let bases = std::array::from_fn(|p| (p + 1) * c);
+        for ch in [0, LANES] {
+            let (mut fast, mut portable) = (vec![0f32; PIXELS * c], vec![0f32; PIXELS * c]);
+            conv.depthwise_block::<true>(&x, &pending, &relative, bases, ch, &mut fast);
+            conv.depthwise_block_portable::<true>(&x, &pending, &relative, bases, ch, &mut portable);
+            let diff = fast.iter().zip(&portable).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5, "channels {ch}..: max diff {diff}");
+            assert!(fast[ch..ch + LANES].iter().any(|v| *v != 0.0), "the block wrote its channels");
+        }
+    }
 
     /// A pending input bias and ReLU6 give the same result as applying them first, including for
     /// channels past the last whole block of LANES.
