@@ -329,6 +329,8 @@ enum Pixels {
 
 /// Channels per inner block: one AVX-512 register, or two AVX2 ones.
 const LANES: usize = 16;
+/// Output floats per block of a 1x1 convolution: 256 KiB, well inside a core's L2.
+const BLOCK_FLOATS: usize = 64 * 1024;
 /// Output pixels per depthwise block.
 const PIXELS: usize = 4;
 
@@ -366,22 +368,45 @@ impl Pointwise {
 
     /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch).
     pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32], threads: usize) {
-        self.product(x, rows, out, threads);
+        let (cin, cout) = (self.in_ch, self.out_ch);
+        assert!(x.len() >= rows * cin && out.len() >= rows * cout, "pointwise buffers too short");
+        assert!(residual.is_none_or(|r| r.len() >= rows * cout), "pointwise residual too short");
+        // Blocks of rows whose output fits in L2: the product of a block and its bias, residual
+        // and ReLU6 then happen while it is there. One product over a tensor larger than the
+        // cache followed by a second pass costs as much again in memory traffic as the product.
+        let block_rows = (BLOCK_FLOATS / cout).max(8);
+        if rows >= 2 * block_rows * threads.max(1) {
+            out[..rows * cout].par_chunks_mut(block_rows * cout).enumerate().for_each(|(i, block)| {
+                let r0 = i * block_rows;
+                let nr = block.len() / cout;
+                self.product(&x[r0 * cin..(r0 + nr) * cin], nr, block, 1);
+                self.epilogue(block, residual.map(|r| &r[r0 * cout..(r0 + nr) * cout]));
+            });
+        } else {
+            // Too few rows to share out by blocks: the product parallelises inside, and the
+            // output is small enough to stay in cache for the second pass.
+            self.product(x, rows, out, threads);
+            self.epilogue(&mut out[..rows * cout], residual.map(|r| &r[..rows * cout]));
+        }
+    }
+
+    /// Adds the bias and the residual and applies ReLU6, row by row.
+    fn epilogue(&self, out: &mut [f32], residual: Option<&[f32]>) {
         let cout = self.out_ch;
-        // One pass adds the bias and the residual and applies ReLU6, while the rows are warm.
-        const ROWS: usize = 32;
-        out[..rows * cout].par_chunks_mut(cout * ROWS).enumerate().for_each(|(chunk, block)| {
-            for (r, row) in block.chunks_exact_mut(cout).enumerate() {
-                row.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
-                if let Some(res) = residual {
-                    let res = &res[(chunk * ROWS + r) * cout..][..cout];
-                    row.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+        for (r, row) in out.chunks_exact_mut(cout).enumerate() {
+            match residual {
+                Some(res) => {
+                    let res = &res[r * cout..(r + 1) * cout];
+                    for ((o, b), r) in row.iter_mut().zip(&self.bias).zip(res) {
+                        *o += b + r;
+                    }
                 }
-                if self.relu6 {
-                    row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
-                }
+                None => row.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b),
             }
-        });
+            if self.relu6 {
+                row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+            }
+        }
     }
 
     /// Only the matrix product x * W into `out`: the caller applies the bias and ReLU6 later,
