@@ -697,32 +697,7 @@ fn an_uncatalogued_repo_downloads_the_files_the_info_api_lists_less_what_zoo_nev
 /// `HF_HUB_CACHE` of the shared test-asset cache (real Hub repos, byte-identical), or None with a
 /// loud SKIPPED line when `../shared/bin/test-assets` is not there (a failure under CI=true).
 fn shared_hub_cache(test: &str) -> Option<PathBuf> {
-    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = repo_root.join("../shared/bin/test-assets");
-    if !script.is_file() {
-        let why = format!("{} is missing", script.display());
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{test}: {why} (CI=true: the shared test assets are required)");
-        }
-        // Straight to the stderr handle: the test harness captures eprintln!, and a skip must show.
-        use std::io::Write;
-        let _ =
-            writeln!(std::io::stderr(), "\n==== SKIPPED: {test}: {why} (set CI=true to make this a failure) ====\n");
-        return None;
-    }
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script).arg("--env").current_dir(&repo_root);
-    // The first run fetches the assets with pip (~10 s); later runs only check sizes.
-    let run = run_with_timeout(cmd, Duration::from_secs(300));
-    assert_eq!(run.code, 0, "test-assets --env failed\n{}", run.describe());
-    let cache = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("export HF_HUB_CACHE="))
-        .map(|v| PathBuf::from(v.trim().trim_matches(|c| c == '\'' || c == '"')))
-        .unwrap_or_else(|| panic!("no HF_HUB_CACHE in test-assets --env output\n{}", run.describe()));
-    assert!(cache.is_dir(), "{} is not a folder", cache.display());
-    Some(cache)
+    zoo_runtime::test_support::shared_hub_cache(test)
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! examples appear under `zoo run <task> --help` without the CLI knowing any task.
 
 use clap::{Arg, ArgAction, Command};
-use zoo_runtime::{Registry, Task};
+use zoo_runtime::{Registry, Task, TaskOption};
 
 const ABOUT: &str = "Run pretrained neural networks on your own machine, offline once the weights are cached.";
 
@@ -82,6 +82,38 @@ pub fn command(registry: &Registry) -> Command {
                 .arg(json_arg("Print the information as one JSON object")),
         )
         .subcommand(run)
+        .subcommand(train_command(registry))
+}
+
+fn train_command(registry: &Registry) -> Command {
+    let mut train = Command::new("train")
+        .about("Train what a task can train (e.g. a classifier head) on your own data")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand_value_name("TASK")
+        .subcommand_help_heading("Tasks");
+    for task in registry.tasks().filter(|t| !t.train_options().is_empty()) {
+        let mut cmd = Command::new(task.name()).about(task.summary()).visible_aliases(task.aliases().iter().copied());
+        cmd = cmd.arg(json_arg("Print the training report as one JSON object"));
+        for option in task.train_options() {
+            cmd = cmd.arg(option_arg(option));
+        }
+        train = train.subcommand(cmd);
+    }
+    train
+}
+
+/// A task option as a clap argument.
+fn option_arg(option: &TaskOption) -> Arg {
+    let mut arg = Arg::new(option.name).long(option.name).help(option.help).help_heading("Task options");
+    arg = match option.value_name {
+        Some(value_name) => arg.value_name(value_name).action(ArgAction::Set),
+        None => arg.action(ArgAction::SetTrue),
+    };
+    if let Some(default) = option.default {
+        arg = arg.default_value(default);
+    }
+    arg
 }
 
 fn run_task_command(task: &dyn Task) -> Command {
@@ -100,7 +132,7 @@ fn run_task_command(task: &dyn Task) -> Command {
         .about(task.summary())
         .visible_aliases(task.aliases().iter().copied())
         .after_help(after)
-        .arg(Arg::new("inputs").value_name("INPUT").num_args(1..).required(true).help(input.description))
+        .arg(Arg::new("inputs").value_name("INPUT").num_args(1..).required(input.required).help(input.description))
         .arg(
             Arg::new("model")
                 .short('m')
@@ -124,15 +156,7 @@ fn run_task_command(task: &dyn Task) -> Command {
                 .help("CPU threads to use [default: all cores]"),
         );
     for option in task.options() {
-        let mut arg = Arg::new(option.name).long(option.name).help(option.help).help_heading("Task options");
-        arg = match option.value_name {
-            Some(value_name) => arg.value_name(value_name).action(ArgAction::Set),
-            None => arg.action(ArgAction::SetTrue),
-        };
-        if let Some(default) = option.default {
-            arg = arg.default_value(default);
-        }
-        cmd = cmd.arg(arg);
+        cmd = cmd.arg(option_arg(option));
     }
     cmd
 }

@@ -8,8 +8,8 @@ use clap::ArgMatches;
 use serde_json::{json, Map, Value};
 use zoo_runtime::catalog::Source;
 use zoo_runtime::{
-    inputs, progress, Catalog, CatalogEntry, Context, Error, HubSettings, Model, ModelFile, ModelRef, Registry, Task,
-    TaskArgs,
+    progress, Catalog, CatalogEntry, Context, Error, HubSettings, Model, ModelFile, ModelRef, Registry, Task, TaskArgs,
+    TaskOption,
 };
 
 pub fn dispatch(registry: &Registry, matches: &ArgMatches) -> Result<ExitCode> {
@@ -22,6 +22,11 @@ pub fn dispatch(registry: &Registry, matches: &ArgMatches) -> Result<ExitCode> {
             download(registry, &hub, &names, m.get_flag("json"))
         }
         Some(("info", m)) => info(&hub, m.get_one::<String>("model").expect("required"), m.get_flag("json")),
+        Some(("train", m)) => {
+            let (name, task_matches) = m.subcommand().expect("clap requires a task");
+            let task = registry.find(name)?;
+            train(task, &hub, task_matches)
+        }
         Some(("run", m)) => {
             let (name, task_matches) = m.subcommand().expect("clap requires a task");
             let task = registry.find(name)?;
@@ -32,9 +37,10 @@ pub fn dispatch(registry: &Registry, matches: &ArgMatches) -> Result<ExitCode> {
 }
 
 fn availability(entry: &'static CatalogEntry, hub: &HubSettings) -> &'static str {
-    if entry.is_bundled() {
+    let model = Model::resolve(&ModelRef::Catalog(entry), hub);
+    if entry.is_bundled() && entry.requires.is_empty() {
         "bundled"
-    } else if Model::resolve(&ModelRef::Catalog(entry), hub).is_available_offline() {
+    } else if model.is_available_offline() {
         "cached"
     } else {
         "not downloaded"
@@ -86,7 +92,9 @@ fn download(registry: &Registry, hub: &HubSettings, names: &[&String], as_json: 
         let line = match &result {
             Ok(files) => {
                 let where_ = match reference {
-                    ModelRef::Catalog(e) if e.is_bundled() => "bundled in zoo, nothing to download".to_string(),
+                    ModelRef::Catalog(e) if e.is_bundled() && e.requires.is_empty() => {
+                        "bundled in zoo, nothing to download".to_string()
+                    }
                     ModelRef::Local(dir) => format!("a local folder ({})", dir.display()),
                     _ => format!("{} files in {}", files.len(), hub.cache_dir.display()),
                 };
@@ -169,16 +177,7 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     let as_json = m.get_flag("json");
     let device = zoo_runtime::device::parse_device(m.get_one::<String>("device").expect("has a default"))?;
 
-    let mut args = TaskArgs::new();
-    for option in task.options() {
-        if option.value_name.is_some() {
-            if let Some(v) = m.get_one::<String>(option.name) {
-                args.set(option.name, v.clone());
-            }
-        } else if m.get_flag(option.name) {
-            args.set(option.name, "true");
-        }
-    }
+    let args = task_args(task.options(), m);
 
     let reference = match m.get_one::<String>("model") {
         Some(name) => ModelRef::parse(name)?,
@@ -196,8 +195,11 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
             .into());
         }
     }
-    let raw_inputs: Vec<String> = m.get_many::<String>("inputs").expect("required").cloned().collect();
-    let inputs = inputs::expand(&raw_inputs, &task.input())?;
+    let raw_inputs: Vec<String> = m.get_many::<String>("inputs").map(|v| v.cloned().collect()).unwrap_or_default();
+    let inputs = task.expand_inputs(&raw_inputs, &args)?;
+    if inputs.is_empty() {
+        return Err(Error::Usage(format!("no input given; see `zoo run {} --help`", task.name())).into());
+    }
 
     let model = Model::resolve(&reference, hub);
     warn_if_unpinned(&model);
@@ -239,6 +241,37 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The values of a task's options as clap parsed them.
+fn task_args(options: &[TaskOption], m: &ArgMatches) -> TaskArgs {
+    let mut args = TaskArgs::new();
+    for option in options {
+        if option.value_name.is_some() {
+            if let Some(v) = m.get_one::<String>(option.name) {
+                args.set(option.name, v.clone());
+            }
+        } else if m.get_flag(option.name) {
+            args.set(option.name, "true");
+        }
+    }
+    args
+}
+
+fn train(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
+    let args = task_args(task.train_options(), m);
+    let ctx = Context { device: candle_cpu(), hub: hub.clone(), progress: true };
+    let report = task.train(&args, &ctx)?;
+    if m.get_flag("json") {
+        println!("{}", Value::Object(report.json()));
+    } else {
+        println!("{}", report.human());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn candle_cpu() -> zoo_runtime::candle_core::Device {
+    zoo_runtime::candle_core::Device::Cpu
 }
 
 fn indent(text: &str) -> String {

@@ -8,5 +8,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new();
     #[cfg(feature = "image-classification")]
     registry.register(zoo_image_classification::ImageClassification);
+    #[cfg(feature = "fake-news")]
+    registry.register(zoo_fake_news::FakeNews);
     registry
 }

@@ -38,6 +38,10 @@ pub struct CatalogEntry {
     /// The files the model needs, with checksums where known.
     #[serde(default)]
     pub files: Vec<CatalogFile>,
+    /// Other catalogue models this one runs on (e.g. the encoder under a classifier head):
+    /// downloaded with it, and needed for it to run offline.
+    #[serde(default)]
+    pub requires: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +131,16 @@ impl Catalog {
     fn validate(&self) -> Result<()> {
         let mut ids = HashSet::new();
         let mut defaults = HashSet::new();
+        for m in &self.models {
+            for r in &m.requires {
+                if self.get(r).is_none() {
+                    return Err(Error::Catalog(format!(
+                        "model '{}' requires '{r}', which is not in the catalogue",
+                        m.id
+                    )));
+                }
+            }
+        }
         for m in &self.models {
             let bad = |why: String| Err(Error::Catalog(format!("model '{}': {why}", m.id)));
             if !ids.insert(m.id.to_ascii_lowercase()) {

@@ -68,7 +68,7 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
 mod tests {
     use super::*;
 
-    const SPEC: InputSpec = InputSpec { description: "", extensions: &["png", "jpg"], stdin: false };
+    const SPEC: InputSpec = InputSpec { description: "", extensions: &["png", "jpg"], stdin: false, required: true };
 
     #[test]
     fn folders_and_globs_expand_to_sorted_matching_files() {

@@ -236,11 +236,29 @@ impl Model {
         }
     }
 
-    /// Fetches every file of the model (a no-op for bundled and local models), re-hashing
-    /// cached catalogue files so that `zoo download` also repairs a damaged cache.
+    /// The catalogue models this one runs on, resolved with the same settings.
+    pub fn requirements(&self) -> Vec<Model> {
+        let catalog = Catalog::bundled();
+        self.entry
+            .map(|e| {
+                e.requires
+                    .iter()
+                    .filter_map(|id| catalog.get(id))
+                    .map(|r| Model::resolve(&ModelRef::Catalog(r), &self.hub))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Fetches every file of the model and of the models it requires (a no-op for bundled and
+    /// local files), re-hashing cached catalogue files so that `zoo download` also repairs a
+    /// damaged cache.
     pub fn download(&self) -> Result<Vec<ModelFile>> {
         let names = self.download_list()?;
         let mut files = Vec::with_capacity(names.len());
+        for required in self.requirements() {
+            files.extend(required.download()?);
+        }
         for name in &names {
             let file = self.file(name)?;
             if let (Store::Hub { repo, revision }, ModelFile::Disk(path)) = (&self.store, &file) {
@@ -259,8 +277,12 @@ impl Model {
         Ok(files)
     }
 
-    /// Whether every catalogued file is present without a download.
+    /// Whether every catalogued file, and those of the models it requires, is present without a
+    /// download.
     pub fn is_available_offline(&self) -> bool {
+        if !self.requirements().iter().all(Model::is_available_offline) {
+            return false;
+        }
         match &self.store {
             Store::Bundled { .. } | Store::Local { .. } => true,
             Store::Hub { repo, revision } => match self.entry {

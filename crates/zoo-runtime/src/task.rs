@@ -26,6 +26,8 @@ pub struct InputSpec {
     pub extensions: &'static [&'static str],
     /// Whether `-` reads the input from stdin.
     pub stdin: bool,
+    /// Whether at least one input must be named (a task may take its input from an option too).
+    pub required: bool,
 }
 
 /// A task-specific command-line option, e.g. `--top-k N`.
@@ -89,6 +91,8 @@ pub struct Input {
 pub enum InputSource {
     File(PathBuf),
     Stdin(std::sync::Arc<[u8]>),
+    /// Text given directly: a `--text` option or a row of a table.
+    Text(String),
 }
 
 impl Input {
@@ -97,11 +101,16 @@ impl Input {
         Input { name: path.display().to_string(), source: InputSource::File(path) }
     }
 
-    /// The path errors name (`-` for stdin).
+    pub fn text(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Input { name: name.into(), source: InputSource::Text(text.into()) }
+    }
+
+    /// The path errors name (`-` for stdin, the input's name for text).
     pub fn path(&self) -> &Path {
         match &self.source {
             InputSource::File(path) => path,
             InputSource::Stdin(_) => Path::new("-"),
+            InputSource::Text(_) => Path::new(&self.name),
         }
     }
 
@@ -110,6 +119,7 @@ impl Input {
     pub fn read(&self) -> Result<Cow<'_, [u8]>> {
         match &self.source {
             InputSource::Stdin(bytes) => Ok(Cow::Borrowed(bytes)),
+            InputSource::Text(text) => Ok(Cow::Borrowed(text.as_bytes())),
             InputSource::File(path) => {
                 let bytes = std::fs::read(path).map_err(|e| {
                     let reason = match e.kind() {
@@ -182,6 +192,23 @@ pub trait Task: Send + Sync {
     /// Builds a runner: reads the model's files, checks the options (a bad value is a usage
     /// error, reported before any input is read).
     fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>>;
+
+    /// Turns the command line's inputs (and the task's options) into inputs; by default files,
+    /// folders, globs and `-`. A task reading tables or `--text` expands them here.
+    fn expand_inputs(&self, raw: &[String], _args: &TaskArgs) -> Result<Vec<Input>> {
+        crate::inputs::expand(raw, &self.input())
+    }
+
+    /// Options of `zoo train <task>`; a task without any cannot be trained from the CLI.
+    fn train_options(&self) -> &'static [TaskOption] {
+        &[]
+    }
+
+    /// Trains what the task can train (e.g. a classifier head) as `args` say, writing its
+    /// output where they say; returns a report.
+    fn train(&self, _args: &TaskArgs, _ctx: &Context) -> Result<Box<dyn Prediction>> {
+        Err(Error::Usage(format!("task '{}' cannot be trained", self.name())))
+    }
 }
 
 /// The tasks a build of zoo knows, in the order they were registered.

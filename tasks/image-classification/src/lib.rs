@@ -60,6 +60,7 @@ impl Task for ImageClassification {
             description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
             extensions: IMAGE_EXTENSIONS,
             stdin: true,
+            required: true,
         }
     }
 
