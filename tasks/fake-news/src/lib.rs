@@ -1,0 +1,489 @@
+//! zoo task: fake-news classification.
+//!
+//! The default model is a sentence encoder (all-MiniLM-L6-v2, from the Hub at a pinned commit)
+//! under a small logistic-regression head that zoo trains itself (`zoo train fake-news`) and
+//! bundles. Texts longer than the encoder's window are split into overlapping windows; a text's
+//! label probabilities are the windows' probabilities averaged, weighted by their token counts.
+
+pub mod encoder;
+pub mod head;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde_json::{json, Map, Value};
+use zoo_runtime::{
+    fsutil, progress, Context, Error, Input, InputSpec, Model, ModelRef, Prediction, PredictionResult, Result, Runner,
+    Task, TaskArgs, TaskOption,
+};
+
+use crate::encoder::{SentenceEncoder, OVERLAP, WINDOW};
+use crate::head::{Head, HeadInfo, TrainSettings};
+
+pub struct FakeNews;
+
+const RUN_OPTIONS: &[TaskOption] = &[
+    TaskOption {
+        name: "text",
+        value_name: Some("TEXT"),
+        help: "Classify this text (instead of, or as well as, files)",
+        default: None,
+    },
+    TaskOption {
+        name: "text-column",
+        value_name: Some("COLUMN"),
+        help: "Read the inputs as tables (.csv, .tsv, .jsonl) and classify this column of each row",
+        default: None,
+    },
+    TaskOption { name: "batch-size", value_name: Some("N"), help: "Windows per forward pass", default: Some("32") },
+];
+
+const TRAIN_OPTIONS: &[TaskOption] = &[
+    TaskOption {
+        name: "train",
+        value_name: Some("FILE"),
+        help: "Labelled training data (.csv, .tsv, .jsonl)",
+        default: None,
+    },
+    TaskOption {
+        name: "val",
+        value_name: Some("FILE"),
+        help: "Labelled validation data, for early stopping and the report",
+        default: None,
+    },
+    TaskOption {
+        name: "text-column",
+        value_name: Some("COLUMN"),
+        help: "The column holding the text",
+        default: Some("text"),
+    },
+    TaskOption {
+        name: "label-column",
+        value_name: Some("COLUMN"),
+        help: "The column holding the label",
+        default: Some("label"),
+    },
+    TaskOption {
+        name: "out",
+        value_name: Some("DIR"),
+        help: "Folder to write the head into (a model folder for --model)",
+        default: None,
+    },
+    TaskOption {
+        name: "encoder",
+        value_name: Some("MODEL"),
+        help: "The sentence encoder to train on",
+        default: Some(DEFAULT_ENCODER),
+    },
+    TaskOption {
+        name: "epochs",
+        value_name: Some("N"),
+        help: "At most this many passes over the data",
+        default: Some("2000"),
+    },
+    TaskOption { name: "learning-rate", value_name: Some("LR"), help: "AdamW learning rate", default: Some("0.05") },
+    TaskOption {
+        name: "weight-decay",
+        value_name: Some("W"),
+        help: "AdamW weight decay (regularisation)",
+        default: Some("0.0001"),
+    },
+    TaskOption {
+        name: "patience",
+        value_name: Some("N"),
+        help: "Stop after this many epochs without a better validation loss",
+        default: Some("100"),
+    },
+    TaskOption {
+        name: "limit",
+        value_name: Some("N"),
+        help: "Use only the first N rows of each file (quick runs)",
+        default: None,
+    },
+    TaskOption { name: "force", value_name: None, help: "Overwrite a head already in --out", default: None },
+];
+
+const DEFAULT_ENCODER: &str = "all-minilm-l6-v2";
+
+impl Task for FakeNews {
+    fn name(&self) -> &'static str {
+        "fake-news"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["fake-news-detection"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "Tell fake from real news texts (COVID-19 claims by default); train your own head on labelled data"
+    }
+
+    fn input(&self) -> InputSpec {
+        InputSpec {
+            description: "text files, - for stdin, or tables with --text-column (or give --text)",
+            extensions: &["txt", "md"],
+            stdin: true,
+            required: false,
+        }
+    }
+
+    fn options(&self) -> &'static [TaskOption] {
+        RUN_OPTIONS
+    }
+
+    fn examples(&self) -> &'static [&'static str] {
+        &[
+            "zoo run fake-news article.txt",
+            "zoo run fake-news --text \"5G towers spread the coronavirus\"",
+            "zoo run fake-news claims.csv --text-column tweet --json",
+            "zoo train fake-news --train train.csv --val val.csv --text-column tweet --out my-head",
+        ]
+    }
+
+    fn train_options(&self) -> &'static [TaskOption] {
+        TRAIN_OPTIONS
+    }
+
+    fn expand_inputs(&self, raw: &[String], args: &TaskArgs) -> Result<Vec<Input>> {
+        let mut inputs = Vec::new();
+        if let Some(column) = args.value("text-column") {
+            for path in raw {
+                let rows = table::read(Path::new(path), column, None)?;
+                inputs.extend(rows.into_iter().map(|r| Input::text(r.number.to_string(), r.text)));
+            }
+        } else {
+            inputs = zoo_runtime::inputs::expand(raw, &self.input())?;
+        }
+        if let Some(text) = args.value("text") {
+            inputs.push(Input::text("--text", text));
+        }
+        if inputs.is_empty() {
+            return Err(Error::Usage("no text given: name text files, - for stdin, or use --text".into()));
+        }
+        Ok(inputs)
+    }
+
+    fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
+        let batch_size: usize = args.parse("batch-size")?.unwrap_or(32);
+        if batch_size == 0 {
+            return Err(Error::InvalidOption {
+                option: "batch-size".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let classifier = Classifier::load(model, ctx)?;
+        Ok(Box::new(ClassifierRunner { classifier, batch_size }))
+    }
+
+    fn train(&self, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
+        train(args, ctx)
+    }
+}
+
+/// An encoder and the head trained on it.
+pub struct Classifier {
+    pub encoder: SentenceEncoder,
+    pub head: Head,
+}
+
+impl Classifier {
+    pub fn load(model: &Model, ctx: &Context) -> Result<Self> {
+        if model.optional_file("head.json")?.is_none() {
+            return Err(Error::model(
+                &model.id,
+                "no head.json: a fake-news model is a classifier head over a sentence encoder (make one with `zoo train fake-news`)",
+            ));
+        }
+        let head = Head::load(model, &ctx.device)?;
+        let encoder = load_encoder(&head.info.encoder, ctx)?;
+        if encoder.dim != head.dim() {
+            return Err(Error::model(
+                &model.id,
+                format!("the head takes {} features, the encoder gives {}", head.dim(), encoder.dim),
+            ));
+        }
+        Ok(Classifier { encoder, head })
+    }
+
+    /// Label probabilities for each text, and how many windows it took.
+    pub fn classify(&self, texts: &[&str], batch_size: usize) -> Vec<std::result::Result<(Vec<f32>, usize), String>> {
+        let windows: Vec<std::result::Result<encoder::Windows, String>> =
+            texts.iter().map(|t| self.encoder.windows(t)).collect();
+        let flat: Vec<&[u32]> = windows.iter().flatten().flat_map(|w| w.0.iter().map(Vec::as_slice)).collect();
+        let mut probs = Vec::with_capacity(flat.len());
+        for chunk in flat.chunks(batch_size) {
+            let run = self.encoder.embed(chunk).and_then(|e| {
+                let rows = e.len();
+                let x = Tensor::from_vec(
+                    e.into_iter().flatten().collect::<Vec<_>>(),
+                    (rows, self.encoder.dim),
+                    &Device::Cpu,
+                )?;
+                self.head.probabilities(&x)
+            });
+            match run {
+                Ok(p) => probs.extend(p),
+                Err(e) => return texts.iter().map(|_| Err(format!("classification failed: {e}"))).collect(),
+            }
+        }
+        let mut next = probs.into_iter();
+        windows
+            .into_iter()
+            .map(|w| {
+                let w = w?;
+                let mut total = vec![0f32; self.head.info.labels.len()];
+                let mut weight = 0f32;
+                for window in &w.0 {
+                    let p = next.next().expect("one probability row per window");
+                    let tokens = window.len() as f32;
+                    total.iter_mut().zip(&p).for_each(|(t, p)| *t += p * tokens);
+                    weight += tokens;
+                }
+                total.iter_mut().for_each(|t| *t /= weight);
+                Ok((total, w.0.len()))
+            })
+            .collect()
+    }
+}
+
+fn load_encoder(reference: &str, ctx: &Context) -> Result<SentenceEncoder> {
+    let model = Model::resolve(&ModelRef::parse(reference)?, &ctx.hub);
+    SentenceEncoder::load(&model, &ctx.device)
+}
+
+struct ClassifierRunner {
+    classifier: Classifier,
+    batch_size: usize,
+}
+
+/// Text from an input: UTF-8, not binary, not blank.
+fn read_text(input: &Input) -> Result<String> {
+    let bytes = input.read()?;
+    if bytes.contains(&0) {
+        return Err(Error::input(input.path(), "looks like a binary file (it holds NUL bytes), not text"));
+    }
+    let text = String::from_utf8(bytes.into_owned()).map_err(|e| {
+        Error::input(
+            input.path(),
+            format!("is not valid UTF-8 text (bad byte at offset {})", e.utf8_error().valid_up_to()),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(Error::input(input.path(), "the text is empty (only whitespace)"));
+    }
+    Ok(text)
+}
+
+impl Runner for ClassifierRunner {
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
+        let texts: Vec<Result<String>> = batch.iter().map(read_text).collect();
+        let ok: Vec<&str> = texts.iter().filter_map(|t| t.as_deref().ok()).collect();
+        let mut results = self.classifier.classify(&ok, self.batch_size).into_iter();
+        let labels = &self.classifier.head.info.labels;
+        texts
+            .into_iter()
+            .zip(batch)
+            .map(|(text, input)| {
+                text?;
+                let (scores, windows) = results
+                    .next()
+                    .expect("one result per text")
+                    .map_err(|reason| Error::input(input.path(), reason))?;
+                let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+                Ok(Box::new(Verdict {
+                    label: labels[best].clone(),
+                    scores: labels.iter().cloned().zip(scores).collect(),
+                    windows,
+                }) as Box<dyn Prediction>)
+            })
+            .collect()
+    }
+}
+
+/// The result for one text.
+pub struct Verdict {
+    pub label: String,
+    pub scores: BTreeMap<String, f32>,
+    pub windows: usize,
+}
+
+impl Prediction for Verdict {
+    fn json(&self) -> Map<String, Value> {
+        let mut map = Map::new();
+        map.insert("label".into(), self.label.clone().into());
+        map.insert("scores".into(), json!(self.scores));
+        map.insert("windows".into(), self.windows.into());
+        map
+    }
+
+    fn human(&self) -> String {
+        let scores: Vec<String> = self.scores.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
+        let windows = if self.windows > 1 { format!(" ({} windows)", self.windows) } else { String::new() };
+        format!("{}  [{}]{windows}", self.label, scores.join(", "))
+    }
+}
+
+/// The report of `zoo train fake-news`.
+struct TrainReport(Value);
+
+impl Prediction for TrainReport {
+    fn json(&self) -> Map<String, Value> {
+        self.0.as_object().cloned().unwrap_or_default()
+    }
+
+    fn human(&self) -> String {
+        let r = &self.0;
+        let mut text = format!(
+            "wrote {} (labels {}, {} training windows, best epoch {} of {})\ntrain: accuracy {:.4}, macro-F1 {:.4}",
+            r["out"].as_str().unwrap_or_default(),
+            r["labels"],
+            r["examples"],
+            r["best_epoch"],
+            r["epochs_run"],
+            r["train"]["accuracy"].as_f64().unwrap_or_default(),
+            r["train"]["macro_f1"].as_f64().unwrap_or_default()
+        );
+        if let Some(val) = r.get("val").filter(|v| !v.is_null()) {
+            text.push_str(&format!(
+                "\nval:   accuracy {:.4}, macro-F1 {:.4}",
+                val["accuracy"].as_f64().unwrap_or_default(),
+                val["macro_f1"].as_f64().unwrap_or_default()
+            ));
+        }
+        text
+    }
+}
+
+fn required<'a>(args: &'a TaskArgs, name: &str) -> Result<&'a str> {
+    args.value(name).ok_or_else(|| Error::Usage(format!("--{name} is required")))
+}
+
+/// Embeds every row's windows; each window is one training example carrying its row's label.
+fn embed_rows(
+    encoder: &SentenceEncoder,
+    rows: &[table::Row],
+    labels: &[String],
+    path: &Path,
+    what: &str,
+) -> Result<(Tensor, Vec<usize>)> {
+    let mut windows = Vec::new();
+    let mut targets = Vec::new();
+    for row in rows {
+        let label = row.label.as_deref().unwrap_or_default();
+        let Some(index) = labels.iter().position(|l| l == label) else {
+            return Err(Error::input(
+                path,
+                format!("row {}: label '{label}' is not one of the training labels {labels:?}", row.number),
+            ));
+        };
+        let w =
+            encoder.windows(&row.text).map_err(|reason| Error::input(path, format!("row {}: {reason}", row.number)))?;
+        for window in w.0 {
+            windows.push(window);
+            targets.push(index);
+        }
+    }
+    let bar = progress::items(windows.len() as u64, what, true);
+    let mut embeddings = Vec::with_capacity(windows.len() * encoder.dim);
+    for chunk in windows.chunks(64) {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        embeddings.extend(encoder.embed(&refs)?.into_iter().flatten());
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((Tensor::from_vec(embeddings, (targets.len(), encoder.dim), &Device::Cpu)?, targets))
+}
+
+fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
+    let train_path = PathBuf::from(required(args, "train")?);
+    let out = PathBuf::from(required(args, "out")?);
+    let text_column = args.value("text-column").unwrap_or("text");
+    let label_column = args.value("label-column").unwrap_or("label");
+    let limit: Option<usize> = args.parse("limit")?;
+    let settings = TrainSettings {
+        epochs: args.parse("epochs")?.unwrap_or(2000),
+        learning_rate: args.parse("learning-rate")?.unwrap_or(0.05),
+        weight_decay: args.parse("weight-decay")?.unwrap_or(1e-4),
+        patience: args.parse("patience")?.unwrap_or(100),
+    };
+    let force = args.flag("force");
+    for file in ["head.safetensors", "head.json"] {
+        if out.join(file).exists() && !force {
+            return Err(Error::input(out.join(file), "already exists (use --force to overwrite it)"));
+        }
+    }
+    let take = |mut rows: Vec<table::Row>| {
+        if let Some(n) = limit {
+            rows.truncate(n);
+        }
+        rows
+    };
+    let train_rows = take(table::read(&train_path, text_column, Some(label_column))?);
+    if train_rows.is_empty() {
+        return Err(Error::input(&train_path, "no rows"));
+    }
+    let mut labels: Vec<String> = train_rows.iter().filter_map(|r| r.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.len() < 2 {
+        return Err(Error::input(
+            &train_path,
+            format!("needs at least two labels in '{label_column}', found {labels:?}"),
+        ));
+    }
+    let encoder_ref = args.value("encoder").unwrap_or(DEFAULT_ENCODER);
+    let encoder = load_encoder(encoder_ref, ctx)?;
+    let (x, y) = embed_rows(&encoder, &train_rows, &labels, &train_path, "encoding train")?;
+    let val = match args.value("val") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let rows = take(table::read(&path, text_column, Some(label_column))?);
+            Some(embed_rows(&encoder, &rows, &labels, &path, "encoding val")?)
+        }
+        None => None,
+    };
+    let bar = progress::items(settings.epochs as u64, "training", true);
+    let trained =
+        head::train(&x, &y, val.as_ref().map(|(vx, vy)| (vx, vy.as_slice())), labels.len(), &settings, |_, _| {
+            bar.inc(1)
+        })?;
+    bar.finish_and_clear();
+
+    let training = json!({
+        "train_file": train_path.display().to_string(),
+        "val_file": args.value("val"),
+        "text_column": text_column, "label_column": label_column, "limit": limit,
+        "examples": y.len(), "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+        "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
+        "train": trained.train, "val": trained.val,
+    });
+    let info = HeadInfo {
+        labels: labels.clone(),
+        encoder: encoder_ref.to_string(),
+        window: WINDOW,
+        overlap: OVERLAP,
+        training: training.clone(),
+    };
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let mut tensors = std::collections::HashMap::new();
+    tensors.insert("weight".to_string(), trained.weight.clone());
+    tensors.insert("bias".to_string(), trained.bias.clone());
+    // Written beside the final name and renamed, so an interrupted run leaves no half file.
+    let tmp = out.join(".head.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, out.join("head.safetensors")).map_err(|e| Error::io(out.join("head.safetensors"), e))?;
+    let info_json = serde_json::to_vec_pretty(&info).expect("head info serialises");
+    fsutil::write_atomic(&out.join("head.json"), &info_json, true)?;
+
+    let mut report = training;
+    report["out"] = out.display().to_string().into();
+    report["labels"] = json!(labels);
+    Ok(Box::new(TrainReport(report)))
+}

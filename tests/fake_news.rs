@@ -1,0 +1,124 @@
+//! End-to-end tests of `zoo run fake-news` and `zoo train fake-news`: inputs of every kind, the
+//! JSON shape, and one-line errors for bad text. The encoder comes from the shared hub cache
+//! (`../shared/bin/test-assets`), offline; the head is the bundled one.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use zoo_runtime::test_support::shared_hub_cache;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn zoo(cache: &PathBuf, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
+        .args(args)
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("ZOO_CATALOG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(bytes) = stdin {
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().expect("exits normally"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
+    run
+}
+
+fn lines(run: &Run) -> Vec<Value> {
+    run.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn classifies_files_stdin_text_and_table_rows_in_order() {
+    let Some(cache) = shared_hub_cache("fake-news e2e") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let article = dir.path().join("article.txt");
+    std::fs::write(&article, "The WHO reported 1,500 new COVID-19 cases in the region this week. ".repeat(40)).unwrap();
+    let table = dir.path().join("claims.csv");
+    std::fs::write(&table, "id,tweet\n1,\"Garlic water cures coronavirus, share before they delete this!\"\n2,The CDC updated its guidance on testing today.\n").unwrap();
+
+    let run = zoo(
+        &cache,
+        &["run", "fake-news", article.to_str().unwrap(), "-", "--text", "5G towers spread the virus", "--json"],
+        Some(b"Hospitals report record admissions."),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = lines(&run);
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0]["input"], article.to_str().unwrap());
+    assert_eq!(out[1]["input"], "-");
+    assert_eq!(out[2]["input"], "--text");
+    assert!(out[0]["windows"].as_u64().unwrap() >= 2, "a long article takes several windows: {}", out[0]);
+    for o in &out {
+        assert_eq!(o["model"], "minilm-fake-news");
+        let scores = o["scores"].as_object().unwrap();
+        assert_eq!(scores.len(), 2);
+        let total: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+        let best = scores.iter().max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).unwrap()).unwrap().0;
+        assert_eq!(&o["label"], best);
+    }
+
+    let run = zoo(&cache, &["run", "fake-news", table.to_str().unwrap(), "--text-column", "tweet", "--json"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = lines(&run);
+    assert_eq!((out[0]["input"].as_str(), out[1]["input"].as_str()), (Some("1"), Some("2")));
+    assert_eq!(out[0]["label"], "fake", "{}", out[0]);
+    assert_eq!(out[1]["label"], "real", "{}", out[1]);
+}
+
+#[test]
+fn bad_text_gets_one_line_errors_and_the_rest_still_runs() {
+    let Some(cache) = shared_hub_cache("fake-news bad inputs") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("empty.txt", b"", "empty"),
+        ("blank.txt", b"  \n\t \n", "empty"),
+        ("binary.txt", b"\x7fELF\x02\x01\x01\0\0\0", "binary"),
+        ("latin1.txt", b"caf\xe9 au lait", "UTF-8"),
+    ];
+    let mut args = vec!["run".to_string(), "fake-news".into(), "--json".into()];
+    for (name, bytes, _) in &cases {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        args.push(dir.path().join(name).display().to_string());
+    }
+    args.push("--text".into());
+    args.push("Masks reduce transmission, a new study finds.".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = zoo(&cache, &args, None);
+    assert_eq!(run.code, 1);
+    let out = lines(&run);
+    assert_eq!(out.len(), 5);
+    for (o, (name, _, cause)) in out.iter().zip(&cases) {
+        let error = o["error"].as_str().unwrap_or_else(|| panic!("{name}: {o}"));
+        assert!(error.contains(name) && error.contains(cause), "{name}: {error}");
+    }
+    assert!(out[4]["label"].is_string());
+
+    for (args, expected) in [
+        (vec!["run", "fake-news"], "no text given"),
+        (vec!["run", "fake-news", "x.csv", "--text-column", "tweet"], "x.csv"),
+        (vec!["train", "fake-news", "--out", "/tmp/x"], "--train"),
+    ] {
+        let run = zoo(&cache, &args, None);
+        assert_ne!(run.code, 0, "{args:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+    }
+}
