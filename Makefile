@@ -5,6 +5,7 @@ CARGO   ?= cargo
 SHARED  ?= ../shared
 THREADS ?= $(shell nproc)
 BENCH_OUT ?= target/bench
+BENCH_TEXTS ?= 300
 ZOO     := target/release/zoo
 
 .PHONY: setup run test bench lint fuzz clean
@@ -31,6 +32,12 @@ bench:
 			--threads $(THREADS) --min-time 5 | tee $(BENCH_OUT)/peer-image.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl; \
 	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
+	RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_TEXTS=$(BENCH_TEXTS) $(CARGO) bench --locked -p zoo-fake-news --bench encode | tee $(BENCH_OUT)/zoo-text.jsonl
+	@if [ -d "$(SHARED)/bench" ]; then \
+		eval "$$($(SHARED)/bin/test-assets --env)" && \
+		/tmp/bench-venv/bin/python "$(SHARED)/bench/text_minilm_ort.py" --batches 1,32 --threads $(THREADS) \
+			--graphs plain --sort chars --n $(BENCH_TEXTS) | tee $(BENCH_OUT)/peer-text.jsonl && \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-text.jsonl $(BENCH_OUT)/peer-text.jsonl; fi
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -1,0 +1,50 @@
+//! `make bench` for fake-news: texts/s and tokens/s of the whole classification (tokenise,
+//! encode, pool, head) on the first Constraint val tweets at batch 1 and 32, sorted by length
+//! as the peers sort them, and peak memory; JSON lines shaped like ../shared/bench's.
+
+use std::time::Instant;
+
+use candle_core::Device;
+use serde_json::json;
+use zoo_runtime::test_support::{shared_assets, shared_hub_cache};
+use zoo_runtime::{Context, HubSettings, Model, ModelRef};
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let (Some(assets), Some(cache)) = (shared_assets("fake-news bench"), shared_hub_cache("fake-news bench")) else {
+        return;
+    };
+    let n: usize = std::env::var("ZOO_BENCH_TEXTS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let mut hub = HubSettings::from_env(true);
+    hub.cache_dir = cache;
+    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false };
+    let model = Model::resolve(&ModelRef::parse("minilm-fake-news").unwrap(), &hub);
+    let classifier = zoo_fake_news::Classifier::load(&model, &ctx).unwrap();
+    let path = assets.join("data/fake-news/constraint_covid19/Constraint_Val.csv");
+    let rows = zoo_fake_news::table::read(&path, "tweet", None).unwrap();
+    let mut texts: Vec<&str> = rows.iter().take(n).map(|r| r.text.as_str()).collect();
+    texts.sort_by_key(|t| t.len());
+    let tokens: usize = texts.iter().map(|t| classifier.encoder.tokenize_plain(t).len()).sum();
+    classifier.classify(&texts[..8.min(texts.len())], 8);
+    for batch in [1usize, 32] {
+        let start = Instant::now();
+        for chunk in texts.chunks(batch) {
+            classifier.classify(chunk, batch);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            json!({"task": "text", "peer": "zoo (candle)", "model": "all-MiniLM-L6-v2 + head", "input": format!("{} Constraint_Val tweets", texts.len()),
+                   "batch": batch, "threads": candle_core::utils::get_num_threads(), "wall_s": secs, "items_per_s": texts.len() as f64 / secs,
+                   "tokens_per_s": tokens as f64 / secs, "peak_rss_mb": peak_rss_mb()})
+        );
+    }
+}
