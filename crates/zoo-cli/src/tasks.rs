@@ -8,5 +8,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new();
     #[cfg(feature = "image-classification")]
     registry.register(zoo_image_classification::ImageClassification);
+    #[cfg(feature = "style-transfer")]
+    registry.register(zoo_style_transfer::StyleTransfer);
     registry
 }
