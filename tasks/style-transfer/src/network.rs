@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::cpu::CpuNet;
 use crate::layers::{instance_norm, reflect_pad, upsample2};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,8 @@ pub struct StyleNet {
     pub pixel_scale: f32,
     /// How many styles a [`Style::Mix`] weighs (multistyle26), or the style vector's length.
     pub style_size: usize,
+    /// The same layers laid out for the CPU kernels.
+    cpu: Option<CpuNet>,
 }
 
 /// Every network halves the size twice and doubles it twice, so its input sides must be
@@ -130,11 +133,27 @@ impl StyleNet {
     /// Styles `x`: (1, 3, H, W) in 0..1, H and W multiples of [`SIZE_MULTIPLE`]; returns 0..1
     /// (unclamped for networks without a final sigmoid).
     pub fn run(&self, x: &Tensor, norms: &Norms) -> Result<Tensor> {
-        if self.pixel_scale == 1.0 {
-            return self.forward(x, norms);
-        }
         let scale = f64::from(self.pixel_scale);
-        self.forward(&(x * scale)?, norms)? / scale
+        let x = if scale == 1.0 { x.clone() } else { (x * scale)? };
+        let y = match &self.cpu {
+            Some(cpu) if x.device().is_cpu() => {
+                let (b, _, h, w) = x.dims4()?;
+                let mut outputs = Vec::with_capacity(b);
+                for image in 0..b {
+                    let nhwc: Vec<f32> =
+                        x.get(image)?.permute((1, 2, 0))?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    let y = cpu.forward(&nhwc, h, w, norms);
+                    outputs.push(Tensor::from_vec(y, (h, w, 3), x.device())?.permute((2, 0, 1))?);
+                }
+                Tensor::stack(&outputs, 0)?.contiguous()?
+            }
+            _ => self.forward(&x, norms)?,
+        };
+        if scale == 1.0 {
+            Ok(y)
+        } else {
+            y / scale
+        }
     }
 
     fn layer_forward(&self, i: usize, x: &Tensor, norms: &Norms) -> Result<Tensor> {
@@ -283,7 +302,7 @@ impl StyleNet {
     }
 
     fn new(layers: Vec<ConvLayer>, residual_blocks: usize, pixel_scale: f32, style_size: usize) -> Result<Self> {
-        let net = StyleNet { layers, contract: 3, residual_blocks, pixel_scale, style_size };
+        let mut net = StyleNet { layers, contract: 3, residual_blocks, pixel_scale, style_size, cpu: None };
         if net.layers[0].in_channels() != 3 || net.layers.last().expect("layers").out_channels() != 3 {
             candle_core::bail!("the network must take and give RGB (3 channels)")
         }
@@ -301,6 +320,9 @@ impl StyleNet {
             if kh != kw || kh % 2 == 0 {
                 candle_core::bail!("{kh}x{kw} kernels are not supported (square and odd only)")
             }
+        }
+        if net.device().is_cpu() {
+            net.cpu = Some(CpuNet::new(&net)?);
         }
         Ok(net)
     }
