@@ -143,33 +143,8 @@ impl CpuLayer {
                     let m = band_rows * pw - (pw - ow);
                     for ky in 0..k {
                         let lhs = &padded[(first_row + ky) * pw * cin..];
-                        assert!(lhs.len() >= (m - 1) * cin + span, "band reads inside the padded input");
                         let rhs = &self.weights[ky * span * cout..(ky + 1) * span * cout];
-                        // SAFETY: dst is tmp (m x cout, row-major); lhs is m rows of `span` floats,
-                        // `cin` apart, inside `padded` (asserted); rhs is span x cout inside the weights.
-                        unsafe {
-                            gemm::gemm(
-                                m,
-                                cout,
-                                span,
-                                tmp.as_mut_ptr(),
-                                1,
-                                cout as isize,
-                                ky > 0,
-                                lhs.as_ptr(),
-                                1,
-                                cin as isize,
-                                rhs.as_ptr(),
-                                1,
-                                cout as isize,
-                                1.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
+                        matmul((lhs, cin), rhs, tmp, (m, span, cout), ky > 0, gemm::Parallelism::None);
                     }
                     for (r, dst) in out_band.chunks_exact_mut(ow * cout).enumerate() {
                         dst.copy_from_slice(&tmp[r * pw * cout..(r * pw + ow) * cout]);
@@ -207,7 +182,8 @@ impl CpuLayer {
                             }
                         }
                     }
-                    matmul(&patches[..count * patch], &self.weights, out_tile, count, patch, cout);
+                    let patches = (&patches[..count * patch], patch);
+                    matmul(patches, &self.weights, out_tile, (count, patch, cout), false, gemm::Parallelism::None);
                     self.epilogue(out_tile, norm)
                 },
             )
@@ -224,11 +200,21 @@ fn activate(v: f32, activation: Activation) -> f32 {
     }
 }
 
-/// out (m x n) = a (m x k) * b (k x n), all row-major, on this thread.
-fn matmul(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "matmul operands too short");
-    // SAFETY: the pointers and strides describe out (m x n), a (m x k) and b (k x n), all row-major
-    // and within their slices (checked above); out does not alias a or b.
+/// out (m x n) = a * b, or += with `accumulate`: a is m rows of k floats starting `a_stride` apart
+/// (rows may overlap: a stride-1 convolution reads its padded input in place), b is k x n, all
+/// row-major.
+pub(crate) fn matmul(
+    (a, a_stride): (&[f32], usize),
+    b: &[f32],
+    out: &mut [f32],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(m > 0 && a.len() >= (m - 1) * a_stride + k, "matmul: the left operand is too short");
+    assert!(b.len() >= k * n && out.len() >= m * n, "matmul: operands too short");
+    // SAFETY: the asserts keep every element the strides describe inside its slice; out is
+    // written only, and aliases neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -237,19 +223,19 @@ fn matmul(a: &[f32], b: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
             out.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             a.as_ptr(),
             1,
-            k as isize,
+            a_stride as isize,
             b.as_ptr(),
             1,
             n as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
