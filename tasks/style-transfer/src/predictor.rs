@@ -27,7 +27,15 @@ struct Conv {
 
 impl Conv {
     fn load(vb: &VarBuilder, name: &str, stride: usize, relu6: bool) -> Result<Self> {
-        let weight = vb.get_unchecked(&format!("{name}.weight"))?.to_dtype(DType::F32)?;
+        let mut weight = vb.get_unchecked(&format!("{name}.weight"))?.to_dtype(DType::F32)?;
+        // zoo's bundled copy stores the int8 values these weights were dequantised from (as u8,
+        // offset by 128) with one scale per output channel: a quarter of the size, and the float32
+        // products below are bit-identical to the original float weights.
+        let scale_name = format!("{name}.weight_scale");
+        if vb.contains_tensor(&scale_name) {
+            let scale = vb.get_unchecked(&scale_name)?.to_dtype(DType::F32)?;
+            weight = (weight - 128.0)?.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+        }
         let bias = vb.get_unchecked(&format!("{name}.bias"))?.to_dtype(DType::F32)?;
         let (out, per_group, _, _) = weight.dims4()?;
         let groups = if per_group == 1 && out > 1 { out } else { 1 };

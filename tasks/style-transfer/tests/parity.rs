@@ -55,7 +55,7 @@ fn magenta_matches_the_reference() {
     let d_transform = max_diff(&net.forward(&g["content_input"], &norms).unwrap(), expected);
     let d_fast = max_diff(&net.run(&g["content_input"], &norms).unwrap(), expected);
 
-    // The predictor (bundled in float32: float16 moved the style vector by 1.2e-2 and the output by 1.7e-2), and the whole pipeline through it.
+    // The predictor (bundled as lossless int8 + scales: float16 moved the style vector by 1.2e-2 and the output by 1.7e-2), and the whole pipeline through it.
     let predicted = predictor.forward(&g["style_input"]).unwrap();
     let d_bottleneck = max_diff(&predicted, &g["bottleneck"]);
     let norms = net.norms(&Style::Vector(predicted.flatten_all().unwrap().to_vec1().unwrap())).unwrap();
