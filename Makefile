@@ -32,6 +32,13 @@ bench:
 			--threads $(THREADS) --min-time 5 | tee $(BENCH_OUT)/peer-image.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl; \
 	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
+	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-style-transfer --bench stylize | tee $(BENCH_OUT)/zoo-style.jsonl
+	@if [ -d "$(SHARED)/bench" ]; then \
+		scripts/bench-venv.sh "$(SHARED)/bench" && \
+		/tmp/bench-venv/bin/python "$(SHARED)/bench/style_ort.py" --threads $(THREADS) --min-time 5 \
+			--sizes-ms26 256,512,1024,2048 --sizes-magenta 256,384,512 | tee $(BENCH_OUT)/peer-style.jsonl && \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-style.jsonl $(BENCH_OUT)/peer-style.jsonl; \
+	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
 	RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_TEXTS=$(BENCH_TEXTS) $(CARGO) bench --locked -p zoo-fake-news --bench encode | tee $(BENCH_OUT)/zoo-text.jsonl
 	@if [ -d "$(SHARED)/bench" ]; then \
 		eval "$$($(SHARED)/bin/test-assets --env)" && \

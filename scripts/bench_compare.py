@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Prints zoo's throughput next to a peer's, from the JSON lines both benchmarks print, matched on
-batch size. Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
+"""Prints zoo's throughput and peak memory next to a peer's, from the JSON lines both benchmarks
+print, matched on input and batch size (and, for style transfer, whose peer times several networks
+at the same sizes, on the model too). Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
 import json
 import sys
 
@@ -10,14 +11,23 @@ def load(path):
         return [json.loads(line) for line in f if line.startswith("{")]
 
 
+def same(z, p):
+    if z.get("batch") != p.get("batch") or z.get("input") != p.get("input"):
+        return False
+    return p.get("task") != "style" or z.get("model") == p.get("model")
+
+
 zoo, peer = load(sys.argv[1]), load(sys.argv[2])
-print(f"{'input':<26} {'batch':>5} {'threads':>7} {'zoo items/s':>12} {'peer items/s':>13} {'zoo/peer':>9}  peer")
+print(f"{'model':<18} {'input':<26} {'batch':>5} {'threads':>7} {'zoo items/s':>12} {'peer items/s':>13} "
+      f"{'zoo/peer':>9} {'zoo MB':>7} {'peer MB':>8}  peer")
 for p in peer:
     if "items_per_s" not in p:
         continue
-    match = [z for z in zoo if z.get("batch") == p.get("batch") and z.get("input") == p.get("input")]
+    match = [z for z in zoo if same(z, p)]
     if not match:
         continue
     z = match[0]
     ratio = z["items_per_s"] / p["items_per_s"]
-    print(f"{p['input']:<26} {p['batch']:>5} {p['threads']:>7} {z['items_per_s']:>12.1f} {p['items_per_s']:>13.1f} {ratio:>8.2f}x  {p['peer']}")
+    print(f"{p.get('model', ''):<18} {p['input']:<26} {p['batch']:>5} {p['threads']:>7} {z['items_per_s']:>12.1f} "
+          f"{p['items_per_s']:>13.1f} {ratio:>8.2f}x {z.get('peak_rss_mb', float('nan')):>7.0f} "
+          f"{p.get('peak_rss_mb', float('nan')):>8.0f}  {p['peer']}")

@@ -10,5 +10,7 @@ pub fn registry() -> Registry {
     registry.register(zoo_image_classification::ImageClassification);
     #[cfg(feature = "fake-news")]
     registry.register(zoo_fake_news::FakeNews);
+    #[cfg(feature = "style-transfer")]
+    registry.register(zoo_style_transfer::StyleTransfer);
     registry
 }

@@ -33,13 +33,15 @@ impl ModelRef {
         let text = text.trim();
         let looks_like_path = text.starts_with('.') || text.starts_with('/') || text.starts_with('~');
         let path = Path::new(text);
-        if looks_like_path || path.is_dir() {
-            return if path.is_dir() {
+        if looks_like_path || path.is_dir() || path.is_file() {
+            // A single weights file is a model too, for tasks whose networks need nothing beside it
+            // (a style-transfer checkpoint); others ask it for files it does not have and say so.
+            return if path.exists() {
                 Ok(ModelRef::Local(path.to_path_buf()))
             } else {
                 Err(Error::UnknownModel {
                     reference: text.to_string(),
-                    hint: "no such folder (a local model is a folder holding its config and weights)".into(),
+                    hint: "no such folder or file (a local model is a folder holding its config and weights, or a weights file)".into(),
                 })
             };
         }
@@ -144,6 +146,14 @@ impl Model {
         Model { id: reference.id(), entry, store, hub: hub.clone() }
     }
 
+    /// The folder or file a local model was named by; `None` for catalogued and Hub models.
+    pub fn local_path(&self) -> Option<&Path> {
+        match &self.store {
+            Store::Local { dir } => Some(dir),
+            _ => None,
+        }
+    }
+
     /// The architecture the catalogue records, when the model is catalogued.
     pub fn architecture(&self) -> Option<&str> {
         self.entry.map(|e| e.architecture.as_str())
@@ -168,6 +178,10 @@ impl Model {
                 let full = format!("{dir}/{name}");
                 Ok(crate::bundled::file(&full).map(|bytes| ModelFile::Bundled { name: full, bytes }))
             }
+            Store::Local { dir } if dir.is_file() => Err(Error::model(
+                &self.id,
+                format!("is a single file; this task needs a folder holding {name} (and the model's other files)"),
+            )),
             Store::Local { dir } => {
                 let path = dir.join(name);
                 Ok(path.is_file().then_some(ModelFile::Disk(path)))
@@ -328,6 +342,8 @@ mod tests {
         }
         let dir = std::env::temp_dir();
         assert!(matches!(ModelRef::parse(dir.to_str().unwrap()).unwrap(), ModelRef::Local(_)));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert!(matches!(ModelRef::parse(file.path().to_str().unwrap()).unwrap(), ModelRef::Local(_)));
         for bad in ["no-such-model", "a/b/c", "./no/such/folder", "owner/name@", "/nonexistent-zoo-dir"] {
             let err = ModelRef::parse(bad).unwrap_err();
             assert!(err.is_usage(), "{bad}: {err}");
