@@ -268,3 +268,15 @@ fn list_and_info_describe_the_catalogue() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("bundled"), "{}", run.stdout);
 }
+
+#[test]
+fn panoramas_and_strips_are_classified_without_blowing_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, w, h) in [("strip.png", 50_000u32, 1u32), ("tower.png", 3, 20_000)] {
+        let path = dir.path().join(name);
+        image::RgbImage::from_pixel(w, h, image::Rgb([120, 90, 60])).save(&path).unwrap();
+        let run = zoo(&["run", "image-classification", path.to_str().unwrap(), "--json"]);
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        assert_eq!(json_lines(&run.stdout)[0]["predictions"].as_array().unwrap().len(), 5);
+    }
+}

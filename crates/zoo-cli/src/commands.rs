@@ -195,16 +195,17 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
             .into());
         }
     }
-    let raw_inputs: Vec<String> = m.get_many::<String>("inputs").map(|v| v.cloned().collect()).unwrap_or_default();
-    let inputs = task.expand_inputs(&raw_inputs, &args)?;
-    if inputs.is_empty() {
-        return Err(Error::Usage(format!("no input given; see `zoo run {} --help`", task.name())).into());
-    }
 
     let model = Model::resolve(&reference, hub);
     warn_if_unpinned(&model);
     let ctx = Context { device, hub: hub.clone(), progress: true };
     let mut runner = task.load(&model, &args, &ctx).with_context(|| format!("loading model '{}'", model.id))?;
+    // After the load, which checks the options: a bad option is reported before stdin is read.
+    let raw_inputs: Vec<String> = m.get_many::<String>("inputs").map(|v| v.cloned().collect()).unwrap_or_default();
+    let inputs = task.expand_inputs(&raw_inputs, &args)?;
+    if inputs.is_empty() {
+        return Err(Error::Usage(format!("no input given; see `zoo run {} --help`", task.name())).into());
+    }
 
     let show_bar = inputs.len() > runner.batch_size() && !std::io::stdout().is_terminal();
     let bar = progress::items(inputs.len() as u64, task.name(), show_bar);

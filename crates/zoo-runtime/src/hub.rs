@@ -102,6 +102,12 @@ impl HubRepo<'_> {
                 if actual != size {
                     // A file of the wrong size can only be a damaged cache entry: replace it.
                     self.remove_cached(file);
+                    if self.cached(file).is_some() {
+                        return Err(Error::Download {
+                            file: self.describe(file),
+                            reason: format!("the cached copy has {actual} bytes, not {size}, and could not be removed (is the cache read-only?)"),
+                        });
+                    }
                     return self.fetch(model, file, expected);
                 }
             }
@@ -134,7 +140,7 @@ impl HubRepo<'_> {
         }
         let Some(sha) = &expected.sha256 else { return Ok(()) };
         let actual = sha256_file(path)?;
-        if &actual != sha {
+        if !actual.eq_ignore_ascii_case(sha) {
             self.remove_cached(file);
             return Err(Error::Checksum { file: self.describe(file), expected: sha.clone(), actual });
         }

@@ -49,7 +49,13 @@ pub fn expand(args: &[String], spec: &InputSpec) -> Result<Vec<Input>> {
 
 fn walk(dir: &Path, spec: &InputSpec, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        // Linked folders are not followed: a link to a parent would loop, one to a sibling
+        // would list its files twice.
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) && path.is_dir() {
+            continue;
+        }
         if path.is_dir() {
             walk(&path, spec, out)?;
         } else if has_extension(&path, spec.extensions) {

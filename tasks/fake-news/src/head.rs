@@ -138,10 +138,14 @@ pub fn train(
         let loss = loss::cross_entropy(&forward(x)?, &targets)?;
         opt.backward_step(&loss)?;
         epochs_run = epoch;
+        // The loss of the weights as they are after this step, which are the ones kept if best.
         let watched = match (val, &val_targets) {
             (Some((vx, _)), Some(vt)) => loss::cross_entropy(&forward(vx)?, vt)?.to_scalar::<f32>()?,
-            _ => loss.to_scalar::<f32>()?,
+            _ => loss::cross_entropy(&forward(x)?, &targets)?.to_scalar::<f32>()?,
         };
+        if !watched.is_finite() {
+            candle_core::bail!("the loss became {watched} at epoch {epoch}; try a smaller learning rate")
+        }
         on_epoch(epoch, watched);
         if watched < best.0 - 1e-6 {
             best = (watched, epoch, weight.as_tensor().copy()?, bias.as_tensor().copy()?);

@@ -413,6 +413,18 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         weight_decay: args.parse("weight-decay")?.unwrap_or(1e-4),
         patience: args.parse("patience")?.unwrap_or(100),
     };
+    if settings.epochs == 0 || settings.patience == 0 {
+        return Err(Error::Usage("--epochs and --patience must be at least 1".into()));
+    }
+    for (name, value) in [("learning-rate", settings.learning_rate), ("weight-decay", settings.weight_decay)] {
+        if !value.is_finite() || value < 0.0 || (name == "learning-rate" && value == 0.0) {
+            return Err(Error::InvalidOption {
+                option: name.into(),
+                value: value.to_string(),
+                reason: "must be a positive number".into(),
+            });
+        }
+    }
     let force = args.flag("force");
     for file in ["head.safetensors", "head.json"] {
         if out.join(file).exists() && !force {
@@ -445,6 +457,9 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         Some(path) => {
             let path = PathBuf::from(path);
             let rows = take(table::read(&path, text_column, Some(label_column))?);
+            if rows.is_empty() {
+                return Err(Error::input(&path, "no rows"));
+            }
             Some(embed_rows(&encoder, &rows, &labels, &path, "encoding val")?)
         }
         None => None,
@@ -455,6 +470,12 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
             bar.inc(1)
         })?;
     bar.finish_and_clear();
+    if trained.best_epoch == 0 {
+        return Err(Error::Usage(
+            "training did not improve on the untrained head (is the learning rate far too large?); nothing was written"
+                .into(),
+        ));
+    }
 
     let training = json!({
         "train_file": train_path.display().to_string(),

@@ -165,6 +165,22 @@ impl EfficientNetLite {
             }
         }
         let head = Conv::load(vb.pp("conv_head"), vb.pp("bn2"), 1, false, true)?;
+        // Each layer must take what the one before gives: the CPU path slices buffers by these
+        // counts, and a checkpoint that disagrees is refused here rather than at the first image.
+        let mut channels = stem.weight.dim(0)?;
+        for (i, block) in blocks.iter().enumerate() {
+            let takes = match &block.expand {
+                Some(e) => e.weight.dim(1)?,
+                None => block.depthwise.weight.dim(0)?,
+            };
+            if takes != channels {
+                candle_core::bail!("block {i} takes {takes} channels, the layer before gives {channels}")
+            }
+            channels = block.project.weight.dim(0)?;
+        }
+        if head.weight.dim(1)? != channels {
+            candle_core::bail!("the head takes {} channels, the last block gives {channels}", head.weight.dim(1)?)
+        }
         let classifier = vb.get_unchecked("classifier.weight")?.to_dtype(DType::F32)?;
         let (num_classes, features) = classifier.dims2()?;
         if features != head.weight.dim(0)? {

@@ -48,10 +48,28 @@ impl Preprocess {
         let rgb = image.to_rgb8();
         match self.resize {
             Resize::ShorterThenCrop { shorter, crop } => {
+                let shorter = shorter.max(crop);
                 let (w, h) = rgb.dimensions();
                 let r = shorter as f64 / w.min(h) as f64;
-                let nw = ((w as f64 * r).round() as u32).max(shorter);
-                let nh = ((h as f64 * r).round() as u32).max(shorter);
+                let nw = (w as f64 * r).round().min(u32::MAX as f64) as u32;
+                let nh = (h as f64 * r).round().min(u32::MAX as f64) as u32;
+                let (nw, nh) = (nw.max(shorter), nh.max(shorter));
+                if u64::from(nw) * u64::from(nh) > 16 * u64::from(shorter) * u64::from(shorter) {
+                    // A panorama or a strip: resizing all of it would dwarf the crop (a 50000x1
+                    // image would become 12.8 M pixels wide). Take the source region the crop
+                    // covers, with a margin for the filter, and resize only that.
+                    let keep_w = ((f64::from(crop) + 4.0) / r).ceil().min(f64::from(w)) as u32;
+                    let keep_h = ((f64::from(crop) + 4.0) / r).ceil().min(f64::from(h)) as u32;
+                    let region =
+                        image::imageops::crop_imm(&rgb, (w - keep_w) / 2, (h - keep_h) / 2, keep_w, keep_h).to_image();
+                    let (rw, rh) = (
+                        ((f64::from(keep_w) * r).round() as u32).max(crop),
+                        ((f64::from(keep_h) * r).round() as u32).max(crop),
+                    );
+                    let resized = image::imageops::resize(&region, rw, rh, self.filter);
+                    return image::imageops::crop_imm(&resized, (rw - crop) / 2, (rh - crop) / 2, crop, crop)
+                        .to_image();
+                }
                 let resized = image::imageops::resize(&rgb, nw, nh, self.filter);
                 let (left, top) = ((nw - crop) / 2, (nh - crop) / 2);
                 image::imageops::crop_imm(&resized, left, top, crop, crop).to_image()
