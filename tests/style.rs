@@ -143,6 +143,21 @@ fn the_contact_sheet_shows_all_26_styles() {
     // 7 columns x 4 rows of 256x170 cells with 6-pixel gaps.
     let image = image::open(&sheet).unwrap();
     assert_eq!(image.dimensions(), (6 + 7 * (256 + 6), 6 + 4 * (170 + 6)));
+    // Smaller cells with --max-size; no limit (0) keeps the default cell size.
+    for (max_size, width) in [("100", 6 + 7 * (100 + 6)), ("0", 6 + 7 * (256 + 6))] {
+        let run = zoo(&[
+            "run",
+            "style",
+            s(&data("coffee.png")),
+            "--contact-sheet",
+            s(&sheet),
+            "--force",
+            "--max-size",
+            max_size,
+        ]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(image::open(&sheet).unwrap().width(), width, "--max-size {max_size}");
+    }
 }
 
 #[test]

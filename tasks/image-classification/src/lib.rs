@@ -129,7 +129,7 @@ impl Classifier {
                 let cfg = config.get("pretrained_cfg").unwrap_or(&config);
                 let crop = cfg.pointer("/input_size/1").and_then(Value::as_u64).unwrap_or(224) as u32;
                 let crop_pct = cfg.get("crop_pct").and_then(Value::as_f64).unwrap_or(0.875) as f32;
-                if !(16..=4096).contains(&crop) || !(crop_pct > 0.0 && crop_pct <= 1.0) {
+                if !((16..=4096).contains(&crop) && crop_pct > 0.0 && crop_pct <= 1.0) {
                     return Err(Error::model(
                         &model.id,
                         format!("config.json: input size {crop} and crop_pct {crop_pct} are not usable"),

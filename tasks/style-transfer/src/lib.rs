@@ -381,7 +381,12 @@ impl Stylizer {
 
     fn contact_sheet(&self, picture: &DynamicImage) -> candle_core::Result<DynamicImage> {
         let Mode::Builtin { names, .. } = &self.mode else { candle_core::bail!("no built-in styles") };
-        let cell = images::limit_size(picture.clone(), self.settings.max_size.clamp(1, SHEET_CELL)).to_rgb8();
+        // --max-size 0 means no limit, not a zero-sized cell.
+        let side = match self.settings.max_size {
+            0 => SHEET_CELL,
+            max => max.min(SHEET_CELL),
+        };
+        let cell = images::limit_size(picture.clone(), side).to_rgb8();
         let mut cells = vec![cell.clone()];
         for index in 0..names.len() {
             let norms = self.net.norms(&Style::Mix(StyleMix::single(index).weights(names.len())))?;

@@ -186,12 +186,15 @@ impl Dense {
         let threads = candle_core::utils::get_num_threads();
         let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         matmul((x, cin), &self.weights, &mut out, (rows, cin, cout), false, parallelism);
+        // Separate simple loops over each row, so that each vectorises.
         out.par_chunks_mut(cout * 64).enumerate().for_each(|(chunk, block)| {
             for (r, row) in block.chunks_exact_mut(cout).enumerate() {
-                let res = residual.map(|res| &res[(chunk * 64 + r) * cout..][..cout]);
-                for (i, v) in row.iter_mut().enumerate() {
-                    let y = *v + self.bias[i] + res.map_or(0.0, |res| res[i]);
-                    *v = if self.relu6 { y.clamp(0.0, 6.0) } else { y };
+                row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
+                if let Some(res) = residual {
+                    row.iter_mut().zip(&res[(chunk * 64 + r) * cout..][..cout]).for_each(|(v, r)| *v += r);
+                }
+                if self.relu6 {
+                    row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
                 }
             }
         });
