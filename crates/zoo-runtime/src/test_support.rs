@@ -57,3 +57,14 @@ pub fn shared_hub_cache(test: &str) -> Option<PathBuf> {
     assert!(cache.is_dir(), "{} is not a folder", cache.display());
     Some(cache)
 }
+
+/// The process's peak resident memory so far, in MB (VmHWM; NaN where /proc is missing), as the
+/// peers' benchmarks in ../shared/bench report it.
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
+}

@@ -6,17 +6,8 @@ use std::time::Instant;
 
 use candle_core::Device;
 use serde_json::json;
-use zoo_runtime::test_support::{shared_assets, shared_hub_cache};
+use zoo_runtime::test_support::{peak_rss_mb, shared_assets, shared_hub_cache};
 use zoo_runtime::{Context, HubSettings, Model, ModelRef};
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-    kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
-}
 
 fn main() {
     let (Some(assets), Some(cache)) = (shared_assets("fake-news bench"), shared_hub_cache("fake-news bench")) else {

@@ -8,16 +8,8 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use zoo_image_classification::Classifier;
+use zoo_runtime::test_support::peak_rss_mb;
 use zoo_runtime::{HubSettings, Input, Model, ModelRef};
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-    kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
-}
 
 /// CPU seconds the whole process has used (user + system), from /proc: with other jobs on the
 /// machine, images per CPU-second at one thread is a steadier figure than wall time.

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use image::imageops::FilterType;
 use serde_json::json;
+use zoo_runtime::test_support::peak_rss_mb;
 use zoo_style_transfer::network::{Style, StyleNet};
 use zoo_style_transfer::predictor::StylePredictor;
 
@@ -24,15 +25,6 @@ const CONFIGS: &[(&str, u32)] = &[
     ("magenta-transform", 384),
     ("magenta-transform", 512),
 ];
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-    kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
-}
 
 /// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, seconds).
 fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64) {
