@@ -2,50 +2,15 @@
 //! Every run gets an empty Hugging Face cache and no reachable Hub, so these also prove that the
 //! bundled default works with no download.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+#[allow(dead_code)]
+#[path = "support/zoo_bin.rs"]
+mod zoo_bin;
 
 use serde_json::Value;
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data").join(name)
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use zoo_bin::{data, zoo, zoo_with, Run};
 
 fn zoo_with_stdin(args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let cache = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoo"));
-    cmd.args(args)
-        .env("HF_HUB_CACHE", cache.path())
-        .env("HF_HUB_OFFLINE", "1")
-        // Nothing listens on the discard port: a stray download fails fast instead of going out.
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("ZOO_CATALOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("zoo runs");
-    if let Some(bytes) = stdin {
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-    }
-    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
-    let run = Run {
-        code: status.code().expect("zoo exits normally, not by a signal"),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    };
-    assert!(!run.stderr.contains("panicked"), "zoo panicked on {args:?}:\n{}", run.stderr);
-    run
-}
-
-fn zoo(args: &[&str]) -> Run {
-    zoo_with_stdin(args, None)
+    zoo_with(None, args, stdin)
 }
 
 fn json_lines(stdout: &str) -> Vec<Value> {

@@ -2,42 +2,18 @@
 //! JSON shape, and one-line errors for bad text. The encoder comes from the shared hub cache
 //! (`../shared/bin/test-assets`), offline; the head is the bundled one.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use serde_json::Value;
+use zoo_bin::{zoo_with, Run};
 use zoo_runtime::test_support::shared_hub_cache;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+#[allow(dead_code)]
+#[path = "support/zoo_bin.rs"]
+mod zoo_bin;
 
-fn zoo(cache: &PathBuf, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
-        .args(args)
-        .env("HF_HUB_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("ZOO_CATALOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(bytes) = stdin {
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let run = Run {
-        code: out.status.code().expect("exits normally"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(!run.stderr.contains("panicked"), "{args:?}: {}", run.stderr);
-    run
+fn zoo(cache: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    zoo_with(Some(cache), args, stdin)
 }
 
 fn lines(run: &Run) -> Vec<Value> {

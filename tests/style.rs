@@ -3,40 +3,14 @@
 //! bundled style models need no download.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use image::{DynamicImage, GenericImageView, Rgb, RgbImage, Rgba, RgbaImage};
 use serde_json::Value;
+use zoo_bin::{data, zoo, Run};
 
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data").join(name)
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn zoo(args: &[&str]) -> Run {
-    let cache = tempfile::tempdir().unwrap();
-    let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_zoo"))
-        .args(args)
-        .env("HF_HUB_CACHE", cache.path())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("ZOO_CATALOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("zoo runs");
-    let run = Run {
-        code: status.code().expect("zoo exits normally, not by a signal"),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    };
-    assert!(!run.stderr.contains("panicked"), "zoo panicked on {args:?}:\n{}", run.stderr);
-    run
-}
+#[allow(dead_code)]
+#[path = "support/zoo_bin.rs"]
+mod zoo_bin;
 
 fn json(run: &Run) -> Vec<Value> {
     run.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect()
