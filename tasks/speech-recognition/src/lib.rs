@@ -1,0 +1,3 @@
+//! Speech recognition with Whisper.
+
+pub mod audio;
