@@ -221,7 +221,10 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
                     object.extend(prediction.json());
                     Value::Object(object).to_string()
                 }
-                Ok(prediction) => format!("{}\n{}", input.name, indent(&prediction.human())),
+                Ok(prediction) => match prediction.document() {
+                    Some(document) => document.trim_end_matches('\n').to_string(),
+                    None => format!("{}\n{}", input.name, indent(&prediction.human())),
+                },
                 Err(e) => {
                     failed += 1;
                     bar.suspend(|| eprintln!("zoo: error: {e}"));

@@ -12,5 +12,7 @@ pub fn registry() -> Registry {
     registry.register(zoo_fake_news::FakeNews);
     #[cfg(feature = "style-transfer")]
     registry.register(zoo_style_transfer::StyleTransfer);
+    #[cfg(feature = "speech-recognition")]
+    registry.register(zoo_speech_recognition::SpeechRecognition);
     registry
 }

@@ -153,6 +153,11 @@ pub trait Prediction: Send {
     fn json(&self) -> serde_json::Map<String, serde_json::Value>;
     /// Lines for a person, without the input's name (the caller prints that).
     fn human(&self) -> String;
+    /// A document of its own (subtitles, a transcript file) that the caller prints verbatim
+    /// instead of the name-and-lines layout, when the user asked for one.
+    fn document(&self) -> Option<String> {
+        None
+    }
 }
 
 pub type PredictionResult = Result<Box<dyn Prediction>>;

@@ -1,3 +1,246 @@
-//! Speech recognition with Whisper.
+//! Speech recognition with Whisper: audio files in, transcripts (text, subtitles, JSON) out.
+//!
+//! Weights are CTranslate2 checkpoints (the Hub's `Systran/faster-whisper-*`, read natively by
+//! [`ct2`]) or Transformers ones (`openai/whisper-*`), both run by candle-transformers' Whisper.
 
 pub mod audio;
+pub mod ct2;
+pub mod decode;
+pub mod mel;
+pub mod model;
+pub mod output;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+use zoo_runtime::{
+    fsutil, Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs,
+    TaskOption,
+};
+
+use crate::decode::{DecodeOptions, Decoder, Mode, Transcript};
+use crate::output::Format;
+
+pub struct SpeechRecognition;
+
+const OPTIONS: &[TaskOption] = &[
+    TaskOption {
+        name: "format",
+        value_name: Some("FORMAT"),
+        help: "Print (or write, with --output-dir) each transcript as txt, json, srt or vtt, a document of its \
+               own; without it zoo prints each input's name and its text",
+        default: None,
+    },
+    TaskOption {
+        name: "output-dir",
+        value_name: Some("DIR"),
+        help: "Write one file per input into DIR (<name>.<format>, txt unless --format says otherwise)",
+        default: None,
+    },
+    TaskOption {
+        name: "language",
+        value_name: Some("CODE"),
+        help: "Spoken language (en, de, fr, ...) for multilingual models; detected from the first 30 s when not given",
+        default: None,
+    },
+    TaskOption {
+        name: "task",
+        value_name: Some("TASK"),
+        help: "transcribe, or translate into English (multilingual models)",
+        default: Some("transcribe"),
+    },
+    TaskOption {
+        name: "no-context",
+        value_name: None,
+        help: "Do not prompt each 30 s window with the previous window's text (avoids carrying a mistake on)",
+        default: None,
+    },
+    TaskOption {
+        name: "no-fallback",
+        value_name: None,
+        help: "Decode greedily once per window; no retries at higher temperatures on repetitive output",
+        default: None,
+    },
+];
+
+impl Task for SpeechRecognition {
+    fn name(&self) -> &'static str {
+        "speech-recognition"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["asr", "automatic-speech-recognition"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "Transcribe speech (Whisper): text, timestamps, SRT/WebVTT subtitles"
+    }
+
+    fn input(&self) -> InputSpec {
+        InputSpec {
+            description: "audio files (WAV, FLAC, MP3, OGG Vorbis), folders or globs; - reads stdin",
+            extensions: &["wav", "wave", "flac", "mp3", "ogg", "oga"],
+            stdin: true,
+            required: true,
+        }
+    }
+
+    fn options(&self) -> &'static [TaskOption] {
+        OPTIONS
+    }
+
+    fn examples(&self) -> &'static [&'static str] {
+        &[
+            "zoo run speech-recognition interview.wav",
+            "zoo run asr talk.flac --format srt > talk.srt",
+            "zoo run asr recordings/ --format vtt --output-dir subtitles/",
+            "zoo run asr clip.mp3 --json",
+            "zoo run asr --model faster-whisper-base podcast.mp3 --language de --task translate",
+        ]
+    }
+
+    fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
+        let format = match args.value("format") {
+            None => None,
+            Some(text) => Some(Format::parse(text).ok_or_else(|| Error::InvalidOption {
+                option: "format".into(),
+                value: text.into(),
+                reason: "choose txt, json, srt or vtt".into(),
+            })?),
+        };
+        let mode = match args.value("task").unwrap_or("transcribe") {
+            "transcribe" => Mode::Transcribe,
+            "translate" => Mode::Translate,
+            other => {
+                return Err(Error::InvalidOption {
+                    option: "task".into(),
+                    value: other.into(),
+                    reason: "choose transcribe or translate".into(),
+                })
+            }
+        };
+        let output_dir = args.value("output-dir").map(PathBuf::from);
+        let language = args.value("language").map(|l| l.trim().to_ascii_lowercase());
+        if let Some(code) = &language {
+            if !model::LANGUAGES.contains(&code.as_str()) {
+                return Err(Error::InvalidOption {
+                    option: "language".into(),
+                    value: code.clone(),
+                    reason: "not one of Whisper's language codes (en, de, fr, es, zh, ja, ...)".into(),
+                });
+            }
+        }
+
+        let whisper = model::Whisper::load(model, &ctx.device)?;
+        if !whisper.multilingual {
+            if language.as_deref().is_some_and(|l| l != "en") {
+                return Err(Error::Usage(format!(
+                    "{} is an English-only model; for --language {} choose a multilingual one (e.g. faster-whisper-base)",
+                    model.id,
+                    language.as_deref().unwrap_or_default()
+                )));
+            }
+            if mode == Mode::Translate {
+                return Err(Error::Usage(format!(
+                    "{} is English-only; --task translate needs a multilingual model",
+                    model.id
+                )));
+            }
+        }
+        let mut options = DecodeOptions { mode, language, ..DecodeOptions::default() };
+        if args.flag("no-context") {
+            options.condition_on_previous_text = false;
+        }
+        if args.flag("no-fallback") {
+            options.temperatures = vec![0.0];
+        }
+        let filters = mel::mel_filters(audio::SAMPLE_RATE as usize, mel::N_FFT, whisper.config.num_mel_bins);
+        Ok(Box::new(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone() }))
+    }
+}
+
+pub struct SpeechRunner {
+    whisper: model::Whisper,
+    options: DecodeOptions,
+    filters: Vec<f32>,
+    format: Option<Format>,
+    output_dir: Option<PathBuf>,
+    model_id: String,
+}
+
+impl SpeechRunner {
+    /// Transcribes 16 kHz mono samples.
+    pub fn transcribe_samples(&mut self, samples: &[f32]) -> candle_core::Result<Transcript> {
+        let mel =
+            mel::log_mel_spectrogram(samples, mel::CHUNK_SAMPLES, &self.filters, self.whisper.config.num_mel_bins);
+        let content_frames = samples.len() / mel::HOP_LENGTH;
+        Decoder::new(&mut self.whisper, self.options.clone()).transcribe(&mel, content_frames)
+    }
+
+    fn run_one(&mut self, input: &Input) -> Result<Transcribed> {
+        let bytes = input.read()?;
+        let audio = audio::decode(&bytes, input.path()).map_err(|e| Error::input(input.path(), e))?;
+        let transcript =
+            self.transcribe_samples(&audio.samples).map_err(|e| Error::model(&self.model_id, e.to_string()))?;
+        let mut head = Map::new();
+        head.insert("input".into(), input.name.clone().into());
+        head.insert("model".into(), self.model_id.clone().into());
+        let mut written = None;
+        if let Some(dir) = &self.output_dir {
+            let format = self.format.unwrap_or(Format::Txt);
+            let path = output_path(dir, input, format);
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            fsutil::write_atomic(&path, output::render(&transcript, format, head.clone()).as_bytes(), true)?;
+            written = Some(path);
+        }
+        Ok(Transcribed { transcript, head, format: self.format, written })
+    }
+}
+
+fn output_path(dir: &Path, input: &Input, format: Format) -> PathBuf {
+    let stem = match input.path().file_stem() {
+        Some(stem) if input.name != "-" => stem.to_string_lossy().into_owned(),
+        _ => "stdin".to_string(),
+    };
+    dir.join(format!("{stem}.{}", format.extension()))
+}
+
+impl Runner for SpeechRunner {
+    fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
+        batch.iter().map(|input| self.run_one(input).map(|t| Box::new(t) as Box<dyn Prediction>)).collect()
+    }
+}
+
+/// One input's transcript, and where it was written, if it was.
+pub struct Transcribed {
+    pub transcript: Transcript,
+    head: Map<String, Value>,
+    format: Option<Format>,
+    written: Option<PathBuf>,
+}
+
+impl Prediction for Transcribed {
+    fn json(&self) -> Map<String, Value> {
+        let mut map = output::json_fields(&self.transcript);
+        if let Some(path) = &self.written {
+            map.insert("output".into(), path.display().to_string().into());
+        }
+        map
+    }
+
+    fn human(&self) -> String {
+        let t = &self.transcript;
+        match &self.written {
+            Some(path) => format!("wrote {} ({:.1} s, {} segments)", path.display(), t.duration, t.segments.len()),
+            None if t.segments.is_empty() => "(no speech)".to_string(),
+            None => t.text(),
+        }
+    }
+
+    fn document(&self) -> Option<String> {
+        match (self.format, &self.written) {
+            (Some(format), None) => Some(output::render(&self.transcript, format, self.head.clone())),
+            _ => None,
+        }
+    }
+}

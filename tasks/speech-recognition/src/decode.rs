@@ -1,0 +1,422 @@
+//! Whisper's decoding, as OpenAI's `transcribe()` does it: 30 s windows that seek to the last
+//! complete timestamp, timestamp rules, suppression of non-speech tokens, temperature fallback on
+//! repetitive or unlikely output, and a no-speech check so that silence yields no text.
+
+use std::io::Write;
+
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+
+use crate::mel::{LogMel, HOP_LENGTH, N_FRAMES};
+use crate::model::Whisper;
+
+/// Seconds per timestamp token.
+const TIME_PRECISION: f64 = 0.02;
+/// The encoder halves the frame rate: one audio position per two mel frames.
+const INPUT_STRIDE: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Transcribe,
+    Translate,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    pub mode: Mode,
+    /// `None`: detect (multilingual models) or English (English-only models).
+    pub language: Option<String>,
+    pub temperatures: Vec<f64>,
+    pub compression_ratio_threshold: Option<f64>,
+    pub logprob_threshold: Option<f64>,
+    pub no_speech_threshold: Option<f64>,
+    /// Feed the previous window's text as a prompt (helps consistency, risks carrying errors on).
+    pub condition_on_previous_text: bool,
+    /// The latest the first timestamp of a window may be, in seconds.
+    pub max_initial_timestamp: f64,
+    /// Beam width at temperature 0; 1 is greedy.
+    pub beam_size: usize,
+    /// Seed of the sampler used at temperatures above 0, so runs repeat exactly.
+    pub seed: u64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Transcribe,
+            language: None,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            max_initial_timestamp: 1.0,
+            beam_size: 1,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Segment {
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+    pub avg_logprob: f64,
+    pub no_speech_prob: f64,
+    pub temperature: f64,
+    pub compression_ratio: f64,
+    #[serde(skip)]
+    pub tokens: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transcript {
+    pub language: String,
+    pub language_probability: f64,
+    pub duration: f64,
+    pub segments: Vec<Segment>,
+}
+
+impl Transcript {
+    pub fn text(&self) -> String {
+        self.segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string()
+    }
+}
+
+/// One window's decoding.
+#[derive(Debug, Clone)]
+struct WindowResult {
+    /// Sampled tokens, end-of-text excluded.
+    tokens: Vec<u32>,
+    text: String,
+    avg_logprob: f64,
+    no_speech_prob: f64,
+    temperature: f64,
+    compression_ratio: f64,
+}
+
+/// gzip-free zlib ratio, as Whisper measures repetitiveness: highly repetitive text compresses well.
+pub fn compression_ratio(text: &str) -> f64 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(text.as_bytes()).expect("writing to memory");
+    let compressed = z.finish().expect("writing to memory");
+    text.len() as f64 / compressed.len() as f64
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+    let log_sum = max + sum.ln();
+    logits.iter().map(|&l| l - log_sum).collect()
+}
+
+fn log_sum_exp(values: &[f32]) -> f32 {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + values.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
+}
+
+pub struct Decoder<'a> {
+    pub whisper: &'a mut Whisper,
+    pub options: DecodeOptions,
+    rng: rand::rngs::StdRng,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(whisper: &'a mut Whisper, options: DecodeOptions) -> Self {
+        let rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+        Self { whisper, options, rng }
+    }
+
+    /// The prompt's fixed part: start-of-transcript, language and task for multilingual models.
+    fn sot_sequence(&self, language: Option<u32>) -> Vec<u32> {
+        let t = &self.whisper.tokens;
+        let mut seq = vec![t.sot];
+        if self.whisper.multilingual {
+            seq.push(language.unwrap_or_else(|| t.languages.first().map(|l| l.1).unwrap_or(t.sot)));
+            seq.push(if self.options.mode == Mode::Translate { t.translate } else { t.transcribe });
+        }
+        seq
+    }
+
+    /// Language probabilities from the first window: the decoder's next-token distribution after
+    /// `<|startoftranscript|>`, over the language tokens only.
+    fn detect_language(&mut self, audio: &Tensor) -> candle_core::Result<(String, f64, u32)> {
+        let sot = self.whisper.tokens.sot;
+        let logits = self.whisper.logits(&[sot], audio, &[0], true)?.remove(0);
+        let languages = &self.whisper.tokens.languages;
+        let scores: Vec<f32> = languages.iter().map(|(_, id)| logits[*id as usize]).collect();
+        let log_probs = log_softmax(&scores);
+        let (best, lp) = log_probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).expect("languages");
+        let (code, id) = &languages[best];
+        Ok((code.clone(), lp.exp() as f64, *id))
+    }
+
+    /// Masks `logits` as OpenAI's logit filters do; `sampled` are the tokens after the prompt.
+    fn apply_filters(&self, logits: &mut [f32], sampled: &[u32]) {
+        let t = &self.whisper.tokens;
+        let vocab = logits.len();
+        let ninf = f32::NEG_INFINITY;
+        if sampled.is_empty() {
+            for &id in &self.whisper.suppress_at_begin {
+                if (id as usize) < vocab {
+                    logits[id as usize] = ninf;
+                }
+            }
+        }
+        for &id in &self.whisper.suppress {
+            logits[id as usize] = ninf;
+        }
+
+        // Timestamp rules.
+        let ts_begin = t.timestamp_begin as usize;
+        logits[t.no_timestamps as usize] = ninf;
+        let is_ts = |tok: u32| tok as usize >= ts_begin;
+        let last_was_ts = sampled.last().is_some_and(|&x| is_ts(x));
+        let penultimate_was_ts = sampled.len() < 2 || is_ts(sampled[sampled.len() - 2]);
+        if last_was_ts {
+            if penultimate_was_ts {
+                // A pair is complete: text (or end) must follow.
+                logits[ts_begin..].fill(ninf);
+            } else {
+                // An opened segment: close it with a timestamp or end.
+                logits[..t.eot as usize].fill(ninf);
+            }
+        }
+        if let Some(&last_ts) = sampled.iter().rev().find(|&&x| is_ts(x)) {
+            // Time never goes back, and every segment lasts at least one step.
+            let bound = if last_was_ts && !penultimate_was_ts { last_ts } else { last_ts + 1 } as usize;
+            logits[ts_begin..bound.min(vocab)].fill(ninf);
+        }
+        if sampled.is_empty() {
+            logits[..ts_begin].fill(ninf);
+            let last_allowed = ts_begin + (self.options.max_initial_timestamp / TIME_PRECISION).round() as usize;
+            if last_allowed + 1 < vocab {
+                logits[last_allowed + 1..].fill(ninf);
+            }
+        }
+        // When timestamps together outweigh every single text token, take a timestamp.
+        let log_probs = log_softmax(logits);
+        let ts_mass = log_sum_exp(&log_probs[ts_begin..]);
+        let best_text = log_probs[..ts_begin].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if ts_mass > best_text {
+            logits[..ts_begin].fill(ninf);
+        }
+    }
+
+    fn pick(&mut self, logits: &[f32], temperature: f64) -> u32 {
+        if temperature <= 0.0 {
+            return logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0);
+        }
+        let scaled: Vec<f32> = logits.iter().map(|&l| l / temperature as f32).collect();
+        let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f64> = scaled.iter().map(|&l| ((l - max) as f64).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut draw = self.rng.random::<f64>() * total;
+        for (i, w) in weights.iter().enumerate() {
+            draw -= w;
+            if draw <= 0.0 && *w > 0.0 {
+                return i as u32;
+            }
+        }
+        weights.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
+    }
+
+    /// Decodes one window at one temperature.
+    fn decode_once(
+        &mut self,
+        audio: &Tensor,
+        prompt: &[u32],
+        temperature: f64,
+        fresh_audio: bool,
+    ) -> candle_core::Result<WindowResult> {
+        let t = self.whisper.tokens.clone();
+        let n_ctx = self.whisper.config.max_target_positions;
+        let sample_len = n_ctx / 2;
+        let sot_index = prompt.iter().position(|&x| x == t.sot).unwrap_or(0);
+        let mut tokens = prompt.to_vec();
+        let sample_begin = tokens.len();
+        let mut sum_logprob = 0f64;
+        let mut no_speech_prob = 0f64;
+        let mut fresh = fresh_audio;
+        while tokens.len() - sample_begin < sample_len && tokens.len() < n_ctx {
+            let last = tokens.len() - 1;
+            let first = tokens.len() == sample_begin;
+            let positions: Vec<usize> = if first { vec![sot_index, last] } else { vec![last] };
+            let mut all = self.whisper.logits(&tokens, audio, &positions, fresh)?;
+            fresh = false;
+            let mut logits = all.pop().expect("one per position");
+            if first {
+                let at_sot = log_softmax(&all[0]);
+                no_speech_prob = at_sot[t.no_speech as usize].exp() as f64;
+            }
+            self.apply_filters(&mut logits, &tokens[sample_begin..]);
+            let next = self.pick(&logits, temperature);
+            sum_logprob += log_softmax(&logits)[next as usize] as f64;
+            if next == t.eot {
+                break;
+            }
+            tokens.push(next);
+        }
+        let sampled = tokens[sample_begin..].to_vec();
+        let text = self.text(&sampled);
+        let avg_logprob = sum_logprob / (sampled.len() + 1) as f64;
+        let compression_ratio = compression_ratio(&text);
+        Ok(WindowResult { tokens: sampled, text, avg_logprob, no_speech_prob, temperature, compression_ratio })
+    }
+
+    /// The text of `tokens`, timestamps and other special tokens left out.
+    fn text(&self, tokens: &[u32]) -> String {
+        let eot = self.whisper.tokens.eot;
+        let text_tokens: Vec<u32> = tokens.iter().copied().filter(|&x| x < eot).collect();
+        self.whisper.tokenizer.decode(&text_tokens, true).unwrap_or_default()
+    }
+
+    /// Decodes a window, retrying at higher temperatures while the output looks like a loop or
+    /// is improbable (unless it is probably silence).
+    fn decode_with_fallback(&mut self, audio: &Tensor, prompt: &[u32]) -> candle_core::Result<WindowResult> {
+        let temperatures = self.options.temperatures.clone();
+        let mut result = None;
+        for (i, &temperature) in temperatures.iter().enumerate() {
+            let r = self.decode_once(audio, prompt, temperature, i == 0)?;
+            let too_repetitive = self.options.compression_ratio_threshold.is_some_and(|thr| r.compression_ratio > thr);
+            let too_unlikely = self.options.logprob_threshold.is_some_and(|thr| r.avg_logprob < thr);
+            let silence = self.options.no_speech_threshold.is_some_and(|thr| r.no_speech_prob > thr)
+                && self.options.logprob_threshold.is_some_and(|thr| r.avg_logprob < thr);
+            let done = silence || !(too_repetitive || too_unlikely);
+            result = Some(r);
+            if done {
+                break;
+            }
+        }
+        Ok(result.expect("at least one temperature"))
+    }
+
+    /// Transcribes a whole recording.
+    pub fn transcribe(&mut self, mel: &LogMel, content_frames: usize) -> candle_core::Result<Transcript> {
+        let t = self.whisper.tokens.clone();
+        let duration = content_frames as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
+        let mut segments = Vec::new();
+        let mut all_tokens: Vec<u32> = Vec::new();
+        let mut prompt_reset_since = 0;
+        let mut seek = 0usize;
+        let (mut language, mut language_probability, mut language_token) = ("en".to_string(), 1.0, None);
+        if self.whisper.multilingual {
+            if let Some(code) = &self.options.language {
+                language = code.clone();
+                language_token = t.languages.iter().find(|(c, _)| c == code).map(|l| l.1);
+            }
+        }
+        let mut first_window = true;
+        while seek < content_frames {
+            let time_offset = seek as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
+            let segment_size = N_FRAMES.min(content_frames - seek);
+            let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
+            let audio = self.whisper.encode(mel.window(seek, segment_size))?;
+            if first_window && self.whisper.multilingual && language_token.is_none() {
+                let (code, p, id) = self.detect_language(&audio)?;
+                (language, language_probability, language_token) = (code, p, Some(id));
+            }
+            first_window = false;
+
+            let mut prompt = Vec::new();
+            let previous = &all_tokens[prompt_reset_since..];
+            if self.options.condition_on_previous_text && !previous.is_empty() {
+                let keep = self.whisper.config.max_target_positions / 2 - 1;
+                prompt.push(t.sot_prev);
+                prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+            }
+            prompt.extend(self.sot_sequence(language_token));
+            let result = self.decode_with_fallback(&audio, &prompt)?;
+
+            if let Some(thr) = self.options.no_speech_threshold {
+                let probably_silent = result.no_speech_prob > thr
+                    && !self.options.logprob_threshold.is_some_and(|lp| result.avg_logprob > lp);
+                if probably_silent {
+                    seek += segment_size;
+                    continue;
+                }
+            }
+
+            let tokens = &result.tokens;
+            let is_ts = |x: u32| x >= t.timestamp_begin;
+            let single_timestamp_ending =
+                tokens.len() >= 2 && !is_ts(tokens[tokens.len() - 2]) && is_ts(tokens[tokens.len() - 1]);
+            let mut slices: Vec<usize> =
+                (1..tokens.len()).filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i])).collect();
+            let before = segments.len();
+            if !slices.is_empty() {
+                if single_timestamp_ending {
+                    slices.push(tokens.len());
+                }
+                let mut last_slice = 0;
+                for &current in &slices {
+                    let piece = &tokens[last_slice..current];
+                    let start = (piece[0].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
+                    let end = (piece[piece.len() - 1].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
+                    segments.push(self.segment(time_offset + start, time_offset + end, piece, &result));
+                    last_slice = current;
+                }
+                if single_timestamp_ending {
+                    seek += segment_size;
+                } else {
+                    let last_ts = (tokens[last_slice - 1] - t.timestamp_begin) as usize;
+                    seek += last_ts * INPUT_STRIDE;
+                }
+            } else {
+                let mut end = segment_duration;
+                if let Some(&last) = tokens.iter().rev().find(|&&x| is_ts(x)) {
+                    if last != t.timestamp_begin {
+                        end = (last - t.timestamp_begin) as f64 * TIME_PRECISION;
+                    }
+                }
+                segments.push(self.segment(time_offset, time_offset + end, tokens, &result));
+                seek += segment_size;
+            }
+            // Keep segments inside the audio and drop the empty ones Whisper sometimes emits.
+            let mut kept = segments.split_off(before);
+            kept.retain(|s| !s.text.trim().is_empty());
+            for s in &mut kept {
+                s.end = s.end.min(duration);
+                s.start = s.start.min(s.end);
+            }
+            segments.extend(kept);
+            all_tokens.extend(tokens.iter().copied());
+            if !self.options.condition_on_previous_text || result.temperature > 0.5 {
+                prompt_reset_since = all_tokens.len();
+            }
+        }
+        Ok(Transcript { language, language_probability, duration, segments })
+    }
+
+    fn segment(&self, start: f64, end: f64, tokens: &[u32], result: &WindowResult) -> Segment {
+        Segment {
+            start,
+            end,
+            text: self.text(tokens),
+            avg_logprob: result.avg_logprob,
+            no_speech_prob: result.no_speech_prob,
+            temperature: result.temperature,
+            compression_ratio: result.compression_ratio,
+            tokens: tokens.to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetition_compresses_well() {
+        assert!(compression_ratio(&"the the the the ".repeat(20)) > 2.4);
+        assert!(compression_ratio("And so my fellow Americans, ask not what your country can do for you.") < 2.4);
+        assert_eq!(compression_ratio(""), 0.0);
+    }
+}

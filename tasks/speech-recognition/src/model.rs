@@ -1,0 +1,352 @@
+//! Loading Whisper: CTranslate2 checkpoints (the Hub's `Systran/faster-whisper-*`) mapped onto
+//! candle-transformers' model, or Transformers checkpoints (`openai/whisper-*`) read as they are.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::whisper::{self as m, Config};
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+use zoo_runtime::{Error, Model, ModelFile, Result};
+
+use crate::ct2::Ct2Model;
+
+/// The special tokens decoding needs, looked up in the model's own tokenizer.
+#[derive(Debug, Clone)]
+pub struct SpecialTokens {
+    pub sot: u32,
+    pub eot: u32,
+    pub transcribe: u32,
+    pub translate: u32,
+    pub sot_prev: u32,
+    pub sot_lm: u32,
+    pub no_timestamps: u32,
+    pub no_speech: u32,
+    /// The first timestamp token (`<|0.00|>`); the others follow at 20 ms steps.
+    pub timestamp_begin: u32,
+    /// Language codes and their tokens (`en` → `<|en|>`), empty for English-only models.
+    pub languages: Vec<(String, u32)>,
+}
+
+/// A Whisper model ready to encode windows and decode tokens.
+pub struct Whisper {
+    pub model: m::model::Whisper,
+    pub config: Config,
+    pub tokenizer: Tokenizer,
+    pub tokens: SpecialTokens,
+    /// Tokens never sampled (non-speech symbols and the task's control tokens).
+    pub suppress: Vec<u32>,
+    /// Tokens not sampled first (a blank and end-of-text).
+    pub suppress_at_begin: Vec<u32>,
+    /// (layer, head) pairs whose cross-attention follows the audio, for word timing.
+    pub alignment_heads: Vec<(usize, usize)>,
+    pub multilingual: bool,
+    pub device: Device,
+    /// "ctranslate2" or "transformers": which kind of checkpoint was read.
+    pub format: &'static str,
+}
+
+/// `config.json` of a CTranslate2 Whisper conversion.
+#[derive(Debug, Deserialize, Default)]
+struct Ct2Config {
+    #[serde(default)]
+    alignment_heads: Vec<(usize, usize)>,
+    #[serde(default)]
+    suppress_ids: Vec<i64>,
+    #[serde(default)]
+    suppress_ids_begin: Vec<i64>,
+}
+
+/// The parts of a Transformers `config.json` besides the dimensions candle reads.
+#[derive(Debug, Deserialize, Default)]
+struct HfConfig {
+    #[serde(default)]
+    begin_suppress_tokens: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct HfGenerationConfig {
+    #[serde(default)]
+    alignment_heads: Vec<(usize, usize)>,
+}
+
+/// Limits far above every published Whisper; a config past them is refused before any allocation.
+const MAX_DIM: usize = 1 << 14;
+const MAX_LAYERS: usize = 128;
+const MAX_VOCAB: usize = 1 << 20;
+
+fn check_config(model: &str, c: &Config) -> Result<()> {
+    let dims = [c.num_mel_bins, c.d_model, c.max_source_positions, c.max_target_positions];
+    let bad = dims.iter().any(|&d| d == 0 || d > MAX_DIM)
+        || c.encoder_layers > MAX_LAYERS
+        || c.decoder_layers > MAX_LAYERS
+        || c.vocab_size == 0
+        || c.vocab_size > MAX_VOCAB
+        || c.encoder_attention_heads == 0
+        || c.decoder_attention_heads == 0
+        || c.d_model % c.encoder_attention_heads != 0
+        || c.d_model % c.decoder_attention_heads != 0;
+    if bad {
+        return Err(Error::model(model, format!("implausible Whisper dimensions: {c:?}")));
+    }
+    Ok(())
+}
+
+fn ids(list: &[i64]) -> Vec<u32> {
+    list.iter().filter_map(|&i| u32::try_from(i).ok()).collect()
+}
+
+impl Whisper {
+    /// Reads a CTranslate2 (`model.bin`) or Transformers (`model.safetensors`) checkpoint.
+    pub fn load(model: &Model, device: &Device) -> Result<Self> {
+        let tokenizer_file = model.file("tokenizer.json")?;
+        let tokenizer = Tokenizer::from_bytes(tokenizer_file.bytes()?.as_ref())
+            .map_err(|e| Error::model(&model.id, format!("{}: {e}", tokenizer_file.display())))?;
+
+        if let Some(bin) = model.optional_file("model.bin")? {
+            let ModelFile::Disk(path) = &bin else {
+                return Err(Error::model(&model.id, "bundled CTranslate2 models are not supported"));
+            };
+            let ct2 = Ct2Model::open(path).map_err(|e| Error::model(&model.id, e))?;
+            let extra: Ct2Config = model.optional_json("config.json")?.unwrap_or_default();
+            let (vars, mut config) = ct2_variables(&ct2, device).map_err(|e| Error::model(&model.id, e))?;
+            config.suppress_tokens = ids(&extra.suppress_ids);
+            check_config(&model.id, &config)?;
+            let vb = VarBuilder::from_tensors(vars, DType::F32, device);
+            let whisper = m::model::Whisper::load(&vb, config.clone())
+                .map_err(|e| Error::model(&model.id, format!("{}: {e}", path.display())))?;
+            let begin = if extra.suppress_ids_begin.is_empty() { None } else { Some(ids(&extra.suppress_ids_begin)) };
+            return Self::assemble(
+                model,
+                whisper,
+                config,
+                tokenizer,
+                begin,
+                extra.alignment_heads,
+                device,
+                "ctranslate2",
+            );
+        }
+
+        let config: Config = model.json("config.json")?;
+        check_config(&model.id, &config)?;
+        let hf: HfConfig = model.json("config.json")?;
+        let generation: HfGenerationConfig = model.optional_json("generation_config.json")?.unwrap_or_default();
+        let vb = model.var_builder("model.safetensors", DType::F32, device)?;
+        let whisper = m::model::Whisper::load(&vb, config.clone())
+            .map_err(|e| Error::model(&model.id, format!("model.safetensors: {e}")))?;
+        let begin = if hf.begin_suppress_tokens.is_empty() { None } else { Some(ids(&hf.begin_suppress_tokens)) };
+        Self::assemble(model, whisper, config, tokenizer, begin, generation.alignment_heads, device, "transformers")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        model: &Model,
+        whisper: m::model::Whisper,
+        config: Config,
+        tokenizer: Tokenizer,
+        suppress_at_begin: Option<Vec<u32>>,
+        alignment_heads: Vec<(usize, usize)>,
+        device: &Device,
+        format: &'static str,
+    ) -> Result<Self> {
+        let token = |name: &str| {
+            tokenizer.token_to_id(name).ok_or_else(|| {
+                Error::model(&model.id, format!("tokenizer.json has no {name} token; is this a Whisper model?"))
+            })
+        };
+        let no_timestamps = token("<|notimestamps|>")?;
+        let no_speech = token("<|nospeech|>").or_else(|_| token("<|nocaptions|>"))?;
+        // Whisper's rule: the multilingual vocabularies are the larger ones.
+        let multilingual = config.vocab_size >= 51865;
+        let languages = if multilingual {
+            LANGUAGES
+                .iter()
+                .filter_map(|&code| {
+                    let id = tokenizer.token_to_id(&format!("<|{code}|>"))?;
+                    ((id as usize) < config.vocab_size).then(|| (code.to_string(), id))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let tokens = SpecialTokens {
+            sot: token("<|startoftranscript|>")?,
+            eot: token("<|endoftext|>")?,
+            transcribe: token("<|transcribe|>")?,
+            translate: token("<|translate|>")?,
+            sot_prev: token("<|startofprev|>")?,
+            sot_lm: token("<|startoflm|>")?,
+            no_timestamps,
+            no_speech,
+            timestamp_begin: no_timestamps + 1,
+            languages,
+        };
+        if tokens.timestamp_begin as usize + 1500 > config.vocab_size {
+            return Err(Error::model(&model.id, "the vocabulary has no room for Whisper's 1500 timestamp tokens"));
+        }
+        let mut suppress = config.suppress_tokens.clone();
+        suppress.extend([tokens.transcribe, tokens.translate, tokens.sot, tokens.sot_prev, tokens.sot_lm, no_speech]);
+        suppress.retain(|&t| (t as usize) < config.vocab_size);
+        suppress.sort_unstable();
+        suppress.dedup();
+        let space = tokenizer.encode(" ", false).ok().and_then(|e| e.get_ids().first().copied());
+        let suppress_at_begin = suppress_at_begin.unwrap_or_else(|| space.into_iter().chain([tokens.eot]).collect());
+        Ok(Self {
+            model: whisper,
+            config,
+            tokenizer,
+            tokens,
+            suppress,
+            suppress_at_begin,
+            alignment_heads,
+            multilingual,
+            device: device.clone(),
+            format,
+        })
+    }
+
+    /// The encoder's output for one 30 s log-mel window (`n_mels` x 3000 values).
+    pub fn encode(&mut self, window: Vec<f32>) -> candle_core::Result<Tensor> {
+        let n_frames = window.len() / self.config.num_mel_bins;
+        let mel = Tensor::from_vec(window, (1, self.config.num_mel_bins, n_frames), &self.device)?;
+        self.model.encoder.forward(&mel, true)
+    }
+
+    /// Runs the decoder over `tokens` and returns the logits at each position in `positions`.
+    /// `fresh_audio` drops the cross-attention cache, which must happen whenever `audio` changes.
+    pub fn logits(
+        &mut self,
+        tokens: &[u32],
+        audio: &Tensor,
+        positions: &[usize],
+        fresh_audio: bool,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let hidden = self.model.decoder.forward(&input, audio, fresh_audio)?;
+        positions
+            .iter()
+            .map(|&p| {
+                let at = hidden.i((.., p..p + 1, ..))?;
+                self.model.decoder.final_linear(&at)?.flatten_all()?.to_vec1::<f32>()
+            })
+            .collect()
+    }
+}
+
+/// Maps a CTranslate2 Whisper spec onto candle's (Transformers') names, splitting the stacked
+/// projections, and reads the dimensions from the tensors themselves.
+fn ct2_variables(ct2: &Ct2Model, device: &Device) -> Result<(HashMap<String, Tensor>, Config), crate::ct2::Ct2Error> {
+    let invalid = |reason: String| crate::ct2::Ct2Error::Invalid { path: ct2.path().to_string(), reason };
+    if !ct2.spec.starts_with("Whisper") {
+        return Err(invalid(format!("holds a {} model, not Whisper", ct2.spec)));
+    }
+    let shape =
+        |name: &str| ct2.variable(name).map(|v| v.shape.clone()).ok_or_else(|| invalid(format!("has no {name}")));
+    let conv1 = shape("encoder/conv1/weight")?;
+    let embeddings = shape("decoder/embeddings/weight")?;
+    let encoder_positions = shape("encoder/position_encodings/encodings")?;
+    let decoder_positions = shape("decoder/position_encodings/encodings")?;
+    let count_layers = |prefix: &str| {
+        (0..).take_while(|i| ct2.variable(&format!("{prefix}/layer_{i}/ffn/linear_0/weight")).is_some()).count()
+    };
+    let heads = |name: &str| -> Result<usize, crate::ct2::Ct2Error> {
+        let h = ct2.scalar(name)?;
+        usize::try_from(h).ok().filter(|&h| h > 0).ok_or_else(|| invalid(format!("{name} is {h}")))
+    };
+    if conv1.len() != 3 || embeddings.len() != 2 || encoder_positions.len() != 2 || decoder_positions.len() != 2 {
+        return Err(invalid("tensor ranks do not match a Whisper model".into()));
+    }
+    let config = Config {
+        num_mel_bins: conv1[1],
+        max_source_positions: encoder_positions[0],
+        d_model: embeddings[1],
+        encoder_attention_heads: heads("encoder/num_heads")?,
+        encoder_layers: count_layers("encoder"),
+        vocab_size: embeddings[0],
+        max_target_positions: decoder_positions[0],
+        decoder_attention_heads: heads("decoder/num_heads")?,
+        decoder_layers: count_layers("decoder"),
+        suppress_tokens: Vec::new(),
+    };
+    let d = config.d_model;
+    let mut vars = HashMap::new();
+    let mut put = |name: String, t: Tensor| {
+        vars.insert(name, t);
+    };
+    let get = |name: &str| ct2.tensor(name, device);
+    let wrap = |name: &str, source: candle_core::Error| crate::ct2::Ct2Error::Tensor {
+        path: ct2.path().to_string(),
+        name: name.to_string(),
+        source,
+    };
+    // Rows `part*d .. (part+1)*d` of a stacked projection.
+    let split = |name: &str, part: usize| -> Result<Tensor, crate::ct2::Ct2Error> {
+        let t = get(name)?;
+        t.narrow(0, part * d, d).map_err(|e| wrap(name, e))
+    };
+    let norm = |put: &mut dyn FnMut(String, Tensor), to: &str, from: &str| -> Result<(), crate::ct2::Ct2Error> {
+        put(format!("{to}.weight"), get(&format!("{from}/gamma"))?);
+        put(format!("{to}.bias"), get(&format!("{from}/beta"))?);
+        Ok(())
+    };
+    let linear = |put: &mut dyn FnMut(String, Tensor), to: &str, from: &str| -> Result<(), crate::ct2::Ct2Error> {
+        put(format!("{to}.weight"), get(&format!("{from}/weight"))?);
+        put(format!("{to}.bias"), get(&format!("{from}/bias"))?);
+        Ok(())
+    };
+    // q, k, v stacked in one matrix (self-attention) or k, v (cross-attention); k has no bias in
+    // Whisper, so its rows of the stacked bias are zero and dropped.
+    let stacked = |put: &mut dyn FnMut(String, Tensor), to: &str, from: &str, parts: &[&str]| {
+        for (i, part) in parts.iter().enumerate() {
+            put(format!("{to}.{part}_proj.weight"), split(&format!("{from}/weight"), i)?);
+            if *part != "k" {
+                put(format!("{to}.{part}_proj.bias"), split(&format!("{from}/bias"), i)?);
+            }
+        }
+        Ok::<(), crate::ct2::Ct2Error>(())
+    };
+
+    for (to, from) in [("model.encoder.conv1", "encoder/conv1"), ("model.encoder.conv2", "encoder/conv2")] {
+        linear(&mut put, to, from)?;
+    }
+    for i in 0..config.encoder_layers {
+        let (to, from) = (format!("model.encoder.layers.{i}"), format!("encoder/layer_{i}"));
+        stacked(&mut put, &format!("{to}.self_attn"), &format!("{from}/self_attention/linear_0"), &["q", "k", "v"])?;
+        linear(&mut put, &format!("{to}.self_attn.out_proj"), &format!("{from}/self_attention/linear_1"))?;
+        norm(&mut put, &format!("{to}.self_attn_layer_norm"), &format!("{from}/self_attention/layer_norm"))?;
+        linear(&mut put, &format!("{to}.fc1"), &format!("{from}/ffn/linear_0"))?;
+        linear(&mut put, &format!("{to}.fc2"), &format!("{from}/ffn/linear_1"))?;
+        norm(&mut put, &format!("{to}.final_layer_norm"), &format!("{from}/ffn/layer_norm"))?;
+    }
+    norm(&mut put, "model.encoder.layer_norm", "encoder/layer_norm")?;
+
+    put("model.decoder.embed_tokens.weight".into(), get("decoder/embeddings/weight")?);
+    put("model.decoder.embed_positions.weight".into(), get("decoder/position_encodings/encodings")?);
+    for i in 0..config.decoder_layers {
+        let (to, from) = (format!("model.decoder.layers.{i}"), format!("decoder/layer_{i}"));
+        stacked(&mut put, &format!("{to}.self_attn"), &format!("{from}/self_attention/linear_0"), &["q", "k", "v"])?;
+        linear(&mut put, &format!("{to}.self_attn.out_proj"), &format!("{from}/self_attention/linear_1"))?;
+        norm(&mut put, &format!("{to}.self_attn_layer_norm"), &format!("{from}/self_attention/layer_norm"))?;
+        linear(&mut put, &format!("{to}.encoder_attn.q_proj"), &format!("{from}/attention/linear_0"))?;
+        stacked(&mut put, &format!("{to}.encoder_attn"), &format!("{from}/attention/linear_1"), &["k", "v"])?;
+        linear(&mut put, &format!("{to}.encoder_attn.out_proj"), &format!("{from}/attention/linear_2"))?;
+        norm(&mut put, &format!("{to}.encoder_attn_layer_norm"), &format!("{from}/attention/layer_norm"))?;
+        linear(&mut put, &format!("{to}.fc1"), &format!("{from}/ffn/linear_0"))?;
+        linear(&mut put, &format!("{to}.fc2"), &format!("{from}/ffn/linear_1"))?;
+        norm(&mut put, &format!("{to}.final_layer_norm"), &format!("{from}/ffn/layer_norm"))?;
+    }
+    norm(&mut put, "model.decoder.layer_norm", "decoder/layer_norm")?;
+    Ok((vars, config))
+}
+
+/// Whisper's language codes in token order (`<|en|>` is the first language token).
+pub const LANGUAGES: &[&str] = &[
+    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id", "hi", "fi",
+    "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt", "la", "mi", "ml",
+    "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs",
+    "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am",
+    "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln",
+    "ha", "ba", "jw", "su", "yue",
+];
