@@ -100,6 +100,23 @@ impl Task for SpeechRecognition {
     }
 
     fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
+        Ok(Box::new(SpeechRunner::load(model, args, ctx)?))
+    }
+}
+
+/// A loaded Whisper with the run's options; one per `zoo run`, many inputs.
+pub struct SpeechRunner {
+    pub whisper: model::Whisper,
+    options: DecodeOptions,
+    filters: Vec<f32>,
+    format: Option<Format>,
+    output_dir: Option<PathBuf>,
+    model_id: String,
+}
+
+impl SpeechRunner {
+    /// Reads the options (a bad one is a usage error) and the model.
+    pub fn load(model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Self> {
         let format = match args.value("format") {
             None => None,
             Some(text) => Some(Format::parse(text).ok_or_else(|| Error::InvalidOption {
@@ -155,20 +172,10 @@ impl Task for SpeechRecognition {
             options.temperatures = vec![0.0];
         }
         let filters = mel::mel_filters(audio::SAMPLE_RATE as usize, mel::N_FFT, whisper.config.num_mel_bins);
-        Ok(Box::new(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone() }))
+        Ok(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone() })
     }
-}
 
-pub struct SpeechRunner {
-    whisper: model::Whisper,
-    options: DecodeOptions,
-    filters: Vec<f32>,
-    format: Option<Format>,
-    output_dir: Option<PathBuf>,
-    model_id: String,
-}
 
-impl SpeechRunner {
     /// Transcribes 16 kHz mono samples.
     pub fn transcribe_samples(&mut self, samples: &[f32]) -> candle_core::Result<Transcript> {
         let mel =
