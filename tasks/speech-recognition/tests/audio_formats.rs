@@ -2,7 +2,6 @@
 //! what its description promises, or fails with a message a user can act on.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use zoo_speech_recognition::audio::{decode, Audio, AudioError, SAMPLE_RATE};
 
@@ -121,25 +120,4 @@ fn stereo_channels_are_averaged_before_resampling() {
     let peak = audio.samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
     // Identical channels: averaging keeps the level (a sum would double it, past full scale).
     assert!(peak > 0.3 && peak <= 1.0, "peak {peak}");
-}
-
-/// Decoding must cost milliseconds; in a debug build only report, the numbers mean little there.
-#[test]
-fn decoding_is_fast() {
-    let Some(speech) = speech_dir("decoding_is_fast") else { return };
-    for (file, budget_ms) in [("long_46s_concat.wav", 100.0), ("jfk_44k1_stereo_s16.wav", 100.0)] {
-        let bytes = std::fs::read(speech.join("formats").join(file)).unwrap();
-        let mut best = f64::INFINITY;
-        for _ in 0..5 {
-            let start = Instant::now();
-            let audio = decode(&bytes, Path::new(file)).unwrap();
-            best = best.min(start.elapsed().as_secs_f64() * 1e3);
-            assert!(audio.duration_s() > 10.0);
-        }
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "decode {file}: {best:.1} ms (best of 5)");
-        if !cfg!(debug_assertions) {
-            assert!(best < budget_ms, "{file}: {best:.1} ms");
-        }
-    }
 }
