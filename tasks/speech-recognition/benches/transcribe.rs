@@ -70,9 +70,7 @@ fn main() {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|report| {
-            report.lines().find(|l| l.starts_with("TOTAL") || l.starts_with("ALL")).map(str::to_string)
-        });
+        .and_then(|report| report.lines().find(|l| l.starts_with("TOTAL") || l.starts_with("ALL")).map(str::to_string));
     println!(
         "{}",
         json!({"task": "speech", "peer": "zoo (candle)", "model": model.id, "input": format!("{} clips", clips.len()),

@@ -4,11 +4,11 @@
 
 use std::io::Write;
 
-use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 
 use crate::mel::{LogMel, HOP_LENGTH, N_FRAMES};
 use crate::model::Whisper;
+use crate::text_decoder::DecoderState;
 
 /// Seconds per timestamp token.
 const TIME_PRECISION: f64 = 0.02;
@@ -89,7 +89,6 @@ impl Transcript {
 struct WindowResult {
     /// Sampled tokens, end-of-text excluded.
     tokens: Vec<u32>,
-    text: String,
     avg_logprob: f64,
     no_speech_prob: f64,
     temperature: f64,
@@ -147,9 +146,9 @@ impl<'a> Decoder<'a> {
 
     /// Language probabilities from the first window: the decoder's next-token distribution after
     /// `<|startoftranscript|>`, over the language tokens only.
-    fn detect_language(&mut self, audio: &Tensor) -> candle_core::Result<(String, f64, u32)> {
+    fn detect_language(&mut self, audio: &DecoderState) -> candle_core::Result<(String, f64, u32)> {
         let sot = self.whisper.tokens.sot;
-        let logits = self.whisper.logits(&[sot], audio, &[0], true)?.remove(0);
+        let logits = self.whisper.step(&[sot], &mut audio.restart(), &[0])?.remove(0);
         let languages = &self.whisper.tokens.languages;
         let scores: Vec<f32> = languages.iter().map(|(_, id)| logits[*id as usize]).collect();
         let log_probs = log_softmax(&scores);
@@ -231,10 +230,9 @@ impl<'a> Decoder<'a> {
     /// Decodes one window at one temperature.
     fn decode_once(
         &mut self,
-        audio: &Tensor,
+        audio: &DecoderState,
         prompt: &[u32],
         temperature: f64,
-        fresh_audio: bool,
     ) -> candle_core::Result<WindowResult> {
         let t = self.whisper.tokens.clone();
         let n_ctx = self.whisper.config.max_target_positions;
@@ -244,13 +242,15 @@ impl<'a> Decoder<'a> {
         let sample_begin = tokens.len();
         let mut sum_logprob = 0f64;
         let mut no_speech_prob = 0f64;
-        let mut fresh = fresh_audio;
+        let mut state = audio.restart();
         while tokens.len() - sample_begin < sample_len && tokens.len() < n_ctx {
-            let last = tokens.len() - 1;
             let first = tokens.len() == sample_begin;
-            let positions: Vec<usize> = if first { vec![sot_index, last] } else { vec![last] };
-            let mut all = self.whisper.logits(&tokens, audio, &positions, fresh)?;
-            fresh = false;
+            let (new, positions) = if first {
+                (&tokens[..], vec![sot_index, tokens.len() - 1])
+            } else {
+                (&tokens[tokens.len() - 1..], vec![0])
+            };
+            let mut all = self.whisper.step(new, &mut state, &positions)?;
             let mut logits = all.pop().expect("one per position");
             if first {
                 let at_sot = log_softmax(&all[0]);
@@ -268,7 +268,7 @@ impl<'a> Decoder<'a> {
         let text = self.text(&sampled);
         let avg_logprob = sum_logprob / (sampled.len() + 1) as f64;
         let compression_ratio = compression_ratio(&text);
-        Ok(WindowResult { tokens: sampled, text, avg_logprob, no_speech_prob, temperature, compression_ratio })
+        Ok(WindowResult { tokens: sampled, avg_logprob, no_speech_prob, temperature, compression_ratio })
     }
 
     /// The text of `tokens`, timestamps and other special tokens left out.
@@ -280,11 +280,11 @@ impl<'a> Decoder<'a> {
 
     /// Decodes a window, retrying at higher temperatures while the output looks like a loop or
     /// is improbable (unless it is probably silence).
-    fn decode_with_fallback(&mut self, audio: &Tensor, prompt: &[u32]) -> candle_core::Result<WindowResult> {
+    fn decode_with_fallback(&mut self, audio: &DecoderState, prompt: &[u32]) -> candle_core::Result<WindowResult> {
         let temperatures = self.options.temperatures.clone();
         let mut result = None;
-        for (i, &temperature) in temperatures.iter().enumerate() {
-            let r = self.decode_once(audio, prompt, temperature, i == 0)?;
+        for &temperature in &temperatures {
+            let r = self.decode_once(audio, prompt, temperature)?;
             let too_repetitive = self.options.compression_ratio_threshold.is_some_and(|thr| r.compression_ratio > thr);
             let too_unlikely = self.options.logprob_threshold.is_some_and(|thr| r.avg_logprob < thr);
             let silence = self.options.no_speech_threshold.is_some_and(|thr| r.no_speech_prob > thr)
@@ -318,7 +318,8 @@ impl<'a> Decoder<'a> {
             let time_offset = seek as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
             let segment_size = N_FRAMES.min(content_frames - seek);
             let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
-            let audio = self.whisper.encode(mel.window(seek, segment_size))?;
+            let encoded = self.whisper.encode(mel.window(seek, segment_size))?;
+            let audio = self.whisper.start(&encoded)?;
             if first_window && self.whisper.multilingual && language_token.is_none() {
                 let (code, p, id) = self.detect_language(&audio)?;
                 (language, language_probability, language_token) = (code, p, Some(id));

@@ -9,6 +9,7 @@ pub mod decode;
 pub mod mel;
 pub mod model;
 pub mod output;
+pub mod text_decoder;
 
 use std::path::{Path, PathBuf};
 
@@ -174,7 +175,6 @@ impl SpeechRunner {
         let filters = mel::mel_filters(audio::SAMPLE_RATE as usize, mel::N_FFT, whisper.config.num_mel_bins);
         Ok(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone() })
     }
-
 
     /// Transcribes 16 kHz mono samples.
     pub fn transcribe_samples(&mut self, samples: &[f32]) -> candle_core::Result<Transcript> {

@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use zoo_runtime::{Error, Model, ModelFile, Result};
 
 use crate::ct2::Ct2Model;
+use crate::text_decoder::{DecoderState, TextDecoder};
 
 /// The special tokens decoding needs, looked up in the model's own tokenizer.
 #[derive(Debug, Clone)]
@@ -31,7 +32,8 @@ pub struct SpecialTokens {
 
 /// A Whisper model ready to encode windows and decode tokens.
 pub struct Whisper {
-    pub model: m::model::Whisper,
+    pub encoder: m::model::AudioEncoder,
+    pub decoder: TextDecoder,
     pub config: Config,
     pub tokenizer: Tokenizer,
     pub tokens: SpecialTokens,
@@ -114,8 +116,8 @@ impl Whisper {
             config.suppress_tokens = ids(&extra.suppress_ids);
             check_config(&model.id, &config)?;
             let vb = VarBuilder::from_tensors(vars, DType::F32, device);
-            let whisper = m::model::Whisper::load(&vb, config.clone())
-                .map_err(|e| Error::model(&model.id, format!("{}: {e}", path.display())))?;
+            let whisper =
+                load_parts(&vb, &config).map_err(|e| Error::model(&model.id, format!("{}: {e}", path.display())))?;
             let begin = if extra.suppress_ids_begin.is_empty() { None } else { Some(ids(&extra.suppress_ids_begin)) };
             return Self::assemble(
                 model,
@@ -134,8 +136,8 @@ impl Whisper {
         let hf: HfConfig = model.json("config.json")?;
         let generation: HfGenerationConfig = model.optional_json("generation_config.json")?.unwrap_or_default();
         let vb = model.var_builder("model.safetensors", DType::F32, device)?;
-        let whisper = m::model::Whisper::load(&vb, config.clone())
-            .map_err(|e| Error::model(&model.id, format!("model.safetensors: {e}")))?;
+        let whisper =
+            load_parts(&vb, &config).map_err(|e| Error::model(&model.id, format!("model.safetensors: {e}")))?;
         let begin = if hf.begin_suppress_tokens.is_empty() { None } else { Some(ids(&hf.begin_suppress_tokens)) };
         Self::assemble(model, whisper, config, tokenizer, begin, generation.alignment_heads, device, "transformers")
     }
@@ -143,7 +145,7 @@ impl Whisper {
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         model: &Model,
-        whisper: m::model::Whisper,
+        whisper: (m::model::AudioEncoder, TextDecoder),
         config: Config,
         tokenizer: Tokenizer,
         suppress_at_begin: Option<Vec<u32>>,
@@ -194,7 +196,8 @@ impl Whisper {
         let space = tokenizer.encode(" ", false).ok().and_then(|e| e.get_ids().first().copied());
         let suppress_at_begin = suppress_at_begin.unwrap_or_else(|| space.into_iter().chain([tokens.eot]).collect());
         Ok(Self {
-            model: whisper,
+            encoder: whisper.0,
+            decoder: whisper.1,
             config,
             tokenizer,
             tokens,
@@ -211,28 +214,32 @@ impl Whisper {
     pub fn encode(&mut self, window: Vec<f32>) -> candle_core::Result<Tensor> {
         let n_frames = window.len() / self.config.num_mel_bins;
         let mel = Tensor::from_vec(window, (1, self.config.num_mel_bins, n_frames), &self.device)?;
-        self.model.encoder.forward(&mel, true)
+        self.encoder.forward(&mel, true)
     }
 
-    /// Runs the decoder over `tokens` and returns the logits at each position in `positions`.
-    /// `fresh_audio` drops the cross-attention cache, which must happen whenever `audio` changes.
-    pub fn logits(
-        &mut self,
-        tokens: &[u32],
-        audio: &Tensor,
-        positions: &[usize],
-        fresh_audio: bool,
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let hidden = self.model.decoder.forward(&input, audio, fresh_audio)?;
-        positions
-            .iter()
-            .map(|&p| {
-                let at = hidden.i((.., p..p + 1, ..))?;
-                self.model.decoder.final_linear(&at)?.flatten_all()?.to_vec1::<f32>()
-            })
-            .collect()
+    /// Decoding state for a window whose encoder output is `audio`.
+    pub fn start(&self, audio: &Tensor) -> candle_core::Result<DecoderState> {
+        self.decoder.start(audio)
     }
+
+    /// Feeds `tokens` after those in `state` and returns the next-token logits after each of the
+    /// new tokens listed in `positions` (indices into `tokens`).
+    pub fn step(
+        &self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        positions: &[usize],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let hidden = self.decoder.forward(tokens, state)?;
+        positions.iter().map(|&p| self.decoder.logits(&hidden.i(p..p + 1)?)?.flatten_all()?.to_vec1::<f32>()).collect()
+    }
+}
+
+/// candle-transformers' encoder and zoo's cached decoder over the same weights.
+fn load_parts(vb: &VarBuilder, config: &Config) -> candle_core::Result<(m::model::AudioEncoder, TextDecoder)> {
+    let whisper = m::model::Whisper::load(vb, config.clone())?;
+    let decoder = TextDecoder::load(vb, config)?;
+    Ok((whisper.encoder, decoder))
 }
 
 /// Maps a CTranslate2 Whisper spec onto candle's (Transformers') names, splitting the stacked
