@@ -231,7 +231,7 @@ impl Whisper {
         positions: &[usize],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let hidden = self.decoder.forward(tokens, state)?;
-        positions.iter().map(|&p| self.decoder.logits(&hidden.i(p..p + 1)?)?.flatten_all()?.to_vec1::<f32>()).collect()
+        positions.iter().map(|&p| self.decoder.logits(&hidden.i(p..p + 1)?)).collect()
     }
 }
 

@@ -5,7 +5,71 @@
 //! runs only the new token.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
+use rayon::prelude::*;
+
+/// `y = W x + b` with W kept row-major as read. One decoding step multiplies a single row, where a
+/// matrix-vector loop over W's rows beats a general matrix multiply that repacks W on every call.
+struct Linear {
+    weight: Tensor,
+    rows: Vec<f32>,
+    bias: Vec<f32>,
+    d_in: usize,
+}
+
+/// Below this many multiply-adds, splitting a product over threads costs more than it saves.
+const PARALLEL_MACS: usize = 1 << 20;
+
+/// A dot product in independent lanes: a plain `.sum()` is one serial chain of adds (floats do not
+/// reassociate), which the compiler cannot vectorise.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 32;
+    let mut acc = [0f32; LANES];
+    let (a_main, a_rest) = a.split_at(a.len() - a.len() % LANES);
+    let (b_main, b_rest) = b.split_at(a_main.len());
+    for (ca, cb) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] = ca[i].mul_add(cb[i], acc[i]);
+        }
+    }
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn matvec(rows: &[f32], d_in: usize, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let dot = |(o, row): (usize, &[f32])| -> f32 { dot(row, x) + bias.map_or(0.0, |b| b[o]) };
+    if rows.len() >= PARALLEL_MACS {
+        out.par_chunks_mut(256).enumerate().for_each(|(chunk, out)| {
+            for (k, y) in out.iter_mut().enumerate() {
+                let o = chunk * 256 + k;
+                *y = dot((o, &rows[o * d_in..][..d_in]));
+            }
+        });
+    } else {
+        for (o, y) in out.iter_mut().enumerate() {
+            *y = dot((o, &rows[o * d_in..][..d_in]));
+        }
+    }
+}
+
+impl Linear {
+    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+        let d_in = weight.dim(1)?;
+        Ok(Self { rows: weight.flatten_all()?.to_vec1()?, bias: bias.to_vec1()?, weight, d_in })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        if b * n > 1 {
+            return x.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&Tensor::new(self.bias.as_slice(), x.device())?);
+        }
+        let input = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; self.bias.len()];
+        matvec(&self.rows, self.d_in, &input, Some(&self.bias), &mut out);
+        Tensor::from_vec(out, (1, 1, self.bias.len()), x.device())
+    }
+}
 
 struct Attention {
     /// Self-attention: q, k and v in one matrix; cross-attention: q alone.
@@ -26,6 +90,8 @@ struct Block {
 
 pub struct TextDecoder {
     embeddings: Tensor,
+    /// The embedding matrix again as plain rows: the output projection reads it once per step.
+    embedding_rows: Vec<f32>,
     positions: Tensor,
     blocks: Vec<Block>,
     ln: LayerNorm,
@@ -69,7 +135,7 @@ fn linear(vb: &VarBuilder, names: &[&str], with_bias: &[bool], d_in: usize, d_ou
             Tensor::zeros(d_out, DType::F32, vb.device())?
         });
     }
-    Ok(Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)))
+    Linear::new(Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)
 }
 
 fn layer_norm(vb: &VarBuilder, name: &str, d: usize) -> Result<LayerNorm> {
@@ -115,8 +181,10 @@ impl TextDecoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let embeddings = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
         Ok(Self {
-            embeddings: vb.get((cfg.vocab_size, d), "embed_tokens.weight")?,
+            embedding_rows: embeddings.flatten_all()?.to_vec1()?,
+            embeddings,
             positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
             blocks,
             ln: layer_norm(&vb, "layer_norm", d)?,
@@ -196,9 +264,12 @@ impl TextDecoder {
         self.ln.forward(&x)?.squeeze(0)
     }
 
-    /// Next-token logits for hidden states (n, d): (n, vocab).
-    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.matmul(&self.embeddings.t()?)
+    /// Next-token logits for one hidden state (1, d).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
+        let h = hidden.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; self.embedding_rows.len() / self.d_model];
+        matvec(&self.embedding_rows, self.d_model, &h, None, &mut out);
+        Ok(out)
     }
 }
 
