@@ -29,7 +29,7 @@ pub enum Ct2Error {
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{path}: variable '{name}': {source}")]
-    Tensor { path: String, name: String, source: candle_core::Error },
+    Tensor { path: String, name: String, source: Box<candle_core::Error> },
 }
 
 /// A tensor's element type as CTranslate2 numbers it.
@@ -260,7 +260,8 @@ impl Ct2Model {
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, Ct2Error> {
         let var = self.variable(name).ok_or_else(|| self.missing(name))?;
         let raw = &self.bytes[var.offset..var.offset + var.len];
-        let wrap = |source| Ct2Error::Tensor { path: self.path.clone(), name: name.to_string(), source };
+        let wrap =
+            |source| Ct2Error::Tensor { path: self.path.clone(), name: name.to_string(), source: Box::new(source) };
         // The data is unaligned in the file, so each type is decoded from bytes.
         let values: Vec<f32> = match var.dtype {
             Ct2Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4"))).collect(),

@@ -87,8 +87,8 @@ fn check_config(model: &str, c: &Config) -> Result<()> {
         || c.vocab_size > MAX_VOCAB
         || c.encoder_attention_heads == 0
         || c.decoder_attention_heads == 0
-        || c.d_model % c.encoder_attention_heads != 0
-        || c.d_model % c.decoder_attention_heads != 0;
+        || !c.d_model.is_multiple_of(c.encoder_attention_heads)
+        || !c.d_model.is_multiple_of(c.decoder_attention_heads);
     if bad {
         return Err(Error::model(model, format!("implausible Whisper dimensions: {c:?}")));
     }
@@ -242,6 +242,20 @@ fn load_parts(vb: &VarBuilder, config: &Config) -> candle_core::Result<(m::model
     Ok((whisper.encoder, decoder))
 }
 
+/// A CTranslate2 Whisper's tensors under Transformers' `WhisperForConditionalGeneration` names
+/// (what `openai/whisper-*` safetensors hold), and its dimensions.
+pub fn transformers_tensors(
+    ct2: &Ct2Model,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, Config), crate::ct2::Ct2Error> {
+    let (mut vars, config) = ct2_variables(ct2, device)?;
+    vars.insert(
+        "model.encoder.embed_positions.weight".into(),
+        ct2.tensor("encoder/position_encodings/encodings", device)?,
+    );
+    Ok((vars, config))
+}
+
 /// Maps a CTranslate2 Whisper spec onto candle's (Transformers') names, splitting the stacked
 /// projections, and reads the dimensions from the tensors themselves.
 fn ct2_variables(ct2: &Ct2Model, device: &Device) -> Result<(HashMap<String, Tensor>, Config), crate::ct2::Ct2Error> {
@@ -286,7 +300,7 @@ fn ct2_variables(ct2: &Ct2Model, device: &Device) -> Result<(HashMap<String, Ten
     let wrap = |name: &str, source: candle_core::Error| crate::ct2::Ct2Error::Tensor {
         path: ct2.path().to_string(),
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     // Rows `part*d .. (part+1)*d` of a stacked projection.
     let split = |name: &str, part: usize| -> Result<Tensor, crate::ct2::Ct2Error> {

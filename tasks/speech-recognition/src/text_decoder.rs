@@ -62,7 +62,9 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         if b * n > 1 {
-            return x.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&Tensor::new(self.bias.as_slice(), x.device())?);
+            return x
+                .broadcast_matmul(&self.weight.t()?)?
+                .broadcast_add(&Tensor::new(self.bias.as_slice(), x.device())?);
         }
         let input = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; self.bias.len()];

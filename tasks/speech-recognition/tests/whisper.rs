@@ -1,0 +1,136 @@
+//! The Whisper pieces against independent references, with the real tiny.en weights from the
+//! shared hub cache: the log-mel spectrogram against faster-whisper's numpy implementation
+//! (tests/data/speech/mel_reference.safetensors, made by scripts/make_mel_reference.py), the
+//! CTranslate2 reader on the real `model.bin`, and the Transformers safetensors path, which must
+//! transcribe exactly as the CTranslate2 path does from the same weights.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use zoo_runtime::test_support::{repo_root, shared_assets, shared_hub_cache};
+use zoo_runtime::{Context, HubSettings, Model, ModelRef, TaskArgs};
+use zoo_speech_recognition::ct2::Ct2Model;
+use zoo_speech_recognition::{audio, mel, model, SpeechRunner};
+
+fn jfk_samples(test: &str) -> Option<Vec<f32>> {
+    let assets = shared_assets(test)?;
+    let path = assets.join("data/speech/audio/jfk.wav");
+    Some(audio::decode(&std::fs::read(&path).unwrap(), &path).unwrap().samples)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn mel_filters_and_spectrogram_match_the_reference() {
+    let Some(samples) = jfk_samples("mel reference") else { return };
+    let reference =
+        candle_core::safetensors::load(repo_root().join("tests/data/speech/mel_reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let want_filters = reference["filters"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let filters = mel::mel_filters(16_000, mel::N_FFT, 80);
+    let peak = want_filters.iter().cloned().fold(0.0, f32::max);
+    let diff = max_abs_diff(&filters, &want_filters);
+    assert!(diff <= peak * 1e-5, "filterbank differs by {diff} (peak {peak})");
+
+    let got = mel::log_mel_spectrogram(&samples, mel::CHUNK_SAMPLES, &filters, 80);
+    let frames = reference["jfk_frames"].to_vec1::<i64>().unwrap()[0] as usize;
+    assert_eq!(got.n_frames, frames, "frame count with 30 s of padding");
+    let want = &reference["jfk_log_mel"];
+    let kept = want.dim(1).unwrap();
+    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let ours: Vec<f32> = (0..80).flat_map(|m| got.data[m * got.n_frames..][..kept].to_vec()).collect();
+    // Both are float32 FFTs (measured: max 1.2e-5, mean 8e-8).
+    let diff = max_abs_diff(&ours, &want);
+    let mean = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
+    eprintln!("log-mel vs faster-whisper: max |diff| {diff:.2e}, mean {mean:.2e}");
+    assert!(diff < 1e-4 && mean < 1e-6, "log-mel differs: max {diff}, mean {mean}");
+}
+
+fn tiny_en_dir(test: &str) -> Option<PathBuf> {
+    let cache = shared_hub_cache(test)?;
+    let snapshots = cache.join("models--Systran--faster-whisper-tiny.en/snapshots");
+    Some(std::fs::read_dir(snapshots).unwrap().next().unwrap().unwrap().path())
+}
+
+#[test]
+fn reads_the_real_ctranslate2_checkpoint() {
+    let Some(dir) = tiny_en_dir("ct2 reader") else { return };
+    let ct2 = Ct2Model::open(&dir.join("model.bin")).unwrap();
+    assert_eq!((ct2.version, ct2.spec.as_str()), (6, "WhisperSpec"));
+    assert_eq!(ct2.scalar("encoder/num_heads").unwrap(), 6);
+    let qkv = ct2.variable("encoder/layer_0/self_attention/linear_0/weight").unwrap();
+    assert_eq!(qkv.shape, vec![1152, 384]);
+    // The projection is an alias of the embeddings, not a copy.
+    assert_eq!(ct2.variable("decoder/projection/weight").unwrap().shape, vec![51864, 384]);
+    let (tensors, config) = model::transformers_tensors(&ct2, &Device::Cpu).unwrap();
+    assert_eq!(
+        (config.num_mel_bins, config.d_model, config.encoder_layers, config.decoder_layers, config.vocab_size),
+        (80, 384, 4, 4, 51864)
+    );
+    assert_eq!((config.max_source_positions, config.max_target_positions), (1500, 448));
+    // The stacked q/k/v split back into rows: q is the first 384 rows of the stacked matrix.
+    let stacked = ct2.tensor("encoder/layer_0/self_attention/linear_0/weight", &Device::Cpu).unwrap();
+    let q = &tensors["model.encoder.layers.0.self_attn.q_proj.weight"];
+    let v = &tensors["model.encoder.layers.0.self_attn.v_proj.weight"];
+    assert_eq!(q.to_vec2::<f32>().unwrap(), stacked.narrow(0, 0, 384).unwrap().to_vec2::<f32>().unwrap());
+    assert_eq!(v.to_vec2::<f32>().unwrap(), stacked.narrow(0, 768, 384).unwrap().to_vec2::<f32>().unwrap());
+    // The k bias CTranslate2 stores is zero (Whisper has none), so dropping it loses nothing.
+    let bias = ct2.tensor("encoder/layer_0/self_attention/linear_0/bias", &Device::Cpu).unwrap();
+    let k_bias = bias.narrow(0, 384, 384).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(k_bias, 0.0);
+    assert!(!tensors.contains_key("model.encoder.layers.0.self_attn.k_proj.bias"));
+}
+
+#[test]
+fn transformers_safetensors_transcribe_as_ctranslate2_does() {
+    let Some(dir) = tiny_en_dir("transformers checkpoint") else { return };
+    let Some(samples) = jfk_samples("transformers checkpoint") else { return };
+    let ct2 = Ct2Model::open(&dir.join("model.bin")).unwrap();
+    let (tensors, config) = model::transformers_tensors(&ct2, &Device::Cpu).unwrap();
+    let hf = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&tensors, hf.path().join("model.safetensors")).unwrap();
+    let ct2_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let hf_config = serde_json::json!({
+        "architectures": ["WhisperForConditionalGeneration"],
+        "model_type": "whisper",
+        "activation_function": "gelu",
+        "d_model": config.d_model,
+        "encoder_layers": config.encoder_layers,
+        "encoder_attention_heads": config.encoder_attention_heads,
+        "decoder_layers": config.decoder_layers,
+        "decoder_attention_heads": config.decoder_attention_heads,
+        "encoder_ffn_dim": 4 * config.d_model,
+        "decoder_ffn_dim": 4 * config.d_model,
+        "num_mel_bins": config.num_mel_bins,
+        "vocab_size": config.vocab_size,
+        "max_source_positions": config.max_source_positions,
+        "max_target_positions": config.max_target_positions,
+        "suppress_tokens": ct2_config["suppress_ids"],
+        "begin_suppress_tokens": ct2_config["suppress_ids_begin"],
+        "torch_dtype": "float32",
+    });
+    std::fs::write(hf.path().join("config.json"), hf_config.to_string()).unwrap();
+    std::fs::copy(dir.join("tokenizer.json"), hf.path().join("tokenizer.json")).unwrap();
+
+    let hub = HubSettings::from_env(false);
+    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false };
+    let transcribe = |reference: &str| {
+        let model = Model::resolve(&ModelRef::parse(reference).unwrap(), &hub);
+        let mut runner = SpeechRunner::load(&model, &TaskArgs::new(), &ctx).unwrap();
+        let format = runner.whisper.format;
+        (format, runner.transcribe_samples(&samples).unwrap())
+    };
+    let (format_a, from_ct2) = transcribe(&dir.display().to_string());
+    let (format_b, from_hf) = transcribe(&hf.path().display().to_string());
+    assert_eq!((format_a, format_b), ("ctranslate2", "transformers"));
+    assert!(from_ct2.text().contains("fellow Americans"), "{}", from_ct2.text());
+    assert_eq!(from_ct2.text(), from_hf.text());
+    let times = |t: &zoo_speech_recognition::decode::Transcript| {
+        t.segments.iter().map(|s| (s.start, s.end, s.tokens.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(times(&from_ct2), times(&from_hf));
+}
