@@ -240,3 +240,32 @@ fn bad_options_are_usage_errors_before_any_work() {
         assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
     }
 }
+
+/// The multilingual base model (`test-assets --with-base`, which `.ci/run` asks for): the language
+/// is detected and reported with its probability, and `--language` / `--task translate` run.
+#[test]
+fn multilingual_model_detects_the_language() {
+    let Some(s) = setup("speech multilingual") else { return };
+    if !s.cache.join("models--Systran--faster-whisper-base").is_dir() {
+        let why = "Systran/faster-whisper-base is not in the test cache (run ../shared/bin/test-assets --with-base)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED multilingual test: {why}");
+        return;
+    }
+    let jfk = s.speech.join("audio/jfk.wav").display().to_string();
+    let run = zoo(&s, &["run", "asr", "--model", "faster-whisper-base", &jfk, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = &json_lines(&run)[0];
+    assert_eq!(line["language"], "en");
+    let p = line["language_probability"].as_f64().unwrap();
+    assert!(p > 0.5 && p <= 1.0, "language probability {p}");
+    let text = line["text"].as_str().unwrap();
+    let (_, report) = wer(&s, &s.speech.join("manifest.tsv"), &[("jfk".into(), text.into())]);
+    let jfk_line = report.lines().find(|l| l.starts_with("jfk")).unwrap();
+    assert!(jfk_line.contains(" 0/22 ") || jfk_line.contains(" 1/22 "), "{jfk_line}");
+
+    let run =
+        zoo(&s, &["run", "asr", "--model", "faster-whisper-base", &jfk, "--language", "en", "--task", "translate"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.to_lowercase().contains("ask not what your country"), "{}", run.stdout);
+}
