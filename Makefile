@@ -45,6 +45,13 @@ bench:
 		/tmp/bench-venv/bin/python "$(SHARED)/bench/text_minilm_ort.py" --batches 1,32 --threads $(THREADS) \
 			--graphs plain --sort chars --n $(BENCH_TEXTS) | tee $(BENCH_OUT)/peer-text.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-text.jsonl $(BENCH_OUT)/peer-text.jsonl; fi
+	eval "$$($(SHARED)/bin/test-assets --env)" && RAYON_NUM_THREADS=$(THREADS) BENCH_OUT=$(BENCH_OUT) \
+		$(CARGO) bench --locked -p zoo-speech-recognition --bench transcribe | tee $(BENCH_OUT)/zoo-speech.jsonl
+	@if [ -d "$(SHARED)/bench" ]; then \
+		eval "$$($(SHARED)/bin/test-assets --env)" && scripts/bench-venv.sh "$(SHARED)/bench" && \
+		/tmp/bench-venv/bin/python "$(SHARED)/bench/speech_faster_whisper.py" --threads $(THREADS) \
+			--manifest "$(SHARED)/assets/data/speech/manifest.tsv" --out-dir $(BENCH_OUT) | tee $(BENCH_OUT)/peer-speech.jsonl && \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-speech.jsonl $(BENCH_OUT)/peer-speech.jsonl; fi
 
 ## lint: formatting and clippy, warnings are errors
 lint:

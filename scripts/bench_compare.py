@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints zoo's throughput and peak memory next to a peer's, from the JSON lines both benchmarks
 print, matched on input and batch size (and, for style transfer, whose peer times several networks
-at the same sizes, on the model too). Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
+at the same sizes, on the model too). For speech, items are seconds of audio (1 / real-time factor). Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
 import json
 import sys
 
@@ -21,6 +21,9 @@ zoo, peer = load(sys.argv[1]), load(sys.argv[2])
 print(f"{'model':<18} {'input':<26} {'batch':>5} {'threads':>7} {'zoo items/s':>12} {'peer items/s':>13} "
       f"{'zoo/peer':>9} {'zoo MB':>7} {'peer MB':>8}  peer")
 for p in peer:
+    # Speech peers report a real-time factor; its inverse is seconds of audio per second.
+    if "items_per_s" not in p and p.get("rtf"):
+        p["items_per_s"] = 1.0 / p["rtf"]
     if "items_per_s" not in p:
         continue
     match = [z for z in zoo if same(z, p)]
