@@ -17,6 +17,9 @@ mod zoo_bin;
 #[path = "../tasks/fake-news/tests/support/tiny_classifiers.rs"]
 mod tiny;
 
+#[path = "support/pth.rs"]
+mod pth;
+
 fn zoo(cache: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     zoo_with(Some(cache), args, stdin)
 }
@@ -146,4 +149,23 @@ fn a_transformers_classifier_in_a_folder_runs_with_its_own_labels() {
     let run = zoo_with(None, &["run", "fake-news", "--model", model_arg, "--text", "x"], None);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("no tokenizer.json"), "{}", run.stderr);
+}
+
+#[test]
+fn a_transformers_classifier_saved_as_pytorch_model_bin_gives_the_same_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write(dir.path(), tiny::Arch::Roberta, 2, Some(&["fake", "real"]), None, 5);
+    let args = ["run", "fake-news", "--model", dir.path().to_str().unwrap(), "--text", "5G towers spread it", "--json"];
+    let from_safetensors = zoo_with(None, &args, None);
+    assert_eq!(from_safetensors.code, 0, "{}", from_safetensors.stderr);
+
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors: Vec<(String, candle_core::Tensor)> =
+        candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    pth::write_pth(&dir.path().join("pytorch_model.bin"), &tensors);
+    std::fs::remove_file(&weights).unwrap();
+    let from_pickle = zoo_with(None, &args, None);
+    assert_eq!(from_pickle.code, 0, "{}", from_pickle.stderr);
+    assert_eq!(from_pickle.stdout, from_safetensors.stdout);
 }
