@@ -98,6 +98,16 @@ fn with_defaults(config: &Value, defaults: Value) -> Value {
     merged
 }
 
+/// transformers' activation names as candle's BERT spells them: its tanh-approximated GELU is
+/// what transformers calls gelu_new, gelu_fast and gelu_pytorch_tanh. Others stay as they are, for
+/// the config error to name.
+fn bert_activation(name: &Value) -> Value {
+    match name.as_str() {
+        Some("gelu_new" | "gelu_fast" | "gelu_pytorch_tanh") => "geluapproximate".into(),
+        _ => name.clone(),
+    }
+}
+
 fn usize_field(config: &Value, name: &str, default: usize) -> usize {
     config.get(name).and_then(Value::as_u64).map_or(default, |v| v as usize)
 }
@@ -238,7 +248,7 @@ impl HubClassifier {
         let pad = usize_field(&config, "pad_token_id", if arch == Arch::Roberta { 1 } else { 0 });
         let (network, classes, window) = match arch {
             Arch::Bert | Arch::DistilBert => {
-                let cfg = if arch == Arch::Bert {
+                let mut cfg = if arch == Arch::Bert {
                     with_defaults(
                         &config,
                         json!({"hidden_act": "gelu", "hidden_dropout_prob": 0.1, "max_position_embeddings": 512,
@@ -258,6 +268,7 @@ impl HubClassifier {
                         "type_vocab_size": 1, "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": pad,
                     })
                 };
+                cfg["hidden_act"] = bert_activation(&cfg["hidden_act"]);
                 let cfg: bert::Config = serde_json::from_value(cfg).map_err(bad_config)?;
                 let classes = classes_of("classifier.weight")?;
                 let h = cfg.hidden_size;
@@ -391,6 +402,16 @@ mod tests {
         for bad in [json!({"id2label": {"0": "fake"}}), json!({"id2label": {"0": "a", "2": "b"}})] {
             let err = labels("m", &bad, 2).unwrap_err().to_string();
             assert!(err.contains("id2label"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tanh_gelus_are_candles_approximate_gelu() {
+        for (hf, candle) in
+            [("gelu", "gelu"), ("gelu_new", "geluapproximate"), ("gelu_pytorch_tanh", "geluapproximate")]
+        {
+            let act: bert::HiddenAct = serde_json::from_value(bert_activation(&json!(hf))).unwrap();
+            assert_eq!(act, serde_json::from_value(json!(candle)).unwrap(), "{hf}");
         }
     }
 
