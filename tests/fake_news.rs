@@ -1,6 +1,7 @@
 //! End-to-end tests of `zoo run fake-news` and `zoo train fake-news`: inputs of every kind, the
 //! JSON shape, and one-line errors for bad text. The encoder comes from the shared hub cache
-//! (`../shared/bin/test-assets`), offline; the head is the bundled one.
+//! (`../shared/bin/test-assets`), offline; the head is the bundled one. A Transformers classifier
+//! is a tiny random one in a local folder, written by the task's test support.
 
 use std::path::Path;
 
@@ -11,6 +12,13 @@ use zoo_runtime::test_support::shared_hub_cache;
 #[allow(dead_code)]
 #[path = "support/zoo_bin.rs"]
 mod zoo_bin;
+
+#[allow(dead_code)]
+#[path = "../tasks/fake-news/tests/support/tiny_classifiers.rs"]
+mod tiny;
+
+#[path = "support/pth.rs"]
+mod pth;
 
 fn zoo(cache: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     zoo_with(Some(cache), args, stdin)
@@ -97,4 +105,67 @@ fn bad_text_gets_one_line_errors_and_the_rest_still_runs() {
         assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
         assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
     }
+}
+
+#[test]
+fn a_transformers_classifier_in_a_folder_runs_with_its_own_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-bert");
+    std::fs::create_dir(&model).unwrap();
+    tiny::write(&model, tiny::Arch::Bert, 2, Some(&["real", "fake"]), None, 11);
+    let article = dir.path().join("article.txt");
+    std::fs::write(&article, "The virus news spread: no cure, the vaccine works. ".repeat(12)).unwrap();
+    let model_arg = model.to_str().unwrap();
+
+    let args = ["run", "text-classification", "--model", model_arg, article.to_str().unwrap(), "--text", "5G towers"];
+    let run = zoo_with(None, &[&args[..], &["--json"]].concat(), None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = lines(&run);
+    assert_eq!(out.len(), 2);
+    for o in &out {
+        assert_eq!(o["model"], model_arg);
+        let scores = o["scores"].as_object().unwrap();
+        assert_eq!(scores.keys().collect::<Vec<_>>(), ["fake", "real"], "{o}");
+        let total: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4);
+        assert!(o["label"] == "real" || o["label"] == "fake", "{o}");
+    }
+    assert!(out[0]["windows"].as_u64().unwrap() >= 3, "{}", out[0]);
+    assert_eq!(out[1]["windows"], 1);
+    let human = zoo_with(None, &args, None);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(human.stdout.contains("fake ") && human.stdout.contains("windows)"), "{}", human.stdout);
+
+    let mut config: Value = serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["GPT2ForSequenceClassification"]);
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let run = zoo_with(None, &["run", "fake-news", "--model", model_arg, "--text", "x"], None);
+    assert_ne!(run.code, 0);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("GPT2ForSequenceClassification"), "{}", run.stderr);
+    config["architectures"] = serde_json::json!(["DistilBertForSequenceClassification"]);
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let run = zoo_with(None, &["run", "fake-news", "--model", model_arg, "--text", "x"], None);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no tokenizer.json"), "{}", run.stderr);
+}
+
+#[test]
+fn a_transformers_classifier_saved_as_pytorch_model_bin_gives_the_same_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write(dir.path(), tiny::Arch::Roberta, 2, Some(&["fake", "real"]), None, 5);
+    let args = ["run", "fake-news", "--model", dir.path().to_str().unwrap(), "--text", "5G towers spread it", "--json"];
+    let from_safetensors = zoo_with(None, &args, None);
+    assert_eq!(from_safetensors.code, 0, "{}", from_safetensors.stderr);
+
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors: Vec<(String, candle_core::Tensor)> =
+        candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    pth::write_pth(&dir.path().join("pytorch_model.bin"), &tensors);
+    std::fs::remove_file(&weights).unwrap();
+    let from_pickle = zoo_with(None, &args, None);
+    assert_eq!(from_pickle.code, 0, "{}", from_pickle.stderr);
+    assert_eq!(from_pickle.stdout, from_safetensors.stdout);
 }

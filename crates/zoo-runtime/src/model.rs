@@ -6,9 +6,11 @@
 //! binary, a folder, the Hub cache, a download) is decided here, once for all tasks.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
@@ -220,12 +222,16 @@ impl Model {
     }
 
     /// A VarBuilder over a safetensors file, memory-mapped from disk or read in place from the
-    /// binary; tensors are converted to `dtype` as they are fetched.
+    /// binary, or over a zip-format PyTorch file (`pytorch_model.bin`), read whole; tensors are
+    /// converted to `dtype` as they are fetched.
     pub fn var_builder(&self, name: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         let file = self.file(name)?;
         let bad = |e: candle_core::Error| Error::model(&self.id, format!("{}: {e}", file.display()));
         match &file {
             ModelFile::Bundled { bytes, .. } => VarBuilder::from_slice_safetensors(bytes, dtype, device).map_err(bad),
+            ModelFile::Disk(path) if !name.ends_with(".safetensors") => {
+                Ok(VarBuilder::from_tensors(read_weights(path, device, &self.id)?, dtype, device))
+            }
             // SAFETY: the file is mapped read-only; zoo never writes to cached or user weights while
             // they are mapped (a concurrent writer outside zoo would be the user's error, as with any mmap).
             ModelFile::Disk(path) => {
@@ -305,6 +311,39 @@ impl Model {
             },
         }
     }
+}
+
+/// A safetensors file or a zip-format PyTorch pickle; the legacy PyTorch format is refused with
+/// the way to convert it, since reading it means running arbitrary pickle code paths zoo avoids.
+pub fn read_weights(path: &Path, device: &Device, id: &str) -> Result<HashMap<String, Tensor>> {
+    let mut head = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(path, e))?;
+    let head = &head[..read];
+    let bad = |reason: String| Error::model(id, format!("{}: {reason}", path.display()));
+    if head.starts_with(b"PK\x03\x04") {
+        let tensors = candle_core::pickle::read_all(path)
+            .map_err(|e| bad(format!("not a PyTorch zip checkpoint zoo can read: {e}")))?;
+        if tensors.is_empty() {
+            return Err(bad("a zip file with no tensors (zoo reads a state_dict saved with torch.save)".into()));
+        }
+        return tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let name = name.strip_prefix("module.").map(str::to_string).unwrap_or(name);
+                Ok((name, t.to_device(device).map_err(|e| bad(e.to_string()))?))
+            })
+            .collect();
+    }
+    if head.first() == Some(&0x80) {
+        return Err(bad(
+            "a PyTorch file in the legacy (pre-1.6, non-zip) format, which zoo does not read; convert it in Python: \
+             `torch.save(torch.load(f), 'model.pth')` (PyTorch 1.6+ writes zip) or \
+             `safetensors.torch.save_file(torch.load(f), 'model.safetensors')`"
+                .into(),
+        ));
+    }
+    candle_core::safetensors::load(path, device)
+        .map_err(|e| bad(format!("neither safetensors nor a zip-format PyTorch checkpoint ({e})")))
 }
 
 fn wanted_by_zoo(file: &str, has_safetensors: bool) -> bool {

@@ -23,7 +23,7 @@ fn main() {
     let rows = zoo_fake_news::table::read(&path, "tweet", None).unwrap();
     let mut texts: Vec<&str> = rows.iter().take(n).map(|r| r.text.as_str()).collect();
     texts.sort_by_key(|t| t.len());
-    let tokens: usize = texts.iter().map(|t| classifier.encoder.tokenize_plain(t).len()).sum();
+    let tokens: usize = texts.iter().map(|t| classifier.tokenize_plain(t).len()).sum();
     classifier.classify(&texts[..8.min(texts.len())], 8);
     for batch in [1usize, 32] {
         let start = Instant::now();

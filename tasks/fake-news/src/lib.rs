@@ -2,12 +2,16 @@
 //!
 //! The default model is a sentence encoder (all-MiniLM-L6-v2, from the Hub at a pinned commit)
 //! under a small logistic-regression head that zoo trains itself (`zoo train fake-news`) and
-//! bundles. Texts longer than the encoder's window are split into overlapping windows; a text's
-//! label probabilities are the windows' probabilities averaged, weighted by their token counts.
+//! bundles. `--model` also takes the Hub's fine-tuned Transformers classifiers (BERT, DistilBERT,
+//! RoBERTa, XLM-R: [`hub`]). Texts longer than the model's window are split into overlapping
+//! windows; a text's label probabilities are the windows' probabilities averaged, weighted by
+//! their token counts.
 
 pub mod encoder;
 pub mod head;
+pub mod hub;
 pub mod table;
+pub mod windows;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,8 @@ use zoo_runtime::{
 
 use crate::encoder::{SentenceEncoder, OVERLAP, WINDOW};
 use crate::head::{Head, HeadInfo, TrainSettings};
+use crate::hub::HubClassifier;
+use crate::windows::Windows;
 
 pub struct FakeNews;
 
@@ -113,11 +119,11 @@ impl Task for FakeNews {
     }
 
     fn aliases(&self) -> &'static [&'static str] {
-        &["fake-news-detection"]
+        &["fake-news-detection", "text-classification"]
     }
 
     fn summary(&self) -> &'static str {
-        "Tell fake from real news texts (COVID-19 claims by default); train your own head on labelled data"
+        "Tell fake from real news texts (COVID-19 claims by default); train your own head, or run a Hub BERT/RoBERTa classifier"
     }
 
     fn input(&self) -> InputSpec {
@@ -138,6 +144,7 @@ impl Task for FakeNews {
             "zoo run fake-news article.txt",
             "zoo run fake-news --text \"5G towers spread the coronavirus\"",
             "zoo run fake-news claims.csv --text-column tweet --json",
+            "zoo run text-classification article.txt --model ./my-finetuned-bert   # a Transformers classifier",
             "zoo train fake-news --train train.csv --val val.csv --text-column tweet --out my-head",
         ]
     }
@@ -183,18 +190,28 @@ impl Task for FakeNews {
     }
 }
 
-/// An encoder and the head trained on it.
+/// What scores a window: an encoder and the head trained on it, or a Transformers classifier.
+enum Network {
+    Head { encoder: Box<SentenceEncoder>, head: Head },
+    Hub(Box<HubClassifier>),
+}
+
 pub struct Classifier {
-    pub encoder: SentenceEncoder,
-    pub head: Head,
+    network: Network,
 }
 
 impl Classifier {
+    /// A folder with head.json is a head from `zoo train`; one with config.json a Transformers
+    /// sequence classifier.
     pub fn load(model: &Model, ctx: &Context) -> Result<Self> {
         if model.optional_file("head.json")?.is_none() {
+            if model.optional_file("config.json")?.is_some() {
+                let hub = HubClassifier::load(model, &ctx.device)?;
+                return Ok(Classifier { network: Network::Hub(Box::new(hub)) });
+            }
             return Err(Error::model(
                 &model.id,
-                "no head.json: a fake-news model is a classifier head over a sentence encoder (make one with `zoo train fake-news`)",
+                "neither head.json (a classifier head, made by `zoo train fake-news`) nor config.json (a Transformers sequence classifier)",
             ));
         }
         let head = Head::load(model, &ctx.device)?;
@@ -205,26 +222,61 @@ impl Classifier {
                 format!("the head takes {} features, the encoder gives {}", head.dim(), encoder.dim),
             ));
         }
-        Ok(Classifier { encoder, head })
+        Ok(Classifier { network: Network::Head { encoder: Box::new(encoder), head } })
+    }
+
+    pub fn labels(&self) -> &[String] {
+        match &self.network {
+            Network::Head { head, .. } => &head.info.labels,
+            Network::Hub(hub) => hub.labels(),
+        }
+    }
+
+    /// The Transformers classifier, when that is what this is.
+    pub fn hub(&self) -> Option<&HubClassifier> {
+        match &self.network {
+            Network::Hub(hub) => Some(hub),
+            Network::Head { .. } => None,
+        }
+    }
+
+    /// The text's tokens as the model sees them, special tokens included, uncut.
+    pub fn tokenize_plain(&self, text: &str) -> Vec<u32> {
+        match &self.network {
+            Network::Head { encoder, .. } => encoder.tokenize_plain(text),
+            Network::Hub(hub) => hub.tokenize_plain(text),
+        }
+    }
+
+    fn windows(&self, text: &str) -> std::result::Result<Windows, String> {
+        match &self.network {
+            Network::Head { encoder, .. } => encoder.windows(text),
+            Network::Hub(hub) => hub.windows(text),
+        }
+    }
+
+    fn window_probabilities(&self, windows: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
+        match &self.network {
+            Network::Head { encoder, head } => {
+                let e = encoder.embed(windows)?;
+                let x = Tensor::from_vec(
+                    e.into_iter().flatten().collect::<Vec<_>>(),
+                    (windows.len(), encoder.dim),
+                    &Device::Cpu,
+                )?;
+                head.probabilities(&x)
+            }
+            Network::Hub(hub) => hub.probabilities(windows),
+        }
     }
 
     /// Label probabilities for each text, and how many windows it took.
     pub fn classify(&self, texts: &[&str], batch_size: usize) -> Vec<std::result::Result<(Vec<f32>, usize), String>> {
-        let windows: Vec<std::result::Result<encoder::Windows, String>> =
-            texts.iter().map(|t| self.encoder.windows(t)).collect();
+        let windows: Vec<std::result::Result<Windows, String>> = texts.iter().map(|t| self.windows(t)).collect();
         let flat: Vec<&[u32]> = windows.iter().flatten().flat_map(|w| w.0.iter().map(Vec::as_slice)).collect();
         let mut probs = Vec::with_capacity(flat.len());
         for chunk in flat.chunks(batch_size) {
-            let run = self.encoder.embed(chunk).and_then(|e| {
-                let rows = e.len();
-                let x = Tensor::from_vec(
-                    e.into_iter().flatten().collect::<Vec<_>>(),
-                    (rows, self.encoder.dim),
-                    &Device::Cpu,
-                )?;
-                self.head.probabilities(&x)
-            });
-            match run {
+            match self.window_probabilities(chunk) {
                 Ok(p) => probs.extend(p),
                 Err(e) => return texts.iter().map(|_| Err(format!("classification failed: {e}"))).collect(),
             }
@@ -234,7 +286,7 @@ impl Classifier {
             .into_iter()
             .map(|w| {
                 let w = w?;
-                let mut total = vec![0f32; self.head.info.labels.len()];
+                let mut total = vec![0f32; self.labels().len()];
                 let mut weight = 0f32;
                 for window in &w.0 {
                     let p = next.next().expect("one probability row per window");
@@ -286,7 +338,7 @@ impl Runner for ClassifierRunner {
         let texts: Vec<Result<String>> = batch.iter().map(read_text).collect();
         let ok: Vec<&str> = texts.iter().filter_map(|t| t.as_deref().ok()).collect();
         let mut results = self.classifier.classify(&ok, self.batch_size).into_iter();
-        let labels = &self.classifier.head.info.labels;
+        let labels = self.classifier.labels();
         texts
             .into_iter()
             .zip(batch)

@@ -3,11 +3,11 @@
 //! `.pth`, named as a file or a folder. Which network a file holds is told by its tensor names.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use zoo_runtime::model::read_weights;
 use zoo_runtime::{Error, Model, Result};
 
 use crate::network::StyleNet;
@@ -150,37 +150,4 @@ fn from_tensors(tensors: HashMap<String, Tensor>, device: &Device, id: &str, nam
         id,
         "not a style network zoo knows: expected pytorch/examples TransformerNet names (conv1.conv2d.weight, in1.weight, res1..5, deconv1..3) or multistyle26's",
     ))
-}
-
-/// A safetensors file or a zip-format PyTorch pickle; the legacy PyTorch format is refused with
-/// the way to convert it, since reading it means running arbitrary pickle code paths zoo avoids.
-pub fn read_weights(path: &Path, device: &Device, id: &str) -> Result<HashMap<String, Tensor>> {
-    let mut head = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(path, e))?;
-    let head = &head[..read];
-    let bad = |reason: String| Error::model(id, format!("{}: {reason}", path.display()));
-    if head.starts_with(b"PK\x03\x04") {
-        let tensors = candle_core::pickle::read_all(path)
-            .map_err(|e| bad(format!("not a PyTorch zip checkpoint zoo can read: {e}")))?;
-        if tensors.is_empty() {
-            return Err(bad("a zip file with no tensors (zoo reads a state_dict saved with torch.save)".into()));
-        }
-        return tensors
-            .into_iter()
-            .map(|(name, t)| {
-                let name = name.strip_prefix("module.").map(str::to_string).unwrap_or(name);
-                Ok((name, t.to_device(device).map_err(|e| bad(e.to_string()))?))
-            })
-            .collect();
-    }
-    if head.first() == Some(&0x80) {
-        return Err(bad(
-            "a PyTorch file in the legacy (pre-1.6, non-zip) format, which zoo does not read; convert it in Python: \
-             `torch.save(torch.load(f), 'model.pth')` (PyTorch 1.6+ writes zip) or \
-             `safetensors.torch.save_file(torch.load(f), 'model.safetensors')`"
-                .into(),
-        ));
-    }
-    candle_core::safetensors::load(path, device)
-        .map_err(|e| bad(format!("neither safetensors nor a zip-format PyTorch checkpoint ({e})")))
 }
