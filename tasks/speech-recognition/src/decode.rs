@@ -6,6 +6,7 @@ use std::io::Write;
 
 use rand::{Rng, SeedableRng};
 
+use crate::encoder::fast_exp;
 use crate::mel::{LogMel, HOP_LENGTH, N_FRAMES};
 use crate::model::Whisper;
 use crate::text_decoder::DecoderState;
@@ -113,12 +114,22 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
     logits.iter().map(|&l| l - log_sum).collect()
 }
 
+/// `ln Σ e^v`, over a whole vocabulary per decoded token, hence the vectorisable exp.
 fn log_sum_exp(values: &[f32]) -> f32 {
     let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return max;
     }
-    max + values.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| fast_exp(v - max)).sum();
+    for chunk in chunks {
+        for i in 0..LANES {
+            acc[i] += fast_exp(chunk[i] - max);
+        }
+    }
+    max + (acc.iter().sum::<f32>() + tail).ln()
 }
 
 pub struct Decoder<'a> {
@@ -200,10 +211,10 @@ impl<'a> Decoder<'a> {
                 logits[last_allowed + 1..].fill(ninf);
             }
         }
-        // When timestamps together outweigh every single text token, take a timestamp.
-        let log_probs = log_softmax(logits);
-        let ts_mass = log_sum_exp(&log_probs[ts_begin..]);
-        let best_text = log_probs[..ts_begin].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // When timestamps together outweigh every single text token, take a timestamp. Both sides
+        // of the comparison share the softmax's normaliser, so raw logits compare the same way.
+        let ts_mass = log_sum_exp(&logits[ts_begin..]);
+        let best_text = logits[..ts_begin].iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if ts_mass > best_text {
             logits[..ts_begin].fill(ninf);
         }
@@ -253,12 +264,12 @@ impl<'a> Decoder<'a> {
             let mut all = self.whisper.step(new, &mut state, &positions)?;
             let mut logits = all.pop().expect("one per position");
             if first {
-                let at_sot = log_softmax(&all[0]);
-                no_speech_prob = at_sot[t.no_speech as usize].exp() as f64;
+                let at_sot = &all[0];
+                no_speech_prob = ((at_sot[t.no_speech as usize] - log_sum_exp(at_sot)) as f64).exp();
             }
             self.apply_filters(&mut logits, &tokens[sample_begin..]);
             let next = self.pick(&logits, temperature);
-            sum_logprob += log_softmax(&logits)[next as usize] as f64;
+            sum_logprob += (logits[next as usize] - log_sum_exp(&logits)) as f64;
             if next == t.eot {
                 break;
             }

@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod ct2;
 pub mod decode;
+pub mod encoder;
 pub mod mel;
 pub mod model;
 pub mod output;

@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use zoo_runtime::{Error, Model, ModelFile, Result};
 
 use crate::ct2::Ct2Model;
+use crate::encoder::CpuEncoder;
 use crate::text_decoder::{DecoderState, TextDecoder};
 
 /// The special tokens decoding needs, looked up in the model's own tokenizer.
@@ -30,9 +31,15 @@ pub struct SpecialTokens {
     pub languages: Vec<(String, u32)>,
 }
 
+/// The audio encoder: zoo's CPU implementation, or candle-transformers' on other devices.
+pub enum Encoder {
+    Cpu(CpuEncoder),
+    Candle(Box<m::model::AudioEncoder>),
+}
+
 /// A Whisper model ready to encode windows and decode tokens.
 pub struct Whisper {
-    pub encoder: m::model::AudioEncoder,
+    pub encoder: Encoder,
     pub decoder: TextDecoder,
     pub config: Config,
     pub tokenizer: Tokenizer,
@@ -145,7 +152,7 @@ impl Whisper {
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         model: &Model,
-        whisper: (m::model::AudioEncoder, TextDecoder),
+        whisper: (Encoder, TextDecoder),
         config: Config,
         tokenizer: Tokenizer,
         suppress_at_begin: Option<Vec<u32>>,
@@ -213,8 +220,17 @@ impl Whisper {
     /// The encoder's output for one 30 s log-mel window (`n_mels` x 3000 values).
     pub fn encode(&mut self, window: Vec<f32>) -> candle_core::Result<Tensor> {
         let n_frames = window.len() / self.config.num_mel_bins;
-        let mel = Tensor::from_vec(window, (1, self.config.num_mel_bins, n_frames), &self.device)?;
-        self.encoder.forward(&mel, true)
+        match &mut self.encoder {
+            Encoder::Cpu(encoder) => {
+                let out = encoder.forward(&window);
+                let rows = out.len() / self.config.d_model;
+                Tensor::from_vec(out, (1, rows, self.config.d_model), &self.device)
+            }
+            Encoder::Candle(encoder) => {
+                let mel = Tensor::from_vec(window, (1, self.config.num_mel_bins, n_frames), &self.device)?;
+                encoder.forward(&mel, true)
+            }
+        }
     }
 
     /// Decoding state for a window whose encoder output is `audio`.
@@ -235,11 +251,14 @@ impl Whisper {
     }
 }
 
-/// candle-transformers' encoder and zoo's cached decoder over the same weights.
-fn load_parts(vb: &VarBuilder, config: &Config) -> candle_core::Result<(m::model::AudioEncoder, TextDecoder)> {
-    let whisper = m::model::Whisper::load(vb, config.clone())?;
-    let decoder = TextDecoder::load(vb, config)?;
-    Ok((whisper.encoder, decoder))
+/// The encoder for the device and zoo's cached decoder over the same weights.
+fn load_parts(vb: &VarBuilder, config: &Config) -> candle_core::Result<(Encoder, TextDecoder)> {
+    let encoder = if vb.device().is_cpu() {
+        Encoder::Cpu(CpuEncoder::load(vb, config)?)
+    } else {
+        Encoder::Candle(Box::new(m::model::Whisper::load(vb, config.clone())?.encoder))
+    };
+    Ok((encoder, TextDecoder::load(vb, config)?))
 }
 
 /// A CTranslate2 Whisper's tensors under Transformers' `WhisperForConditionalGeneration` names
