@@ -3,6 +3,7 @@
 
 pub mod bundled;
 pub mod catalog;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod fsutil;

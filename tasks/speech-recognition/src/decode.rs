@@ -6,7 +6,7 @@ use std::io::Write;
 
 use rand::{Rng, SeedableRng};
 
-use crate::encoder::fast_exp;
+use crate::kernels::fast_exp;
 use crate::mel::{LogMel, HOP_LENGTH, N_FRAMES};
 use crate::model::Whisper;
 use crate::text_decoder::DecoderState;

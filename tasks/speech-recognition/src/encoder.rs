@@ -2,7 +2,7 @@
 //! ops the encoder took most of a transcription's time: every attention layer materialised
 //! 6 x 1500 x 1500 scores (54 MB) and ran scalar `exp`/`tanh` over them and over the MLP. Here
 //! attention runs per head in blocks of query rows whose scores stay in cache, and GELU and the
-//! softmax use vectorisable approximations accurate to ~1e-7.
+//! softmax use vectorisable approximations (relative error below 2e-6).
 //!
 //! The math is OpenAI's (exact-erf GELU, pre-norm residual blocks); `tests/whisper.rs` checks it
 //! against the same network written with candle's ops.
@@ -11,22 +11,10 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use crate::kernels::{fast_exp, gelu_in_place, Dense, LayerNorm};
+
 /// Query rows per attention block: their scores (rows x 1500 floats) stay in L2.
 const QUERY_BLOCK: usize = 64;
-
-struct LayerNorm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-}
-
-/// A linear layer with its weight stored `in x out`, the layout `gemm` reads fastest as the right
-/// operand.
-struct Dense {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    d_in: usize,
-    d_out: usize,
-}
 
 struct Layer {
     attn_ln: LayerNorm,
@@ -47,118 +35,6 @@ pub struct CpuEncoder {
     n_mels: usize,
     d: usize,
     heads: usize,
-}
-
-fn vec_of(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
-impl Dense {
-    /// From Transformers' `out x in` weight(s), stacked along the output.
-    fn from_linears(weights: &[Tensor], biases: &[Tensor]) -> Result<Self> {
-        let weight = Tensor::cat(weights, 0)?.t()?.contiguous()?;
-        let (d_in, d_out) = weight.dims2()?;
-        Ok(Self { weight: vec_of(&weight)?, bias: vec_of(&Tensor::cat(biases, 0)?)?, d_in, d_out })
-    }
-
-    /// From a convolution weight `out x in x kernel`, unfolded as rows `k * in + c`.
-    fn from_conv(weight: &Tensor, bias: &Tensor) -> Result<Self> {
-        let (d_out, d_in, k) = weight.dims3()?;
-        let weight = weight.permute((2, 1, 0))?.reshape((k * d_in, d_out))?.contiguous()?;
-        Ok(Self { weight: vec_of(&weight)?, bias: vec_of(bias)?, d_in: k * d_in, d_out })
-    }
-
-    /// `out (rows x d_out) = x (rows x d_in) W + b`, or `out += x W + b` when `accumulate`.
-    fn apply(&self, x: &[f32], rows: usize, out: &mut [f32], accumulate: bool) {
-        assert!(x.len() >= rows * self.d_in && out.len() >= rows * self.d_out, "dense shapes");
-        let threads = rayon::current_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: row-major `out` (rows x d_out), `x` (rows x d_in) and `weight` (d_in x d_out),
-        // sizes checked above; `out` aliases neither input.
-        unsafe {
-            gemm::gemm(
-                rows,
-                self.d_out,
-                self.d_in,
-                out.as_mut_ptr(),
-                1,
-                self.d_out as isize,
-                accumulate,
-                x.as_ptr(),
-                1,
-                self.d_in as isize,
-                self.weight.as_ptr(),
-                1,
-                self.d_out as isize,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-        out[..rows * self.d_out].par_chunks_mut(self.d_out * 64).for_each(|chunk| {
-            for row in chunk.chunks_exact_mut(self.d_out) {
-                for (y, b) in row.iter_mut().zip(&self.bias) {
-                    *y += b;
-                }
-            }
-        });
-    }
-}
-
-impl LayerNorm {
-    fn load(vb: &VarBuilder, name: &str, d: usize) -> Result<Self> {
-        Ok(Self {
-            gamma: vec_of(&vb.get(d, &format!("{name}.weight"))?)?,
-            beta: vec_of(&vb.get(d, &format!("{name}.bias"))?)?,
-        })
-    }
-
-    fn apply(&self, x: &[f32], out: &mut [f32]) {
-        let d = self.gamma.len();
-        out.par_chunks_mut(d * 64).zip(x.par_chunks(d * 64)).for_each(|(out, x)| {
-            for (o, row) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                let mean = row.iter().sum::<f32>() / d as f32;
-                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let inv = 1.0 / (var + 1e-5).sqrt();
-                for i in 0..d {
-                    o[i] = (row[i] - mean) * inv * self.gamma[i] + self.beta[i];
-                }
-            }
-        });
-    }
-}
-
-/// `e^x` from `2^n * 2^f` with a degree-6 polynomial for `2^f`, `|f| <= 0.5`: relative error
-/// about 1e-7, and only arithmetic, so loops over it vectorise.
-#[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let y = x * std::f32::consts::LOG2_E;
-    // Round to nearest by the float-add trick (no libm call).
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    let n = (y + MAGIC) - MAGIC;
-    let f = (y - n) * std::f32::consts::LN_2;
-    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
-}
-
-/// GELU with the exact erf (as Whisper was trained), erf by Abramowitz & Stegun 7.1.26
-/// (absolute error below 1.5e-7).
-#[inline(always)]
-pub fn gelu(x: f32) -> f32 {
-    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
-    let erf = 1.0 - poly * fast_exp(-z * z);
-    let erf = if x < 0.0 { -erf } else { erf };
-    0.5 * x * (1.0 + erf)
-}
-
-fn gelu_in_place(x: &mut [f32]) {
-    x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v)));
 }
 
 /// Whisper's sinusoidal positions: sines then cosines over geometric timescales.
@@ -363,28 +239,6 @@ impl CpuEncoder {
             for (r, values) in block.chunks_exact(dh).enumerate() {
                 out[(row0 + r) * d + h * dh..][..dh].copy_from_slice(values);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_exp_and_gelu_are_accurate() {
-        for i in -2000..=2000 {
-            let x = i as f32 / 100.0;
-            let want = (x as f64).exp();
-            let rel = ((fast_exp(x) as f64 - want) / want).abs();
-            assert!(rel < 5e-7, "exp({x}): relative error {rel}");
-        }
-        // GELU against candle's exact-erf GELU.
-        let xs: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
-        let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
-        let want = t.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
-        for (x, w) in xs.iter().zip(want) {
-            assert!((gelu(*x) - w).abs() < 1e-6 * (1.0 + w.abs()), "gelu({x}) = {} vs {w}", gelu(*x));
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod audio;
 pub mod ct2;
 pub mod decode;
 pub mod encoder;
+pub mod kernels;
 pub mod mel;
 pub mod model;
 pub mod output;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{self as m, Config};
 use serde::Deserialize;
@@ -33,7 +33,7 @@ pub struct SpecialTokens {
 
 /// The audio encoder: zoo's CPU implementation, or candle-transformers' on other devices.
 pub enum Encoder {
-    Cpu(CpuEncoder),
+    Cpu(Box<CpuEncoder>),
     Candle(Box<m::model::AudioEncoder>),
 }
 
@@ -247,14 +247,15 @@ impl Whisper {
         positions: &[usize],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
         let hidden = self.decoder.forward(tokens, state)?;
-        positions.iter().map(|&p| self.decoder.logits(&hidden.i(p..p + 1)?)).collect()
+        let d = self.decoder.d_model();
+        Ok(positions.iter().map(|&p| self.decoder.logits(&hidden[p * d..(p + 1) * d])).collect())
     }
 }
 
 /// The encoder for the device and zoo's cached decoder over the same weights.
 fn load_parts(vb: &VarBuilder, config: &Config) -> candle_core::Result<(Encoder, TextDecoder)> {
     let encoder = if vb.device().is_cpu() {
-        Encoder::Cpu(CpuEncoder::load(vb, config)?)
+        Encoder::Cpu(Box::new(CpuEncoder::load(vb, config)?))
     } else {
         Encoder::Candle(Box::new(m::model::Whisper::load(vb, config.clone())?.encoder))
     };

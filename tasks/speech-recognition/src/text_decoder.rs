@@ -1,140 +1,74 @@
-//! Whisper's text decoder with key/value caches. candle-transformers' decoder recomputes every
-//! earlier token at each step and re-reads the whole vocabulary matrix through a broadcast copy;
-//! on a CPU that made decoding ten times slower than the encoder. Here the cross-attention keys and
-//! values are computed once per 30 s window and shared by all temperature retries, and each step
-//! runs only the new token.
+//! Whisper's text decoder with key/value caches, in plain loops on the CPU. candle-transformers'
+//! decoder recomputes every earlier token at each step; and even with caches, a step through
+//! candle's ops cost ~5 ms of per-op overhead for ~13 M multiply-adds. Here the cross-attention
+//! keys and values are computed once per 30 s window (shared by all temperature retries), each step
+//! runs only the new token, and the vocabulary projection reads f16 rows (the checkpoints' own
+//! precision) to halve the memory traffic that bounds it.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use std::sync::Arc;
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-/// `y = W x + b` with W kept row-major as read. One decoding step multiplies a single row, where a
-/// matrix-vector loop over W's rows beats a general matrix multiply that repacks W on every call.
-struct Linear {
-    weight: Tensor,
-    rows: Vec<f32>,
-    bias: Vec<f32>,
-    d_in: usize,
-}
+use crate::kernels::{dot, dot_f16, fast_exp, gelu_in_place, vec_of, Dense, LayerNorm};
 
-/// Below this many multiply-adds, splitting a product over threads costs more than it saves.
-const PARALLEL_MACS: usize = 1 << 20;
-
-/// A dot product in independent lanes: a plain `.sum()` is one serial chain of adds (floats do not
-/// reassociate), which the compiler cannot vectorise.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 32;
-    let mut acc = [0f32; LANES];
-    let (a_main, a_rest) = a.split_at(a.len() - a.len() % LANES);
-    let (b_main, b_rest) = b.split_at(a_main.len());
-    for (ca, cb) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] = ca[i].mul_add(cb[i], acc[i]);
-        }
-    }
-    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// [`dot`] with `a` in half precision: the vocabulary projection reads the whole embedding matrix
-/// per token, so halving its bytes halves the memory traffic that bounds it. The checkpoints hold
-/// these weights in f16 to begin with.
-#[inline]
-fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
-    use half::slice::HalfFloatSliceExt;
-    const LANES: usize = 32;
-    let mut acc = [0f32; LANES];
-    let mut wide = [0f32; LANES];
-    let main = a.len() - a.len() % LANES;
-    for (ca, cb) in a[..main].chunks_exact(LANES).zip(b[..main].chunks_exact(LANES)) {
-        ca.convert_to_f32_slice(&mut wide);
-        for i in 0..LANES {
-            acc[i] = wide[i].mul_add(cb[i], acc[i]);
-        }
-    }
-    let tail: f32 = a[main..].iter().zip(&b[main..]).map(|(x, y)| x.to_f32() * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-fn matvec(rows: &[f32], d_in: usize, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    let dot = |(o, row): (usize, &[f32])| -> f32 { dot(row, x) + bias.map_or(0.0, |b| b[o]) };
-    if rows.len() >= PARALLEL_MACS {
-        out.par_chunks_mut(256).enumerate().for_each(|(chunk, out)| {
-            for (k, y) in out.iter_mut().enumerate() {
-                let o = chunk * 256 + k;
-                *y = dot((o, &rows[o * d_in..][..d_in]));
-            }
-        });
-    } else {
-        for (o, y) in out.iter_mut().enumerate() {
-            *y = dot((o, &rows[o * d_in..][..d_in]));
-        }
-    }
-}
-
-impl Linear {
-    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        let d_in = weight.dim(1)?;
-        Ok(Self { rows: weight.flatten_all()?.to_vec1()?, bias: bias.to_vec1()?, weight, d_in })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        if b * n > 1 {
-            return x
-                .broadcast_matmul(&self.weight.t()?)?
-                .broadcast_add(&Tensor::new(self.bias.as_slice(), x.device())?);
-        }
-        let input = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; self.bias.len()];
-        matvec(&self.rows, self.d_in, &input, Some(&self.bias), &mut out);
-        Tensor::from_vec(out, (1, 1, self.bias.len()), x.device())
-    }
-}
-
-struct Attention {
-    /// Self-attention: q, k and v in one matrix; cross-attention: q alone.
-    query: Linear,
-    /// Cross-attention only: k and v in one matrix, applied to the audio once per window.
-    key_value: Option<Linear>,
-    out: Linear,
-    ln: LayerNorm,
-}
-
-struct Block {
-    self_attn: Attention,
-    cross_attn: Attention,
-    fc1: Linear,
-    fc2: Linear,
+struct Layer {
+    self_ln: LayerNorm,
+    /// q, k and v in one matrix.
+    self_qkv: Dense,
+    self_out: Dense,
+    cross_ln: LayerNorm,
+    cross_q: Dense,
+    /// k and v in one matrix, applied to the audio once per window.
+    cross_kv: Dense,
+    cross_out: Dense,
     mlp_ln: LayerNorm,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 pub struct TextDecoder {
-    embeddings: Tensor,
-    /// The embedding matrix again as f16 rows: the output projection reads it once per step.
-    embedding_rows: Vec<half::f16>,
-    positions: Tensor,
-    blocks: Vec<Block>,
+    embeddings: Vec<f32>,
+    embeddings_f16: Vec<half::f16>,
+    positions: Vec<f32>,
+    layers: Vec<Layer>,
     ln: LayerNorm,
-    n_head: usize,
-    d_model: usize,
+    heads: usize,
+    d: usize,
     pub n_ctx: usize,
+    vocab: usize,
+}
+
+/// Keys and values, one row of `d` per position (all heads side by side). The audio's keys are
+/// also kept transposed per head (`heads x dh x frames`), so that a query's scores over 1500 frames
+/// are one contiguous multiply-add per key dimension instead of 1500 short dot products.
+#[derive(Clone, Default)]
+struct Cache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    k_by_head: Vec<f32>,
 }
 
 /// Per-window decoding state: the audio's keys and values for each layer (fixed for the window)
-/// and the keys and values of the tokens decoded so far (grow by one per step).
+/// and the keys and values of the tokens decoded so far.
 #[derive(Clone)]
 pub struct DecoderState {
-    cross: Vec<(Tensor, Tensor)>,
-    past: Vec<Option<(Tensor, Tensor)>>,
+    cross: Arc<Vec<Cache>>,
+    audio_len: usize,
+    past: Vec<Cache>,
     len: usize,
 }
 
 impl DecoderState {
     /// The same audio, no tokens yet: for a retry of the window.
     pub fn restart(&self) -> Self {
-        Self { cross: self.cross.clone(), past: vec![None; self.past.len()], len: 0 }
+        Self {
+            cross: self.cross.clone(),
+            audio_len: self.audio_len,
+            past: vec![Cache::default(); self.past.len()],
+            len: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -146,163 +80,207 @@ impl DecoderState {
     }
 }
 
-fn linear(vb: &VarBuilder, names: &[&str], with_bias: &[bool], d_in: usize, d_out: usize) -> Result<Linear> {
-    let mut weights = Vec::new();
-    let mut biases = Vec::new();
-    for (name, &has_bias) in names.iter().zip(with_bias) {
-        weights.push(vb.get((d_out, d_in), &format!("{name}.weight"))?);
-        biases.push(if has_bias {
-            vb.get(d_out, &format!("{name}.bias"))?
-        } else {
-            Tensor::zeros(d_out, DType::F32, vb.device())?
-        });
-    }
-    Linear::new(Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)
-}
-
-fn layer_norm(vb: &VarBuilder, name: &str, d: usize) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(vb.get(d, &format!("{name}.weight"))?, vb.get(d, &format!("{name}.bias"))?, 1e-5))
-}
-
 impl TextDecoder {
     /// Reads `model.decoder.*` in Transformers' names (what zoo maps CTranslate2 weights to).
     pub fn load(vb: &VarBuilder, cfg: &candle_transformers::models::whisper::Config) -> Result<Self> {
         let vb = vb.pp("model.decoder");
         let d = cfg.d_model;
-        let blocks = (0..cfg.decoder_layers)
+        let get = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<(Tensor, Tensor)> {
+            let w = vb.get((d_out, d_in), &format!("{name}.weight"))?;
+            let b = if bias {
+                vb.get(d_out, &format!("{name}.bias"))?
+            } else {
+                Tensor::zeros(d_out, DType::F32, w.device())?
+            };
+            Ok((w, b))
+        };
+        let dense = |parts: &[(Tensor, Tensor)]| {
+            let (w, b): (Vec<Tensor>, Vec<Tensor>) = parts.iter().cloned().unzip();
+            Dense::from_linears(&w, &b)
+        };
+        let layers = (0..cfg.decoder_layers)
             .map(|i| {
                 let p = |s: &str| format!("layers.{i}.{s}");
-                Ok(Block {
-                    self_attn: Attention {
-                        query: linear(
-                            &vb,
-                            &[&p("self_attn.q_proj"), &p("self_attn.k_proj"), &p("self_attn.v_proj")],
-                            &[true, false, true],
-                            d,
-                            d,
-                        )?,
-                        key_value: None,
-                        out: linear(&vb, &[&p("self_attn.out_proj")], &[true], d, d)?,
-                        ln: layer_norm(&vb, &p("self_attn_layer_norm"), d)?,
-                    },
-                    cross_attn: Attention {
-                        query: linear(&vb, &[&p("encoder_attn.q_proj")], &[true], d, d)?,
-                        key_value: Some(linear(
-                            &vb,
-                            &[&p("encoder_attn.k_proj"), &p("encoder_attn.v_proj")],
-                            &[false, true],
-                            d,
-                            d,
-                        )?),
-                        out: linear(&vb, &[&p("encoder_attn.out_proj")], &[true], d, d)?,
-                        ln: layer_norm(&vb, &p("encoder_attn_layer_norm"), d)?,
-                    },
-                    fc1: linear(&vb, &[&p("fc1")], &[true], d, 4 * d)?,
-                    fc2: linear(&vb, &[&p("fc2")], &[true], 4 * d, d)?,
-                    mlp_ln: layer_norm(&vb, &p("final_layer_norm"), d)?,
+                Ok(Layer {
+                    self_ln: LayerNorm::load(&vb, &p("self_attn_layer_norm"), d)?,
+                    self_qkv: dense(&[
+                        get(&p("self_attn.q_proj"), d, d, true)?,
+                        get(&p("self_attn.k_proj"), d, d, false)?,
+                        get(&p("self_attn.v_proj"), d, d, true)?,
+                    ])?,
+                    self_out: dense(&[get(&p("self_attn.out_proj"), d, d, true)?])?,
+                    cross_ln: LayerNorm::load(&vb, &p("encoder_attn_layer_norm"), d)?,
+                    cross_q: dense(&[get(&p("encoder_attn.q_proj"), d, d, true)?])?,
+                    cross_kv: dense(&[
+                        get(&p("encoder_attn.k_proj"), d, d, false)?,
+                        get(&p("encoder_attn.v_proj"), d, d, true)?,
+                    ])?,
+                    cross_out: dense(&[get(&p("encoder_attn.out_proj"), d, d, true)?])?,
+                    mlp_ln: LayerNorm::load(&vb, &p("final_layer_norm"), d)?,
+                    fc1: dense(&[get(&p("fc1"), d, 4 * d, true)?])?,
+                    fc2: dense(&[get(&p("fc2"), 4 * d, d, true)?])?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let embeddings = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
         Ok(Self {
-            embedding_rows: embeddings.flatten_all()?.to_dtype(DType::F16)?.to_vec1()?,
-            embeddings,
-            positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
-            blocks,
-            ln: layer_norm(&vb, "layer_norm", d)?,
-            n_head: cfg.decoder_attention_heads,
-            d_model: d,
+            embeddings_f16: embeddings.flatten_all()?.to_dtype(DType::F16)?.to_vec1()?,
+            embeddings: vec_of(&embeddings)?,
+            positions: vec_of(&vb.get((cfg.max_target_positions, d), "embed_positions.weight")?)?,
+            layers,
+            ln: LayerNorm::load(&vb, "layer_norm", d)?,
+            heads: cfg.decoder_attention_heads,
+            d,
             n_ctx: cfg.max_target_positions,
+            vocab: cfg.vocab_size,
         })
-    }
-
-    /// Heads split out: (1, n, d) -> (1, heads, n, d/heads).
-    fn heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        x.reshape((b, n, self.n_head, self.d_model / self.n_head))?.transpose(1, 2)?.contiguous()
     }
 
     /// Starts a window: the cross-attention keys and values of `audio` (1, frames, d).
     pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        let rows = audio.dim(1)?;
+        let audio = vec_of(audio)?;
+        let d = self.d;
         let cross = self
-            .blocks
+            .layers
             .iter()
-            .map(|b| {
-                let kv = b.cross_attn.key_value.as_ref().expect("cross-attention has keys").forward(audio)?;
-                let k = self.heads(&kv.narrow(D::Minus1, 0, self.d_model)?)?;
-                let v = self.heads(&kv.narrow(D::Minus1, self.d_model, self.d_model)?)?;
-                Ok((k.transpose(2, 3)?.contiguous()?, v))
+            .map(|layer| {
+                let kv = layer.cross_kv.forward(&audio, rows);
+                let mut cache = Cache {
+                    k: Vec::with_capacity(rows * d),
+                    v: Vec::with_capacity(rows * d),
+                    k_by_head: vec![0f32; rows * d],
+                };
+                for (j, row) in kv.chunks_exact(2 * d).enumerate() {
+                    cache.k.extend_from_slice(&row[..d]);
+                    cache.v.extend_from_slice(&row[d..]);
+                    // Column c = h * dh + kk of k goes to k_by_head[(h * dh + kk) * rows + j].
+                    for (c, &value) in row[..d].iter().enumerate() {
+                        cache.k_by_head[c * rows + j] = value;
+                    }
+                }
+                cache
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(DecoderState { cross, past: vec![None; self.blocks.len()], len: 0 })
+            .collect();
+        Ok(DecoderState {
+            cross: Arc::new(cross),
+            audio_len: rows,
+            past: vec![Cache::default(); self.layers.len()],
+            len: 0,
+        })
     }
 
-    fn attend(&self, q: &Tensor, k_t: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let scale = 1.0 / ((self.d_model / self.n_head) as f64).sqrt();
-        let mut w = (q.matmul(k_t)? * scale)?;
-        if let Some(mask) = mask {
-            w = w.broadcast_add(mask)?;
+    /// Attention of `n` query rows over `keys` rows of `cache`; with `causal_offset`, query `i`
+    /// sees keys `0..=offset + i` only. Writes `n x d` into `out`.
+    fn attend(&self, q: &[f32], n: usize, cache: &Cache, keys: usize, causal_offset: Option<usize>, out: &mut [f32]) {
+        let (d, heads) = (self.d, self.heads);
+        let dh = d / heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let one = |i: usize, h: usize, out: &mut [f32]| {
+            let limit = causal_offset.map_or(keys, |offset| (offset + i + 1).min(keys));
+            let query = &q[i * d + h * dh..][..dh];
+            let mut weights: Vec<f32> = if cache.k_by_head.is_empty() {
+                (0..limit).map(|j| dot(query, &cache.k[j * d + h * dh..][..dh]) * scale).collect()
+            } else {
+                let mut scores = vec![0f32; limit];
+                for (kk, &qk) in query.iter().enumerate() {
+                    let column = &cache.k_by_head[(h * dh + kk) * keys..][..limit];
+                    let qk = qk * scale;
+                    for (s, k) in scores.iter_mut().zip(column) {
+                        *s = qk.mul_add(*k, *s);
+                    }
+                }
+                scores
+            };
+            let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for w in weights.iter_mut() {
+                *w = fast_exp(*w - max);
+                sum += *w;
+            }
+            out.fill(0.0);
+            for (j, w) in weights.iter().enumerate() {
+                let value = &cache.v[j * d + h * dh..][..dh];
+                let w = w / sum;
+                for (o, v) in out.iter_mut().zip(value) {
+                    *o = w.mul_add(*v, *o);
+                }
+            }
+        };
+        // Cross-attention reads 1500 keys per head: worth the threads; a few cached tokens are not.
+        if n * keys * d >= 1 << 18 {
+            out[..n * d].par_chunks_mut(dh).enumerate().for_each(|(task, out)| one(task / heads, task % heads, out));
+        } else {
+            for (task, out) in out[..n * d].chunks_mut(dh).enumerate() {
+                one(task / heads, task % heads, out);
+            }
         }
-        let w = candle_nn::ops::softmax_last_dim(&w)?;
-        let (b, _, n, _) = q.dims4()?;
-        w.matmul(v)?.transpose(1, 2)?.reshape((b, n, self.d_model))
     }
 
-    /// Feeds `tokens` after those already in `state`; returns their final hidden states (n, d).
-    pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
-        let n = tokens.len();
+    /// Feeds `tokens` after those already in `state`; returns their final hidden states (n x d).
+    pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Vec<f32>> {
+        let (n, d) = (tokens.len(), self.d);
         let offset = state.len;
         if offset + n > self.n_ctx {
             candle_core::bail!("the decoder holds at most {} tokens", self.n_ctx);
         }
-        let device = self.embeddings.device();
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?.add(&self.positions.narrow(0, offset, n)?)?.unsqueeze(0)?;
-        // New tokens see all earlier ones and themselves, not later ones.
-        let mask = (n > 1).then(|| causal_mask(n, offset, device)).transpose()?;
-        for (block, (cross, past)) in self.blocks.iter().zip(state.cross.iter().zip(state.past.iter_mut())) {
-            let a = &block.self_attn;
-            let qkv = a.query.forward(&a.ln.forward(&x)?)?;
-            let q = self.heads(&qkv.narrow(D::Minus1, 0, self.d_model)?)?;
-            let k = self.heads(&qkv.narrow(D::Minus1, self.d_model, self.d_model)?)?;
-            let v = self.heads(&qkv.narrow(D::Minus1, 2 * self.d_model, self.d_model)?)?;
-            let (k, v) = match past.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            let attended = self.attend(&q, &k.transpose(2, 3)?, &v, mask.as_ref())?;
-            *past = Some((k, v));
-            x = (x + a.out.forward(&attended)?)?;
+        let mut x = vec![0f32; n * d];
+        for (i, (&token, row)) in tokens.iter().zip(x.chunks_exact_mut(d)).enumerate() {
+            if token as usize >= self.vocab {
+                candle_core::bail!("token {token} is outside the vocabulary");
+            }
+            let embedding = &self.embeddings[token as usize * d..][..d];
+            let position = &self.positions[(offset + i) * d..][..d];
+            for ((x, e), p) in row.iter_mut().zip(embedding).zip(position) {
+                *x = e + p;
+            }
+        }
+        let mut normed = vec![0f32; n * d];
+        let mut attended = vec![0f32; n * d];
+        for (layer, (cross, past)) in self.layers.iter().zip(state.cross.iter().zip(state.past.iter_mut())) {
+            layer.self_ln.apply(&x, &mut normed);
+            let qkv = layer.self_qkv.forward(&normed, n);
+            let mut q = Vec::with_capacity(n * d);
+            for row in qkv.chunks_exact(3 * d) {
+                q.extend_from_slice(&row[..d]);
+                past.k.extend_from_slice(&row[d..2 * d]);
+                past.v.extend_from_slice(&row[2 * d..]);
+            }
+            self.attend(&q, n, past, offset + n, Some(offset), &mut attended);
+            add(&mut x, &layer.self_out.forward(&attended, n));
 
-            let c = &block.cross_attn;
-            let q = self.heads(&c.query.forward(&c.ln.forward(&x)?)?)?;
-            let attended = self.attend(&q, &cross.0, &cross.1, None)?;
-            x = (x + c.out.forward(&attended)?)?;
+            layer.cross_ln.apply(&x, &mut normed);
+            let q = layer.cross_q.forward(&normed, n);
+            self.attend(&q, n, cross, state.audio_len, None, &mut attended);
+            add(&mut x, &layer.cross_out.forward(&attended, n));
 
-            let h = block.fc1.forward(&block.mlp_ln.forward(&x)?)?.gelu_erf()?;
-            x = (x + block.fc2.forward(&h)?)?;
+            layer.mlp_ln.apply(&x, &mut normed);
+            let mut hidden = layer.fc1.forward(&normed, n);
+            gelu_in_place(&mut hidden);
+            add(&mut x, &layer.fc2.forward(&hidden, n));
         }
         state.len += n;
-        self.ln.forward(&x)?.squeeze(0)
+        self.ln.apply(&x, &mut normed);
+        Ok(normed)
     }
 
-    /// Next-token logits for one hidden state (1, d).
-    pub fn logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
-        let h = hidden.flatten_all()?.to_vec1::<f32>()?;
-        let d = self.d_model;
-        let mut out = vec![0f32; self.embedding_rows.len() / d];
+    /// Next-token logits for one hidden state (`d` values).
+    pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let d = self.d;
+        let mut out = vec![0f32; self.vocab];
         out.par_chunks_mut(1024).enumerate().for_each(|(chunk, out)| {
             for (k, y) in out.iter_mut().enumerate() {
-                *y = dot_f16(&self.embedding_rows[(chunk * 1024 + k) * d..][..d], &h);
+                *y = dot_f16(&self.embeddings_f16[(chunk * 1024 + k) * d..][..d], hidden);
             }
         });
-        Ok(out)
+        out
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.d
     }
 }
 
-fn causal_mask(n: usize, offset: usize, device: &Device) -> Result<Tensor> {
-    let total = offset + n;
-    let mask: Vec<f32> =
-        (0..n).flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(mask, (n, total), device)
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }

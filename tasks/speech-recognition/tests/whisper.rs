@@ -134,3 +134,75 @@ fn transformers_safetensors_transcribe_as_ctranslate2_does() {
     };
     assert_eq!(times(&from_ct2), times(&from_hf));
 }
+
+/// The CPU encoder against the same network written with candle's generic ops (exact-erf GELU,
+/// sinusoids in f64), on a real window.
+#[test]
+fn cpu_encoder_matches_candle_ops() {
+    use candle_core::{DType, Module, Tensor, D};
+    let Some(dir) = tiny_en_dir("cpu encoder parity") else { return };
+    let Some(samples) = jfk_samples("cpu encoder parity") else { return };
+    let ct2 = Ct2Model::open(&dir.join("model.bin")).unwrap();
+    let (w, config) = model::transformers_tensors(&ct2, &Device::Cpu).unwrap();
+    let filters = mel::mel_filters(16_000, mel::N_FFT, 80);
+    let log_mel = mel::log_mel_spectrogram(&samples, mel::CHUNK_SAMPLES, &filters, 80);
+    let window = log_mel.window(0, samples.len() / mel::HOP_LENGTH);
+
+    let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
+    let ours = zoo_speech_recognition::encoder::CpuEncoder::load(&vb, &config).unwrap().forward(&window);
+
+    let t = |name: &str| w[name].clone();
+    let linear = |x: &Tensor, name: &str, bias: bool| {
+        let y = x.broadcast_matmul(&t(&format!("{name}.weight")).t().unwrap()).unwrap();
+        if bias {
+            y.broadcast_add(&t(&format!("{name}.bias"))).unwrap()
+        } else {
+            y
+        }
+    };
+    let norm = |x: &Tensor, name: &str| {
+        candle_nn::LayerNorm::new(t(&format!("{name}.weight")), t(&format!("{name}.bias")), 1e-5).forward(x).unwrap()
+    };
+    let conv = |x: &Tensor, name: &str, stride| {
+        x.conv1d(&t(&format!("{name}.weight")), 1, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&t(&format!("{name}.bias")).reshape((1, (), 1)).unwrap())
+            .unwrap()
+            .gelu_erf()
+            .unwrap()
+    };
+    let mel_t = Tensor::from_vec(window, (1, 80, 3000), &Device::Cpu).unwrap();
+    let x = conv(&conv(&mel_t, "model.encoder.conv1", 1), "model.encoder.conv2", 2);
+    let (heads, d) = (config.encoder_attention_heads, config.d_model);
+    // Whisper's sinusoids in f64 (the checkpoint's own table is f16-rounded, ~5e-4 off).
+    let half = d / 2;
+    let positions: Vec<f32> = (0..1500)
+        .flat_map(|pos| {
+            let angle = move |i: usize| pos as f64 * (-(10_000f64.ln()) / (half - 1) as f64 * i as f64).exp();
+            (0..half).map(move |i| angle(i).sin() as f32).chain((0..half).map(move |i| angle(i).cos() as f32))
+        })
+        .collect();
+    let positions = Tensor::from_vec(positions, (1500, d), &Device::Cpu).unwrap();
+    let mut x = x.transpose(1, 2).unwrap().broadcast_add(&positions).unwrap();
+    for i in 0..config.encoder_layers {
+        let p = format!("model.encoder.layers.{i}");
+        let h = norm(&x, &format!("{p}.self_attn_layer_norm"));
+        let split =
+            |y: Tensor| y.reshape((1, 1500, heads, d / heads)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let q = split(linear(&h, &format!("{p}.self_attn.q_proj"), true));
+        let k = split(linear(&h, &format!("{p}.self_attn.k_proj"), false));
+        let v = split(linear(&h, &format!("{p}.self_attn.v_proj"), true));
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / ((d / heads) as f64).sqrt()).unwrap();
+        let attn = candle_nn::ops::softmax(&scores, D::Minus1).unwrap().matmul(&v).unwrap();
+        let attn = attn.transpose(1, 2).unwrap().reshape((1, 1500, d)).unwrap();
+        x = (x + linear(&attn, &format!("{p}.self_attn.out_proj"), true)).unwrap();
+        let h = norm(&x, &format!("{p}.final_layer_norm"));
+        let h = linear(&linear(&h, &format!("{p}.fc1"), true).gelu_erf().unwrap(), &format!("{p}.fc2"), true);
+        x = (x + h).unwrap();
+    }
+    let want = norm(&x, "model.encoder.layer_norm").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let diff = max_abs_diff(&ours, &want);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!("CPU encoder vs candle ops: max |diff| {diff:.2e} (values up to {scale:.1})");
+    assert!(diff < 1e-3, "encoder outputs differ by {diff}");
+}

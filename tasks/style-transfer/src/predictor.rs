@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use image::{imageops::FilterType, DynamicImage};
 use rayon::prelude::*;
 
-use crate::cpu::matmul;
+use zoo_runtime::cpu::matmul;
 
 /// The side the predictor was trained on; the style image is centre-cropped to a square and resized to it.
 pub const PREDICTOR_SIZE: u32 = 256;
