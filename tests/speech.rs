@@ -110,6 +110,19 @@ fn dev_set_wer_is_within_the_bar() {
     std::fs::write(&natural_manifest, kept.replace("\taudio/", &format!("\t{}/audio/", s.speech.display()))).unwrap();
     let (natural_wer, report) = wer(&s, &natural_manifest, &natural);
     assert!(natural_wer <= 6.97, "WER without espeak {natural_wer}%:\n{report}");
+
+    // Beam search (faster-whisper's beam 5 scores 8.85 % on these clips) must not be worse than greedy.
+    args.extend(["--beam-size", "5"]);
+    let run = zoo(&s, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let beam: Vec<(String, String)> = rows
+        .iter()
+        .zip(json_lines(&run))
+        .map(|(row, line)| (row[0].clone(), line["text"].as_str().unwrap().to_string()))
+        .collect();
+    let (beam_wer, report) = wer(&s, &s.speech.join("manifest.tsv"), &beam);
+    eprintln!("dev WER with --beam-size 5: {beam_wer:.2}%");
+    assert!(beam_wer <= total, "beam search WER {beam_wer}% is worse than greedy {total}%:\n{report}");
 }
 
 #[test]
@@ -232,6 +245,8 @@ fn bad_options_are_usage_errors_before_any_work() {
         (vec!["--language", "xx"], "--language"),
         (vec!["--language", "de"], "English-only"),
         (vec!["--task", "translate"], "English-only"),
+        (vec!["--beam-size", "0"], "--beam-size"),
+        (vec!["--beam-size", "many"], "--beam-size"),
     ] {
         let mut all = vec!["run", "asr", jfk.as_str()];
         all.extend(args.iter().copied());

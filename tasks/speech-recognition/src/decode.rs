@@ -245,6 +245,9 @@ impl<'a> Decoder<'a> {
         prompt: &[u32],
         temperature: f64,
     ) -> candle_core::Result<WindowResult> {
+        if temperature <= 0.0 && self.options.beam_size > 1 {
+            return self.decode_beam(audio, prompt);
+        }
         let t = self.whisper.tokens.clone();
         let n_ctx = self.whisper.config.max_target_positions;
         let sample_len = n_ctx / 2;
@@ -280,6 +283,87 @@ impl<'a> Decoder<'a> {
         let avg_logprob = sum_logprob / (sampled.len() + 1) as f64;
         let compression_ratio = compression_ratio(&text);
         Ok(WindowResult { tokens: sampled, avg_logprob, no_speech_prob, temperature, compression_ratio })
+    }
+
+    /// Beam search at temperature 0, as OpenAI's `BeamSearchDecoder`: each beam proposes its
+    /// `beam_size + 1` likeliest next tokens, the best `beam_size` unfinished sequences go on, ended
+    /// ones are collected until there are `beam_size` of them; the winner has the highest log-probability
+    /// per token.
+    fn decode_beam(&mut self, audio: &DecoderState, prompt: &[u32]) -> candle_core::Result<WindowResult> {
+        struct Beam {
+            tokens: Vec<u32>,
+            state: DecoderState,
+            logprob: f64,
+            logits: Vec<f32>,
+        }
+        let t = self.whisper.tokens.clone();
+        let beam_size = self.options.beam_size;
+        let n_ctx = self.whisper.config.max_target_positions;
+        let sample_len = (n_ctx / 2).min(n_ctx.saturating_sub(prompt.len()));
+        let sot_index = prompt.iter().position(|&x| x == t.sot).unwrap_or(0);
+        let mut state = audio.restart();
+        let mut first = self.whisper.step(prompt, &mut state, &[sot_index, prompt.len() - 1])?;
+        let logits = first.pop().expect("two positions");
+        let no_speech_prob = ((first[0][t.no_speech as usize] - log_sum_exp(&first[0])) as f64).exp();
+        let mut beams = vec![Beam { tokens: Vec::new(), state, logprob: 0.0, logits }];
+        let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
+        for _ in 0..sample_len {
+            let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
+            for (index, beam) in beams.iter().enumerate() {
+                let mut logits = beam.logits.clone();
+                self.apply_filters(&mut logits, &beam.tokens);
+                let norm = log_sum_exp(&logits);
+                let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+                let keep = (beam_size + 1).min(order.len());
+                order.select_nth_unstable_by(keep - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+                for &token in &order[..keep] {
+                    if logits[token as usize].is_finite() {
+                        candidates.push((beam.logprob + (logits[token as usize] - norm) as f64, index, token));
+                    }
+                }
+            }
+            candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut next: Vec<(f64, usize, u32)> = Vec::new();
+            let mut newly_finished = Vec::new();
+            for (score, index, token) in candidates {
+                if token == t.eot {
+                    newly_finished.push((beams[index].tokens.clone(), score));
+                } else {
+                    next.push((score, index, token));
+                    if next.len() == beam_size {
+                        break;
+                    }
+                }
+            }
+            for done in newly_finished {
+                if finished.len() < beam_size {
+                    finished.push(done);
+                }
+            }
+            if finished.len() >= beam_size || next.is_empty() {
+                break;
+            }
+            let mut advanced = Vec::with_capacity(next.len());
+            for (score, index, token) in next {
+                let parent = &beams[index];
+                let mut state = parent.state.clone();
+                let logits = self.whisper.step(&[token], &mut state, &[0])?.remove(0);
+                let mut tokens = parent.tokens.clone();
+                tokens.push(token);
+                advanced.push(Beam { tokens, state, logprob: score, logits });
+            }
+            beams = advanced;
+        }
+        if finished.is_empty() {
+            finished = beams.into_iter().map(|b| (b.tokens, b.logprob)).collect();
+        }
+        let per_token = |(tokens, logprob): &(Vec<u32>, f64)| logprob / tokens.len().max(1) as f64;
+        let (tokens, logprob) =
+            finished.into_iter().max_by(|a, b| per_token(a).total_cmp(&per_token(b))).expect("at least one sequence");
+        let text = self.text(&tokens);
+        let avg_logprob = logprob / (tokens.len() + 1) as f64;
+        let compression_ratio = compression_ratio(&text);
+        Ok(WindowResult { tokens, avg_logprob, no_speech_prob, temperature: 0.0, compression_ratio })
     }
 
     /// The text of `tokens`, timestamps and other special tokens left out.

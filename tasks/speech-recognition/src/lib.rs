@@ -53,6 +53,12 @@ const OPTIONS: &[TaskOption] = &[
         default: Some("transcribe"),
     },
     TaskOption {
+        name: "beam-size",
+        value_name: Some("N"),
+        help: "Keep the N likeliest transcripts while decoding (1 = greedy, fastest); 5 is Whisper's usual choice",
+        default: Some("1"),
+    },
+    TaskOption {
         name: "no-context",
         value_name: None,
         help: "Do not prompt each 30 s window with the previous window's text (avoids carrying a mistake on)",
@@ -167,7 +173,15 @@ impl SpeechRunner {
                 )));
             }
         }
-        let mut options = DecodeOptions { mode, language, ..DecodeOptions::default() };
+        let beam_size: usize = args.parse("beam-size")?.unwrap_or(1);
+        if !(1..=16).contains(&beam_size) {
+            return Err(Error::InvalidOption {
+                option: "beam-size".into(),
+                value: beam_size.to_string(),
+                reason: "choose 1 (greedy) to 16".into(),
+            });
+        }
+        let mut options = DecodeOptions { mode, language, beam_size, ..DecodeOptions::default() };
         if args.flag("no-context") {
             options.condition_on_previous_text = false;
         }
