@@ -49,6 +49,8 @@ fn availability(entry: &'static CatalogEntry, hub: &HubSettings) -> &'static str
 
 fn list(registry: &Registry, hub: &HubSettings, as_json: bool) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
+    // One column width for every task's ids, so that the table lines up.
+    let id_width = registry.tasks().flat_map(|t| t.models()).map(|m| m.id.len()).max().unwrap_or(0);
     for task in registry.tasks() {
         if as_json {
             for m in task.models() {
@@ -66,7 +68,8 @@ fn list(registry: &Registry, hub: &HubSettings, as_json: bool) -> Result<ExitCod
         writeln!(out, "{}{aliases}\n  {}", task.name(), task.summary())?;
         for m in task.models() {
             let marker = if m.default { "*" } else { " " };
-            writeln!(out, "  {marker} {:<26} {:<15} {:<12} {}", m.id, availability(m, hub), m.licence, m.summary)?;
+            let (id, available) = (&m.id, availability(m, hub));
+            writeln!(out, "  {marker} {id:<id_width$} {available:<15} {:<12} {}", m.licence, m.summary)?;
         }
         writeln!(out)?;
     }

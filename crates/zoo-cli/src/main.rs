@@ -25,6 +25,14 @@ fn main() -> ExitCode {
     };
     match commands::dispatch(&registry, &matches) {
         Ok(code) => code,
+        // The reader went away (`zoo list | head`): nothing left to say to anyone, as with cat or rg.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("zoo: error: {}", one_line(&e));
             let usage = e.downcast_ref::<zoo_runtime::Error>().is_some_and(|e| e.is_usage());
