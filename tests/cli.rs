@@ -245,3 +245,42 @@ fn panoramas_and_strips_are_classified_without_blowing_up() {
         assert_eq!(json_lines(&run.stdout)[0]["predictions"].as_array().unwrap().len(), 5);
     }
 }
+
+#[test]
+fn explain_adds_a_heat_grid_and_an_overlay_only_when_asked() {
+    let photo = data("chelsea.png");
+    let photo = photo.to_str().unwrap();
+    let plain = zoo(&["run", "image-classification", photo, "--json"]);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    assert!(json_lines(&plain.stdout)[0].get("explanation").is_none(), "a plain run explains nothing");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("heat");
+    let run = zoo(&["run", "image-classification", photo, "--explain-out", out.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = &json_lines(&run.stdout)[0];
+    let e = &line["explanation"];
+    assert_eq!(e["method"], "occlusion");
+    assert_eq!(e["class_index"], line["predictions"][0]["index"]);
+    let grid = e["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 14);
+    assert!(grid.iter().all(|row| row.as_array().unwrap().len() == 14));
+    assert!(grid.iter().flat_map(|r| r.as_array().unwrap()).all(|v| v.as_f64().unwrap() >= 0.0));
+    let overlay = std::path::PathBuf::from(e["overlay"].as_str().unwrap());
+    assert_eq!(overlay, out.join("chelsea.explain.png"));
+    assert_eq!(image::open(&overlay).unwrap().to_rgb8().dimensions(), (224, 224));
+
+    // Without a folder: the grid, no file, and the human form shows the grid as shades.
+    let run = zoo(&["run", "image-classification", photo, "--explain"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("where 'tiger cat' rests") && !run.stdout.contains("overlay:"), "{}", run.stdout);
+}
+
+#[test]
+fn explain_on_a_task_that_decides_nothing_is_a_usage_error_saying_why() {
+    let run = zoo(&["run", "style-transfer", data("chelsea.png").to_str().unwrap(), "--explain"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("'style-transfer' has nothing to explain"), "{}", run.stderr);
+    assert!(run.stderr.contains("decides nothing"), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}

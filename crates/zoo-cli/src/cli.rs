@@ -2,7 +2,7 @@
 //! examples appear under `zoo run <task> --help` without the CLI knowing any task.
 
 use clap::{Arg, ArgAction, Command};
-use zoo_runtime::{Registry, Task, TaskOption};
+use zoo_runtime::{explain, Explains, Registry, Task, TaskOption};
 
 const ABOUT: &str = "Run pretrained neural networks on your own machine, offline once the weights are cached.";
 
@@ -158,5 +158,22 @@ fn run_task_command(task: &dyn Task) -> Command {
     for option in task.options() {
         cmd = cmd.arg(option_arg(option));
     }
-    cmd
+    cmd.args(explain_args(task))
+}
+
+/// `--explain` for every task, so that each says the same thing the same way; one that decides
+/// nothing still takes the flag, to say why there is nothing to explain.
+fn explain_args(task: &dyn Task) -> [Arg; 2] {
+    let help = match task.explains() {
+        Explains::Yes(what) => format!("Show what each decision rested on: {what}"),
+        Explains::No(why) => format!("Not available for this task: {why}"),
+    };
+    [
+        Arg::new(explain::FLAG).long(explain::FLAG).action(ArgAction::SetTrue).help(help).help_heading("Explanations"),
+        Arg::new(explain::OUT)
+            .long(explain::OUT)
+            .value_name("DIR")
+            .help("Write explanation files (heatmap overlays) into DIR; implies --explain")
+            .help_heading("Explanations"),
+    ]
 }

@@ -8,8 +8,8 @@ use clap::ArgMatches;
 use serde_json::{json, Map, Value};
 use zoo_runtime::catalog::Source;
 use zoo_runtime::{
-    progress, Catalog, CatalogEntry, Context, Error, HubSettings, Model, ModelFile, ModelRef, Registry, Task, TaskArgs,
-    TaskOption,
+    explain, progress, Catalog, CatalogEntry, Context, Error, Explains, HubSettings, Model, ModelFile, ModelRef,
+    Registry, Task, TaskArgs, TaskOption,
 };
 
 pub fn dispatch(registry: &Registry, matches: &ArgMatches) -> Result<ExitCode> {
@@ -180,7 +180,8 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     let as_json = m.get_flag("json");
     let device = zoo_runtime::device::parse_device(m.get_one::<String>("device").expect("has a default"))?;
 
-    let args = task_args(task.options(), m);
+    let mut args = task_args(task.options(), m);
+    explain_args(task, m, &mut args)?;
 
     let reference = match m.get_one::<String>("model") {
         Some(name) => ModelRef::parse(name)?,
@@ -263,6 +264,23 @@ fn task_args(options: &[TaskOption], m: &ArgMatches) -> TaskArgs {
         }
     }
     args
+}
+
+/// `--explain` and `--explain-out` into the task's arguments, refused for a task that has nothing
+/// to explain (a usage error: the user asked for something that does not exist).
+fn explain_args(task: &dyn Task, m: &ArgMatches, args: &mut TaskArgs) -> Result<()> {
+    let out = m.get_one::<String>(explain::OUT);
+    if !m.get_flag(explain::FLAG) && out.is_none() {
+        return Ok(());
+    }
+    if let Explains::No(why) = task.explains() {
+        return Err(Error::Usage(format!("--explain: task '{}' has nothing to explain: {why}", task.name())).into());
+    }
+    args.set(explain::FLAG, "true");
+    if let Some(dir) = out {
+        args.set(explain::OUT, dir.clone());
+    }
+    Ok(())
 }
 
 fn train(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod explain;
 pub mod fsutil;
 pub mod hub;
 pub mod image_io;
@@ -18,6 +19,7 @@ pub mod test_support;
 
 pub use catalog::{Catalog, CatalogEntry};
 pub use error::{Error, Result};
+pub use explain::Explains;
 pub use hub::HubSettings;
 pub use model::{Model, ModelFile, ModelRef};
 pub use task::{

@@ -14,6 +14,7 @@ use candle_core::Device;
 
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::error::{Error, Result};
+use crate::explain::Explains;
 use crate::hub::HubSettings;
 use crate::model::Model;
 
@@ -202,6 +203,11 @@ pub trait Task: Send + Sync {
     /// folders, globs and `-`. A task reading tables or `--text` expands them here.
     fn expand_inputs(&self, raw: &[String], _args: &TaskArgs) -> Result<Vec<Input>> {
         crate::inputs::expand(raw, &self.input())
+    }
+
+    /// Whether `--explain` shows what the task's decisions rested on (see [`crate::explain`]).
+    fn explains(&self) -> Explains {
+        Explains::No("it has no explanations yet")
     }
 
     /// Options of `zoo train <task>`; a task without any cannot be trained from the CLI.

@@ -6,6 +6,7 @@
 //! classified in batches; each input gets its top-k labels with probabilities.
 
 pub mod efficientnet;
+pub mod explain;
 pub mod hf;
 pub mod kernels;
 pub mod preprocess;
@@ -17,7 +18,8 @@ use serde::Serialize;
 use serde_json::Value;
 use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
 use zoo_runtime::{
-    Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs, TaskOption,
+    Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs,
+    TaskOption,
 };
 
 use crate::efficientnet::EfficientNetLite;
@@ -76,6 +78,10 @@ impl Task for ImageClassification {
         ]
     }
 
+    fn explains(&self) -> Explains {
+        Explains::Yes("an occlusion heatmap of the top class over the crop the model saw (JSON grid, text shades; a PNG overlay per image in --explain-out)")
+    }
+
     fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
         let top_k: usize = args.parse("top-k")?.unwrap_or(5);
         let batch_size: usize = args.parse("batch-size")?.unwrap_or(8);
@@ -93,6 +99,11 @@ impl Task for ImageClassification {
         classifier.top_k = top_k.min(classifier.labels.len());
         classifier.batch_size = batch_size;
         classifier.max_pixels = max_pixels;
+        classifier.explain = zoo_runtime::explain::Request::from_args(args);
+        if let Some(request) = &classifier.explain {
+            // Before any input: a folder that cannot be made is a mistake in the command line.
+            request.ensure_out_dir()?;
+        }
         Ok(Box::new(classifier))
     }
 }
@@ -111,6 +122,7 @@ pub struct Classifier {
     top_k: usize,
     batch_size: usize,
     max_pixels: u64,
+    explain: Option<zoo_runtime::explain::Request>,
 }
 
 impl Classifier {
@@ -165,6 +177,7 @@ impl Classifier {
             top_k: 5,
             batch_size: 8,
             max_pixels: image_io::DEFAULT_MAX_PIXELS,
+            explain: None,
         })
     }
 
@@ -195,6 +208,30 @@ impl Classifier {
         Ok(self.preprocess.tensor(&rgb, &self.device)?)
     }
 
+    /// The occlusion heatmap of `class` for one prepared image (see [`explain`]), and its overlay
+    /// PNG written into `out_dir` when given.
+    pub fn saliency(
+        &self,
+        x: &Tensor,
+        class: usize,
+        input_path: &std::path::Path,
+        out_dir: Option<&std::path::Path>,
+    ) -> Result<explain::Saliency> {
+        let grid = explain::occlusion(x, &self.preprocess, class, self.batch_size.max(16), |t| self.logits(t))?;
+        let crop = explain::crop_image(x, &self.preprocess)?;
+        let overlay = match out_dir {
+            Some(dir) => Some(explain::write_overlay(dir, input_path, &explain::overlay(&crop, &grid))?),
+            None => None,
+        };
+        Ok(explain::Saliency {
+            method: "occlusion",
+            class_index: class,
+            grid,
+            overlay,
+            crop: [crop.width(), crop.height()],
+        })
+    }
+
     /// Top-k labels for each row of `logits`.
     pub fn top_k(&self, logits: &Tensor, k: usize) -> candle_core::Result<Vec<Classification>> {
         let probs = candle_nn::ops::softmax_last_dim(logits)?.to_vec2::<f32>()?;
@@ -207,7 +244,7 @@ impl Classifier {
                     .iter()
                     .map(|&index| Label { index, label: self.labels[index].clone(), score: row[index] })
                     .collect();
-                Classification { predictions }
+                Classification { predictions, explanation: None }
             })
             .collect())
     }
@@ -243,9 +280,19 @@ impl Runner for Classifier {
             }
         }
         .into_iter();
+        let explain = self.explain.clone();
         prepared
             .into_iter()
-            .map(|p| p.map(|_| Box::new(outputs.next().expect("one output per prepared image")) as Box<dyn Prediction>))
+            .zip(batch)
+            .map(|(p, input)| {
+                let x = p?;
+                let mut output = outputs.next().expect("one output per prepared image");
+                if let (Some(request), Some(top)) = (&explain, output.predictions.first()) {
+                    let out_dir = request.out_dir.as_deref();
+                    output.explanation = Some(self.saliency(&x, top.index, input.path(), out_dir)?);
+                }
+                Ok(Box::new(output) as Box<dyn Prediction>)
+            })
             .collect()
     }
 }
@@ -262,21 +309,36 @@ pub struct Label {
 #[derive(Debug, Clone, Serialize)]
 pub struct Classification {
     pub predictions: Vec<Label>,
+    /// With `--explain`: the top class's heatmap.
+    pub explanation: Option<explain::Saliency>,
 }
 
 impl Prediction for Classification {
     fn json(&self) -> serde_json::Map<String, Value> {
         let mut map = serde_json::Map::new();
         map.insert("predictions".into(), serde_json::to_value(&self.predictions).expect("labels serialise"));
+        if let Some(explanation) = &self.explanation {
+            map.insert(zoo_runtime::explain::JSON_FIELD.into(), serde_json::to_value(explanation).expect("serialises"));
+        }
         map
     }
 
     fn human(&self) -> String {
-        self.predictions
+        let mut text = self
+            .predictions
             .iter()
             .map(|p| format!("{:>6.2}%  {} ({})", p.score * 100.0, p.label, p.index))
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        if let (Some(e), Some(top)) = (&self.explanation, self.predictions.first()) {
+            let [w, h] = e.crop;
+            text.push_str(&format!("\nwhere '{}' rests (occlusion heat over the {w}x{h} crop):\n", top.label));
+            text.push_str(&explain::shades(&e.grid));
+            if let Some(path) = &e.overlay {
+                text.push_str(&format!("\noverlay: {}", path.display()));
+            }
+        }
+        text
     }
 }
 

@@ -22,8 +22,8 @@ use image::{DynamicImage, RgbImage};
 use serde_json::{json, Map, Value};
 use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
 use zoo_runtime::{
-    fsutil, Catalog, Context, Error, Input, InputSpec, Model, ModelRef, Prediction, PredictionResult, Result, Runner,
-    Task, TaskArgs, TaskOption,
+    fsutil, Catalog, Context, Error, Explains, Input, InputSpec, Model, ModelRef, Prediction, PredictionResult, Result,
+    Runner, Task, TaskArgs, TaskOption,
 };
 
 use crate::images::Format;
@@ -111,6 +111,10 @@ impl Task for StyleTransfer {
 
     fn options(&self) -> &'static [TaskOption] {
         OPTIONS
+    }
+
+    fn explains(&self) -> Explains {
+        Explains::No("it repaints images and decides nothing, so there is no decision to explain")
     }
 
     fn examples(&self) -> &'static [&'static str] {

@@ -1,0 +1,129 @@
+//! `--explain`: what a decision rested on, one notion for every task.
+//!
+//! The CLI adds `--explain` and `--explain-out DIR` to every `zoo run <task>` and puts them in
+//! [`TaskArgs`]; a task declares through [`crate::Task::explains`] whether it has anything to
+//! explain. A task that explains reads the request with [`Request::from_args`] in its loader and
+//! does the extra work only then, so plain runs cost nothing more. Its prediction carries the
+//! explanation: in `json()` under [`JSON_FIELD`] (or, where it belongs to parts of the output,
+//! such as words of a transcript's segments, beside those parts), and in `human()`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::task::TaskArgs;
+
+/// The flag asking for explanations.
+pub const FLAG: &str = "explain";
+/// The option naming the folder for explanations that are files (heatmap overlays).
+pub const OUT: &str = "explain-out";
+/// The key of a prediction's JSON object that holds its explanation.
+pub const JSON_FIELD: &str = "explanation";
+
+/// Whether a task explains its decisions, as it declares it.
+#[derive(Debug, Clone, Copy)]
+pub enum Explains {
+    /// What `--explain` adds, shown in the task's `--help`.
+    Yes(&'static str),
+    /// Why there is nothing to explain; `--explain` is then a usage error saying so.
+    No(&'static str),
+}
+
+/// What the user asked `--explain` for.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Where explanation files go; without it, explanations are only in the output.
+    pub out_dir: Option<PathBuf>,
+}
+
+impl Request {
+    /// The request in `args`, or `None` for a plain run. `--explain-out` alone implies `--explain`.
+    pub fn from_args(args: &TaskArgs) -> Option<Request> {
+        let out_dir = args.value(OUT).map(PathBuf::from);
+        (args.flag(FLAG) || out_dir.is_some()).then_some(Request { out_dir })
+    }
+
+    /// The folder for explanation files, created if needed; `None` when none was asked for.
+    pub fn ensure_out_dir(&self) -> Result<Option<&Path>> {
+        let Some(dir) = &self.out_dir else { return Ok(None) };
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+        Ok(Some(dir))
+    }
+}
+
+/// Whether explanations printed for people may use colour: stdout is a terminal and `NO_COLOR`
+/// (<https://no-color.org>) is not set.
+pub fn color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A scored stretch of a text (a word), by byte offsets into it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Span {
+    pub text: String,
+    pub start: usize,
+    pub end: usize,
+    pub score: f32,
+}
+
+/// The text with its most important spans shown: on a terminal, ANSI backgrounds whose strength
+/// follows the score (for every span scoring above zero); otherwise `[[span]]` around the
+/// `marked` best-scoring spans above zero, so that piped output stays plain text.
+pub fn render_spans(text: &str, spans: &[Span], marked: usize, color: bool) -> String {
+    let max = spans.iter().map(|s| s.score).fold(0f32, f32::max);
+    let mut order: Vec<usize> = (0..spans.len()).filter(|&i| spans[i].score > 0.0).collect();
+    order.sort_by(|&a, &b| spans[b].score.total_cmp(&spans[a].score));
+    order.truncate(if color { usize::MAX } else { marked });
+    order.sort_by_key(|&i| spans[i].start);
+    let mut out = String::with_capacity(text.len() + order.len() * 24);
+    let mut at = 0;
+    for i in order {
+        let span = &spans[i];
+        if span.start < at || span.end > text.len() {
+            continue;
+        }
+        out.push_str(&text[at..span.start]);
+        let word = &text[span.start..span.end];
+        if color {
+            // Five steps of a red ramp (256-colour palette), light to strong, with black text so
+            // that it reads on dark and light themes alike.
+            const RAMP: [u8; 5] = [224, 217, 210, 203, 196];
+            let step = ((span.score / max) * RAMP.len() as f32).ceil().clamp(1.0, RAMP.len() as f32) as usize - 1;
+            out.push_str(&format!("\x1b[48;5;{};30m{word}\x1b[0m", RAMP[step]));
+        } else {
+            out.push_str(&format!("[[{word}]]"));
+        }
+        at = span.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(text: &str, word: &str, score: f32) -> Span {
+        let start = text.find(word).unwrap();
+        Span { text: word.into(), start, end: start + word.len(), score }
+    }
+
+    #[test]
+    fn plain_rendering_marks_only_the_best_positive_spans_in_text_order() {
+        let text = "garlic water cures the virus";
+        let spans =
+            [span(text, "garlic", 0.3), span(text, "cures", 0.5), span(text, "virus", 0.1), span(text, "the", -0.2)];
+        assert_eq!(render_spans(text, &spans, 2, false), "[[garlic]] water [[cures]] the virus");
+        let coloured = render_spans(text, &spans, 2, true);
+        assert!(coloured.contains("\x1b[48;5;196;30mcures\x1b[0m"), "{coloured:?}");
+        assert!(coloured.contains("virus\x1b[0m") && !coloured.contains("the\x1b[0m"), "{coloured:?}");
+    }
+
+    #[test]
+    fn explain_out_alone_asks_for_explanations() {
+        let mut args = TaskArgs::new();
+        assert!(Request::from_args(&args).is_none());
+        args.set(OUT, "heat");
+        assert_eq!(Request::from_args(&args).unwrap().out_dir, Some(PathBuf::from("heat")));
+    }
+}
