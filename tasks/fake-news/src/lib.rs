@@ -8,6 +8,7 @@
 //! their token counts.
 
 pub mod encoder;
+pub mod explain;
 pub mod head;
 pub mod hub;
 pub mod table;
@@ -19,8 +20,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::{json, Map, Value};
 use zoo_runtime::{
-    fsutil, progress, Context, Error, Input, InputSpec, Model, ModelRef, Prediction, PredictionResult, Result, Runner,
-    Task, TaskArgs, TaskOption,
+    fsutil, progress, Context, Error, Explains, Input, InputSpec, Model, ModelRef, Prediction, PredictionResult,
+    Result, Runner, Task, TaskArgs, TaskOption,
 };
 
 use crate::encoder::{SentenceEncoder, OVERLAP, WINDOW};
@@ -153,6 +154,10 @@ impl Task for FakeNews {
         TRAIN_OPTIONS
     }
 
+    fn explains(&self) -> Explains {
+        Explains::Yes("each word's weight in the label, by deleting it (coloured on a terminal, [[marked]] when piped, scores in JSON)")
+    }
+
     fn expand_inputs(&self, raw: &[String], args: &TaskArgs) -> Result<Vec<Input>> {
         let mut inputs = Vec::new();
         if let Some(column) = args.value("text-column") {
@@ -182,7 +187,8 @@ impl Task for FakeNews {
             });
         }
         let classifier = Classifier::load(model, ctx)?;
-        Ok(Box::new(ClassifierRunner { classifier, batch_size }))
+        let explain = zoo_runtime::explain::Request::from_args(args).is_some();
+        Ok(Box::new(ClassifierRunner { classifier, batch_size, explain }))
     }
 
     fn train(&self, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
@@ -309,6 +315,7 @@ fn load_encoder(reference: &str, ctx: &Context) -> Result<SentenceEncoder> {
 struct ClassifierRunner {
     classifier: Classifier,
     batch_size: usize,
+    explain: bool,
 }
 
 /// Text from an input: UTF-8, not binary, not blank.
@@ -343,16 +350,21 @@ impl Runner for ClassifierRunner {
             .into_iter()
             .zip(batch)
             .map(|(text, input)| {
-                text?;
+                let text = text?;
                 let (scores, windows) = results
                     .next()
                     .expect("one result per text")
                     .map_err(|reason| Error::input(input.path(), reason))?;
                 let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+                let explanation = self
+                    .explain
+                    .then(|| explain::attribute(&self.classifier, &text, best, scores[best], self.batch_size))
+                    .map(|attribution| (text, attribution));
                 Ok(Box::new(Verdict {
                     label: labels[best].clone(),
                     scores: labels.iter().cloned().zip(scores).collect(),
                     windows,
+                    explanation,
                 }) as Box<dyn Prediction>)
             })
             .collect()
@@ -364,6 +376,8 @@ pub struct Verdict {
     pub label: String,
     pub scores: BTreeMap<String, f32>,
     pub windows: usize,
+    /// With `--explain`: the text and its words' scores.
+    pub explanation: Option<(String, explain::Attribution)>,
 }
 
 impl Prediction for Verdict {
@@ -372,13 +386,30 @@ impl Prediction for Verdict {
         map.insert("label".into(), self.label.clone().into());
         map.insert("scores".into(), json!(self.scores));
         map.insert("windows".into(), self.windows.into());
+        if let Some((_, attribution)) = &self.explanation {
+            map.insert(zoo_runtime::explain::JSON_FIELD.into(), json!(attribution));
+        }
         map
     }
 
     fn human(&self) -> String {
         let scores: Vec<String> = self.scores.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
         let windows = if self.windows > 1 { format!(" ({} windows)", self.windows) } else { String::new() };
-        format!("{}  [{}]{windows}", self.label, scores.join(", "))
+        let mut text = format!("{}  [{}]{windows}", self.label, scores.join(", "));
+        if let Some((input, attribution)) = &self.explanation {
+            let color = zoo_runtime::explain::color();
+            let how = if color { "the redder, the more" } else { "[[marked]]: the words that most" };
+            text.push_str(&format!("\nwhy ({how} made it '{}'):\n", attribution.label));
+            text.push_str(&zoo_runtime::explain::render_spans(input, &attribution.words, explain::MARKED, color));
+            if attribution.total_words > attribution.words.len() {
+                text.push_str(&format!(
+                    "\n(only the first {} of {} words were explained)",
+                    attribution.words.len(),
+                    attribution.total_words
+                ));
+            }
+        }
+        text
     }
 }
 
