@@ -7,9 +7,11 @@
 //! windows; a text's label probabilities are the windows' probabilities averaged, weighted by
 //! their token counts.
 
+pub mod cpu;
 pub mod encoder;
 pub mod head;
 pub mod hub;
+pub mod kernels;
 pub mod table;
 pub mod windows;
 
