@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
-use crate::kernels::{self, Act, Linear, Shared};
+use crate::kernels::{self, Act, Block, Linear, Panels, Shared, MICRO, PANEL};
 
 struct Norm {
     gamma: Vec<f32>,
@@ -192,31 +192,41 @@ impl CpuBert {
     }
 }
 
-/// One head of attention for one window's `(start, len)` rows of `qkv`, into `out`'s rows.
+/// One head of attention for one window's `(start, len)` rows of `qkv`, into `out`'s rows. Both
+/// products go through the dense layers' register blocks: the scaled keys and the values are
+/// packed as [`Panels`] (small: len x head size), and MICRO queries at a time are scored against
+/// every key, softmaxed, and multiplied by the values.
 #[inline(never)]
 fn attend(qkv: &[f32], h: usize, d: usize, (start, len): (usize, usize), head: usize, scale: f32, out: Shared) {
-    let row = |t: usize, part: usize| &qkv[(start + t) * 3 * h + part * h + head * d..][..d];
-    // Keys transposed, (d, len): a query's scores are then d contiguous multiply-adds of length
-    // len, which vectorise, rather than len dot products of length d.
-    let mut keys_t = vec![0f32; d * len];
-    for t in 0..len {
-        for (i, k) in row(t, 1).iter().enumerate() {
-            keys_t[i * len + t] = *k;
+    let stride = 3 * h;
+    let base = start * stride + head * d;
+    let keys = Panels::new(d, len, |i, t| qkv[base + t * stride + h + i] * scale);
+    let values = Panels::new(len, d, |t, i| qkv[base + t * stride + 2 * h + i]);
+    let padded = keys.count() * PANEL;
+    let zero = [0f32; PANEL];
+    let mut block: Block = [[0f32; PANEL]; MICRO];
+    let mut scores = vec![0f32; MICRO * padded];
+    for first in (0..len).step_by(MICRO) {
+        let m = MICRO.min(len - first);
+        let queries = &qkv[base + first * stride..];
+        for p in 0..keys.count() {
+            keys.block(p, queries, stride, m, &zero, &mut block);
+            for (i, row) in block[..m].iter().enumerate() {
+                scores[i * padded + p * PANEL..][..PANEL].copy_from_slice(row);
+            }
         }
-    }
-    let mut scores = vec![0f32; len];
-    for t in 0..len {
-        scores.fill(0.0);
-        for (q, keys) in row(t, 0).iter().zip(keys_t.chunks_exact(len)) {
-            scores.iter_mut().zip(keys).for_each(|(s, k)| *s += q * k);
+        for row in scores.chunks_exact_mut(padded).take(m) {
+            kernels::softmax(&mut row[..len]);
         }
-        scores.iter_mut().for_each(|s| *s *= scale);
-        kernels::softmax(&mut scores);
-        // SAFETY: the task for (window, head) alone writes this head's columns of the window's rows.
-        let dst = unsafe { out.slice((start + t) * h + head * d, d) };
-        dst.fill(0.0);
-        for (u, p) in scores.iter().enumerate() {
-            dst.iter_mut().zip(row(u, 2)).for_each(|(c, v)| *c += p * v);
+        for p in 0..values.count() {
+            values.block(p, &scores, padded, m, &zero, &mut block);
+            let cols = values.columns(p);
+            for (i, row) in block[..m].iter().enumerate() {
+                // SAFETY: the task for (window, head) alone writes this head's columns of the
+                // window's rows.
+                let dst = unsafe { out.slice((start + first + i) * h + head * d + p * PANEL, cols) };
+                dst.copy_from_slice(&row[..cols]);
+            }
         }
     }
 }
@@ -295,7 +305,8 @@ mod tests {
             let mut rows = got.chunks_exact(config.hidden_size);
             let mut worst = 0f32;
             for (w, window) in windows.iter().enumerate() {
-                for (g, want) in rows.by_ref().zip(&want[w][..window.len()]) {
+                // `want` first: zip stops on it without drawing one more row of `got`.
+                for (want, g) in want[w][..window.len()].iter().zip(rows.by_ref()) {
                     worst = g.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
                 }
             }

@@ -7,9 +7,9 @@
 use rayon::prelude::*;
 
 /// Output columns per packed panel: four AVX-512 registers.
-const PANEL: usize = 64;
+pub const PANEL: usize = 64;
 /// Rows per register block: 6 x 4 accumulators leave registers free for the weights.
-const MICRO: usize = 6;
+pub const MICRO: usize = 6;
 /// Rows per parallel task when there are many (a multiple of MICRO): its input rows stay in L2
 /// while the panels stream past.
 const ROW_BLOCK: usize = 48;
@@ -70,10 +70,54 @@ pub enum Act {
     Relu,
 }
 
-/// A dense layer y = x W^T + b with W packed for [`Linear::forward`].
+/// Output rows of one register block, PANEL columns each.
+pub type Block = [[f32; PANEL]; MICRO];
+
+/// A (k, n) matrix packed for right-multiplication: panels of PANEL columns, each (k, PANEL)
+/// row-major and zero past n, so a register block streams one panel contiguously.
+pub struct Panels {
+    lines: Vec<Line>,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl Panels {
+    /// Element (i, j) is `value(i, j)`.
+    pub fn new(k: usize, n: usize, value: impl Fn(usize, usize) -> f32) -> Self {
+        let count = n.div_ceil(PANEL);
+        let mut lines = aligned(count * k * PANEL);
+        let packed = floats_mut(&mut lines);
+        for (p, panel) in packed.chunks_exact_mut(k * PANEL).take(count).enumerate() {
+            for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                for (c, v) in row.iter_mut().enumerate().take(n.saturating_sub(p * PANEL)) {
+                    *v = value(i, p * PANEL + c);
+                }
+            }
+        }
+        Panels { lines, k, n }
+    }
+
+    pub fn count(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// Columns of panel `p` that hold the matrix (the rest are padding).
+    pub fn columns(&self, p: usize) -> usize {
+        PANEL.min(self.n - p * PANEL)
+    }
+
+    /// out[..m] = start + rows 0..m of x (each k floats, `stride` apart) times panel `p`.
+    #[inline(always)]
+    pub fn block(&self, p: usize, x: &[f32], stride: usize, m: usize, start: &[f32; PANEL], out: &mut Block) {
+        let w = &floats(&self.lines)[p * self.k * PANEL..(p + 1) * self.k * PANEL];
+        micro(m, x, stride, self.k, w, start, out);
+    }
+}
+
+/// A dense layer y = x W^T + b with W packed once into [`Panels`].
 pub struct Linear {
-    /// Panels of PANEL output columns, each (cin, PANEL) row-major, zero past `cout`.
-    panels: Vec<Line>,
+    /// W^T: (cin, cout).
+    weights: Panels,
     /// Padded with zeros to whole panels.
     bias: Vec<f32>,
     pub cin: usize,
@@ -85,19 +129,10 @@ impl Linear {
     pub fn new(weight: &[f32], bias: &[f32], cout: usize, cin: usize) -> Self {
         assert_eq!(weight.len(), cout * cin, "weight size");
         assert_eq!(bias.len(), cout, "bias size");
-        let n_panels = cout.div_ceil(PANEL);
-        let mut panels = aligned(n_panels * cin * PANEL);
-        let packed = floats_mut(&mut panels);
-        for (o, row) in weight.chunks_exact(cin).enumerate() {
-            let (p, col) = (o / PANEL, o % PANEL);
-            let panel = &mut packed[p * cin * PANEL..(p + 1) * cin * PANEL];
-            for (i, &w) in row.iter().enumerate() {
-                panel[i * PANEL + col] = w;
-            }
-        }
+        let weights = Panels::new(cin, cout, |i, o| weight[o * cin + i]);
         let mut padded = bias.to_vec();
-        padded.resize(n_panels * PANEL, 0.0);
-        Linear { panels, bias: padded, cin, cout }
+        padded.resize(weights.count() * PANEL, 0.0);
+        Linear { weights, bias: padded, cin, cout }
     }
 
     /// From candle tensors: `weight` (cout, cin), `bias` (cout).
@@ -112,7 +147,7 @@ impl Linear {
     pub fn forward(&self, x: &[f32], rows: usize, out: &mut [f32], act: Act) {
         let (cin, cout) = (self.cin, self.cout);
         assert!(x.len() >= rows * cin && out.len() >= rows * cout, "dense layer buffers too short");
-        let n_panels = cout.div_ceil(PANEL);
+        let n_panels = self.weights.count();
         let row_blocks = rows.div_ceil(ROW_BLOCK);
         let shared = Shared::new(&mut out[..rows * cout]);
         (0..row_blocks * n_panels).into_par_iter().for_each(|task| {
@@ -128,14 +163,13 @@ impl Linear {
     fn tile(&self, x: &[f32], rows: std::ops::Range<usize>, panel: usize, out: Shared, act: Act) {
         let (cin, cout) = (self.cin, self.cout);
         let col0 = panel * PANEL;
-        let cols = PANEL.min(cout - col0);
-        let weights = &floats(&self.panels)[panel * cin * PANEL..(panel + 1) * cin * PANEL];
+        let cols = self.weights.columns(panel);
         let bias: &[f32; PANEL] = self.bias[col0..col0 + PANEL].try_into().unwrap();
         let mut acc = [[0f32; PANEL]; MICRO];
         let mut r = rows.start;
         while r < rows.end {
             let m = MICRO.min(rows.end - r);
-            micro(m, &x[r * cin..(r + m) * cin], cin, weights, bias, &mut acc);
+            self.weights.block(panel, &x[r * cin..(r + m) * cin], cin, m, bias, &mut acc);
             for (i, row) in acc[..m].iter_mut().enumerate() {
                 activate(&mut row[..cols], act);
                 // SAFETY: tile (block, panel) alone writes these columns of these rows.
@@ -147,39 +181,39 @@ impl Linear {
     }
 }
 
-/// acc[..m] = bias + x (m rows of k floats) times a (k, PANEL) panel.
+/// acc[..m] = bias + x (m rows of k floats, `stride` apart) times a (k, PANEL) panel.
 #[inline(always)]
-fn micro(m: usize, x: &[f32], k: usize, w: &[f32], bias: &[f32; PANEL], acc: &mut [[f32; PANEL]; MICRO]) {
-    assert!(m <= MICRO && x.len() >= m * k && w.len() >= k * PANEL);
+fn micro(m: usize, x: &[f32], stride: usize, k: usize, w: &[f32], bias: &[f32; PANEL], acc: &mut Block) {
+    assert!((1..=MICRO).contains(&m) && k <= stride && x.len() >= (m - 1) * stride + k && w.len() >= k * PANEL);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     {
         // SAFETY: avx512f is enabled at compile time; the assert above bounds every load.
         unsafe {
             match m {
-                6 => micro_avx512::<6>(x, k, w, bias, acc),
-                5 => micro_avx512::<5>(x, k, w, bias, acc),
-                4 => micro_avx512::<4>(x, k, w, bias, acc),
-                3 => micro_avx512::<3>(x, k, w, bias, acc),
-                2 => micro_avx512::<2>(x, k, w, bias, acc),
-                _ => micro_avx512::<1>(x, k, w, bias, acc),
+                6 => micro_avx512::<6>(x, stride, k, w, bias, acc),
+                5 => micro_avx512::<5>(x, stride, k, w, bias, acc),
+                4 => micro_avx512::<4>(x, stride, k, w, bias, acc),
+                3 => micro_avx512::<3>(x, stride, k, w, bias, acc),
+                2 => micro_avx512::<2>(x, stride, k, w, bias, acc),
+                _ => micro_avx512::<1>(x, stride, k, w, bias, acc),
             }
         }
         return;
     }
     #[allow(unreachable_code)]
-    micro_portable(m, x, k, w, bias, acc)
+    micro_portable(m, x, stride, k, w, bias, acc)
 }
 
 /// [`micro`] in plain Rust, for builds without AVX-512.
 #[inline(always)]
-fn micro_portable(m: usize, x: &[f32], k: usize, w: &[f32], bias: &[f32; PANEL], acc: &mut [[f32; PANEL]; MICRO]) {
+fn micro_portable(m: usize, x: &[f32], stride: usize, k: usize, w: &[f32], bias: &[f32; PANEL], acc: &mut Block) {
     for row in acc[..m].iter_mut() {
         *row = *bias;
     }
     for kk in 0..k {
         let wr: &[f32; PANEL] = w[kk * PANEL..(kk + 1) * PANEL].try_into().unwrap();
         for (r, row) in acc[..m].iter_mut().enumerate() {
-            let xv = x[r * k + kk];
+            let xv = x[r * stride + kk];
             for (a, w) in row.iter_mut().zip(wr) {
                 *a += w * xv;
             }
@@ -193,10 +227,11 @@ fn micro_portable(m: usize, x: &[f32], k: usize, w: &[f32], bias: &[f32; PANEL],
 #[inline(always)]
 unsafe fn micro_avx512<const R: usize>(
     x: &[f32],
+    stride: usize,
     k: usize,
     w: &[f32],
     bias: &[f32; PANEL],
-    acc: &mut [[f32; PANEL]; MICRO],
+    acc: &mut Block,
 ) {
     use std::arch::x86_64::*;
     let (xp, wp, bp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr());
@@ -212,7 +247,7 @@ unsafe fn micro_avx512<const R: usize>(
             _mm512_loadu_ps(wk.add(48)),
         ];
         for (r, ar) in a.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(*xp.add(r * k + kk));
+            let xv = _mm512_set1_ps(*xp.add(r * stride + kk));
             for c in 0..4 {
                 ar[c] = _mm512_fmadd_ps(w[c], xv, ar[c]);
             }
@@ -272,34 +307,39 @@ pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }
 
-/// The sum of f over `xs` in LANES independent partial sums, which vectorises (a single running
-/// sum is a chain the compiler must keep in order).
+/// A reduction of `xs` in LANES independent partial results, which vectorises (a single running
+/// one is a chain the compiler must keep in order).
 #[inline(always)]
-fn sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+fn reduce(xs: &[f32], init: f32, map: impl Fn(f32) -> f32, combine: impl Fn(f32, f32) -> f32) -> f32 {
     const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
+    let mut acc = [init; LANES];
     let chunks = xs.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    let tail = chunks.remainder().iter().fold(init, |a, &v| combine(a, map(v)));
     for chunk in chunks {
-        acc.iter_mut().zip(chunk).for_each(|(a, &v)| *a += f(v));
+        acc.iter_mut().zip(chunk).for_each(|(a, &v)| *a = combine(*a, map(v)));
     }
-    acc.iter().sum::<f32>() + tail
+    acc.iter().fold(tail, |a, &v| combine(a, v))
+}
+
+fn add(a: f32, b: f32) -> f32 {
+    a + b
 }
 
 /// Softmax in place.
 pub fn softmax(xs: &mut [f32]) {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Not f32::max, whose NaN rules keep the compiler from vectorising it.
+    let max = reduce(xs, f32::NEG_INFINITY, |v| v, |a, v| if v > a { v } else { a });
     xs.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / sum_of(xs, |v| v);
+    let inv = 1.0 / reduce(xs, 0.0, |v| v, add);
     xs.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Layer norm of one row in place: (x - mean) / sqrt(var + eps) * gamma + beta.
 pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let n = x.len() as f32;
-    let mean = sum_of(x, |v| v) / n;
+    let mean = reduce(x, 0.0, |v| v, add) / n;
     x.iter_mut().for_each(|v| *v -= mean);
-    let var = sum_of(x, |v| v * v) / n;
+    let var = reduce(x, 0.0, |v| v * v, add) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
         *v = *v * inv * g + b;
@@ -349,15 +389,36 @@ mod tests {
         let k = 50;
         let (x, w) = (numbers(MICRO * k, 4), numbers(k * PANEL, 5));
         let bias: [f32; PANEL] = numbers(PANEL, 6).try_into().unwrap();
-        let mut lines = aligned(k * PANEL);
-        floats_mut(&mut lines)[..k * PANEL].copy_from_slice(&w);
         for m in 1..=MICRO {
             let (mut fast, mut portable) = ([[0f32; PANEL]; MICRO], [[0f32; PANEL]; MICRO]);
-            micro(m, &x, k, floats(&lines), &bias, &mut fast);
-            micro_portable(m, &x, k, floats(&lines), &bias, &mut portable);
+            micro(m, &x, k, k, &w, &bias, &mut fast);
+            micro_portable(m, &x, k, k, &w, &bias, &mut portable);
             for r in 0..m {
                 let diff = fast[r].iter().zip(&portable[r]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-5, "{m} rows, row {r}: max diff {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_and_layer_norm_match_plain_f64() {
+        for n in [1, 5, 16, 37, 384] {
+            let x: Vec<f32> = numbers(n, n as u32).iter().map(|v| v * 8.0).collect();
+            let max = x.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let total: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+            let mut p = x.clone();
+            softmax(&mut p);
+            for (p, v) in p.iter().zip(&x) {
+                assert!((*p as f64 - (*v as f64 - max).exp() / total).abs() < 1e-6, "softmax over {n}");
+            }
+            let (gamma, beta) = (numbers(n, 7), numbers(n, 8));
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+            let mut y = x.clone();
+            layer_norm(&mut y, &gamma, &beta, 1e-12);
+            for i in 0..n {
+                let want = (x[i] as f64 - mean) / (var + 1e-12).sqrt() * gamma[i] as f64 + beta[i] as f64;
+                assert!((y[i] as f64 - want).abs() < 1e-5, "layer norm over {n} [{i}]: {} vs {want}", y[i]);
             }
         }
     }
