@@ -1,6 +1,7 @@
 //! `make bench` for fake-news: texts/s and tokens/s of the whole classification (tokenise,
 //! encode, pool, head) on the first Constraint val tweets at batch 1 and 32, sorted by length
-//! as the peers sort them, and peak memory; JSON lines shaped like ../shared/bench's.
+//! as the peers sort them (`ZOO_BENCH_BATCHES=1,8` for others), and peak memory; JSON lines
+//! shaped like ../shared/bench's.
 
 use std::time::Instant;
 
@@ -25,7 +26,11 @@ fn main() {
     texts.sort_by_key(|t| t.len());
     let tokens: usize = texts.iter().map(|t| classifier.tokenize_plain(t).len()).sum();
     classifier.classify(&texts[..8.min(texts.len())], 8);
-    for batch in [1usize, 32] {
+    let batches: Vec<usize> = std::env::var("ZOO_BENCH_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 32]);
+    for batch in batches {
         let (start, cpu) = (Instant::now(), process_cpu_s());
         for chunk in texts.chunks(batch) {
             classifier.classify(chunk, batch);

@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
-use crate::kernels::{self, Act, Block, Linear, Panels, Shared, MICRO, PANEL};
+use crate::kernels::{self, Act, Linear, Panels, Shared, MICRO, PANEL};
 
 struct Norm {
     gamma: Vec<f32>,
@@ -203,29 +203,29 @@ fn attend(qkv: &[f32], h: usize, d: usize, (start, len): (usize, usize), head: u
     let keys = Panels::new(d, len, |i, t| qkv[base + t * stride + h + i] * scale);
     let values = Panels::new(len, d, |t, i| qkv[base + t * stride + 2 * h + i]);
     let padded = keys.count() * PANEL;
-    let zero = [0f32; PANEL];
-    let mut block: Block = [[0f32; PANEL]; MICRO];
+    let mut block = [[0f32; PANEL]; MICRO];
     let mut scores = vec![0f32; MICRO * padded];
     for first in (0..len).step_by(MICRO) {
         let m = MICRO.min(len - first);
         let queries = &qkv[base + first * stride..];
         for p in 0..keys.count() {
-            keys.block(p, queries, stride, m, &zero, &mut block);
+            block[..m].iter_mut().for_each(|row| row.fill(0.0));
+            keys.accumulate(p, 0..d, queries, stride, &mut block[..m]);
             for (i, row) in block[..m].iter().enumerate() {
-                scores[i * padded + p * PANEL..][..PANEL].copy_from_slice(row);
+                kernels::store(&mut scores[i * padded + p * PANEL..][..PANEL], row);
             }
         }
         for row in scores.chunks_exact_mut(padded).take(m) {
-            kernels::softmax(&mut row[..len]);
+            kernels::softmax(&mut row[..len.next_multiple_of(16)], len);
         }
         for p in 0..values.count() {
-            values.block(p, &scores, padded, m, &zero, &mut block);
+            block[..m].iter_mut().for_each(|row| row.fill(0.0));
+            values.accumulate(p, 0..len, &scores, padded, &mut block[..m]);
             let cols = values.columns(p);
             for (i, row) in block[..m].iter().enumerate() {
                 // SAFETY: the task for (window, head) alone writes this head's columns of the
                 // window's rows.
-                let dst = unsafe { out.slice((start + first + i) * h + head * d + p * PANEL, cols) };
-                dst.copy_from_slice(&row[..cols]);
+                kernels::store(unsafe { out.slice((start + first + i) * h + head * d + p * PANEL, cols) }, row);
             }
         }
     }

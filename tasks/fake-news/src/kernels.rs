@@ -4,15 +4,20 @@
 //! on every call); GELU, softmax and layer norm as plain loops that the compiler vectorises, with
 //! `exp` and `erf` written out so that they vectorise too (the libm calls are scalar).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 /// Output columns per packed panel: four AVX-512 registers.
 pub const PANEL: usize = 64;
 /// Rows per register block: 6 x 4 accumulators leave registers free for the weights.
 pub const MICRO: usize = 6;
-/// Rows per parallel task when there are many (a multiple of MICRO): its input rows stay in L2
-/// while the panels stream past.
-const ROW_BLOCK: usize = 48;
+/// Most rows per parallel task (a multiple of MICRO): a tweet's tokens are one block, so the
+/// weights are read once per text; its partial sums take 24 KB of L1.
+const ROW_BLOCK: usize = 96;
+/// Panel rows per chunk of a dense tile: 12 KB of weights, which stay in L1 beside the tile's
+/// partial sums while every register block of the tile goes over them.
+const KC: usize = 48;
 
 /// 64-byte aligned storage, so that every panel row is one cache line per register load.
 #[derive(Clone, Copy)]
@@ -70,9 +75,6 @@ pub enum Act {
     Relu,
 }
 
-/// Output rows of one register block, PANEL columns each.
-pub type Block = [[f32; PANEL]; MICRO];
-
 /// A (k, n) matrix packed for right-multiplication: panels of PANEL columns, each (k, PANEL)
 /// row-major and zero past n, so a register block streams one panel contiguously.
 pub struct Panels {
@@ -106,11 +108,13 @@ impl Panels {
         PANEL.min(self.n - p * PANEL)
     }
 
-    /// out[..m] = start + rows 0..m of x (each k floats, `stride` apart) times panel `p`.
+    /// acc[..m] += rows 0..m of x (floats `ks` of rows `stride` apart, x starting at the first)
+    /// times rows `ks` of panel `p`.
     #[inline(always)]
-    pub fn block(&self, p: usize, x: &[f32], stride: usize, m: usize, start: &[f32; PANEL], out: &mut Block) {
-        let w = &floats(&self.lines)[p * self.k * PANEL..(p + 1) * self.k * PANEL];
-        micro(m, x, stride, self.k, w, start, out);
+    pub fn accumulate(&self, p: usize, ks: Range<usize>, x: &[f32], stride: usize, acc: &mut [[f32; PANEL]]) {
+        assert!(ks.end <= self.k, "panel rows out of range");
+        let w = &floats(&self.lines)[(p * self.k + ks.start) * PANEL..(p * self.k + ks.end) * PANEL];
+        micro(x, stride, ks.len(), w, acc);
     }
 }
 
@@ -148,71 +152,88 @@ impl Linear {
         let (cin, cout) = (self.cin, self.cout);
         assert!(x.len() >= rows * cin && out.len() >= rows * cout, "dense layer buffers too short");
         let n_panels = self.weights.count();
+        // Blocks of even size: 100 rows as 54 + 46, not 96 + 4, which would read every weight
+        // again for four rows.
         let row_blocks = rows.div_ceil(ROW_BLOCK);
+        let block_rows = rows.div_ceil(row_blocks.max(1)).next_multiple_of(MICRO);
         let shared = Shared::new(&mut out[..rows * cout]);
         (0..row_blocks * n_panels).into_par_iter().for_each(|task| {
             let (block, panel) = (task / n_panels, task % n_panels);
-            let first = block * ROW_BLOCK;
-            let last = (first + ROW_BLOCK).min(rows);
+            let first = block * block_rows;
+            let last = (first + block_rows).min(rows);
             self.tile(x, first..last, panel, shared, act);
         });
     }
 
-    /// Rows `rows` of panel `panel`'s columns.
+    /// Rows `rows` (at most ROW_BLOCK) of panel `panel`'s columns. The panel is taken KC rows at
+    /// a time for all of the tile's rows, so each chunk is read from memory once and then from L1.
     #[inline(never)]
-    fn tile(&self, x: &[f32], rows: std::ops::Range<usize>, panel: usize, out: Shared, act: Act) {
+    fn tile(&self, x: &[f32], rows: Range<usize>, panel: usize, out: Shared, act: Act) {
         let (cin, cout) = (self.cin, self.cout);
         let col0 = panel * PANEL;
         let cols = self.weights.columns(panel);
         let bias: &[f32; PANEL] = self.bias[col0..col0 + PANEL].try_into().unwrap();
-        let mut acc = [[0f32; PANEL]; MICRO];
-        let mut r = rows.start;
-        while r < rows.end {
-            let m = MICRO.min(rows.end - r);
-            self.weights.block(panel, &x[r * cin..(r + m) * cin], cin, m, bias, &mut acc);
-            for (i, row) in acc[..m].iter_mut().enumerate() {
-                activate(&mut row[..cols], act);
-                // SAFETY: tile (block, panel) alone writes these columns of these rows.
-                let dst = unsafe { out.slice((r + i) * cout + col0, cols) };
-                dst.copy_from_slice(&row[..cols]);
+        let mut acc = [*bias; ROW_BLOCK];
+        let acc = &mut acc[..rows.len()];
+        for k0 in (0..cin).step_by(KC) {
+            let ks = k0..(k0 + KC).min(cin);
+            for (i, block) in acc.chunks_mut(MICRO).enumerate() {
+                let first = (rows.start + i * MICRO) * cin + k0;
+                self.weights.accumulate(panel, ks.clone(), &x[first..], cin, block);
             }
-            r += m;
+        }
+        for (r, row) in rows.zip(acc.iter_mut()) {
+            activate(&mut row[..cols], act);
+            // SAFETY: tile (row block, panel) alone writes these columns of these rows.
+            store(unsafe { out.slice(r * cout + col0, cols) }, row);
         }
     }
 }
 
-/// acc[..m] = bias + x (m rows of k floats, `stride` apart) times a (k, PANEL) panel.
+/// dst = row[..dst.len()], 16 floats at a time: a memmove call per row of a tile costs more than
+/// the copy.
 #[inline(always)]
-fn micro(m: usize, x: &[f32], stride: usize, k: usize, w: &[f32], bias: &[f32; PANEL], acc: &mut Block) {
+pub(crate) fn store(dst: &mut [f32], row: &[f32; PANEL]) {
+    let whole = dst.len() / 16 * 16;
+    for (d, s) in dst.chunks_exact_mut(16).zip(row.chunks_exact(16)) {
+        let d: &mut [f32; 16] = d.try_into().unwrap();
+        *d = s.try_into().unwrap();
+    }
+    for (d, s) in dst[whole..].iter_mut().zip(&row[whole..]) {
+        *d = *s;
+    }
+}
+
+/// acc (at most MICRO rows) += x (as many rows of k floats, `stride` apart) times a (k, PANEL) panel.
+#[inline(always)]
+fn micro(x: &[f32], stride: usize, k: usize, w: &[f32], acc: &mut [[f32; PANEL]]) {
+    let m = acc.len();
     assert!((1..=MICRO).contains(&m) && k <= stride && x.len() >= (m - 1) * stride + k && w.len() >= k * PANEL);
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     {
-        // SAFETY: avx512f is enabled at compile time; the assert above bounds every load.
+        // SAFETY: avx512f is enabled at compile time; the assert above bounds every access.
         unsafe {
             match m {
-                6 => micro_avx512::<6>(x, stride, k, w, bias, acc),
-                5 => micro_avx512::<5>(x, stride, k, w, bias, acc),
-                4 => micro_avx512::<4>(x, stride, k, w, bias, acc),
-                3 => micro_avx512::<3>(x, stride, k, w, bias, acc),
-                2 => micro_avx512::<2>(x, stride, k, w, bias, acc),
-                _ => micro_avx512::<1>(x, stride, k, w, bias, acc),
+                6 => micro_avx512::<6>(x, stride, k, w, acc),
+                5 => micro_avx512::<5>(x, stride, k, w, acc),
+                4 => micro_avx512::<4>(x, stride, k, w, acc),
+                3 => micro_avx512::<3>(x, stride, k, w, acc),
+                2 => micro_avx512::<2>(x, stride, k, w, acc),
+                _ => micro_avx512::<1>(x, stride, k, w, acc),
             }
         }
         return;
     }
     #[allow(unreachable_code)]
-    micro_portable(m, x, stride, k, w, bias, acc)
+    micro_portable(x, stride, k, w, acc)
 }
 
 /// [`micro`] in plain Rust, for builds without AVX-512.
 #[inline(always)]
-fn micro_portable(m: usize, x: &[f32], stride: usize, k: usize, w: &[f32], bias: &[f32; PANEL], acc: &mut Block) {
-    for row in acc[..m].iter_mut() {
-        *row = *bias;
-    }
+fn micro_portable(x: &[f32], stride: usize, k: usize, w: &[f32], acc: &mut [[f32; PANEL]]) {
     for kk in 0..k {
         let wr: &[f32; PANEL] = w[kk * PANEL..(kk + 1) * PANEL].try_into().unwrap();
-        for (r, row) in acc[..m].iter_mut().enumerate() {
+        for (r, row) in acc.iter_mut().enumerate() {
             let xv = x[r * stride + kk];
             for (a, w) in row.iter_mut().zip(wr) {
                 *a += w * xv;
@@ -225,19 +246,15 @@ fn micro_portable(m: usize, x: &[f32], stride: usize, k: usize, w: &[f32], bias:
 /// each weight register is used R times and each broadcast input 4 times.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 #[inline(always)]
-unsafe fn micro_avx512<const R: usize>(
-    x: &[f32],
-    stride: usize,
-    k: usize,
-    w: &[f32],
-    bias: &[f32; PANEL],
-    acc: &mut Block,
-) {
+unsafe fn micro_avx512<const R: usize>(x: &[f32], stride: usize, k: usize, w: &[f32], acc: &mut [[f32; PANEL]]) {
     use std::arch::x86_64::*;
-    let (xp, wp, bp) = (x.as_ptr(), w.as_ptr(), bias.as_ptr());
-    let b =
-        [_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)), _mm512_loadu_ps(bp.add(32)), _mm512_loadu_ps(bp.add(48))];
-    let mut a = [b; R];
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut a = [[_mm512_setzero_ps(); 4]; R];
+    for (ar, row) in a.iter_mut().zip(acc.iter()) {
+        for (c, v) in ar.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(row.as_ptr().add(16 * c));
+        }
+    }
     for kk in 0..k {
         let wk = wp.add(kk * PANEL);
         let w = [
@@ -253,9 +270,9 @@ unsafe fn micro_avx512<const R: usize>(
             }
         }
     }
-    for (r, ar) in a.iter().enumerate() {
+    for (ar, row) in a.iter().zip(acc.iter_mut()) {
         for (c, v) in ar.iter().enumerate() {
-            _mm512_storeu_ps(acc[r].as_mut_ptr().add(16 * c), *v);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16 * c), *v);
         }
     }
 }
@@ -325,11 +342,14 @@ fn add(a: f32, b: f32) -> f32 {
     a + b
 }
 
-/// Softmax in place.
-pub fn softmax(xs: &mut [f32]) {
+/// Softmax of xs[..len] in place; the rest of `xs` is scratch (left zero), so that every loop can
+/// run over whole vectors when it is padded to a multiple of 16.
+pub fn softmax(xs: &mut [f32], len: usize) {
+    xs[len..].fill(f32::NEG_INFINITY);
     // Not f32::max, whose NaN rules keep the compiler from vectorising it.
     let max = reduce(xs, f32::NEG_INFINITY, |v| v, |a, v| if v > a { v } else { a });
     xs.iter_mut().for_each(|v| *v = exp(*v - max));
+    xs[len..].fill(0.0);
     let inv = 1.0 / reduce(xs, 0.0, |v| v, add);
     xs.iter_mut().for_each(|v| *v *= inv);
 }
@@ -364,7 +384,9 @@ mod tests {
     #[test]
     fn dense_layer_matches_a_plain_product_for_every_tile_shape() {
         // Rows past one ROW_BLOCK and not a multiple of MICRO; columns past one panel, not a whole one.
-        for (rows, cin, cout) in [(1, 5, 3), (7, 37, 70), (ROW_BLOCK + 11, 40, 2 * PANEL + 9), (13, 384, 64)] {
+        for (rows, cin, cout) in
+            [(1, 5, 3), (7, 37, 70), (ROW_BLOCK + 11, 40, 2 * PANEL + 9), (2 * ROW_BLOCK + 1, 70, 64), (13, 384, 64)]
+        {
             let (w, b, x) = (numbers(cout * cin, 1), numbers(cout, 2), numbers(rows * cin, 3));
             let layer = Linear::new(&w, &b, cout, cin);
             let mut out = vec![0f32; rows * cout];
@@ -390,9 +412,9 @@ mod tests {
         let (x, w) = (numbers(MICRO * k, 4), numbers(k * PANEL, 5));
         let bias: [f32; PANEL] = numbers(PANEL, 6).try_into().unwrap();
         for m in 1..=MICRO {
-            let (mut fast, mut portable) = ([[0f32; PANEL]; MICRO], [[0f32; PANEL]; MICRO]);
-            micro(m, &x, k, k, &w, &bias, &mut fast);
-            micro_portable(m, &x, k, k, &w, &bias, &mut portable);
+            let (mut fast, mut portable) = ([bias; MICRO], [bias; MICRO]);
+            micro(&x, k, k, &w, &mut fast[..m]);
+            micro_portable(&x, k, k, &w, &mut portable[..m]);
             for r in 0..m {
                 let diff = fast[r].iter().zip(&portable[r]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-5, "{m} rows, row {r}: max diff {diff}");
@@ -407,7 +429,9 @@ mod tests {
             let max = x.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
             let total: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
             let mut p = x.clone();
-            softmax(&mut p);
+            p.resize(n.next_multiple_of(16), 1e30);
+            softmax(&mut p, n);
+            assert!(p[n..].iter().all(|&v| v == 0.0), "the padding is left zero");
             for (p, v) in p.iter().zip(&x) {
                 assert!((*p as f64 - (*v as f64 - max).exp() / total).abs() < 1e-6, "softmax over {n}");
             }
