@@ -68,3 +68,12 @@ pub fn peak_rss_mb() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
     kb.map(|kb| kb / 1024.0).unwrap_or(f64::NAN)
 }
+
+/// CPU seconds the whole process has used (user + system), from /proc: with other jobs on the
+/// machine, items per CPU-second is a steadier figure than wall time.
+pub fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}

@@ -1,12 +1,13 @@
 //! `make bench` for fake-news: texts/s and tokens/s of the whole classification (tokenise,
 //! encode, pool, head) on the first Constraint val tweets at batch 1 and 32, sorted by length
-//! as the peers sort them, and peak memory; JSON lines shaped like ../shared/bench's.
+//! as the peers sort them (`ZOO_BENCH_BATCHES=1,8` for others), and peak memory; JSON lines
+//! shaped like ../shared/bench's.
 
 use std::time::Instant;
 
 use candle_core::Device;
 use serde_json::json;
-use zoo_runtime::test_support::{peak_rss_mb, shared_assets, shared_hub_cache};
+use zoo_runtime::test_support::{peak_rss_mb, process_cpu_s, shared_assets, shared_hub_cache};
 use zoo_runtime::{Context, HubSettings, Model, ModelRef};
 
 fn main() {
@@ -25,17 +26,22 @@ fn main() {
     texts.sort_by_key(|t| t.len());
     let tokens: usize = texts.iter().map(|t| classifier.tokenize_plain(t).len()).sum();
     classifier.classify(&texts[..8.min(texts.len())], 8);
-    for batch in [1usize, 32] {
-        let start = Instant::now();
+    let batches: Vec<usize> = std::env::var("ZOO_BENCH_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 32]);
+    for batch in batches {
+        let (start, cpu) = (Instant::now(), process_cpu_s());
         for chunk in texts.chunks(batch) {
             classifier.classify(chunk, batch);
         }
-        let secs = start.elapsed().as_secs_f64();
+        let (secs, cpu_s) = (start.elapsed().as_secs_f64(), process_cpu_s() - cpu);
         println!(
             "{}",
-            json!({"task": "text", "peer": "zoo (candle)", "model": "all-MiniLM-L6-v2 + head", "input": format!("{} Constraint_Val tweets", texts.len()),
+            json!({"task": "text", "peer": "zoo (candle + CPU BERT)", "model": "all-MiniLM-L6-v2 + head", "input": format!("{} Constraint_Val tweets", texts.len()),
                    "batch": batch, "threads": candle_core::utils::get_num_threads(), "wall_s": secs, "items_per_s": texts.len() as f64 / secs,
-                   "tokens_per_s": tokens as f64 / secs, "peak_rss_mb": peak_rss_mb()})
+                   "tokens_per_s": tokens as f64 / secs, "own_cpu_s": cpu_s, "items_per_cpu_s": texts.len() as f64 / cpu_s,
+                   "peak_rss_mb": peak_rss_mb()})
         );
     }
 }

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
 use zoo_runtime::{Error, Model, Result};
 
+use crate::cpu::CpuBert;
 pub use crate::windows::Windows;
 use crate::windows::{pad_batch, Windowing};
 
@@ -14,8 +15,22 @@ pub const WINDOW: usize = 256;
 /// Tokens shared by neighbouring windows, so that no sentence is only ever seen cut in two.
 pub const OVERLAP: usize = 64;
 
+/// Which implementation of the encoder runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// [`CpuBert`]: the CPU path, used whenever the device is the CPU.
+    Cpu,
+    /// candle-transformers' `BertModel`: any device, and the reference the CPU path is tested against.
+    Candle,
+}
+
+enum Bert {
+    Cpu(CpuBert),
+    Candle(BertModel),
+}
+
 pub struct SentenceEncoder {
-    bert: BertModel,
+    bert: Bert,
     windowing: Windowing,
     pad: u32,
     pub dim: usize,
@@ -24,13 +39,21 @@ pub struct SentenceEncoder {
 
 impl SentenceEncoder {
     pub fn load(model: &Model, device: &Device) -> Result<Self> {
+        Self::load_with(model, device, if device.is_cpu() { Backend::Cpu } else { Backend::Candle })
+    }
+
+    pub fn load_with(model: &Model, device: &Device, backend: Backend) -> Result<Self> {
         let raw: serde_json::Value = model.json("config.json")?;
         let config: Config =
             serde_json::from_value(raw.clone()).map_err(|e| Error::model(&model.id, format!("config.json: {e}")))?;
         let dim = raw.get("hidden_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
         let bad = |e: candle_core::Error| Error::model(&model.id, e);
         let vb = model.var_builder("model.safetensors", DType::F32, device)?;
-        let bert = BertModel::load(vb, &config).map_err(bad)?;
+        let bert = match backend {
+            Backend::Cpu if device.is_cpu() => Bert::Cpu(CpuBert::load(vb, &config).map_err(bad)?),
+            Backend::Cpu => return Err(Error::model(&model.id, "the CPU encoder runs on the CPU only")),
+            Backend::Candle => Bert::Candle(BertModel::load(vb, &config).map_err(bad)?),
+        };
         // The file pads every input to 128 and truncates there; Windowing turns both off.
         let windowing = Windowing::new(&model.id, &model.file("tokenizer.json")?.bytes()?, WINDOW, OVERLAP)?;
         let pad = windowing.token_id("[PAD]").ok_or_else(|| Error::model(&model.id, "the vocabulary has no [PAD]"))?;
@@ -47,8 +70,12 @@ impl SentenceEncoder {
         if windows.is_empty() {
             return Ok(Vec::new());
         }
+        let bert = match &self.bert {
+            Bert::Cpu(bert) => return Ok(pooled(&bert.forward(windows)?, windows, bert.hidden())),
+            Bert::Candle(bert) => bert,
+        };
         let (ids, mask) = pad_batch(windows, self.pad, &self.device)?;
-        let hidden = self.bert.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
+        let hidden = bert.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let pooled = summed.broadcast_div(&mask.sum(1)?)?;
@@ -58,12 +85,41 @@ impl SentenceEncoder {
 
     /// The last hidden state at [CLS] for one window: the golden file checks the encoder with it.
     pub fn cls_hidden(&self, window: &[u32]) -> candle_core::Result<Vec<f32>> {
-        let ids = Tensor::new(window, &self.device)?.unsqueeze(0)?;
-        let hidden = self.bert.forward(&ids, &ids.zeros_like()?, None)?;
-        hidden.get(0)?.get(0)?.to_vec1()
+        match &self.bert {
+            Bert::Cpu(bert) => {
+                let mut hidden = bert.forward(&[window])?;
+                hidden.truncate(bert.hidden());
+                Ok(hidden)
+            }
+            Bert::Candle(bert) => {
+                let ids = Tensor::new(window, &self.device)?.unsqueeze(0)?;
+                let hidden = bert.forward(&ids, &ids.zeros_like()?, None)?;
+                hidden.get(0)?.get(0)?.to_vec1()
+            }
+        }
     }
 
     pub fn tokenize_plain(&self, text: &str) -> Vec<u32> {
         self.windowing.tokenize_plain(text)
     }
+}
+
+/// Mean pooling of each window's rows of `hidden` (its tokens, one after another) and L2
+/// normalisation, as `embed` does on candle's padded batch.
+fn pooled(hidden: &[f32], windows: &[&[u32]], dim: usize) -> Vec<Vec<f32>> {
+    let mut rows = hidden.chunks_exact(dim);
+    windows
+        .iter()
+        .map(|w| {
+            let mut sum = vec![0f32; dim];
+            for row in rows.by_ref().take(w.len()) {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            let n = w.len() as f32;
+            sum.iter_mut().for_each(|s| *s /= n);
+            let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+            sum.iter_mut().for_each(|s| *s /= norm);
+            sum
+        })
+        .collect()
 }

@@ -7,10 +7,12 @@
 //! windows; a text's label probabilities are the windows' probabilities averaged, weighted by
 //! their token counts.
 
+pub mod cpu;
 pub mod encoder;
 pub mod explain;
 pub mod head;
 pub mod hub;
+pub mod kernels;
 pub mod table;
 pub mod windows;
 

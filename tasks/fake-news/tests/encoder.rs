@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use serde_json::Value;
-use zoo_fake_news::encoder::{SentenceEncoder, OVERLAP, WINDOW};
+use zoo_fake_news::encoder::{Backend, SentenceEncoder, OVERLAP, WINDOW};
 use zoo_runtime::test_support::{shared_assets, shared_hub_cache};
 use zoo_runtime::{Context, HubSettings, Model, ModelRef, Task, TaskArgs};
 
@@ -17,8 +17,12 @@ fn offline_hub(cache: &Path) -> HubSettings {
 }
 
 fn encoder(cache: &Path) -> SentenceEncoder {
+    encoder_with(cache, Backend::Cpu)
+}
+
+fn encoder_with(cache: &Path, backend: Backend) -> SentenceEncoder {
     let model = Model::resolve(&ModelRef::parse("all-minilm-l6-v2").unwrap(), &offline_hub(cache));
-    SentenceEncoder::load(&model, &Device::Cpu).unwrap()
+    SentenceEncoder::load_with(&model, &Device::Cpu, backend).unwrap()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -59,6 +63,30 @@ fn embeddings_match_the_reference_alone_and_in_a_padded_batch() {
     }
     eprintln!("all-MiniLM-L6-v2: max |difference| from the reference = {worst:.2e}");
     assert!(worst < 1e-4, "max difference {worst}");
+}
+
+/// The CPU encoder against candle's BertModel (the generic path, kept as the reference) on one
+/// padded batch: texts from one token to a full window, and the windows of a long text.
+#[test]
+fn the_cpu_encoder_matches_candles_bert_on_a_padded_batch() {
+    let Some(cache) = shared_hub_cache("cpu encoder against candle") else { return };
+    let (fast, reference) = (encoder(&cache), encoder_with(&cache, Backend::Candle));
+    let texts = [
+        "Hi".to_string(),
+        "5G towers spread the coronavirus, a viral post claims.".to_string(),
+        "Health officials reported 1,234 new cases and 12 deaths on Tuesday; testing rose by a fifth. ".repeat(30),
+        "Masks".to_string(),
+    ];
+    let windows: Vec<Vec<u32>> = texts.iter().flat_map(|t| fast.windows(t).unwrap().0).collect();
+    assert!(windows.len() > texts.len() && windows.iter().any(|w| w.len() == WINDOW), "a long text in full windows");
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let (got, want) = (fast.embed(&refs).unwrap(), reference.embed(&refs).unwrap());
+    let worst = got.iter().zip(&want).map(|(g, w)| max_diff(g, w)).fold(0f32, f32::max);
+    eprintln!("CPU encoder against candle's BertModel: max |difference| = {worst:.2e}");
+    assert!(worst < 1e-5, "max difference {worst}");
+    for w in &refs[..3] {
+        assert!(max_diff(&fast.cls_hidden(w).unwrap(), &reference.cls_hidden(w).unwrap()) < 1e-4, "[CLS] state");
+    }
 }
 
 #[test]

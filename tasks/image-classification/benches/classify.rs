@@ -8,17 +8,8 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use zoo_image_classification::Classifier;
-use zoo_runtime::test_support::peak_rss_mb;
+use zoo_runtime::test_support::{peak_rss_mb, process_cpu_s};
 use zoo_runtime::{HubSettings, Input, Model, ModelRef};
-
-/// CPU seconds the whole process has used (user + system), from /proc: with other jobs on the
-/// machine, images per CPU-second at one thread is a steadier figure than wall time.
-fn process_cpu_s() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, wall
 /// seconds, CPU seconds).
