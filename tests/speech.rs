@@ -284,3 +284,110 @@ fn multilingual_model_detects_the_language() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.to_lowercase().contains("ask not what your country"), "{}", run.stdout);
 }
+
+/// Lower-case letters, digits and apostrophes: enough to tell a right word from a wrong one.
+fn normalise(word: &str) -> String {
+    word.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect()
+}
+
+/// Which hypothesis words a minimum-edit alignment to the reference matches exactly.
+fn matched_words(hyp: &[String], reference: &[String]) -> Vec<bool> {
+    let (n, m) = (hyp.len(), reference.len());
+    let mut cost = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in cost.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in cost[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let sub = cost[i - 1][j - 1] + usize::from(hyp[i - 1] != reference[j - 1]);
+            cost[i][j] = sub.min(cost[i - 1][j] + 1).min(cost[i][j - 1] + 1);
+        }
+    }
+    let (mut i, mut j, mut matched) = (n, m, vec![false; n]);
+    while i > 0 && j > 0 {
+        if cost[i][j] == cost[i - 1][j - 1] + usize::from(hyp[i - 1] != reference[j - 1]) {
+            matched[i - 1] = hyp[i - 1] == reference[j - 1];
+            i -= 1;
+            j -= 1;
+        } else if cost[i][j] == cost[i - 1][j] + 1 {
+            i -= 1;
+        } else {
+            j -= 1;
+        }
+    }
+    matched
+}
+
+/// `--explain`: every word timed inside its segment, in order; words the model got wrong are
+/// heard with less confidence than those it got right; and on jfk.wav the times and confidences
+/// are faster-whisper's (tests/data/speech/jfk_words.faster-whisper.json).
+#[test]
+fn explained_words_are_timed_in_order_and_confidence_tracks_errors() {
+    let Some(s) = setup("speech word timing") else { return };
+    let rows = manifest(&s.speech.join("manifest.tsv"));
+    let files: Vec<String> = rows.iter().map(|r| s.speech.join(&r[1]).display().to_string()).collect();
+    let mut args = vec!["run", "asr", "--json", "--explain"];
+    args.extend(files.iter().map(String::as_str));
+    let run = zoo(&s, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (mut right, mut wrong) = (Vec::new(), Vec::new());
+    for (row, line) in rows.iter().zip(json_lines(&run)) {
+        let mut hyp_words = Vec::new();
+        let mut confidences = Vec::new();
+        let mut last_end = 0.0;
+        for seg in line["segments"].as_array().unwrap() {
+            let (start, end) = (seg["start"].as_f64().unwrap(), seg["end"].as_f64().unwrap());
+            for w in seg["words"].as_array().expect("words with --explain") {
+                let (ws, we) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+                assert!(start <= ws && ws <= we && we <= end, "{}: word {w} outside segment {start}-{end}", row[0]);
+                assert!(ws >= last_end, "{}: word {w} starts before the previous word's end {last_end}", row[0]);
+                last_end = we;
+                let c = w["confidence"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&c), "{c}");
+                hyp_words.push(normalise(w["text"].as_str().unwrap()));
+                confidences.push(c);
+            }
+        }
+        let reference: Vec<String> = row[5].split_whitespace().map(normalise).filter(|w| !w.is_empty()).collect();
+        for (ok, c) in matched_words(&hyp_words, &reference).into_iter().zip(confidences) {
+            if ok {
+                right.push(c)
+            } else {
+                wrong.push(c)
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    eprintln!(
+        "word confidence: right {:.3} ({} words), wrong {:.3} ({} words)",
+        mean(&right),
+        right.len(),
+        mean(&wrong),
+        wrong.len()
+    );
+    assert!(right.len() > 200 && wrong.len() > 10, "{} right, {} wrong", right.len(), wrong.len());
+    assert!(mean(&wrong) < mean(&right) - 0.1, "wrong words {} vs right {}", mean(&wrong), mean(&right));
+
+    // jfk against faster-whisper's alignment of the same model.
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(zoo_bin::data("speech/jfk_words.faster-whisper.json")).unwrap())
+            .unwrap();
+    let jfk = s.speech.join("audio/jfk.wav").display().to_string();
+    let run = zoo(&s, &["run", "asr", "--json", "--explain", &jfk]);
+    let line = &json_lines(&run)[0];
+    let ours: Vec<&Value> =
+        line["segments"].as_array().unwrap().iter().flat_map(|s| s["words"].as_array().unwrap()).collect();
+    let theirs: Vec<&Value> =
+        reference["segments"].as_array().unwrap().iter().flat_map(|s| s["words"].as_array().unwrap()).collect();
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(normalise(a["text"].as_str().unwrap()), normalise(b["text"].as_str().unwrap()));
+        for (key, other) in [("start", "start"), ("end", "end"), ("confidence", "probability")] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[other].as_f64().unwrap());
+            assert!((x - y).abs() <= 0.021, "{}: {key} {x} vs faster-whisper {y}", a["text"]);
+        }
+    }
+}

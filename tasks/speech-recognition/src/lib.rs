@@ -12,13 +12,14 @@ pub mod mel;
 pub mod model;
 pub mod output;
 pub mod text_decoder;
+pub mod words;
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use zoo_runtime::{
-    fsutil, Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs,
-    TaskOption,
+    fsutil, Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task,
+    TaskArgs, TaskOption,
 };
 
 use crate::decode::{DecodeOptions, Decoder, Mode, Transcript};
@@ -96,6 +97,14 @@ impl Task for SpeechRecognition {
 
     fn options(&self) -> &'static [TaskOption] {
         OPTIONS
+    }
+
+    fn explains(&self) -> Explains {
+        Explains::Yes(
+            "every word timed (cross-attention alignment) and scored (token probabilities): JSON segments get \
+             words with start, end and confidence; txt marks words heard with under 50% confidence as word(?); \
+             vtt cues carry word times",
+        )
     }
 
     fn examples(&self) -> &'static [&'static str] {
@@ -185,6 +194,7 @@ impl SpeechRunner {
         if args.flag("no-context") {
             options.condition_on_previous_text = false;
         }
+        options.word_timestamps = zoo_runtime::explain::Request::from_args(args).is_some();
         if args.flag("no-fallback") {
             options.temperatures = vec![0.0];
         }

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::decode::Transcript;
+use crate::decode::{Segment, Transcript};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -51,14 +51,24 @@ pub fn json_fields(t: &Transcript) -> Map<String, Value> {
         .segments
         .iter()
         .map(|s| {
-            json!({
+            let mut segment = json!({
                 "start": round(s.start, 2),
                 "end": round(s.end, 2),
                 "text": s.text.trim(),
                 "avg_logprob": round(s.avg_logprob, 4),
                 "no_speech_prob": round(s.no_speech_prob, 4),
                 "temperature": s.temperature,
-            })
+            });
+            if let Some(words) = &s.words {
+                segment["words"] = words
+                    .iter()
+                    .map(|w| {
+                        json!({"text": w.text.trim(), "start": round(w.start, 2), "end": round(w.end, 2),
+                               "confidence": round(w.confidence, 4)})
+                    })
+                    .collect();
+            }
+            segment
         })
         .collect();
     map.insert("segments".into(), segments.into());
@@ -73,7 +83,7 @@ fn round(x: f64, digits: i32) -> f64 {
 /// The whole document in `format`; `head` holds `input` and `model` for JSON.
 pub fn render(t: &Transcript, format: Format, head: Map<String, Value>) -> String {
     match format {
-        Format::Txt => t.segments.iter().map(|s| format!("{}\n", s.text.trim())).collect(),
+        Format::Txt => t.segments.iter().map(|s| format!("{}\n", marked_text(s))).collect(),
         Format::Json => {
             let mut object = head;
             object.extend(json_fields(t));
@@ -91,17 +101,50 @@ pub fn render(t: &Transcript, format: Format, head: Map<String, Value>) -> Strin
             let cues: String = t
                 .segments
                 .iter()
-                .map(|s| format!("{} --> {}\n{}\n\n", timestamp(s.start, '.'), timestamp(s.end, '.'), s.text.trim()))
+                .map(|s| format!("{} --> {}\n{}\n\n", timestamp(s.start, '.'), timestamp(s.end, '.'), timed_text(s)))
                 .collect();
             format!("WEBVTT\n\n{cues}")
         }
     }
 }
 
+/// Below this confidence a word is marked in text output.
+const LOW_CONFIDENCE: f64 = 0.5;
+
+/// The segment's text, with `(?)` after words heard with low confidence when words were scored.
+fn marked_text(s: &Segment) -> String {
+    match &s.words {
+        Some(words) if !words.is_empty() => words
+            .iter()
+            .map(|w| if w.confidence < LOW_CONFIDENCE { format!("{}(?)", w.text) } else { w.text.clone() })
+            .collect::<String>()
+            .trim()
+            .to_string(),
+        _ => s.text.trim().to_string(),
+    }
+}
+
+/// WebVTT cue text with each word's start as an inline timestamp, when words were timed.
+fn timed_text(s: &Segment) -> String {
+    match &s.words {
+        Some(words) if !words.is_empty() => words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i == 0 {
+                    w.text.trim().to_string()
+                } else {
+                    format!(" <{}>{}", timestamp(w.start, '.'), w.text.trim())
+                }
+            })
+            .collect(),
+        _ => s.text.trim().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Segment;
 
     fn transcript() -> Transcript {
         let seg = |start, end, text: &str| Segment {
@@ -113,6 +156,7 @@ mod tests {
             temperature: 0.0,
             compression_ratio: 1.2,
             tokens: vec![],
+            words: None,
         };
         Transcript {
             language: "en".into(),

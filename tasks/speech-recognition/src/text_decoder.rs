@@ -75,6 +75,11 @@ impl DecoderState {
         self.len
     }
 
+    /// Audio positions (encoder frames) the window holds.
+    pub fn audio_frames(&self) -> usize {
+        self.audio_len
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -172,7 +177,18 @@ impl TextDecoder {
 
     /// Attention of `n` query rows over `keys` rows of `cache`; with `causal_offset`, query `i`
     /// sees keys `0..=offset + i` only. Writes `n x d` into `out`.
-    fn attend(&self, q: &[f32], n: usize, cache: &Cache, keys: usize, causal_offset: Option<usize>, out: &mut [f32]) {
+    /// Returns the attention weights (n x keys) of the heads in `keep`, for word timing.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &[f32],
+        n: usize,
+        cache: &Cache,
+        keys: usize,
+        causal_offset: Option<usize>,
+        out: &mut [f32],
+        keep: &[usize],
+    ) -> Vec<(usize, Vec<f32>)> {
         let (d, heads) = (self.d, self.heads);
         let dh = d / heads;
         let scale = 1.0 / (dh as f32).sqrt();
@@ -199,26 +215,48 @@ impl TextDecoder {
                 sum += *w;
             }
             out.fill(0.0);
-            for (j, w) in weights.iter().enumerate() {
+            let inv = 1.0 / sum;
+            for (j, w) in weights.iter_mut().enumerate() {
                 let value = &cache.v[j * d + h * dh..][..dh];
-                let w = w / sum;
+                *w *= inv;
                 for (o, v) in out.iter_mut().zip(value) {
                     *o = w.mul_add(*v, *o);
                 }
             }
+            keep.contains(&h).then_some(weights)
         };
         // Cross-attention reads 1500 keys per head: worth the threads; a few cached tokens are not.
-        if n * keys * d >= 1 << 18 {
-            out[..n * d].par_chunks_mut(dh).enumerate().for_each(|(task, out)| one(task / heads, task % heads, out));
+        let kept: Vec<Option<Vec<f32>>> = if n * keys * d >= 1 << 18 {
+            out[..n * d]
+                .par_chunks_mut(dh)
+                .enumerate()
+                .map(|(task, out)| one(task / heads, task % heads, out))
+                .collect()
         } else {
-            for (task, out) in out[..n * d].chunks_mut(dh).enumerate() {
-                one(task / heads, task % heads, out);
-            }
-        }
+            out[..n * d].chunks_mut(dh).enumerate().map(|(task, out)| one(task / heads, task % heads, out)).collect()
+        };
+        // Task i * heads + h holds row i of head h: stack each kept head's rows.
+        keep.iter()
+            .map(|&h| {
+                let rows = (0..n).flat_map(|i| kept[i * heads + h].clone().unwrap_or_default()).collect();
+                (h, rows)
+            })
+            .collect()
     }
 
     /// Feeds `tokens` after those already in `state`; returns their final hidden states (n x d).
     pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Vec<f32>> {
+        Ok(self.forward_watching(tokens, state, &[])?.0)
+    }
+
+    /// [`TextDecoder::forward`], also returning the cross-attention weights (n x audio frames) of
+    /// the (layer, head) pairs in `watch`, in that order.
+    pub fn forward_watching(
+        &self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        watch: &[(usize, usize)],
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
         let (n, d) = (tokens.len(), self.d);
         let offset = state.len;
         if offset + n > self.n_ctx {
@@ -237,7 +275,10 @@ impl TextDecoder {
         }
         let mut normed = vec![0f32; n * d];
         let mut attended = vec![0f32; n * d];
-        for (layer, (cross, past)) in self.layers.iter().zip(state.cross.iter().zip(state.past.iter_mut())) {
+        let mut watched: Vec<((usize, usize), Vec<f32>)> = Vec::new();
+        for (index, (layer, (cross, past))) in
+            self.layers.iter().zip(state.cross.iter().zip(state.past.iter_mut())).enumerate()
+        {
             layer.self_ln.apply(&x, &mut normed);
             let qkv = layer.self_qkv.forward(&normed, n);
             let mut q = Vec::with_capacity(n * d);
@@ -246,12 +287,15 @@ impl TextDecoder {
                 past.k.extend_from_slice(&row[d..2 * d]);
                 past.v.extend_from_slice(&row[2 * d..]);
             }
-            self.attend(&q, n, past, offset + n, Some(offset), &mut attended);
+            self.attend(&q, n, past, offset + n, Some(offset), &mut attended, &[]);
             add(&mut x, &layer.self_out.forward(&attended, n));
 
             layer.cross_ln.apply(&x, &mut normed);
             let q = layer.cross_q.forward(&normed, n);
-            self.attend(&q, n, cross, state.audio_len, None, &mut attended);
+            let keep: Vec<usize> = watch.iter().filter(|w| w.0 == index).map(|w| w.1).collect();
+            for (h, weights) in self.attend(&q, n, cross, state.audio_len, None, &mut attended, &keep) {
+                watched.push(((index, h), weights));
+            }
             add(&mut x, &layer.cross_out.forward(&attended, n));
 
             layer.mlp_ln.apply(&x, &mut normed);
@@ -261,7 +305,11 @@ impl TextDecoder {
         }
         state.len += n;
         self.ln.apply(&x, &mut normed);
-        Ok(normed)
+        let weights = watch
+            .iter()
+            .map(|w| watched.iter().find(|(at, _)| at == w).map(|(_, v)| v.clone()).unwrap_or_default())
+            .collect();
+        Ok((normed, weights))
     }
 
     /// Next-token logits for one hidden state (`d` values).
