@@ -1,6 +1,7 @@
 //! `make bench` for fake-news: texts/s and tokens/s of the whole classification (tokenise,
 //! encode, pool, head) on the first Constraint val tweets at batch 1 and 32, sorted by length
-//! as the peers sort them (`ZOO_BENCH_BATCHES=1,8` for others), and peak memory; JSON lines
+//! as the peers sort them (`ZOO_BENCH_BATCHES=1,8` for others), and peak memory; then what
+//! --explain costs on a sample; JSON lines
 //! shaped like ../shared/bench's.
 
 use std::time::Instant;
@@ -44,4 +45,25 @@ fn main() {
                    "peak_rss_mb": peak_rss_mb()})
         );
     }
+
+    // What --explain costs: each text's words deleted in turn and the variants classified, on a
+    // sample of the texts (every 10th), against the plain run of the same texts.
+    let sample: Vec<&str> = texts.iter().step_by(10).copied().collect();
+    let start = Instant::now();
+    let plain = classifier.classify(&sample, 32);
+    let plain_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for (text, result) in sample.iter().zip(plain) {
+        let (p, _) = result.unwrap();
+        let label = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        zoo_fake_news::explain::attribute(&classifier, text, label, p[label], 32);
+    }
+    let explain_s = start.elapsed().as_secs_f64() + plain_s;
+    println!(
+        "{}",
+        json!({"task": "text", "peer": "zoo (candle + CPU BERT)", "model": "all-MiniLM-L6-v2 + head",
+               "input": format!("{} Constraint_Val tweets, --explain (occlusion by word)", sample.len()), "batch": 32,
+               "threads": candle_core::utils::get_num_threads(), "wall_s": explain_s, "items_per_s": sample.len() as f64 / explain_s,
+               "explain_cost_x": explain_s / plain_s, "peak_rss_mb": peak_rss_mb()})
+    );
 }

@@ -1,6 +1,6 @@
 //! `make bench` for image classification: the bundled EfficientNet-Lite0 on preprocessed 224x224
 //! inputs (what the onnxruntime peer in ../shared/bench times), at batch 1 and 32, plus the whole
-//! pipeline from a JPEG file (decode, resize, crop, forward). Prints one JSON line per measurement,
+//! pipeline from a PNG file (decode, resize, crop, forward), alone and with --explain's heatmap. Prints one JSON line per measurement,
 //! in the peer's field names, so both can be tabled side by side.
 
 use std::time::{Duration, Instant};
@@ -59,5 +59,20 @@ fn main() {
         "{}",
         json!({"task": "image", "peer": "zoo (candle)", "model": "efficientnet-lite0", "input": "chelsea.png file (decode+resize+crop+forward)",
                "batch": 1, "threads": threads, "wall_s": secs, "items_per_s": n as f64 / secs, "peak_rss_mb": peak_rss_mb()})
+    );
+
+    // What --explain costs: the same pipeline plus the occlusion heatmap for the top class.
+    let plain_per_s = n as f64 / secs;
+    let (n, secs, _) = time_loop(min, || {
+        let x = classifier.prepare(&Input::file(&photo)).unwrap();
+        let top = classifier.top_k(&classifier.logits(&x).unwrap(), 5).unwrap().remove(0);
+        classifier.saliency(&x, top.predictions[0].index, &photo, None).unwrap();
+    });
+    let per_s = n as f64 / secs;
+    println!(
+        "{}",
+        json!({"task": "image", "peer": "zoo (candle)", "model": "efficientnet-lite0", "input": "chelsea.png file, --explain (occlusion)",
+               "batch": 1, "threads": threads, "wall_s": secs, "items_per_s": per_s,
+               "explain_cost_x": plain_per_s / per_s, "peak_rss_mb": peak_rss_mb()})
     );
 }

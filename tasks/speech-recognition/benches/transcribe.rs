@@ -1,7 +1,7 @@
 //! `make bench` for speech recognition: real-time factor and peak memory of transcribing the dev
 //! clips (log-mel + encoder + decoding; model load and file decoding excluded, as the faster-whisper
 //! peer in ../shared/bench times it), greedy with timestamps, one warm-up clip; plus the encoder's
-//! share, and the WER of what was transcribed. JSON lines shaped like ../shared/bench's.
+//! share, the WER of what was transcribed, and what --explain's word timing costs. JSON lines shaped like ../shared/bench's.
 
 use std::time::Instant;
 
@@ -77,5 +77,22 @@ fn main() {
                "batch": 1, "threads": candle_core::utils::get_num_threads(), "wall_s": wall_s, "audio_s": audio_s,
                "rtf": wall_s / audio_s, "items_per_s": audio_s / wall_s, "encoder_s_per_window": encoder_s,
                "load_s": load_s, "wer": wer, "hyp": hyp_path, "peak_rss_mb": peak_rss_mb()})
+    );
+
+    // What --explain costs: the same clips with every word timed (cross-attention DTW) and scored.
+    drop(runner);
+    args.set(zoo_runtime::explain::FLAG, "true");
+    let mut runner = SpeechRunner::load(&model, &args, &ctx).unwrap();
+    runner.transcribe_samples(&clips[0].1).unwrap();
+    let start = Instant::now();
+    for (_, samples) in &clips {
+        runner.transcribe_samples(samples).unwrap();
+    }
+    let explain_s = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"task": "speech", "peer": "zoo (candle)", "model": model.id, "input": format!("{} clips, --explain (word timing)", clips.len()),
+               "batch": 1, "threads": candle_core::utils::get_num_threads(), "wall_s": explain_s, "audio_s": audio_s,
+               "rtf": explain_s / audio_s, "explain_cost_x": explain_s / wall_s, "peak_rss_mb": peak_rss_mb()})
     );
 }
