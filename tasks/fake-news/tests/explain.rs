@@ -50,12 +50,9 @@ fn deleting_the_top_scored_words_moves_the_label_more_than_deleting_random_words
     let model = Model::resolve(&ModelRef::parse("minilm-fake-news").unwrap(), &hub);
     let ctx = Context { device: Device::Cpu, hub, progress: false };
     let classifier = Classifier::load(&model, &ctx).unwrap();
-    let rows = table::read(
-        &assets.join("data/fake-news/constraint_covid19/Constraint_Val.csv"),
-        "tweet",
-        Some("label"),
-    )
-    .unwrap();
+    let rows =
+        table::read(&assets.join("data/fake-news/constraint_covid19/Constraint_Val.csv"), "tweet", Some("label"))
+            .unwrap();
 
     let mut rng = SplitMix(7);
     let (mut top_drop, mut random_drop, mut texts) = (0f64, 0f64, 0usize);
