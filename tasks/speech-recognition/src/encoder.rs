@@ -11,7 +11,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::kernels::{fast_exp, gelu_in_place, Dense, LayerNorm};
+use crate::kernels::{gelu_in_place, softmax_in_place, Dense, LayerNorm};
 
 /// Query rows per attention block: their scores (rows x 1500 floats) stay in L2.
 const QUERY_BLOCK: usize = 64;
@@ -197,16 +197,7 @@ impl CpuEncoder {
                         gemm::Parallelism::None,
                     );
                 }
-                for row in scores.chunks_exact_mut(ctx) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for v in row.iter_mut() {
-                        *v = fast_exp(*v - max);
-                        sum += *v;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|v| *v *= inv);
-                }
+                scores.chunks_exact_mut(ctx).for_each(softmax_in_place);
                 let mut block = vec![0f32; rows * dh];
                 // SAFETY: v[j][kk] at stride * j + 2d + h * dh + kk, inside `qkv`; `block` is rows x dh.
                 unsafe {

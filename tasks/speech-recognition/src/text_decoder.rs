@@ -11,7 +11,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::kernels::{dot, dot_f16, fast_exp, gelu_in_place, vec_of, Dense, LayerNorm};
+use crate::kernels::{dot, dot_f16, gelu_in_place, softmax_in_place, vec_of, Dense, LayerNorm};
 
 struct Layer {
     self_ln: LayerNorm,
@@ -208,17 +208,10 @@ impl TextDecoder {
                 }
                 scores
             };
-            let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for w in weights.iter_mut() {
-                *w = fast_exp(*w - max);
-                sum += *w;
-            }
+            softmax_in_place(&mut weights);
             out.fill(0.0);
-            let inv = 1.0 / sum;
-            for (j, w) in weights.iter_mut().enumerate() {
+            for (j, w) in weights.iter().enumerate() {
                 let value = &cache.v[j * d + h * dh..][..dh];
-                *w *= inv;
                 for (o, v) in out.iter_mut().zip(value) {
                     *o = w.mul_add(*v, *o);
                 }
