@@ -266,7 +266,7 @@ impl Prediction for Transcribed {
         match &self.written {
             Some(path) => format!("wrote {} ({:.1} s, {} segments)", path.display(), t.duration, t.segments.len()),
             None if t.segments.is_empty() => "(no speech)".to_string(),
-            None => t.text(),
+            None => output::marked_transcript(t),
         }
     }
 

@@ -111,6 +111,15 @@ pub fn render(t: &Transcript, format: Format, head: Map<String, Value>) -> Strin
 /// Below this confidence a word is marked in text output.
 const LOW_CONFIDENCE: f64 = 0.5;
 
+/// The transcript as one line, low-confidence words marked as in [`Format::Txt`] (the CLI's human
+/// output).
+pub fn marked_transcript(t: &Transcript) -> String {
+    if t.segments.iter().all(|s| s.words.is_none()) {
+        return t.text();
+    }
+    t.segments.iter().map(marked_text).collect::<Vec<_>>().join(" ")
+}
+
 /// The segment's text, with `(?)` after words heard with low confidence when words were scored.
 fn marked_text(s: &Segment) -> String {
     match &s.words {
@@ -178,6 +187,34 @@ mod tests {
             "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHello there.\n\n01:01:01.250 --> 01:02:03.456\nGoodbye.\n\n"
         );
         assert_eq!(render(&t, Format::Txt, Map::new()), "Hello there.\nGoodbye.\n");
+    }
+
+    #[test]
+    fn scored_words_mark_text_and_time_vtt_cues() {
+        let mut t = transcript();
+        let word = |text: &str, start, end, confidence| crate::words::Word {
+            text: text.into(),
+            start,
+            end,
+            confidence,
+            tokens: 1,
+        };
+        t.segments[0].words = Some(vec![word(" Hello", 0.0, 0.5, 0.9), word(" there.", 0.6, 2.5, 0.3)]);
+        t.segments[1].words = Some(vec![word(" Goodbye.", 3661.25, 3662.0, 0.5)]);
+        assert_eq!(render(&t, Format::Txt, Map::new()), "Hello there.(?)\nGoodbye.\n");
+        assert_eq!(marked_transcript(&t), "Hello there.(?) Goodbye.");
+        assert_eq!(
+            render(&t, Format::Vtt, Map::new()),
+            "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHello <00:00:00.600>there.\n\n\
+             01:01:01.250 --> 01:02:03.456\nGoodbye.\n\n"
+        );
+        let v: Value = serde_json::from_str(&render(&t, Format::Json, Map::new())).unwrap();
+        assert_eq!(
+            v["segments"][0]["words"][1],
+            json!({"text": "there.", "start": 0.6, "end": 2.5, "confidence": 0.3})
+        );
+        // Without scored words, the plain text.
+        assert_eq!(marked_transcript(&transcript()), "Hello there. Goodbye.");
     }
 
     #[test]
