@@ -1,5 +1,5 @@
 //! The classifier head over pooled sentence embeddings: logistic regression (one linear layer and
-//! a softmax), trained by zoo itself with candle-nn.
+//! a softmax) or a one-hidden-layer MLP (ReLU), trained by zoo itself with candle-nn.
 
 use std::collections::HashMap;
 
@@ -23,6 +23,8 @@ pub struct HeadInfo {
 }
 
 pub struct Head {
+    /// The hidden layer of an MLP head (ReLU after it); none for logistic regression.
+    hidden: Option<Linear>,
     linear: Linear,
     pub info: HeadInfo,
 }
@@ -33,7 +35,7 @@ impl Head {
         let vb = model.var_builder("head.safetensors", DType::F32, device)?;
         let bad = |e: candle_core::Error| Error::model(&model.id, format!("head.safetensors: {e}"));
         let weight = vb.get_unchecked("weight").map_err(bad)?;
-        let (labels, _) = weight.dims2().map_err(bad)?;
+        let (labels, inner) = weight.dims2().map_err(bad)?;
         if labels != info.labels.len() || labels < 2 {
             return Err(Error::model(
                 &model.id,
@@ -41,25 +43,34 @@ impl Head {
             ));
         }
         let bias = vb.get(labels, "bias").map_err(bad)?;
-        Ok(Head { linear: Linear::new(weight, Some(bias)), info })
+        let hidden = if vb.contains_tensor("hidden.weight") {
+            let w = vb.get_unchecked("hidden.weight").map_err(bad)?;
+            let (units, _) = w.dims2().map_err(bad)?;
+            if units != inner {
+                return Err(Error::model(
+                    &model.id,
+                    format!("the hidden layer has {units} units, the output layer takes {inner}"),
+                ));
+            }
+            Some(Linear::new(w, Some(vb.get(units, "hidden.bias").map_err(bad)?)))
+        } else {
+            None
+        };
+        Ok(Head { hidden, linear: Linear::new(weight, Some(bias)), info })
     }
 
+    /// The length of the embeddings the head takes.
     pub fn dim(&self) -> usize {
-        self.linear.weight().dim(1).unwrap_or(0)
+        self.hidden.as_ref().unwrap_or(&self.linear).weight().dim(1).unwrap_or(0)
     }
 
     /// Class probabilities for each row of `embeddings` (rows x dim).
     pub fn probabilities(&self, embeddings: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-        candle_nn::ops::softmax_last_dim(&self.linear.forward(embeddings)?)?.to_vec2()
-    }
-
-    pub fn tensors(&self) -> HashMap<String, Tensor> {
-        let mut map = HashMap::new();
-        map.insert("weight".to_string(), self.linear.weight().clone());
-        if let Some(b) = self.linear.bias() {
-            map.insert("bias".to_string(), b.clone());
-        }
-        map
+        let x = match &self.hidden {
+            Some(hidden) => hidden.forward(embeddings)?.relu()?,
+            None => embeddings.clone(),
+        };
+        candle_nn::ops::softmax_last_dim(&self.linear.forward(&x)?)?.to_vec2()
     }
 }
 
@@ -94,20 +105,53 @@ pub struct TrainSettings {
     pub weight_decay: f64,
     /// Epochs without a better validation loss before stopping.
     pub patience: usize,
+    /// Units of the hidden layer; 0 trains logistic regression.
+    pub hidden: usize,
+    /// Seeds the MLP's initial weights (logistic regression starts from zero and needs none).
+    pub seed: u64,
 }
 
 pub struct Trained {
-    pub weight: Tensor,
-    pub bias: Tensor,
+    /// The head's weights by the names `head.safetensors` holds.
+    pub tensors: HashMap<String, Tensor>,
     pub epochs_run: usize,
     pub best_epoch: usize,
     pub train: Scores,
     pub val: Option<Scores>,
 }
 
-/// Full-batch AdamW on the cross-entropy, from zero weights: the problem is convex, so the result
-/// depends on the data and settings alone (no random initialisation, no shuffling), and the
-/// weights of the epoch with the lowest validation loss are kept.
+/// Uniform numbers in (-bound, bound) from a SplitMix64 stream: the same seed gives the same head on
+/// every machine, which candle's CPU generator does not promise.
+fn uniform(shape: (usize, usize), bound: f32, state: &mut u64, device: &Device) -> candle_core::Result<Var> {
+    let values: Vec<f32> = (0..shape.0 * shape.1)
+        .map(|_| {
+            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let unit = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * unit - 1.0) * bound
+        })
+        .collect();
+    Var::from_tensor(&Tensor::from_vec(values, shape, device)?)
+}
+
+/// Logits of `x` through layers given as (weight, bias) pairs, ReLU between them.
+fn forward(layers: &[(Tensor, Tensor)], x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut h = x.clone();
+    for (i, (w, b)) in layers.iter().enumerate() {
+        if i > 0 {
+            h = h.relu()?;
+        }
+        h = h.matmul(&w.t()?)?.broadcast_add(b)?;
+    }
+    Ok(h)
+}
+
+/// Full-batch AdamW on the cross-entropy, keeping the weights of the epoch with the lowest
+/// validation loss. Logistic regression starts from zero weights: the problem is convex, so the
+/// result depends on the data and settings alone. An MLP starts from seeded uniform weights
+/// (PyTorch's default bounds, 1/sqrt(fan-in)); no shuffling either way.
 pub fn train(
     x: &Tensor,
     y: &[usize],
@@ -118,52 +162,77 @@ pub fn train(
 ) -> candle_core::Result<Trained> {
     let device = x.device();
     let dim = x.dim(1)?;
-    let weight = Var::zeros((classes, dim), DType::F32, device)?;
-    let bias = Var::zeros(classes, DType::F32, device)?;
+    let mut state = settings.seed;
+    // (name prefix, weight, bias), input side first.
+    let vars: Vec<(&str, Var, Var)> = if settings.hidden == 0 {
+        vec![("", Var::zeros((classes, dim), DType::F32, device)?, Var::zeros(classes, DType::F32, device)?)]
+    } else {
+        let (h, b_in, b_out) = (settings.hidden, 1.0 / (dim as f32).sqrt(), 1.0 / (settings.hidden as f32).sqrt());
+        vec![
+            (
+                "hidden.",
+                uniform((h, dim), b_in, &mut state, device)?,
+                Var::from_tensor(&uniform((1, h), b_in, &mut state, device)?.flatten_all()?)?,
+            ),
+            (
+                "",
+                uniform((classes, h), b_out, &mut state, device)?,
+                Var::from_tensor(&uniform((1, classes), b_out, &mut state, device)?.flatten_all()?)?,
+            ),
+        ]
+    };
     let params = candle_nn::ParamsAdamW {
         lr: settings.learning_rate,
         weight_decay: settings.weight_decay,
         ..Default::default()
     };
-    let mut opt = candle_nn::AdamW::new(vec![weight.clone(), bias.clone()], params)?;
+    let mut opt = candle_nn::AdamW::new(vars.iter().flat_map(|(_, w, b)| [w.clone(), b.clone()]).collect(), params)?;
     let targets = Tensor::from_vec(y.iter().map(|&v| v as u32).collect::<Vec<_>>(), y.len(), device)?;
     let val_targets = match val {
         Some((_, vy)) => Some(Tensor::from_vec(vy.iter().map(|&v| v as u32).collect::<Vec<_>>(), vy.len(), device)?),
         None => None,
     };
-    let forward = |x: &Tensor| x.matmul(&weight.t()?)?.broadcast_add(&bias);
-    let mut best = (f32::INFINITY, 0usize, weight.as_tensor().copy()?, bias.as_tensor().copy()?);
+    let live: Vec<(Tensor, Tensor)> =
+        vars.iter().map(|(_, w, b)| (w.as_tensor().clone(), b.as_tensor().clone())).collect();
+    let snapshot = || -> candle_core::Result<Vec<(Tensor, Tensor)>> {
+        vars.iter().map(|(_, w, b)| Ok((w.as_tensor().copy()?, b.as_tensor().copy()?))).collect()
+    };
+    let mut best = (f32::INFINITY, 0usize, snapshot()?);
     let mut epochs_run = 0;
     for epoch in 1..=settings.epochs {
-        let loss = loss::cross_entropy(&forward(x)?, &targets)?;
+        let loss = loss::cross_entropy(&forward(&live, x)?, &targets)?;
         opt.backward_step(&loss)?;
         epochs_run = epoch;
         // The loss of the weights as they are after this step, which are the ones kept if best.
         let watched = match (val, &val_targets) {
-            (Some((vx, _)), Some(vt)) => loss::cross_entropy(&forward(vx)?, vt)?.to_scalar::<f32>()?,
-            _ => loss::cross_entropy(&forward(x)?, &targets)?.to_scalar::<f32>()?,
+            (Some((vx, _)), Some(vt)) => loss::cross_entropy(&forward(&live, vx)?, vt)?.to_scalar::<f32>()?,
+            _ => loss::cross_entropy(&forward(&live, x)?, &targets)?.to_scalar::<f32>()?,
         };
         if !watched.is_finite() {
             candle_core::bail!("the loss became {watched} at epoch {epoch}; try a smaller learning rate")
         }
         on_epoch(epoch, watched);
         if watched < best.0 - 1e-6 {
-            best = (watched, epoch, weight.as_tensor().copy()?, bias.as_tensor().copy()?);
+            best = (watched, epoch, snapshot()?);
         } else if epoch - best.1 >= settings.patience {
             break;
         }
     }
-    let (_, best_epoch, weight, bias) = best;
+    let (_, best_epoch, layers) = best;
     let predict = |x: &Tensor| -> candle_core::Result<Vec<usize>> {
-        let logits = x.matmul(&weight.t()?)?.broadcast_add(&bias)?;
-        Ok(logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|v| v as usize).collect())
+        Ok(forward(&layers, x)?.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|v| v as usize).collect())
     };
     let train_scores = score(&predict(x)?, y, classes);
     let val_scores = match val {
         Some((vx, vy)) => Some(score(&predict(vx)?, vy, classes)),
         None => None,
     };
-    Ok(Trained { weight, bias, epochs_run, best_epoch, train: train_scores, val: val_scores })
+    let mut tensors = HashMap::new();
+    for ((prefix, _, _), (w, b)) in vars.iter().zip(layers) {
+        tensors.insert(format!("{prefix}weight"), w);
+        tensors.insert(format!("{prefix}bias"), b);
+    }
+    Ok(Trained { tensors, epochs_run, best_epoch, train: train_scores, val: val_scores })
 }
 
 #[cfg(test)]
@@ -183,11 +252,21 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::new(&[[1f32, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], &dev).unwrap();
         let y = [0, 0, 1, 1];
-        let settings = TrainSettings { epochs: 200, learning_rate: 0.1, weight_decay: 0.0, patience: 50 };
-        let a = train(&x, &y, None, 2, &settings, |_, _| {}).unwrap();
-        let b = train(&x, &y, None, 2, &settings, |_, _| {}).unwrap();
-        assert_eq!(a.train.accuracy, 1.0);
-        let (wa, wb): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (a.weight.to_vec2().unwrap(), b.weight.to_vec2().unwrap());
-        assert_eq!(wa, wb, "same data and settings, same weights");
+        for hidden in [0, 8] {
+            let settings =
+                TrainSettings { epochs: 200, learning_rate: 0.1, weight_decay: 0.0, patience: 50, hidden, seed: 3 };
+            let a = train(&x, &y, None, 2, &settings, |_, _| {}).unwrap();
+            let b = train(&x, &y, None, 2, &settings, |_, _| {}).unwrap();
+            assert_eq!(a.train.accuracy, 1.0, "hidden {hidden}");
+            let mut names: Vec<&String> = a.tensors.keys().collect();
+            names.sort();
+            let want: &[&str] =
+                if hidden == 0 { &["bias", "weight"] } else { &["bias", "hidden.bias", "hidden.weight", "weight"] };
+            assert_eq!(names, want);
+            for name in names {
+                let (wa, wb) = (a.tensors[name].flatten_all().unwrap(), b.tensors[name].flatten_all().unwrap());
+                assert_eq!(wa.to_vec1::<f32>().unwrap(), wb.to_vec1::<f32>().unwrap(), "same data, settings and seed");
+            }
+        }
     }
 }

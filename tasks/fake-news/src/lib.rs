@@ -1,7 +1,7 @@
 //! zoo task: fake-news classification.
 //!
 //! The default model is a sentence encoder (all-MiniLM-L6-v2, from the Hub at a pinned commit)
-//! under a small logistic-regression head that zoo trains itself (`zoo train fake-news`) and
+//! under a small MLP head that zoo trains itself (`zoo train fake-news`) and
 //! bundles. `--model` also takes the Hub's fine-tuned Transformers classifiers (BERT, DistilBERT,
 //! RoBERTa, XLM-R: [`hub`]). Texts longer than the model's window are split into overlapping
 //! windows; a text's label probabilities are the windows' probabilities averaged, weighted by
@@ -104,6 +104,18 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
         value_name: Some("N"),
         help: "Stop after this many epochs without a better validation loss",
         default: Some("100"),
+    },
+    TaskOption {
+        name: "hidden",
+        value_name: Some("UNITS"),
+        help: "Train a one-hidden-layer MLP (ReLU) of this many units instead of logistic regression (0)",
+        default: Some("0"),
+    },
+    TaskOption {
+        name: "seed",
+        value_name: Some("N"),
+        help: "Seed of an MLP's initial weights (the same seed, data and settings give the same head)",
+        default: Some("0"),
     },
     TaskOption {
         name: "limit",
@@ -497,6 +509,8 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         learning_rate: args.parse("learning-rate")?.unwrap_or(0.05),
         weight_decay: args.parse("weight-decay")?.unwrap_or(1e-4),
         patience: args.parse("patience")?.unwrap_or(100),
+        hidden: args.parse("hidden")?.unwrap_or(0),
+        seed: args.parse("seed")?.unwrap_or(0),
     };
     if settings.epochs == 0 || settings.patience == 0 {
         return Err(Error::Usage("--epochs and --patience must be at least 1".into()));
@@ -568,6 +582,7 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         "text_column": text_column, "label_column": label_column, "limit": limit,
         "examples": y.len(), "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
         "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
+        "hidden": settings.hidden, "seed": settings.seed,
         "train": trained.train, "val": trained.val,
     });
     let info = HeadInfo {
@@ -578,9 +593,7 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         training: training.clone(),
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let mut tensors = std::collections::HashMap::new();
-    tensors.insert("weight".to_string(), trained.weight.clone());
-    tensors.insert("bias".to_string(), trained.bias.clone());
+    let tensors = trained.tensors;
     // Written beside the final name and renamed, so an interrupted run leaves no half file.
     let tmp = out.join(".head.safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
