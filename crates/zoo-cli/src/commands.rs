@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::ArgMatches;
 use serde_json::{json, Map, Value};
 use zoo_runtime::catalog::Source;
@@ -203,7 +203,12 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     let model = Model::resolve(&reference, hub);
     warn_if_unpinned(&model);
     let ctx = Context { device, hub: hub.clone(), progress: true };
-    let mut runner = task.load(&model, &args, &ctx).with_context(|| format!("loading model '{}'", model.id))?;
+    let mut runner = match task.load(&model, &args, &ctx) {
+        Ok(runner) => runner,
+        // These already name the model; saying it twice only lengthens the line.
+        Err(e @ (Error::Model { .. } | Error::Usage(_) | Error::InvalidOption { .. })) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("loading model '{}'", model.id))),
+    };
     // After the load, which checks the options: a bad option is reported before stdin is read.
     let raw_inputs: Vec<String> = m.get_many::<String>("inputs").map(|v| v.cloned().collect()).unwrap_or_default();
     let inputs = task.expand_inputs(&raw_inputs, &args)?;
@@ -245,7 +250,10 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     }
     bar.finish_and_clear();
     if failed > 0 {
-        eprintln!("zoo: {failed} of {} inputs failed", inputs.len());
+        // With one input its own error line says it all; a tally helps only among several.
+        if inputs.len() > 1 {
+            eprintln!("zoo: {failed} of {} inputs failed", inputs.len());
+        }
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,467 @@
+//! The bad-input corpus: files a user may pick up anywhere, made by this test (empty, truncated,
+//! wrong magic, headers that claim absurd sizes, non-UTF-8, deeply nested JSON), run through
+//! `zoo run` for every task and input kind. Each must end with exit status 1, a one-line error on
+//! stderr that names the file, no panic, within a time and memory bound. The one exception is a
+//! WAV whose data chunk claims more than the file holds (a cut download, or a streaming writer's
+//! placeholder length): it decodes to the samples present, as for `formats/truncated_data.wav`
+//! in the shared speech data, without allocating for the length it claims.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zoo_runtime::test_support::shared_hub_cache;
+
+#[allow(dead_code)]
+#[path = "support/zoo_bin.rs"]
+mod zoo_bin;
+
+/// No input may take longer than this to be refused (the models load in well under it).
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+/// Nor take more memory than this (the largest model here, Whisper tiny.en, runs in ~500 MB).
+const MEMORY_LIMIT_MB: u64 = 1500;
+
+/// A bad file and the task that reads it.
+struct Case {
+    task: &'static str,
+    name: &'static str,
+    bytes: Vec<u8>,
+    extra: Vec<String>,
+    /// Decoding what is there (exit 0) is right too.
+    partial_ok: bool,
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A PNG whose header claims `width` x `height` pixels, followed by a few bytes of image data.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let chunk = |out: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A 16 kHz mono 16-bit WAV header whose data chunk claims `data_bytes`, with `actual` bytes after it.
+fn wav_claiming(data_bytes: u32, actual: usize) -> Vec<u8> {
+    let mut out = b"RIFF".to_vec();
+    out.extend(data_bytes.saturating_add(36).to_le_bytes());
+    out.extend(b"WAVEfmt ");
+    out.extend(16u32.to_le_bytes());
+    out.extend(1u16.to_le_bytes()); // PCM
+    out.extend(1u16.to_le_bytes()); // mono
+    out.extend(16_000u32.to_le_bytes());
+    out.extend(32_000u32.to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(16u16.to_le_bytes());
+    out.extend(b"data");
+    out.extend(data_bytes.to_le_bytes());
+    out.extend(vec![0u8; actual]);
+    out
+}
+
+/// A FLAC stream whose STREAMINFO claims `seconds` of 16 kHz mono audio, and no frames.
+fn flac_claiming(seconds: u64) -> Vec<u8> {
+    let mut out = b"fLaC".to_vec();
+    out.extend([0x80, 0, 0, 34]); // last metadata block, STREAMINFO, 34 bytes
+    out.extend(4096u16.to_be_bytes()); // min block size
+    out.extend(4096u16.to_be_bytes()); // max block size
+    out.extend([0, 0, 0, 0, 0, 0]); // min/max frame size unknown
+                                    // 20 bits sample rate, 3 bits channels - 1, 5 bits bits-per-sample - 1, 36 bits total samples.
+    let (rate, channels, bits, total) = (16_000u64, 0u64, 15u64, seconds * 16_000);
+    let packed = (rate << 44) | (channels << 41) | (bits << 36) | total;
+    out.extend(packed.to_be_bytes());
+    out.extend([0u8; 16]); // MD5 unknown
+    out
+}
+
+fn corpus(photo: &[u8], wav: &[u8], out_dir: &str) -> Vec<Case> {
+    let case = |task, name, bytes: Vec<u8>| {
+        // Style transfer needs somewhere to write; nothing may appear there.
+        let extra = if task == "style-transfer" { vec!["--output-dir".into(), out_dir.into()] } else { vec![] };
+        Case { task, name, bytes, extra, partial_ok: false }
+    };
+    let mut cases = Vec::new();
+    for task in ["image-classification", "style-transfer"] {
+        cases.push(case(task, "empty.png", Vec::new()));
+        cases.push(case(task, "truncated.png", photo[..photo.len().min(200)].to_vec()));
+        cases.push(case(task, "not-an-image.png", b"hello, I am text".to_vec()));
+        cases.push(case(task, "garbage.jpg", [b"\xFF\xD8\xFF\xE0".as_slice(), &[0x55; 300]].concat()));
+        cases.push(case(task, "huge.png", png_claiming(100_000, 100_000)));
+        cases.push(case(task, "zero-size.png", png_claiming(0, 0)));
+    }
+    let asr = "speech-recognition";
+    cases.push(case(asr, "empty.wav", Vec::new()));
+    cases.push(case(asr, "truncated.wav", wav[..wav.len().min(30)].to_vec()));
+    cases.push(case(asr, "not-audio.wav", b"RIFX this is not a wave file at all".to_vec()));
+    cases.push(Case { partial_ok: true, ..case(asr, "claims-4GB.wav", wav_claiming(u32::MAX - 65, 3200)) });
+    cases.push(case(asr, "claims-24h.flac", flac_claiming(24 * 3600)));
+    cases.push(case(asr, "garbage.mp3", [b"ID3\x03\x00\x00\x00\x00\x00\x0a".as_slice(), &[0xAB; 400]].concat()));
+    cases.push(case(asr, "garbage.ogg", [b"OggS".as_slice(), &[0x00; 60]].concat()));
+    let news = "fake-news";
+    cases.push(case(news, "empty.txt", Vec::new()));
+    cases.push(case(news, "blank.txt", b" \n\t \r\n".to_vec()));
+    cases.push(case(news, "binary.txt", [0u8, 1, 2, 3, 0, 0, 255, 7].repeat(64)));
+    cases.push(case(news, "latin1.txt", b"caf\xe9 cr\xe8me, \xe9t\xe9 \xe0 Paris".to_vec()));
+    let text_column = vec!["--text-column".to_string(), "text".to_string()];
+    let nested = format!("{{\"text\": {}1{}}}\n", "[".repeat(100_000), "]".repeat(100_000));
+    cases.push(Case {
+        task: news,
+        name: "nested.jsonl",
+        bytes: nested.into_bytes(),
+        extra: text_column.clone(),
+        partial_ok: false,
+    });
+    cases.push(Case {
+        task: news,
+        name: "no-such-column.csv",
+        bytes: b"id,tweet\n1,hello there\n".to_vec(),
+        extra: text_column.clone(),
+        partial_ok: false,
+    });
+    cases.push(Case {
+        task: news,
+        name: "broken.jsonl",
+        bytes: b"{\"text\": \"fine\"}\n{\"text\": \"unterminated\n".to_vec(),
+        extra: text_column.clone(),
+        partial_ok: false,
+    });
+    cases
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+    seconds: f64,
+    peak_mb: u64,
+}
+
+/// The peak resident memory of a running process, from /proc (0 where there is none).
+fn peak_mb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Runs zoo offline on `file`, killing it past [`TIME_LIMIT`].
+fn run(cache: &Path, case: &Case, file: &Path) -> Outcome {
+    let mut args = vec!["run", case.task, file.to_str().unwrap()];
+    args.extend(case.extra.iter().map(String::as_str));
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
+        .args(&args)
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("ZOO_CATALOG")
+        // As a user normally runs it: candle appends backtraces to its errors when this is set.
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr_pipe.read_to_string(&mut s).ok();
+        s
+    });
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(peak_mb(child.id()));
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > TIME_LIMIT {
+            child.kill().ok();
+            child.wait().ok();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Outcome {
+        code: status.and_then(|s| s.code()),
+        stderr: reader.join().unwrap(),
+        seconds: start.elapsed().as_secs_f64(),
+        peak_mb: peak,
+    }
+}
+
+#[test]
+fn every_bad_input_gets_a_one_line_error_naming_it() {
+    let Some(cache) = shared_hub_cache("bad-input corpus (fake-news and speech models)") else { return };
+    let photo = std::fs::read(zoo_bin::data("chelsea.png")).unwrap();
+    let wav = wav_claiming(3200, 3200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    let styled = dir.path().join("styled");
+    let cases = corpus(&photo, &wav, styled.to_str().unwrap());
+    for case in &cases {
+        let file = dir.path().join(case.task).join(case.name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &case.bytes).unwrap();
+        let out = run(&cache, case, &file);
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        report.push(format!(
+            "{} {}: exit {:?}, {:.1} s, {} MB: {}",
+            case.task,
+            case.name,
+            out.code,
+            out.seconds,
+            out.peak_mb,
+            lines.join(" | ")
+        ));
+        let mut wrong = Vec::new();
+        if case.partial_ok && out.code == Some(0) {
+            if out.stderr.contains("panicked") || out.peak_mb > MEMORY_LIMIT_MB {
+                failures.push(format!("{} {}: {}", case.task, case.name, out.stderr.trim()));
+            }
+            continue;
+        }
+        if out.code != Some(1) {
+            wrong.push(format!("exit {:?} (want 1)", out.code));
+        }
+        if out.stderr.contains("panicked") {
+            wrong.push("panicked".into());
+        }
+        if lines.len() != 1 {
+            wrong.push(format!("{} lines on stderr (want 1)", lines.len()));
+        }
+        if !out.stderr.contains(case.name) {
+            wrong.push("the error does not name the file".into());
+        }
+        if out.peak_mb > MEMORY_LIMIT_MB {
+            wrong.push(format!("{} MB of memory", out.peak_mb));
+        }
+        if !wrong.is_empty() {
+            failures.push(format!(
+                "{} {}: {}\n    stderr: {}",
+                case.task,
+                case.name,
+                wrong.join("; "),
+                out.stderr.trim()
+            ));
+        }
+    }
+    eprintln!("{} bad inputs:\n{}", cases.len(), report.join("\n"));
+    let written: Vec<_> =
+        std::fs::read_dir(&styled).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(written.is_empty(), "bad inputs left files behind: {written:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad inputs mishandled:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_crc_helper_matches_the_png_reference_value() {
+    // The CRC of "IEND" (an empty IEND chunk) is fixed by the PNG specification.
+    assert_eq!(crc32(b"IEND"), 0xAE42_6082);
+}
+
+/// A model folder whose files lie: each must be refused with exit status 1 and a one-line error,
+/// before any allocation the lie would ask for.
+struct BadModel {
+    task: &'static str,
+    name: &'static str,
+    files: Vec<(&'static str, Vec<u8>)>,
+    input: PathBuf,
+}
+
+/// A safetensors file whose header describes `tensors` (name, dtype, shape, offsets) over `data`.
+fn safetensors(tensors: &[(&str, &str, &[u64], [u64; 2])], data: usize) -> Vec<u8> {
+    let entries: Vec<String> = tensors
+        .iter()
+        .map(|(name, dtype, shape, [a, b])| {
+            format!("\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{a},{b}]}}")
+        })
+        .collect();
+    let header = format!("{{{}}}", entries.join(","));
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header.as_bytes());
+    out.extend(vec![0u8; data]);
+    out
+}
+
+#[test]
+fn lying_weights_and_configs_are_refused_with_one_line_errors() {
+    let Some(cache) = shared_hub_cache("hostile weights (real tokenizer and model.bin to corrupt)") else { return };
+    let whisper = std::fs::read_dir(cache.join("models--Systran--faster-whisper-tiny.en/snapshots"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let read = |name: &str| std::fs::read(whisper.join(name)).unwrap();
+    let model_bin = read("model.bin");
+    let dir = tempfile::tempdir().unwrap();
+    let photo = zoo_bin::data("chelsea.png");
+    let text = dir.path().join("claim.txt");
+    std::fs::write(&text, "5G towers spread the virus").unwrap();
+    let wav = dir.path().join("clip.wav");
+    std::fs::write(&wav, wav_claiming(32_000, 32_000)).unwrap();
+
+    let vit_config = |hidden: u64, layers: u64| {
+        format!(
+            "{{\"architectures\":[\"ViTForImageClassification\"],\"hidden_size\":{hidden},\"num_hidden_layers\":{layers},\
+             \"num_attention_heads\":4,\"intermediate_size\":64,\"image_size\":224,\"patch_size\":16,\"num_channels\":3,\
+             \"id2label\":{{\"0\":\"a\",\"1\":\"b\"}},\"hidden_act\":\"gelu\",\"layer_norm_eps\":1e-12,\"qkv_bias\":true}}"
+        )
+        .into_bytes()
+    };
+    let bert_config = |vocab: u64, layers: u64| {
+        format!(
+            "{{\"architectures\":[\"BertForSequenceClassification\"],\"model_type\":\"bert\",\"vocab_size\":{vocab},\
+             \"hidden_size\":32,\"num_hidden_layers\":{layers},\"num_attention_heads\":2,\"intermediate_size\":64,\
+             \"max_position_embeddings\":64,\"type_vocab_size\":2,\"hidden_act\":\"gelu\",\"id2label\":{{\"0\":\"fake\",\"1\":\"real\"}}}}"
+        )
+        .into_bytes()
+    };
+    let vit = "image-classification";
+    let bert = "text-classification";
+    let cases = vec![
+        BadModel {
+            task: vit,
+            name: "offsets-out-of-range",
+            files: vec![
+                ("config.json", vit_config(32, 1)),
+                ("model.safetensors", safetensors(&[("a", "F32", &[4, 4], [0, 1 << 40])], 64)),
+            ],
+            input: photo.clone(),
+        },
+        BadModel {
+            task: vit,
+            name: "overlapping-tensors",
+            files: vec![
+                ("config.json", vit_config(32, 1)),
+                ("model.safetensors", safetensors(&[("a", "F32", &[4], [0, 16]), ("b", "F32", &[4], [8, 24])], 24)),
+            ],
+            input: photo.clone(),
+        },
+        BadModel {
+            task: vit,
+            name: "wrong-dtype-size",
+            files: vec![
+                ("config.json", vit_config(32, 1)),
+                ("model.safetensors", safetensors(&[("a", "F32", &[4, 4], [0, 8])], 8)),
+            ],
+            input: photo.clone(),
+        },
+        BadModel {
+            task: vit,
+            name: "absurd-vit-config",
+            files: vec![
+                ("config.json", vit_config(1 << 40, 1_000_000)),
+                ("model.safetensors", safetensors(&[("a", "F32", &[1], [0, 4])], 4)),
+            ],
+            input: photo.clone(),
+        },
+        BadModel {
+            task: bert,
+            name: "absurd-bert-config",
+            files: vec![
+                ("config.json", bert_config(1 << 40, 1_000_000)),
+                ("model.safetensors", safetensors(&[("a", "F32", &[1], [0, 4])], 4)),
+                ("tokenizer.json", read("tokenizer.json")),
+            ],
+            input: text.clone(),
+        },
+        BadModel {
+            task: "speech-recognition",
+            name: "tokenizer-does-not-parse",
+            files: vec![
+                ("config.json", read("config.json")),
+                ("tokenizer.json", b"{\"version\": \"1.0\", \"model\": [oops".to_vec()),
+                ("vocabulary.txt", read("vocabulary.txt")),
+                ("model.bin", model_bin.clone()),
+            ],
+            input: wav.clone(),
+        },
+        BadModel {
+            task: "speech-recognition",
+            name: "truncated-model-bin",
+            files: vec![
+                ("config.json", read("config.json")),
+                ("tokenizer.json", read("tokenizer.json")),
+                ("vocabulary.txt", read("vocabulary.txt")),
+                ("model.bin", model_bin[..model_bin.len() / 3].to_vec()),
+            ],
+            input: wav.clone(),
+        },
+        BadModel {
+            task: "speech-recognition",
+            name: "model-bin-header-only",
+            files: vec![
+                ("config.json", read("config.json")),
+                ("tokenizer.json", read("tokenizer.json")),
+                ("vocabulary.txt", read("vocabulary.txt")),
+                ("model.bin", model_bin[..64].to_vec()),
+            ],
+            input: wav.clone(),
+        },
+    ];
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for case in &cases {
+        let folder = dir.path().join(case.name);
+        std::fs::create_dir_all(&folder).unwrap();
+        for (name, bytes) in &case.files {
+            std::fs::write(folder.join(name), bytes).unwrap();
+        }
+        let run_case = Case {
+            task: case.task,
+            name: case.name,
+            bytes: Vec::new(),
+            extra: vec!["--model".into(), folder.display().to_string()],
+            partial_ok: false,
+        };
+        let out = run(&cache, &run_case, &case.input);
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        report.push(format!(
+            "{}: exit {:?}, {:.1} s, {} MB: {}",
+            case.name,
+            out.code,
+            out.seconds,
+            out.peak_mb,
+            lines.join(" | ")
+        ));
+        let ok = out.code == Some(1)
+            && lines.len() == 1
+            && !out.stderr.contains("panicked")
+            && out.stderr.contains(case.name)
+            && out.peak_mb <= MEMORY_LIMIT_MB;
+        if !ok {
+            failures.push(report.last().unwrap().clone());
+        }
+    }
+    eprintln!("{} hostile model folders:\n{}", cases.len(), report.join("\n"));
+    assert!(failures.is_empty(), "mishandled:\n{}", failures.join("\n"));
+}
