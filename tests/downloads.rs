@@ -750,3 +750,85 @@ fn offline_against_a_real_hub_cache_finds_the_snapshot_by_branch_and_by_commit()
     );
     assert_eq!(server.requests(), vec![], "offline must not touch the server");
 }
+
+/// Every pointer in the snapshot resolves to a blob with the served bytes; nothing else is left
+/// but partial downloads and lock files (which the next run resumes or takes over).
+fn assert_cache_valid(world: &World) {
+    let repo = world.repo_dir(TINY_REPO);
+    let snapshot = repo.join("snapshots").join(TINY_COMMIT);
+    for name in names_in(&snapshot) {
+        let served = world.tiny_file(&name);
+        let bytes = std::fs::read(snapshot.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}\n{:#?}", tree(&repo)));
+        assert!(bytes == *served.bytes, "{name} in the snapshot is not the served file\n{:#?}", tree(&repo));
+    }
+    for name in names_in(&repo.join("blobs")) {
+        let complete = world.tiny.iter().any(|f| f.etag() == name);
+        assert!(
+            complete || name.ends_with(".part") || name.ends_with(".lock"),
+            "stray blob {name}\n{:#?}",
+            tree(&repo)
+        );
+        if complete {
+            let served = world.tiny.iter().find(|f| f.etag() == name).unwrap();
+            assert!(std::fs::read(repo.join("blobs").join(&name)).unwrap() == *served.bytes, "blob {name} is damaged");
+        }
+    }
+}
+
+#[test]
+fn two_downloads_of_the_same_model_at_once_end_with_one_intact_copy() {
+    let world = World::new();
+    // ~0.5 s for the 3 MB file, so that the two runs overlap.
+    world.server.set_throttle(64 * 1024, Duration::from_millis(10));
+    let (a, b) = std::thread::scope(|s| {
+        let first = s.spawn(|| world.zoo(&["download", "test-model"]));
+        std::thread::sleep(Duration::from_millis(100));
+        let second = s.spawn(|| world.zoo(&["download", "test-model"]));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    assert_eq!(a.code, 0, "first: {}", a.describe());
+    assert_eq!(b.code, 0, "second: {}", b.describe());
+    for served in &world.tiny {
+        assert_cached_like_the_hub(&world, served);
+    }
+    assert_cache_valid(&world);
+}
+
+#[test]
+fn downloads_killed_at_any_point_leave_a_valid_cache_and_the_next_run_completes() {
+    let world = World::new();
+    world.server.set_throttle(64 * 1024, Duration::from_millis(10));
+    // Kill points from start-up to past the transfer's end (~0.5 s); each run resumes the last.
+    let mut cut_mid_transfer = 0;
+    for delay_ms in [5u64, 120, 20, 200, 60, 150, 300, 600] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoo"));
+        cmd.args(["download", "test-model"])
+            .env_clear()
+            .env("HOME", world.dir.path())
+            .env("HF_ENDPOINT", world.server.url())
+            .env("HF_HUB_CACHE", world.cache())
+            .env("ZOO_CATALOG", world.catalog_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_cache_valid(&world);
+        let blobs = world.repo_dir(TINY_REPO).join("blobs");
+        cut_mid_transfer += usize::from(names_in(&blobs).iter().any(|n| n.ends_with(".part")));
+        // What a killed run left must never pass for the model being there.
+        if list_entry(&world, "test-model", &[])["available"] == "cached" {
+            for served in &world.tiny {
+                assert_cached_like_the_hub(&world, served);
+            }
+        }
+    }
+    assert!(cut_mid_transfer >= 2, "only {cut_mid_transfer} kills landed inside a transfer: the test proves little");
+    let run = world.zoo(&["download", "test-model"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    for served in &world.tiny {
+        assert_cached_like_the_hub(&world, served);
+    }
+}

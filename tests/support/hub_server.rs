@@ -118,6 +118,9 @@ impl Request {
 struct State {
     repos: HashMap<String, ServedRepo>,
     faults: Vec<Fault>,
+    /// Bodies go out in chunks of this many bytes with a pause after each, so that a test can
+    /// act (start a second client, kill one) while a transfer is under way.
+    throttle: Option<(usize, Duration)>,
     log: Vec<Request>,
 }
 
@@ -165,6 +168,11 @@ impl HubServer {
     pub fn add_repo(&self, repo: &str, commit: &str, files: Vec<ServedFile>) {
         assert!(commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()), "commit must be 40 hex digits");
         self.state().repos.insert(repo.to_string(), ServedRepo { commit: commit.to_string(), files });
+    }
+
+    /// Sends every body `chunk` bytes at a time, pausing `pause` after each.
+    pub fn set_throttle(&self, chunk: usize, pause: Duration) {
+        self.state().throttle = Some((chunk.max(1), pause));
     }
 
     pub fn add_fault(&self, fault: Fault) {
@@ -264,7 +272,12 @@ impl Response {
         Response::new("404 Not Found", body).header("x-error-code", code).header("content-type", "application/json")
     }
 
-    fn write(self, stream: &mut TcpStream, head_only: bool) -> std::io::Result<()> {
+    fn write(
+        self,
+        stream: &mut TcpStream,
+        head_only: bool,
+        throttle: Option<(usize, Duration)>,
+    ) -> std::io::Result<()> {
         let mut head = format!("HTTP/1.1 {}\r\n", self.status);
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -276,7 +289,16 @@ impl Response {
         stream.write_all(head.as_bytes())?;
         if !head_only {
             let n = self.cut_after.unwrap_or(self.body.len()).min(self.body.len());
-            stream.write_all(&self.body[..n])?;
+            match throttle {
+                Some((chunk, pause)) => {
+                    for piece in self.body[..n].chunks(chunk) {
+                        stream.write_all(piece)?;
+                        stream.flush()?;
+                        std::thread::sleep(pause);
+                    }
+                }
+                None => stream.write_all(&self.body[..n])?,
+            }
         }
         stream.flush()
     }
@@ -299,12 +321,12 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) {
     }
     let path = target.split('?').next().unwrap_or("").to_string();
     let request = Request { method: method.clone(), path: path.clone(), range };
-    let response = {
+    let (response, throttle) = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         state.log.push(request.clone());
-        respond(&mut state, &request)
+        (respond(&mut state, &request), state.throttle)
     };
-    let _ = response.write(&mut stream, method == "HEAD");
+    let _ = response.write(&mut stream, method == "HEAD", throttle);
     // Closing after a cut body is the fault itself: the client sees the connection end early.
     let _ = stream.shutdown(Shutdown::Both);
 }
