@@ -465,3 +465,43 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
     eprintln!("{} hostile model folders:\n{}", cases.len(), report.join("\n"));
     assert!(failures.is_empty(), "mishandled:\n{}", failures.join("\n"));
 }
+
+/// The size limits refuse before decoding, say which flag raises them, and the flag does.
+#[test]
+fn size_limits_name_their_flag_and_the_flag_raises_them() {
+    let Some(cache) = shared_hub_cache("size limits (speech model)") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let photo = zoo_bin::data("chelsea.png");
+    let wav = dir.path().join("two-seconds.wav");
+    std::fs::write(&wav, wav_claiming(64_000, 64_000)).unwrap();
+    let out = dir.path().join("out.png");
+    let out = out.to_str().unwrap();
+    // (task, input, options it refuses, options it accepts, the flag the error names)
+    type Check<'a> = (&'static str, &'a Path, Vec<&'a str>, Vec<&'a str>, &'static str);
+    let checks: Vec<Check<'_>> = vec![
+        ("image-classification", &photo, vec!["--max-pixels", "1000"], vec!["--max-pixels", "1000000"], "--max-pixels"),
+        (
+            "style-transfer",
+            &photo,
+            vec!["--max-pixels", "1000", "--output", out],
+            vec!["--max-pixels", "1000000", "--output", out, "--max-size", "64"],
+            "--max-pixels",
+        ),
+        ("speech-recognition", &wav, vec!["--max-duration", "1.5"], vec!["--max-duration", "3"], "--max-duration"),
+    ];
+    for (task, input, low, high, flag) in checks {
+        let mut case = Case {
+            task,
+            name: "limit",
+            bytes: Vec::new(),
+            extra: low.iter().map(|s| s.to_string()).collect(),
+            partial_ok: false,
+        };
+        let refused = run(&cache, &case, input);
+        assert_eq!(refused.code, Some(1), "{task} {low:?}: {}", refused.stderr);
+        assert!(refused.stderr.contains(flag) && refused.stderr.lines().count() == 1, "{task}: {}", refused.stderr);
+        case.extra = high.iter().map(|s| s.to_string()).collect();
+        let accepted = run(&cache, &case, input);
+        assert_eq!(accepted.code, Some(0), "{task} {high:?}: {}", accepted.stderr);
+    }
+}

@@ -72,8 +72,17 @@ pub enum AudioError {
 
 fn too_long_message(duration_s: Option<f64>, max_s: f64) -> String {
     match duration_s {
-        Some(d) => format!("the audio lasts {}, longer than the {} limit", human_duration(d), human_duration(max_s)),
-        None => format!("the audio lasts longer than the {} limit", human_duration(max_s)),
+        Some(d) => format!(
+            "the audio lasts {}, longer than the {} limit (raise it with --max-duration SECONDS)",
+            human_duration(d),
+            human_duration(max_s)
+        ),
+        None => {
+            format!(
+                "the audio lasts longer than the {} limit (raise it with --max-duration SECONDS)",
+                human_duration(max_s)
+            )
+        }
     }
 }
 
@@ -838,13 +847,16 @@ mod tests {
         let two_seconds = hound_wav(int_spec(2, 16_000, 16), &vec![vec![0i16, 0]; 32_000]);
         let e = decode_with_limit(&two_seconds, wav_path(), 1.5).unwrap_err();
         assert!(matches!(e, AudioError::TooLong { duration_s: Some(d), .. } if d == 2.0), "{e:?}");
-        assert_eq!(e.to_string(), "the audio lasts 2.0 s, longer than the 1.5 s limit");
+        assert_eq!(
+            e.to_string(),
+            "the audio lasts 2.0 s, longer than the 1.5 s limit (raise it with --max-duration SECONDS)"
+        );
         assert!(decode_with_limit(&two_seconds, wav_path(), 2.0).is_ok());
         let e = decode_with_limit(&mulaw_wav(8_000, &[0xff; 16_000]), wav_path(), 1.5).unwrap_err();
         assert!(matches!(e, AudioError::TooLong { .. }), "{e:?}");
         assert_eq!(
             AudioError::TooLong { duration_s: Some(5.0 * 3600.0 + 61.0), max_s: MAX_DURATION_S }.to_string(),
-            "the audio lasts 5 h 01 min, longer than the 4 h 00 min limit"
+            "the audio lasts 5 h 01 min, longer than the 4 h 00 min limit (raise it with --max-duration SECONDS)"
         );
     }
 

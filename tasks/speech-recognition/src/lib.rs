@@ -60,6 +60,12 @@ const OPTIONS: &[TaskOption] = &[
         default: Some("1"),
     },
     TaskOption {
+        name: "max-duration",
+        value_name: Some("SECONDS"),
+        help: "Refuse audio longer than this (checked from the header where it says, before decoding all of it)",
+        default: Some("14400"),
+    },
+    TaskOption {
         name: "no-context",
         value_name: None,
         help: "Do not prompt each 30 s window with the previous window's text (avoids carrying a mistake on)",
@@ -130,6 +136,7 @@ pub struct SpeechRunner {
     format: Option<Format>,
     output_dir: Option<PathBuf>,
     model_id: String,
+    max_duration_s: f64,
 }
 
 impl SpeechRunner {
@@ -198,8 +205,16 @@ impl SpeechRunner {
         if args.flag("no-fallback") {
             options.temperatures = vec![0.0];
         }
+        let max_duration_s: f64 = args.parse("max-duration")?.unwrap_or(audio::MAX_DURATION_S);
+        if !(max_duration_s.is_finite() && max_duration_s > 0.0) {
+            return Err(Error::InvalidOption {
+                option: "max-duration".into(),
+                value: max_duration_s.to_string(),
+                reason: "must be a positive number of seconds".into(),
+            });
+        }
         let filters = mel::mel_filters(audio::SAMPLE_RATE as usize, mel::N_FFT, whisper.config.num_mel_bins);
-        Ok(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone() })
+        Ok(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone(), max_duration_s })
     }
 
     /// Transcribes 16 kHz mono samples.
@@ -212,7 +227,8 @@ impl SpeechRunner {
 
     fn run_one(&mut self, input: &Input) -> Result<Transcribed> {
         let bytes = input.read()?;
-        let audio = audio::decode(&bytes, input.path()).map_err(|e| Error::input(input.path(), e))?;
+        let audio = audio::decode_with_limit(&bytes, input.path(), self.max_duration_s)
+            .map_err(|e| Error::input(input.path(), e))?;
         let transcript =
             self.transcribe_samples(&audio.samples).map_err(|e| Error::model(&self.model_id, e.to_string()))?;
         let mut head = Map::new();

@@ -85,6 +85,12 @@ const OPTIONS: &[TaskOption] = &[
         default: Some("1024"),
     },
     TaskOption { name: "quality", value_name: Some("1-100"), help: "JPEG quality", default: Some("90") },
+    TaskOption {
+        name: "max-pixels",
+        value_name: Some("N"),
+        help: "Refuse pictures with more pixels than this (read from the header, before decoding)",
+        default: Some("100000000"),
+    },
 ];
 
 impl Task for StyleTransfer {
@@ -161,6 +167,7 @@ struct Settings {
     destination: Destination,
     force: bool,
     max_size: u32,
+    max_pixels: u64,
     quality: u8,
 }
 
@@ -179,6 +186,7 @@ impl Settings {
             return Err(invalid("quality", quality.to_string(), "must be between 1 and 100"));
         }
         let max_size: u32 = args.parse("max-size")?.unwrap_or(DEFAULT_MAX_SIZE);
+        let max_pixels: u64 = args.parse("max-pixels")?.unwrap_or(image_io::DEFAULT_MAX_PIXELS);
         let force = args.flag("force");
         let chosen: Vec<(&str, &str)> = ["output", "output-dir", "contact-sheet"]
             .into_iter()
@@ -231,7 +239,7 @@ impl Settings {
                 "--contact-sheet shows every built-in style; leave out --style and --style-image".into(),
             ));
         }
-        Ok(Settings { style, style_image, strength, destination, force, max_size, quality })
+        Ok(Settings { style, style_image, strength, destination, force, max_size, max_pixels, quality })
     }
 }
 
@@ -281,7 +289,7 @@ impl Stylizer {
                 let Some(path) = settings.style_image.clone() else {
                     return Err(Error::Usage(format!("model '{model_id}' needs --style-image FILE (a painting)")));
                 };
-                let picture = image_io::decode(&Input::file(&path), image_io::DEFAULT_MAX_PIXELS)
+                let picture = image_io::decode(&Input::file(&path), settings.max_pixels)
                     .map_err(|e| invalid("style-image", path.display().to_string(), reason_of(e)))?;
                 let style = predictor.predict(&picture).map_err(&bad_model)?;
                 Mode::Arbitrary { predictor, style, strength: settings.strength, image: path }
@@ -365,7 +373,7 @@ impl Stylizer {
 
     fn process(&self, input: &Input) -> Result<Styled> {
         let output = self.output_path(input);
-        let picture = image_io::decode(input, image_io::DEFAULT_MAX_PIXELS)?;
+        let picture = image_io::decode(input, self.settings.max_pixels)?;
         let failed = |e: candle_core::Error| Error::input(input.path(), format!("styling failed: {e}"));
         let (result, style) = if matches!(self.settings.destination, Destination::Sheet(_)) {
             (self.contact_sheet(&picture).map_err(failed)?, self.sheet_json())
