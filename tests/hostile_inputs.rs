@@ -474,6 +474,8 @@ fn size_limits_name_their_flag_and_the_flag_raises_them() {
     let photo = zoo_bin::data("chelsea.png");
     let wav = dir.path().join("two-seconds.wav");
     std::fs::write(&wav, wav_claiming(64_000, 64_000)).unwrap();
+    let article = dir.path().join("article.txt");
+    std::fs::write(&article, "The health ministry reported new cases today. ".repeat(60)).unwrap();
     let out = dir.path().join("out.png");
     let out = out.to_str().unwrap();
     // (task, input, options it refuses, options it accepts, the flag the error names)
@@ -488,6 +490,7 @@ fn size_limits_name_their_flag_and_the_flag_raises_them() {
             "--max-pixels",
         ),
         ("speech-recognition", &wav, vec!["--max-duration", "1.5"], vec!["--max-duration", "3"], "--max-duration"),
+        ("fake-news", &article, vec!["--max-text-mb", "0.002"], vec!["--max-text-mb", "0.01"], "--max-text-mb"),
     ];
     for (task, input, low, high, flag) in checks {
         let mut case = Case {

@@ -47,6 +47,12 @@ const RUN_OPTIONS: &[TaskOption] = &[
         default: None,
     },
     TaskOption { name: "batch-size", value_name: Some("N"), help: "Windows per forward pass", default: Some("32") },
+    TaskOption {
+        name: "max-text-mb",
+        value_name: Some("MB"),
+        help: "Refuse text files larger than this, before reading them (a long article is well under 1 MB)",
+        default: Some("10"),
+    },
 ];
 
 const TRAIN_OPTIONS: &[TaskOption] = &[
@@ -200,9 +206,18 @@ impl Task for FakeNews {
                 reason: "must be at least 1".into(),
             });
         }
+        let max_text_mb: f64 = args.parse("max-text-mb")?.unwrap_or(DEFAULT_MAX_TEXT_MB);
+        if !(max_text_mb.is_finite() && max_text_mb > 0.0) {
+            return Err(Error::InvalidOption {
+                option: "max-text-mb".into(),
+                value: max_text_mb.to_string(),
+                reason: "must be a positive number of megabytes".into(),
+            });
+        }
+        let max_text_bytes = (max_text_mb * 1e6) as u64;
         let classifier = Classifier::load(model, ctx)?;
         let explain = zoo_runtime::explain::Request::from_args(args).is_some();
-        Ok(Box::new(ClassifierRunner { classifier, batch_size, explain }))
+        Ok(Box::new(ClassifierRunner { classifier, batch_size, explain, max_text_bytes }))
     }
 
     fn train(&self, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
@@ -330,11 +345,36 @@ struct ClassifierRunner {
     classifier: Classifier,
     batch_size: usize,
     explain: bool,
+    max_text_bytes: u64,
 }
 
-/// Text from an input: UTF-8, not binary, not blank.
-fn read_text(input: &Input) -> Result<String> {
+/// The default of `--max-text-mb`.
+const DEFAULT_MAX_TEXT_MB: f64 = 10.0;
+
+/// Text from an input: UTF-8, not binary, not blank, at most `max_bytes` (a file's size is checked
+/// before it is read).
+fn read_text(input: &Input, max_bytes: u64) -> Result<String> {
+    let too_big = |size: u64| {
+        Error::input(
+            input.path(),
+            format!(
+                "the text is {:.1} MB, over the limit of {:.1} MB (raise it with --max-text-mb)",
+                size as f64 / 1e6,
+                max_bytes as f64 / 1e6
+            ),
+        )
+    };
+    if let zoo_runtime::InputSource::File(path) = &input.source {
+        if let Ok(size) = std::fs::metadata(path).map(|m| m.len()) {
+            if size > max_bytes {
+                return Err(too_big(size));
+            }
+        }
+    }
     let bytes = input.read()?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
     if bytes.contains(&0) {
         return Err(Error::input(input.path(), "looks like a binary file (it holds NUL bytes), not text"));
     }
@@ -356,7 +396,7 @@ impl Runner for ClassifierRunner {
     }
 
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
-        let texts: Vec<Result<String>> = batch.iter().map(read_text).collect();
+        let texts: Vec<Result<String>> = batch.iter().map(|input| read_text(input, self.max_text_bytes)).collect();
         let ok: Vec<&str> = texts.iter().filter_map(|t| t.as_deref().ok()).collect();
         let mut results = self.classifier.classify(&ok, self.batch_size).into_iter();
         let labels = self.classifier.labels();
