@@ -53,6 +53,17 @@ bench:
 			--manifest "$(SHARED)/assets/data/speech/manifest.tsv" --out-dir $(BENCH_OUT) | tee $(BENCH_OUT)/peer-speech.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-speech.jsonl $(BENCH_OUT)/peer-speech.jsonl; fi
 
+## fuzz: each fuzz target for FUZZ_SECONDS (default 60) from its corpus (needs `cargo install cargo-fuzz`;
+## RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's instrumentation flags)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := image_decode audio_decode ct2_reader catalog_parse
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz -O --sanitizer none $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 || exit 1; \
+	done
+
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
