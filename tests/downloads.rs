@@ -4,14 +4,17 @@
 
 #[path = "support/hub_server.rs"]
 mod hub_server;
+#[allow(dead_code)]
+#[path = "support/zoo_bin.rs"]
+mod zoo_bin;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hub_server::{sha256_hex, Fault, HubServer, ServedFile};
 use serde_json::Value;
+use zoo_bin::Run;
 
 const TINY_REPO: &str = "zoo-test/tiny";
 const TINY_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -19,71 +22,6 @@ const OTHER_REPO: &str = "zoo-test/other";
 const OTHER_COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
 const WEIGHTS_SIZE: usize = 3_000_000;
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------------------
-// Running the binary
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn describe(&self) -> String {
-        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
-    }
-
-    /// The one `zoo: error:` line a failure prints; fails the test if there is not exactly one
-    /// line on stderr or it is not an error line.
-    fn error_line(&self) -> &str {
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "expected exactly one line on stderr\n{}", self.describe());
-        assert!(lines[0].starts_with("zoo: error: "), "{}", self.describe());
-        eprintln!("{}", lines[0]); // shown with --nocapture, and on failure
-        lines[0]
-    }
-
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", self.describe())))
-            .collect()
-    }
-}
-
-/// Runs `cmd` to completion, killing it (and failing the test) after `limit`.
-fn run_with_timeout(mut cmd: Command, limit: Duration) -> Run {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = pipe.read_to_end(&mut text);
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("piped")));
-    let err = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}; killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Test data and the per-test world: a server, a cache, a catalogue
@@ -232,7 +170,7 @@ fn zoo_in(
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    run_with_timeout(cmd, CHILD_TIMEOUT)
+    zoo_bin::run_bounded(cmd, None, CHILD_TIMEOUT).finished(&format!("zoo {args:?}"))
 }
 
 /// Files directly in `dir`, by name (empty when it does not exist).

@@ -6,10 +6,8 @@
 //! placeholder length): it decodes to the samples present, as for `formats/truncated_data.wav`
 //! in the shared speech data, without allocating for the length it claims.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use zoo_runtime::test_support::shared_hub_cache;
 
@@ -30,6 +28,18 @@ struct Case {
     extra: Vec<String>,
     /// Decoding what is there (exit 0) is right too.
     partial_ok: bool,
+    via: Via,
+}
+
+/// How a bad input reaches zoo.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// A file the test writes, named after the case.
+    File,
+    /// Piped to `-`.
+    Stdin,
+    /// A path that is not a regular file: a device that reports no size and never ends.
+    Device(&'static str),
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -100,8 +110,9 @@ fn corpus(photo: &[u8], wav: &[u8], out_dir: &str) -> Vec<Case> {
     let case = |task, name, bytes: Vec<u8>| {
         // Style transfer needs somewhere to write; nothing may appear there.
         let extra = if task == "style-transfer" { vec!["--output-dir".into(), out_dir.into()] } else { vec![] };
-        Case { task, name, bytes, extra, partial_ok: false }
+        Case { task, name, bytes, extra, partial_ok: false, via: Via::File }
     };
+    let flags = |case: Case, flags: &[&str]| Case { extra: flags.iter().map(|f| f.to_string()).collect(), ..case };
     let mut cases = Vec::new();
     for task in ["image-classification", "style-transfer"] {
         cases.push(case(task, "empty.png", Vec::new()));
@@ -132,6 +143,7 @@ fn corpus(photo: &[u8], wav: &[u8], out_dir: &str) -> Vec<Case> {
         bytes: nested.into_bytes(),
         extra: text_column.clone(),
         partial_ok: false,
+        via: Via::File,
     });
     cases.push(Case {
         task: news,
@@ -139,6 +151,7 @@ fn corpus(photo: &[u8], wav: &[u8], out_dir: &str) -> Vec<Case> {
         bytes: b"id,tweet\n1,hello there\n".to_vec(),
         extra: text_column.clone(),
         partial_ok: false,
+        via: Via::File,
     });
     cases.push(Case {
         task: news,
@@ -146,69 +159,28 @@ fn corpus(photo: &[u8], wav: &[u8], out_dir: &str) -> Vec<Case> {
         bytes: b"{\"text\": \"fine\"}\n{\"text\": \"unterminated\n".to_vec(),
         extra: text_column.clone(),
         partial_ok: false,
+        via: Via::File,
     });
+    // Inputs with no size to check up front: an endless device and stdin. Each task's byte limit
+    // (derived from its own limit flag, here set low to keep the test fast) stops the read.
+    let zero = |task, flag: &[&str]| flags(Case { via: Via::Device("/dev/zero"), ..case(task, "zero", vec![]) }, flag);
+    cases.push(zero("image-classification", &["--max-pixels", "1000"]));
+    cases.push(zero(asr, &["--max-duration", "1"]));
+    cases.push(zero(news, &[]));
+    cases.push(flags(
+        Case { via: Via::Stdin, ..case(news, "stdin over the limit", b"Breaking news. ".repeat(300)) },
+        &["--max-text-mb", "0.002"],
+    ));
+    cases.push(Case { via: Via::Stdin, ..case("image-classification", "stdin garbage", vec![0x42; 500]) });
     cases
 }
 
-struct Outcome {
-    code: Option<i32>,
-    stderr: String,
-    seconds: f64,
-    peak_mb: u64,
-}
-
-/// The peak resident memory of a running process, from /proc (0 where there is none).
-fn peak_mb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        .map_or(0, |kb| kb / 1024)
-}
-
-/// Runs zoo offline on `file`, killing it past [`TIME_LIMIT`].
-fn run(cache: &Path, case: &Case, file: &Path) -> Outcome {
-    let mut args = vec!["run", case.task, file.to_str().unwrap()];
+/// Runs zoo offline on `arg` (a path or `-`), killing it past [`TIME_LIMIT`].
+fn run(cache: &Path, case: &Case, arg: &str) -> zoo_bin::Bounded {
+    let mut args = vec!["run", case.task, arg];
     args.extend(case.extra.iter().map(String::as_str));
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zoo"))
-        .args(&args)
-        .env("HF_HUB_CACHE", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env_remove("ZOO_CATALOG")
-        // As a user normally runs it: candle appends backtraces to its errors when this is set.
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr_pipe.read_to_string(&mut s).ok();
-        s
-    });
-    let mut peak = 0;
-    let status = loop {
-        peak = peak.max(peak_mb(child.id()));
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > TIME_LIMIT {
-            child.kill().ok();
-            child.wait().ok();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Outcome {
-        code: status.and_then(|s| s.code()),
-        stderr: reader.join().unwrap(),
-        seconds: start.elapsed().as_secs_f64(),
-        peak_mb: peak,
-    }
+    let stdin = (case.via == Via::Stdin).then_some(case.bytes.as_slice());
+    zoo_bin::run_bounded(zoo_bin::zoo_command(cache, &args), stdin, TIME_LIMIT)
 }
 
 #[test]
@@ -223,9 +195,16 @@ fn every_bad_input_gets_a_one_line_error_naming_it() {
     let cases = corpus(&photo, &wav, styled.to_str().unwrap());
     for case in &cases {
         let file = dir.path().join(case.task).join(case.name);
-        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-        std::fs::write(&file, &case.bytes).unwrap();
-        let out = run(&cache, case, &file);
+        let (arg, named) = match case.via {
+            Via::File => {
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, &case.bytes).unwrap();
+                (file.to_str().unwrap(), case.name)
+            }
+            Via::Stdin => ("-", "-: "),
+            Via::Device(path) => (path, path),
+        };
+        let out = run(&cache, case, arg);
         let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         report.push(format!(
             "{} {}: exit {:?}, {:.1} s, {} MB: {}",
@@ -252,7 +231,7 @@ fn every_bad_input_gets_a_one_line_error_naming_it() {
         if lines.len() != 1 {
             wrong.push(format!("{} lines on stderr (want 1)", lines.len()));
         }
-        if !out.stderr.contains(case.name) {
+        if !out.stderr.contains(named) {
             wrong.push("the error does not name the file".into());
         }
         if out.peak_mb > MEMORY_LIMIT_MB {
@@ -442,8 +421,9 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
             bytes: Vec::new(),
             extra: vec!["--model".into(), folder.display().to_string()],
             partial_ok: false,
+            via: Via::File,
         };
-        let out = run(&cache, &run_case, &case.input);
+        let out = run(&cache, &run_case, case.input.to_str().unwrap());
         let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         report.push(format!(
             "{}: exit {:?}, {:.1} s, {} MB: {}",
@@ -499,12 +479,13 @@ fn size_limits_name_their_flag_and_the_flag_raises_them() {
             bytes: Vec::new(),
             extra: low.iter().map(|s| s.to_string()).collect(),
             partial_ok: false,
+            via: Via::File,
         };
-        let refused = run(&cache, &case, input);
+        let refused = run(&cache, &case, input.to_str().unwrap());
         assert_eq!(refused.code, Some(1), "{task} {low:?}: {}", refused.stderr);
         assert!(refused.stderr.contains(flag) && refused.stderr.lines().count() == 1, "{task}: {}", refused.stderr);
         case.extra = high.iter().map(|s| s.to_string()).collect();
-        let accepted = run(&cache, &case, input);
+        let accepted = run(&cache, &case, input.to_str().unwrap());
         assert_eq!(accepted.code, Some(0), "{task} {high:?}: {}", accepted.stderr);
     }
 }

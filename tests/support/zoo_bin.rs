@@ -1,9 +1,14 @@
 //! Running the `zoo` binary from end-to-end tests: offline, against a given or an empty Hugging
-//! Face cache, with no reachable Hub, and failing the test on any panic.
+//! Face cache, with no reachable Hub, and failing the test on any panic; and running any child
+//! process within a time limit, measuring its peak memory.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// No single zoo run in the tests comes near this; past it the child is killed.
+pub const DEFAULT_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 /// A file of `tests/data`.
 pub fn data(name: &str) -> PathBuf {
@@ -16,29 +21,128 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// `zoo args...` with `stdin` fed to it; `cache` is the hub cache (an empty one when `None`).
-pub fn zoo_with(cache: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    let empty = tempfile::tempdir().unwrap();
+impl Run {
+    pub fn describe(&self) -> String {
+        format!("exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+
+    /// The one `zoo: error:` line a failure prints; fails the test if there is not exactly one
+    /// line on stderr or it is not an error line.
+    pub fn error_line(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected exactly one line on stderr\n{}", self.describe());
+        assert!(lines[0].starts_with("zoo: error: "), "{}", self.describe());
+        eprintln!("{}", lines[0]); // shown with --nocapture, and on failure
+        lines[0]
+    }
+
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", self.describe())))
+            .collect()
+    }
+}
+
+/// How a bounded child ended.
+pub struct Bounded {
+    /// `None` when it was killed at the time limit, or died by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub seconds: f64,
+    /// Peak resident memory, from /proc (0 where there is none).
+    pub peak_mb: u64,
+}
+
+impl Bounded {
+    /// As a [`Run`], failing the test if the child was killed or died by a signal.
+    pub fn finished(self, what: &str) -> Run {
+        let code = self.code.unwrap_or_else(|| {
+            panic!("{what} did not exit normally within its time limit ({:.0} s)\n{}", self.seconds, self.stderr)
+        });
+        Run { code, stdout: self.stdout, stderr: self.stderr }
+    }
+}
+
+fn peak_mb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Runs `cmd` with `stdin` fed to it (or none), killing it past `limit`.
+pub fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> Bounded {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped")));
+    let err = drain(Box::new(child.stderr.take().expect("piped")));
+    // From a thread, so that a child that stops reading (it refused the input) cannot block us.
+    let feeder = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().expect("piped");
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(peak_mb(child.id()));
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    Bounded {
+        code: status.and_then(|s| s.code()),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+        seconds: start.elapsed().as_secs_f64(),
+        peak_mb: peak,
+    }
+}
+
+/// `zoo args...` offline: `cache` is the hub cache (an empty one when `None`), nothing listens at
+/// the Hub's address, and the user's catalogue and backtrace settings are not inherited.
+pub fn zoo_command(cache: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoo"));
     cmd.args(args)
-        .env("HF_HUB_CACHE", cache.unwrap_or(empty.path()))
+        .env("HF_HUB_CACHE", cache)
         .env("HF_HUB_OFFLINE", "1")
         // Nothing listens on the discard port: a stray download fails fast instead of going out.
         .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .env_remove("ZOO_CATALOG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("zoo runs");
-    if let Some(bytes) = stdin {
-        child.stdin.take().unwrap().write_all(bytes).unwrap();
-    }
-    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
-    let run = Run {
-        code: status.code().expect("zoo exits normally, not by a signal"),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    };
+        // As a user normally runs it: candle appends backtraces to its errors when this is set.
+        .env_remove("RUST_BACKTRACE");
+    cmd
+}
+
+/// `zoo args...` with `stdin` fed to it; `cache` is the hub cache (an empty one when `None`).
+pub fn zoo_with(cache: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let empty = tempfile::tempdir().unwrap();
+    let cmd = zoo_command(cache.unwrap_or(empty.path()), args);
+    let run = run_bounded(cmd, stdin, DEFAULT_LIMIT).finished(&format!("zoo {args:?}"));
     assert!(!run.stderr.contains("panicked"), "zoo panicked on {args:?}:\n{}", run.stderr);
     run
 }

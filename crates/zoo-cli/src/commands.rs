@@ -211,7 +211,7 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     };
     // After the load, which checks the options: a bad option is reported before stdin is read.
     let raw_inputs: Vec<String> = m.get_many::<String>("inputs").map(|v| v.cloned().collect()).unwrap_or_default();
-    let inputs = task.expand_inputs(&raw_inputs, &args)?;
+    let inputs = task.expand_inputs(&raw_inputs, &args, runner.read_limit())?;
     if inputs.is_empty() {
         return Err(Error::Usage(format!("no input given; see `zoo run {} --help`", task.name())).into());
     }

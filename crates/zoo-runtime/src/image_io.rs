@@ -6,7 +6,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use crate::error::{Error, Result};
-use crate::task::Input;
+use crate::task::{Input, ReadLimit};
 
 /// The largest image zoo decodes by default: 100 megapixels (a 10000x10000 photo, ~400 MB as
 /// RGBA8). Larger headers are refused before decoding.
@@ -14,8 +14,14 @@ pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
 
+/// The most bytes an image file within `max_pixels` may take: 8 a pixel (16-bit RGBA stored
+/// uncompressed, as BMP and PNG allow) and room for metadata, so one flag raises both limits.
+pub fn read_limit(max_pixels: u64) -> ReadLimit {
+    ReadLimit { max_bytes: max_pixels.saturating_mul(8).saturating_add(64 << 20), raised_by: "--max-pixels" }
+}
+
 pub fn decode(input: &Input, max_pixels: u64) -> Result<DynamicImage> {
-    let bytes = input.read()?;
+    let bytes = input.read(read_limit(max_pixels))?;
     let path = input.path();
     let reader = ImageReader::new(Cursor::new(&bytes[..])).with_guessed_format().map_err(|e| Error::input(path, e))?;
     let Some(format) = reader.format() else {

@@ -5,9 +5,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::task::{Input, InputSource, InputSpec};
+use crate::task::{Input, InputSource, InputSpec, ReadLimit};
 
-pub fn expand(args: &[String], spec: &InputSpec) -> Result<Vec<Input>> {
+pub fn expand(args: &[String], spec: &InputSpec, stdin_limit: ReadLimit) -> Result<Vec<Input>> {
     let mut inputs = Vec::new();
     for arg in args {
         if arg == "-" {
@@ -15,7 +15,15 @@ pub fn expand(args: &[String], spec: &InputSpec) -> Result<Vec<Input>> {
                 return Err(Error::Usage("this task does not read stdin ('-')".into()));
             }
             let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).map_err(|e| Error::io("-", e))?;
+            // One byte past the limit tells "too much" from "exactly the limit" without reading on.
+            std::io::stdin()
+                .lock()
+                .take(stdin_limit.max_bytes.saturating_add(1))
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io("-", e))?;
+            if bytes.len() as u64 > stdin_limit.max_bytes {
+                return Err(stdin_limit.exceeded(Path::new("-"), None));
+            }
             if bytes.is_empty() {
                 return Err(Error::input("-", "stdin is empty"));
             }
@@ -88,13 +96,13 @@ mod tests {
         let names = |inputs: Vec<Input>| -> Vec<String> {
             inputs.iter().map(|i| i.path().file_name().unwrap().to_string_lossy().into_owned()).collect()
         };
-        let from_dir = expand(&[dir.path().display().to_string()], &SPEC).unwrap();
+        let from_dir = expand(&[dir.path().display().to_string()], &SPEC, ReadLimit::DEFAULT).unwrap();
         assert_eq!(names(from_dir), ["a.jpg", "b.PNG", "c.png"]);
-        let from_glob = expand(&[format!("{}/*.jpg", dir.path().display())], &SPEC).unwrap();
+        let from_glob = expand(&[format!("{}/*.jpg", dir.path().display())], &SPEC, ReadLimit::DEFAULT).unwrap();
         assert_eq!(names(from_glob), ["a.jpg"]);
-        assert!(expand(&[format!("{}/*.gif", dir.path().display())], &SPEC).is_err());
-        assert!(expand(&["-".into()], &SPEC).unwrap_err().is_usage());
+        assert!(expand(&[format!("{}/*.gif", dir.path().display())], &SPEC, ReadLimit::DEFAULT).is_err());
+        assert!(expand(&["-".into()], &SPEC, ReadLimit::DEFAULT).unwrap_err().is_usage());
         // A missing file is not an error yet: it is reported when read, beside the other results.
-        assert_eq!(expand(&["missing.png".into()], &SPEC).unwrap().len(), 1);
+        assert_eq!(expand(&["missing.png".into()], &SPEC, ReadLimit::DEFAULT).unwrap().len(), 1);
     }
 }

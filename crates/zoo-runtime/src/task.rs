@@ -115,27 +115,91 @@ impl Input {
         }
     }
 
-    /// The whole input. Files are read once, here; a missing or unreadable file is an error
-    /// naming it.
-    pub fn read(&self) -> Result<Cow<'_, [u8]>> {
+    /// The whole input, refused without reading it past `limit`. Files are read once, here; a
+    /// missing or unreadable file is an error naming it.
+    pub fn read(&self, limit: ReadLimit) -> Result<Cow<'_, [u8]>> {
         match &self.source {
-            InputSource::Stdin(bytes) => Ok(Cow::Borrowed(bytes)),
-            InputSource::Text(text) => Ok(Cow::Borrowed(text.as_bytes())),
+            InputSource::Stdin(bytes) => {
+                if bytes.len() as u64 > limit.max_bytes {
+                    return Err(limit.exceeded(self.path(), None));
+                }
+                Ok(Cow::Borrowed(bytes))
+            }
+            InputSource::Text(text) => {
+                if text.len() as u64 > limit.max_bytes {
+                    return Err(limit.exceeded(self.path(), Some(text.len() as u64)));
+                }
+                Ok(Cow::Borrowed(text.as_bytes()))
+            }
             InputSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    let reason = match e.kind() {
-                        std::io::ErrorKind::NotFound => "no such file".to_string(),
-                        std::io::ErrorKind::IsADirectory => "is a folder, not a file".to_string(),
-                        _ => e.to_string(),
-                    };
-                    Error::input(path, reason)
-                })?;
+                let bytes = read_file(path, limit)?;
                 if bytes.is_empty() {
                     return Err(Error::input(path, "the file is empty"));
                 }
                 Ok(Cow::Owned(bytes))
             }
         }
+    }
+}
+
+fn read_file(path: &Path, limit: ReadLimit) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::IsADirectory => "is a folder, not a file".to_string(),
+            _ => e.to_string(),
+        };
+        Error::input(path, reason)
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let size = file.metadata().map_err(unreadable)?.len();
+    if size > limit.max_bytes {
+        return Err(limit.exceeded(path, Some(size)));
+    }
+    // The size is only a hint: devices and pipes report 0 and may never end, so the read itself
+    // stops one byte past the limit.
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit.max_bytes.saturating_add(1)).read_to_end(&mut bytes).map_err(unreadable)?;
+    if bytes.len() as u64 > limit.max_bytes {
+        return Err(limit.exceeded(path, None));
+    }
+    Ok(bytes)
+}
+
+/// The most bytes zoo reads from one input, file or stdin. Each task derives it from the limit
+/// its users know (pixels, duration, text size), so that one flag raises both; a larger input is
+/// refused before it fills memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub max_bytes: u64,
+    /// The flag that raises it, named in the error; empty when none does.
+    pub raised_by: &'static str,
+}
+
+impl ReadLimit {
+    /// For runners that do not say: 1 GiB.
+    pub const DEFAULT: ReadLimit = ReadLimit { max_bytes: 1 << 30, raised_by: "" };
+
+    /// The error for an input over the limit; `size` when it is known without reading it all.
+    pub fn exceeded(&self, path: &Path, size: Option<u64>) -> Error {
+        let limit = human_size(self.max_bytes);
+        let what = match size {
+            Some(size) => format!("the input is {}, over the limit of {limit}", human_size(size)),
+            None => format!("the input holds more than the limit of {limit}"),
+        };
+        let raise =
+            if self.raised_by.is_empty() { String::new() } else { format!(" (raise it with {})", self.raised_by) };
+        Error::input(path, format!("{what}{raise}"))
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        0..1_000 => format!("{bytes} bytes"),
+        1_000..1_000_000 => format!("{:.1} kB", bytes as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", bytes as f64 / 1e6),
+        _ => format!("{:.1} GB", bytes as f64 / 1e9),
     }
 }
 
@@ -170,6 +234,11 @@ pub trait Runner {
         1
     }
 
+    /// The most bytes one input may hold, stdin included (read before the runner sees it).
+    fn read_limit(&self) -> ReadLimit {
+        ReadLimit::DEFAULT
+    }
+
     /// One result per input, in order; one bad input does not spoil the others.
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult>;
 }
@@ -201,8 +270,9 @@ pub trait Task: Send + Sync {
 
     /// Turns the command line's inputs (and the task's options) into inputs; by default files,
     /// folders, globs and `-`. A task reading tables or `--text` expands them here.
-    fn expand_inputs(&self, raw: &[String], _args: &TaskArgs) -> Result<Vec<Input>> {
-        crate::inputs::expand(raw, &self.input())
+    /// `stdin_limit` bounds what `-` reads.
+    fn expand_inputs(&self, raw: &[String], _args: &TaskArgs, stdin_limit: ReadLimit) -> Result<Vec<Input>> {
+        crate::inputs::expand(raw, &self.input(), stdin_limit)
     }
 
     /// Whether `--explain` shows what the task's decisions rested on (see [`crate::explain`]).
@@ -247,5 +317,39 @@ impl Registry {
         self.tasks().find(|t| t.name() == name || t.aliases().contains(&name.as_str())).ok_or_else(|| {
             Error::UnknownTask { name, known: self.tasks().map(|t| t.name()).collect::<Vec<_>>().join(", ") }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: ReadLimit = ReadLimit { max_bytes: 1000, raised_by: "--max-things" };
+
+    #[test]
+    fn inputs_over_the_read_limit_are_refused_naming_size_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let exact = dir.path().join("exact.bin");
+        std::fs::write(&exact, vec![7u8; 1000]).unwrap();
+        assert_eq!(Input::file(&exact).read(LIMIT).unwrap().len(), 1000);
+
+        let big = dir.path().join("big.bin");
+        std::fs::write(&big, vec![7u8; 2500]).unwrap();
+        let error = Input::file(&big).read(LIMIT).unwrap_err().to_string();
+        assert!(error.contains("big.bin") && error.contains("is 2.5 kB, over the limit of 1.0 kB"), "{error}");
+        assert!(error.ends_with("(raise it with --max-things)"), "{error}");
+
+        let text = Input::text("--text", "x".repeat(1001));
+        assert!(text.read(LIMIT).unwrap_err().to_string().contains("1.0 kB"));
+        let piped = Input { name: "-".into(), source: InputSource::Stdin(vec![0u8; 1001].into()) };
+        assert!(piped.read(LIMIT).unwrap_err().to_string().starts_with("-: the input holds more"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn endless_files_stop_at_the_limit() {
+        // /dev/zero reports a size of 0 and never ends.
+        let error = Input::file("/dev/zero").read(LIMIT).unwrap_err().to_string();
+        assert!(error.contains("holds more than the limit of 1.0 kB"), "{error}");
     }
 }

@@ -23,7 +23,7 @@ use candle_core::{Device, Tensor};
 use serde_json::{json, Map, Value};
 use zoo_runtime::{
     fsutil, progress, Context, Error, Explains, Input, InputSpec, Model, ModelRef, Prediction, PredictionResult,
-    Result, Runner, Task, TaskArgs, TaskOption,
+    ReadLimit, Result, Runner, Task, TaskArgs, TaskOption,
 };
 
 use crate::encoder::{SentenceEncoder, OVERLAP, WINDOW};
@@ -178,7 +178,7 @@ impl Task for FakeNews {
         Explains::Yes("each word's weight in the label, by deleting it (coloured on a terminal, [[marked]] when piped, scores in JSON)")
     }
 
-    fn expand_inputs(&self, raw: &[String], args: &TaskArgs) -> Result<Vec<Input>> {
+    fn expand_inputs(&self, raw: &[String], args: &TaskArgs, stdin_limit: ReadLimit) -> Result<Vec<Input>> {
         let mut inputs = Vec::new();
         if let Some(column) = args.value("text-column") {
             for path in raw {
@@ -186,7 +186,7 @@ impl Task for FakeNews {
                 inputs.extend(rows.into_iter().map(|r| Input::text(r.number.to_string(), r.text)));
             }
         } else {
-            inputs = zoo_runtime::inputs::expand(raw, &self.input())?;
+            inputs = zoo_runtime::inputs::expand(raw, &self.input(), stdin_limit)?;
         }
         if let Some(text) = args.value("text") {
             inputs.push(Input::text("--text", text));
@@ -348,33 +348,17 @@ struct ClassifierRunner {
     max_text_bytes: u64,
 }
 
+fn text_limit(max_bytes: u64) -> ReadLimit {
+    ReadLimit { max_bytes, raised_by: "--max-text-mb" }
+}
+
 /// The default of `--max-text-mb`.
 const DEFAULT_MAX_TEXT_MB: f64 = 10.0;
 
 /// Text from an input: UTF-8, not binary, not blank, at most `max_bytes` (a file's size is checked
 /// before it is read).
 fn read_text(input: &Input, max_bytes: u64) -> Result<String> {
-    let too_big = |size: u64| {
-        Error::input(
-            input.path(),
-            format!(
-                "the text is {:.1} MB, over the limit of {:.1} MB (raise it with --max-text-mb)",
-                size as f64 / 1e6,
-                max_bytes as f64 / 1e6
-            ),
-        )
-    };
-    if let zoo_runtime::InputSource::File(path) = &input.source {
-        if let Ok(size) = std::fs::metadata(path).map(|m| m.len()) {
-            if size > max_bytes {
-                return Err(too_big(size));
-            }
-        }
-    }
-    let bytes = input.read()?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(too_big(bytes.len() as u64));
-    }
+    let bytes = input.read(text_limit(max_bytes))?;
     if bytes.contains(&0) {
         return Err(Error::input(input.path(), "looks like a binary file (it holds NUL bytes), not text"));
     }
@@ -393,6 +377,10 @@ fn read_text(input: &Input, max_bytes: u64) -> Result<String> {
 impl Runner for ClassifierRunner {
     fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    fn read_limit(&self) -> ReadLimit {
+        text_limit(self.max_text_bytes)
     }
 
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {

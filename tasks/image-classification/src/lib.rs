@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde_json::Value;
 use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
 use zoo_runtime::{
-    Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task, TaskArgs,
-    TaskOption,
+    Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, ReadLimit, Result, Runner, Task,
+    TaskArgs, TaskOption,
 };
 
 use crate::efficientnet::EfficientNetLite;
@@ -253,6 +253,10 @@ impl Classifier {
 impl Runner for Classifier {
     fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    fn read_limit(&self) -> ReadLimit {
+        image_io::read_limit(self.max_pixels)
     }
 
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {

@@ -16,6 +16,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use rubato::Resampler;
+use zoo_runtime::ReadLimit;
 
 /// Whisper's sample rate; every decoded input is resampled to it.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -96,6 +97,14 @@ fn human_duration(s: f64) -> String {
     } else {
         format!("{s:.1} s")
     }
+}
+
+/// The most bytes an audio file within `max_duration_s` may take: 192 kB a second (16-bit stereo
+/// at 48 kHz, uncompressed) and room for tags and cover art, so that --max-duration raises both.
+/// Longer high-resolution recordings need a higher --max-duration than their length.
+pub fn read_limit(max_duration_s: f64) -> ReadLimit {
+    let max_bytes = (max_duration_s * 192_000.0).min(u64::MAX as f64) as u64;
+    ReadLimit { max_bytes: max_bytes.saturating_add(32 << 20), raised_by: "--max-duration" }
 }
 
 /// Decodes a whole file's bytes; `path` only picks the container by extension when the bytes do not say.

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use zoo_runtime::{
-    fsutil, Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, Result, Runner, Task,
-    TaskArgs, TaskOption,
+    fsutil, Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, ReadLimit, Result, Runner,
+    Task, TaskArgs, TaskOption,
 };
 
 use crate::decode::{DecodeOptions, Decoder, Mode, Transcript};
@@ -226,7 +226,7 @@ impl SpeechRunner {
     }
 
     fn run_one(&mut self, input: &Input) -> Result<Transcribed> {
-        let bytes = input.read()?;
+        let bytes = input.read(audio::read_limit(self.max_duration_s))?;
         let audio = audio::decode_with_limit(&bytes, input.path(), self.max_duration_s)
             .map_err(|e| Error::input(input.path(), e))?;
         let transcript =
@@ -255,6 +255,10 @@ fn output_path(dir: &Path, input: &Input, format: Format) -> PathBuf {
 }
 
 impl Runner for SpeechRunner {
+    fn read_limit(&self) -> ReadLimit {
+        audio::read_limit(self.max_duration_s)
+    }
+
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
         batch.iter().map(|input| self.run_one(input).map(|t| Box::new(t) as Box<dyn Prediction>)).collect()
     }

@@ -431,6 +431,10 @@ impl Runner for Stylizer {
         }
     }
 
+    fn read_limit(&self) -> zoo_runtime::ReadLimit {
+        image_io::read_limit(self.settings.max_pixels)
+    }
+
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
         if batch.len() > 1 && !matches!(self.settings.destination, Destination::Dir(_)) {
             let option =
