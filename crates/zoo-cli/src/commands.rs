@@ -110,10 +110,11 @@ fn download(registry: &Registry, hub: &HubSettings, names: &[&String], as_json: 
             }
             Err(e) => {
                 failed += 1;
+                let message = one_line(&e);
                 if as_json {
-                    json!({"model": model.id, "ok": false, "error": e.to_string()}).to_string()
+                    json!({"model": model.id, "ok": false, "error": message}).to_string()
                 } else {
-                    eprintln!("zoo: error: {e}");
+                    eprintln!("zoo: error: {message}");
                     continue;
                 }
             }
@@ -236,11 +237,12 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
                 },
                 Err(e) => {
                     failed += 1;
-                    bar.suspend(|| eprintln!("zoo: error: {e}"));
+                    let message = one_line(&e);
+                    bar.suspend(|| eprintln!("zoo: error: {message}"));
                     if !as_json {
                         continue;
                     }
-                    json!({"input": input.name, "model": model.id, "error": e.to_string()}).to_string()
+                    json!({"input": input.name, "model": model.id, "error": message}).to_string()
                 }
             };
             writeln!(out, "{line}")?;
@@ -309,4 +311,10 @@ fn candle_cpu() -> zoo_runtime::candle_core::Device {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// An error as one line of stderr: some library errors span lines (candle puts context above
+/// the cause).
+fn one_line(e: &Error) -> String {
+    e.to_string().replace('\n', " ")
 }

@@ -13,6 +13,12 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // candle captures a backtrace into every error it makes when RUST_BACKTRACE is set, and zoo
+    // shows errors as one line: RUST_LIB_BACKTRACE=0 keeps them out of errors while panics still
+    // honour RUST_BACKTRACE. Set before any thread starts; a user's own RUST_LIB_BACKTRACE wins.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     // Before anything reads the catalogue, so that a bad ZOO_CATALOG file is reported, not ignored.
     if let Err(e) = zoo_runtime::Catalog::init() {
         eprintln!("zoo: error: {e}");

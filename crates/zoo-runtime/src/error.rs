@@ -79,4 +79,15 @@ impl Error {
     }
 }
 
+/// What a candle error says, without the file path and backtrace candle wraps around it: zoo's
+/// messages name the file themselves, and are one line.
+pub fn candle_reason(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithPath { inner, .. } | candle_core::Error::WithBacktrace { inner, .. } => {
+            candle_reason(inner)
+        }
+        other => other.to_string(),
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 use crate::catalog::{Catalog, CatalogEntry, Source};
-use crate::error::{Error, Result};
+use crate::error::{candle_reason, Error, Result};
 use crate::hub::{HubRepo, HubSettings};
 
 /// A model the user named, before any file is read.
@@ -226,7 +226,7 @@ impl Model {
     /// converted to `dtype` as they are fetched.
     pub fn var_builder(&self, name: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         let file = self.file(name)?;
-        let bad = |e: candle_core::Error| Error::model(&self.id, format!("{}: {e}", file.display()));
+        let bad = |e: candle_core::Error| Error::model(&self.id, format!("{}: {}", file.display(), candle_reason(&e)));
         match &file {
             ModelFile::Bundled { bytes, .. } => VarBuilder::from_slice_safetensors(bytes, dtype, device).map_err(bad),
             ModelFile::Disk(path) if !name.ends_with(".safetensors") => {
@@ -343,7 +343,7 @@ pub fn read_weights(path: &Path, device: &Device, id: &str) -> Result<HashMap<St
         ));
     }
     candle_core::safetensors::load(path, device)
-        .map_err(|e| bad(format!("neither safetensors nor a zip-format PyTorch checkpoint ({e})")))
+        .map_err(|e| bad(format!("neither safetensors nor a zip-format PyTorch checkpoint ({})", candle_reason(&e))))
 }
 
 fn wanted_by_zoo(file: &str, has_safetensors: bool) -> bool {
