@@ -284,3 +284,31 @@ fn explain_on_a_task_that_decides_nothing_is_a_usage_error_saying_why() {
     assert!(run.stderr.contains("decides nothing"), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
 }
+
+#[test]
+fn a_full_disk_under_the_output_is_a_one_line_error_and_leaves_no_file() {
+    let photo = data("chelsea.png");
+    let zoo_exe = std::path::Path::new(env!("CARGO_BIN_EXE_zoo"));
+    let cache = tempfile::tempdir().unwrap();
+    for (task, flag) in [("style-transfer", "--output-dir"), ("image-classification", "--explain-out")] {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, kept) = (dir.path().join("out"), dir.path().join("kept"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&kept).unwrap();
+        let args = ["run", task, photo.to_str().unwrap(), flag, out.to_str().unwrap()];
+        // 8 kB: the folder fits, the picture does not.
+        let Some(mut cmd) = zoo_bin::on_small_disk(&out, "8k", &kept, zoo_exe, &args) else { return };
+        cmd.env("HF_HUB_CACHE", cache.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env_remove("ZOO_CATALOG");
+        let run = zoo_bin::run_bounded(cmd, None, zoo_bin::DEFAULT_LIMIT).finished(task);
+        assert_eq!(run.code, 1, "{task}: {}", run.describe());
+        let line = run.error_line();
+        assert!(line.contains(out.to_str().unwrap()) && line.contains("chelsea"), "{task}: names the file: {line}");
+        assert!(line.contains("No space left on device"), "{task}: says why: {line}");
+        assert!(!line.contains("at path"), "{task}: names the temporary file as well: {line}");
+        let left: Vec<_> = std::fs::read_dir(&kept).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "{task}: a full disk left {left:?} behind");
+    }
+}

@@ -770,3 +770,39 @@ fn downloads_killed_at_any_point_leave_a_valid_cache_and_the_next_run_completes(
         assert_cached_like_the_hub(&world, served);
     }
 }
+
+#[test]
+fn a_full_disk_is_a_one_line_error_and_the_cache_stays_valid_for_the_next_run() {
+    let world = World::new();
+    let cache = world.cache();
+    let kept = world.dir.path().join("written-on-the-small-disk");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(&kept).unwrap();
+    // 1 MB of disk for a 3 MB weights file: the config fits, the weights do not.
+    let zoo = Path::new(env!("CARGO_BIN_EXE_zoo"));
+    let Some(mut cmd) = zoo_bin::on_small_disk(&cache, "1m", &kept, zoo, &["download", "test-model"]) else { return };
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", world.dir.path())
+        .env("HF_ENDPOINT", world.server.url())
+        .env("HF_HUB_CACHE", &cache)
+        .env("ZOO_CATALOG", world.catalog_path());
+    let run = zoo_bin::run_bounded(cmd, None, CHILD_TIMEOUT).finished("zoo download on a full disk");
+    assert_eq!(run.code, 1, "{}", run.describe());
+    let line = run.error_line();
+    assert!(line.contains("model.safetensors") && line.contains(TINY_REPO), "names the file: {line}");
+    assert!(line.contains("No space left on device"), "says why: {line}");
+    assert!(line.contains(&format!("free space where the cache is ({}", cache.display())), "and what to do: {line}");
+
+    // What the full disk held becomes the cache: valid, not taken for the model, and completed
+    // by the next run.
+    std::fs::remove_dir(&cache).unwrap();
+    std::fs::rename(&kept, &cache).unwrap();
+    assert_cache_valid(&world);
+    assert_eq!(list_entry(&world, "test-model", &[])["available"], "not downloaded");
+    let rerun = world.zoo(&["download", "test-model"]);
+    assert_eq!(rerun.code, 0, "{}", rerun.describe());
+    for served in &world.tiny {
+        assert_cached_like_the_hub(&world, served);
+    }
+}

@@ -151,3 +151,38 @@ pub fn zoo_with(cache: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Ru
 pub fn zoo(args: &[&str]) -> Run {
     zoo_with(None, args, None)
 }
+
+/// Runs the command given after it with a fresh tmpfs mounted at `$1` (size `$3`), then copies what
+/// was written there to `$2`: the tmpfs vanishes with the namespace, the copy stays for the test.
+const SMALL_DISK_SCRIPT: &str = r#"mnt=$1; keep=$2; size=$3; shift 3
+mount -t tmpfs -o "size=$size" tmpfs "$mnt" || exit 97
+"$@"; code=$?
+cp -a "$mnt/." "$keep/" || exit 98
+exit $code"#;
+
+/// A command running `program args...` with a small disk (a tmpfs of `size`, as mount(8) takes
+/// it: "1m") at `mount`, in a private user and mount namespace, so that no privilege is needed;
+/// what it wrote there is copied to `keep` afterwards. `None`, said loudly, where this machine
+/// cannot make one (no unshare, or user namespaces turned off).
+pub fn on_small_disk(mount: &Path, size: &str, keep: &Path, program: &Path, args: &[&str]) -> Option<Command> {
+    let unshare = |script: &str| {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c", script, "sh"]);
+        cmd
+    };
+    let probe = unshare(r#"mount -t tmpfs -o size=64k tmpfs "$1""#)
+        .arg(mount)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "\n!!! SKIPPED: this machine cannot mount a small tmpfs in a user namespace \
+             (`unshare --user --map-root-user --mount`), so the full-disk case is not tested here.\n"
+        );
+        return None;
+    }
+    let mut cmd = unshare(SMALL_DISK_SCRIPT);
+    cmd.arg(mount).arg(keep).arg(size).arg(program).args(args);
+    Some(cmd)
+}

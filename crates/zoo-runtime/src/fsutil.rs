@@ -16,7 +16,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
     let mut tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).map_err(|e| Error::io(path, e))?;
+    // Through the file itself: the temporary file's own writer names its random path in errors,
+    // which means nothing to the user.
+    let file = tmp.as_file_mut();
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| Error::io(path, e))?;
     let result = if overwrite { tmp.persist(path).map(|_| ()) } else { tmp.persist_noclobber(path).map(|_| ()) };
     result.map_err(|e| Error::io(path, e.error))
 }

@@ -240,6 +240,11 @@ impl HubRepo<'_> {
                 ureq::Error::StatusCode(code) => format!("the server answered HTTP {code}"),
                 other => format!("{other} (endpoint {})", self.settings.endpoint),
             },
+            ApiError::IoError(io) if io.kind() == std::io::ErrorKind::StorageFull => format!(
+                "{io}: free space where the cache is ({}, or point HF_HUB_CACHE elsewhere); \
+                 the partial download is kept and the next run resumes it",
+                self.settings.cache_dir.display()
+            ),
             ApiError::IoError(io) => format!("{io}; the partial download is kept and the next run resumes it"),
             other => other.to_string(),
         };

@@ -159,9 +159,9 @@ impl ConvWeights {
         ch: usize,
         out: &mut [f32],
     ) {
-        let c = self.in_ch;
         #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
         {
+            let c = self.in_ch;
             // Every address the block reads, checked once so the loads below can be unchecked.
             let last = bases[PIXELS - 1] + relative.last().copied().unwrap_or(0) + ch + LANES;
             assert!(
