@@ -1,4 +1,7 @@
-//! CPU helpers the tasks' hand-written kernels share.
+//! CPU helpers the tasks' hand-written kernels share: a matrix product, and the elementwise and
+//! row functions of a transformer (exp, erf, GELU, tanh, softmax, layer norm) written so that loops
+//! over them vectorise: only arithmetic (no libm calls, no saturating float-to-int casts) and sums
+//! kept in independent lanes.
 
 /// out (m x n) = a * b, or += with `accumulate`: a is m rows of k floats starting `a_stride` apart
 /// (rows may overlap: a stride-1 convolution reads its padded input in place), b is k x n, all
@@ -37,5 +40,153 @@ pub fn matmul(
             false,
             parallelism,
         );
+    }
+}
+
+/// e^x to within 2 ulp for x in [-87, 88] (clamped there): 2^n e^r with |r| <= ln 2 / 2, ln 2
+/// split in two so that r is exact, e^r by its Taylor series to r^7.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding 1.5 * 2^23 rounds to an integer held in the low bits of the mantissa.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // Integer arithmetic on the mantissa bits builds 2^n where `n as i32` would keep loops scalar.
+    let exponent = shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    p * f32::from_bits(exponent << 23)
+}
+
+/// erf to within 2e-7 (Abramowitz and Stegun 7.1.26, with the exp above).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    (1.0 - poly * exp(-a * a)).copysign(x)
+}
+
+/// GELU with the exact erf, as BERT and Whisper were trained.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+const LANES: usize = 16;
+
+/// A reduction of `xs` in LANES independent partial results, which vectorises (a single running
+/// one is a chain the compiler must keep in order, floats not being associative).
+#[inline(always)]
+pub fn reduce(xs: &[f32], init: f32, map: impl Fn(f32) -> f32, combine: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| combine(a, map(v)));
+    for chunk in chunks {
+        acc.iter_mut().zip(chunk).for_each(|(a, &v)| *a = combine(*a, map(v)));
+    }
+    acc.iter().fold(tail, |a, &v| combine(a, v))
+}
+
+/// The sum of `map` over `xs`, vectorised (see [`reduce`]).
+#[inline(always)]
+pub fn sum(xs: &[f32], map: impl Fn(f32) -> f32) -> f32 {
+    reduce(xs, 0.0, map, |a, b| a + b)
+}
+
+/// Softmax of `row` in place.
+pub fn softmax(row: &mut [f32]) {
+    // Not f32::max, whose NaN rules keep the compiler from vectorising it.
+    let max = reduce(row, f32::NEG_INFINITY, |v| v, |a, v| if v > a { v } else { a });
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / sum(row, |v| v);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Layer norm of one row in place: (x - mean) / sqrt(var + eps) * gamma + beta.
+pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = x.len() as f32;
+    let mean = sum(x, |v| v) / n;
+    x.iter_mut().for_each(|v| *v -= mean);
+    let var = sum(x, |v| v * v) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
+        *v = *v * inv * g + b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::pseudo_random as numbers;
+
+    #[test]
+    fn softmax_and_layer_norm_match_plain_f64() {
+        // Lengths below, at and past the lane count, and the widths of the models' rows.
+        for n in [1, 5, 16, 37, 384, 1500] {
+            let x: Vec<f32> = numbers(n, n as u32).iter().map(|v| v * 8.0).collect();
+            let max = x.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let total: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+            let mut p = x.clone();
+            softmax(&mut p);
+            for (p, v) in p.iter().zip(&x) {
+                let want = (*v as f64 - max).exp() / total;
+                assert!((*p as f64 - want).abs() < 1e-6 * (1.0 + want), "softmax over {n}: {p} vs {want}");
+            }
+            let (gamma, beta) = (numbers(n, 7), numbers(n, 8));
+            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+            let mut y = x.clone();
+            layer_norm(&mut y, &gamma, &beta, 1e-12);
+            for i in 0..n {
+                let want = (x[i] as f64 - mean) / (var + 1e-12).sqrt() * gamma[i] as f64 + beta[i] as f64;
+                assert!((y[i] as f64 - want).abs() < 1e-5, "layer norm over {n} [{i}]: {} vs {want}", y[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn exp_erf_gelu_and_tanh_are_accurate() {
+        for i in -8000..=8000 {
+            let x = i as f32 / 1000.0;
+            let e = (x as f64).exp();
+            assert!(((exp(x) as f64 - e) / e).abs() < 3e-7, "exp({x}) = {} vs {e}", exp(x));
+            assert!((tanh(x) as f64 - (x as f64).tanh()).abs() < 3e-7, "tanh({x})");
+        }
+        for x in [-87.0f32, -50.0, 30.0, 88.0] {
+            let e = (x as f64).exp();
+            assert!(((exp(x) as f64 - e) / e).abs() < 3e-7, "exp({x})");
+        }
+        // erf against its Taylor series in f64 (accurate for |x| <= 3).
+        for i in -300..=300 {
+            let x = i as f64 / 100.0;
+            let (mut term, mut sum) = (x, x);
+            for n in 1..200 {
+                term *= -x * x / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            let want = sum * 2.0 / std::f64::consts::PI.sqrt();
+            assert!((erf(x as f32) as f64 - want).abs() < 3e-7, "erf({x}) = {} vs {want}", erf(x as f32));
+        }
+        assert_eq!(erf(10.0), 1.0);
+        assert_eq!(erf(-10.0), -1.0);
+        // GELU against candle's exact-erf GELU.
+        let xs: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
+        let t = candle_core::Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let want = t.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
+        for (x, w) in xs.iter().zip(want) {
+            assert!((gelu(*x) - w).abs() < 1e-6 * (1.0 + w.abs()), "gelu({x}) = {} vs {w}", gelu(*x));
+        }
     }
 }

@@ -12,6 +12,7 @@
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
+use zoo_runtime::cpu;
 
 use crate::kernels::{self, Act, Linear, Panels, Shared, MICRO, PANEL};
 
@@ -150,7 +151,7 @@ impl CpuBert {
             for (((v, w), t), p) in row.iter_mut().zip(word).zip(&self.token_type).zip(position) {
                 *v = (w + t) + p;
             }
-            kernels::layer_norm(row, &self.embedding_norm.gamma, &self.embedding_norm.beta, self.eps);
+            cpu::layer_norm(row, &self.embedding_norm.gamma, &self.embedding_norm.beta, self.eps);
         });
         let inter = self.layers.first().map_or(0, |l| l.up.cout);
         let mut qkv = vec![0f32; rows * 3 * h];
@@ -174,7 +175,7 @@ impl CpuBert {
         let h = self.hidden;
         x.par_chunks_mut(h).zip(y.par_chunks(h)).with_min_len(64).for_each(|(x, y)| {
             x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
-            kernels::layer_norm(x, &norm.gamma, &norm.beta, self.eps);
+            cpu::layer_norm(x, &norm.gamma, &norm.beta, self.eps);
         });
     }
 
@@ -216,7 +217,7 @@ fn attend(qkv: &[f32], h: usize, d: usize, (start, len): (usize, usize), head: u
             }
         }
         for row in scores.chunks_exact_mut(padded).take(m) {
-            kernels::softmax(&mut row[..len.next_multiple_of(16)], len);
+            cpu::softmax(&mut row[..len]);
         }
         for p in 0..values.count() {
             block[..m].iter_mut().for_each(|row| row.fill(0.0));

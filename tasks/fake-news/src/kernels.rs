@@ -1,12 +1,12 @@
 //! CPU kernels for the BERT encoder in [`crate::cpu`]: dense layers over weights packed once at load
 //! into panels of 64 output columns, so that the inner loop streams one panel contiguously and keeps
 //! a 6 x 64 block of outputs in registers (candle's matmul against a transposed weight repacks it
-//! on every call); GELU, softmax and layer norm as plain loops that the compiler vectorises, with
-//! `exp` and `erf` written out so that they vectorise too (the libm calls are scalar).
+//! on every call). GELU, softmax and layer norm are the runtime's ([`zoo_runtime::cpu`]).
 
 use std::ops::Range;
 
 use rayon::prelude::*;
+use zoo_runtime::cpu;
 
 /// Output columns per packed panel: four AVX-512 registers.
 pub const PANEL: usize = 64;
@@ -280,106 +280,20 @@ unsafe fn micro_avx512<const R: usize>(x: &[f32], stride: usize, k: usize, w: &[
 pub fn activate(xs: &mut [f32], act: Act) {
     match act {
         Act::None => {}
-        Act::Gelu => xs.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2))),
+        Act::Gelu => xs.iter_mut().for_each(|v| *v = cpu::gelu(*v)),
         Act::GeluTanh => {
             const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
-            xs.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + tanh(SQRT_TWO_OVER_PI * *v * (1.0 + 0.044715 * *v * *v))))
+            xs.iter_mut()
+                .for_each(|v| *v = 0.5 * *v * (1.0 + cpu::tanh(SQRT_TWO_OVER_PI * *v * (1.0 + 0.044715 * *v * *v))))
         }
         Act::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
-    }
-}
-
-/// e^x to within 2 ulp for x in [-87, 88] (clamped there): 2^n e^r with |r| <= ln 2 / 2, e^r by its
-/// Taylor series to r^7. Branch-free and without float-to-int casts (whose saturation checks are
-/// scalar), so loops over it vectorise.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding 1.5 * 2^23 rounds to an integer held in the low bits of the mantissa.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let exponent = shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
-    p * f32::from_bits(exponent << 23)
-}
-
-/// erf to within 2e-7 (Abramowitz and Stegun 7.1.26, with the exp above).
-#[inline(always)]
-pub fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
-    (1.0 - poly * exp(-a * a)).copysign(x)
-}
-
-#[inline(always)]
-pub fn tanh(x: f32) -> f32 {
-    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
-}
-
-/// A reduction of `xs` in LANES independent partial results, which vectorises (a single running
-/// one is a chain the compiler must keep in order).
-#[inline(always)]
-fn reduce(xs: &[f32], init: f32, map: impl Fn(f32) -> f32, combine: impl Fn(f32, f32) -> f32) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [init; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().fold(init, |a, &v| combine(a, map(v)));
-    for chunk in chunks {
-        acc.iter_mut().zip(chunk).for_each(|(a, &v)| *a = combine(*a, map(v)));
-    }
-    acc.iter().fold(tail, |a, &v| combine(a, v))
-}
-
-fn add(a: f32, b: f32) -> f32 {
-    a + b
-}
-
-/// Softmax of xs[..len] in place; the rest of `xs` is scratch (left zero), so that every loop can
-/// run over whole vectors when it is padded to a multiple of 16.
-pub fn softmax(xs: &mut [f32], len: usize) {
-    xs[len..].fill(f32::NEG_INFINITY);
-    // Not f32::max, whose NaN rules keep the compiler from vectorising it.
-    let max = reduce(xs, f32::NEG_INFINITY, |v| v, |a, v| if v > a { v } else { a });
-    xs.iter_mut().for_each(|v| *v = exp(*v - max));
-    xs[len..].fill(0.0);
-    let inv = 1.0 / reduce(xs, 0.0, |v| v, add);
-    xs.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// Layer norm of one row in place: (x - mean) / sqrt(var + eps) * gamma + beta.
-pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    let n = x.len() as f32;
-    let mean = reduce(x, 0.0, |v| v, add) / n;
-    x.iter_mut().for_each(|v| *v -= mean);
-    let var = reduce(x, 0.0, |v| v * v, add) / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
-        *v = *v * inv * g + b;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn numbers(n: usize, seed: u32) -> Vec<f32> {
-        // A small LCG: deterministic inputs without a dependency.
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use zoo_runtime::test_support::pseudo_random as numbers;
 
     #[test]
     fn dense_layer_matches_a_plain_product_for_every_tile_shape() {
@@ -420,57 +334,5 @@ mod tests {
                 assert!(diff < 1e-5, "{m} rows, row {r}: max diff {diff}");
             }
         }
-    }
-
-    #[test]
-    fn softmax_and_layer_norm_match_plain_f64() {
-        for n in [1, 5, 16, 37, 384] {
-            let x: Vec<f32> = numbers(n, n as u32).iter().map(|v| v * 8.0).collect();
-            let max = x.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
-            let total: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
-            let mut p = x.clone();
-            p.resize(n.next_multiple_of(16), 1e30);
-            softmax(&mut p, n);
-            assert!(p[n..].iter().all(|&v| v == 0.0), "the padding is left zero");
-            for (p, v) in p.iter().zip(&x) {
-                assert!((*p as f64 - (*v as f64 - max).exp() / total).abs() < 1e-6, "softmax over {n}");
-            }
-            let (gamma, beta) = (numbers(n, 7), numbers(n, 8));
-            let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-            let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-            let mut y = x.clone();
-            layer_norm(&mut y, &gamma, &beta, 1e-12);
-            for i in 0..n {
-                let want = (x[i] as f64 - mean) / (var + 1e-12).sqrt() * gamma[i] as f64 + beta[i] as f64;
-                assert!((y[i] as f64 - want).abs() < 1e-5, "layer norm over {n} [{i}]: {} vs {want}", y[i]);
-            }
-        }
-    }
-
-    #[test]
-    fn exp_erf_and_tanh_are_accurate() {
-        for i in -8000..=8000 {
-            let x = i as f32 / 1000.0;
-            let e = (x as f64).exp();
-            assert!(((exp(x) as f64 - e) / e).abs() < 3e-7, "exp({x}) = {} vs {e}", exp(x));
-            assert!((tanh(x) as f64 - (x as f64).tanh()).abs() < 3e-7, "tanh({x})");
-        }
-        for x in [-87.0f32, -50.0, 30.0, 88.0] {
-            let e = (x as f64).exp();
-            assert!(((exp(x) as f64 - e) / e).abs() < 3e-7, "exp({x})");
-        }
-        // erf against its Taylor series in f64 (accurate for |x| <= 3).
-        for i in -300..=300 {
-            let x = i as f64 / 100.0;
-            let (mut term, mut sum) = (x, x);
-            for n in 1..200 {
-                term *= -x * x / n as f64;
-                sum += term / (2 * n + 1) as f64;
-            }
-            let want = sum * 2.0 / std::f64::consts::PI.sqrt();
-            assert!((erf(x as f32) as f64 - want).abs() < 3e-7, "erf({x}) = {} vs {want}", erf(x as f32));
-        }
-        assert_eq!(erf(10.0), 1.0);
-        assert_eq!(erf(-10.0), -1.0);
     }
 }

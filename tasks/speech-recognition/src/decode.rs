@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use rand::{Rng, SeedableRng};
+use zoo_runtime::cpu;
 
-use crate::kernels::fast_exp;
 use crate::mel::{LogMel, HOP_LENGTH, N_FRAMES};
 use crate::model::Whisper;
 use crate::text_decoder::DecoderState;
@@ -121,20 +121,11 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
 
 /// `ln Σ e^v`, over a whole vocabulary per decoded token, hence the vectorisable exp.
 fn log_sum_exp(values: &[f32]) -> f32 {
-    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = cpu::reduce(values, f32::NEG_INFINITY, |v| v, |a, v| if v > a { v } else { a });
     if max == f32::NEG_INFINITY {
         return max;
     }
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|&v| fast_exp(v - max)).sum();
-    for chunk in chunks {
-        for i in 0..LANES {
-            acc[i] += fast_exp(chunk[i] - max);
-        }
-    }
-    max + (acc.iter().sum::<f32>() + tail).ln()
+    max + cpu::sum(values, |v| cpu::exp(v - max)).ln()
 }
 
 pub struct Decoder<'a> {

@@ -10,8 +10,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use zoo_runtime::cpu;
 
-use crate::kernels::{gelu_in_place, softmax_in_place, Dense, LayerNorm};
+use crate::kernels::{gelu_in_place, Dense, LayerNorm};
 
 /// Query rows per attention block: their scores (rows x 1500 floats) stay in L2.
 const QUERY_BLOCK: usize = 64;
@@ -197,7 +198,7 @@ impl CpuEncoder {
                         gemm::Parallelism::None,
                     );
                 }
-                scores.chunks_exact_mut(ctx).for_each(softmax_in_place);
+                scores.chunks_exact_mut(ctx).for_each(cpu::softmax);
                 let mut block = vec![0f32; rows * dh];
                 // SAFETY: v[j][kk] at stride * j + 2d + h * dh + kk, inside `qkv`; `block` is rows x dh.
                 unsafe {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use zoo_runtime::cpu;
 
-use crate::kernels::{dot, dot_f16, gelu_in_place, softmax_in_place, vec_of, Dense, LayerNorm};
+use crate::kernels::{dot, dot_f16, gelu_in_place, vec_of, Dense, LayerNorm};
 
 struct Layer {
     self_ln: LayerNorm,
@@ -208,7 +209,7 @@ impl TextDecoder {
                 }
                 scores
             };
-            softmax_in_place(&mut weights);
+            cpu::softmax(&mut weights);
             out.fill(0.0);
             for (j, w) in weights.iter().enumerate() {
                 let value = &cache.v[j * d + h * dh..][..dh];
