@@ -56,7 +56,7 @@ bench:
 ## fuzz: each fuzz target for FUZZ_SECONDS (default 60) from its corpus (needs `cargo install cargo-fuzz`;
 ## RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's instrumentation flags)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := image_decode audio_decode ct2_reader catalog_parse
+FUZZ_TARGETS := image_decode audio_decode ct2_reader catalog_parse model_config
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$t && \

@@ -12,6 +12,12 @@ use std::time::Duration;
 use zoo_runtime::test_support::shared_hub_cache;
 
 #[allow(dead_code)]
+#[path = "../tasks/fake-news/tests/support/tiny_classifiers.rs"]
+mod tiny_classifiers;
+#[allow(dead_code)]
+#[path = "../tasks/image-classification/tests/support/tiny_vit.rs"]
+mod tiny_vit;
+#[allow(dead_code)]
 #[path = "support/zoo_bin.rs"]
 mod zoo_bin;
 
@@ -530,5 +536,48 @@ fn size_limits_name_their_flag_and_the_flag_raises_them() {
         case.extra = high.iter().map(|s| s.to_string()).collect();
         let accepted = run(&cache, &case, input.to_str().unwrap());
         assert_eq!(accepted.code, Some(0), "{task} {high:?}: {}", accepted.stderr);
+    }
+}
+
+/// Inputs that once crashed the `model_config` fuzz target (fuzz/fuzz_targets/model_config.rs),
+/// kept in `tests/data/crashers/model_config` and replayed as that target reads them: the first
+/// byte picks the file (0: a tiny ViT's config.json, 1: its preprocessor_config.json, 2: a tiny
+/// BERT classifier's config.json), the rest replaces it beside the real tiny weights.
+#[test]
+fn model_configs_that_crashed_the_fuzzer_are_refused_cleanly() {
+    let crashers = zoo_bin::data("crashers/model_config");
+    let mut names: Vec<_> = std::fs::read_dir(&crashers).unwrap().flatten().map(|e| e.path()).collect();
+    names.sort();
+    assert!(!names.is_empty(), "no crashers in {}", crashers.display());
+    let photo = zoo_bin::data("chelsea.png");
+    let cache = tempfile::tempdir().unwrap();
+    for crasher in names {
+        let bytes = std::fs::read(&crasher).unwrap();
+        let (&selector, text) = bytes.split_first().expect("a selector byte");
+        let dir = tempfile::tempdir().unwrap();
+        let (task, file, input) = match selector % 3 {
+            0 | 1 => {
+                tiny_vit::write(dir.path());
+                let file = if selector % 3 == 0 { "config.json" } else { "preprocessor_config.json" };
+                ("image-classification", file, vec![photo.to_str().unwrap().to_string()])
+            }
+            _ => {
+                tiny_classifiers::write(dir.path(), tiny_classifiers::Arch::Bert, 2, Some(&["fake", "real"]), None, 7);
+                ("fake-news", "config.json", vec!["--text".into(), "The minister said the vaccine works.".into()])
+            }
+        };
+        std::fs::write(dir.path().join(file), text).unwrap();
+        let mut args = vec!["run", task, "--model", dir.path().to_str().unwrap()];
+        args.extend(input.iter().map(String::as_str));
+        let mut cmd = zoo_bin::zoo_command(cache.path(), &args);
+        cmd.env("RUST_BACKTRACE", "1");
+        let out = zoo_bin::run_bounded(cmd, None, TIME_LIMIT);
+        let name = crasher.file_name().unwrap().to_string_lossy();
+        eprintln!("{name}: exit {:?}: {}", out.code, out.stderr.trim());
+        assert!(!out.stderr.contains("panicked"), "{name}: {}", out.stderr);
+        assert!(matches!(out.code, Some(0 | 1)), "{name}: exit {:?}: {}", out.code, out.stderr);
+        if out.code == Some(1) {
+            assert_eq!(out.stderr.trim().lines().count(), 1, "{name}: {}", out.stderr);
+        }
     }
 }

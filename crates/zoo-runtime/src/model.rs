@@ -313,6 +313,45 @@ impl Model {
     }
 }
 
+/// The sizes a transformer's config.json gives, checked before any layer is built: a zero divides
+/// by zero in the layer builders, and an absurd size would be believed until a tensor contradicts
+/// it. `ranges` adds the architecture's own fields (vocabulary, image and patch sizes, ...).
+pub struct TransformerSizes {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    pub intermediate_size: usize,
+}
+
+impl TransformerSizes {
+    pub fn check(&self, model: &str, ranges: &[(&str, usize, std::ops::RangeInclusive<usize>)]) -> Result<()> {
+        let common = [
+            ("hidden_size", self.hidden_size, 1..=1 << 16),
+            ("num_attention_heads", self.num_attention_heads, 1..=1024),
+            ("num_hidden_layers", self.num_hidden_layers, 1..=1024),
+            ("intermediate_size", self.intermediate_size, 1..=1 << 18),
+        ];
+        for (name, value, range) in common.iter().chain(ranges) {
+            if !range.contains(value) {
+                return Err(Error::model(
+                    model,
+                    format!("config.json: {name} is {value}, outside {}..={}", range.start(), range.end()),
+                ));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::model(
+                model,
+                format!(
+                    "config.json: hidden_size {} does not split into {} attention heads",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A safetensors file or a zip-format PyTorch pickle; the legacy PyTorch format is refused with
 /// the way to convert it, since reading it means running arbitrary pickle code paths zoo avoids.
 pub fn read_weights(path: &Path, device: &Device, id: &str) -> Result<HashMap<String, Tensor>> {

@@ -17,6 +17,7 @@ use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::bert::{self, BertModel};
 use candle_transformers::models::xlm_roberta::{self, XLMRobertaForSequenceClassification};
 use serde_json::{json, Value};
+use zoo_runtime::model::TransformerSizes;
 use zoo_runtime::{Error, Model, Result};
 
 use crate::windows::{pad_batch, Windowing, Windows};
@@ -215,6 +216,28 @@ fn weights(model: &Model, device: &Device) -> Result<VarBuilder<'static>> {
     Err(Error::model(&model.id, "no weights: expected model.safetensors or pytorch_model.bin"))
 }
 
+/// Checks a text encoder's sizes (see [`TransformerSizes`]), bounded well above any published
+/// model's (XLM-R's vocabulary is 250k, long-context encoders' position tables 8k). A macro
+/// because BERT's and XLM-R's configs are different types that name these fields alike.
+macro_rules! check_sizes {
+    ($id:expr, $cfg:expr) => {
+        TransformerSizes {
+            hidden_size: $cfg.hidden_size,
+            num_attention_heads: $cfg.num_attention_heads,
+            num_hidden_layers: $cfg.num_hidden_layers,
+            intermediate_size: $cfg.intermediate_size,
+        }
+        .check(
+            $id,
+            &[
+                ("vocab_size", $cfg.vocab_size, 1..=1 << 22),
+                ("max_position_embeddings", $cfg.max_position_embeddings, 1..=1 << 16),
+                ("type_vocab_size", $cfg.type_vocab_size, 1..=1024),
+            ],
+        )
+    };
+}
+
 impl HubClassifier {
     pub fn load(model: &Model, device: &Device) -> Result<Self> {
         let id = model.id.as_str();
@@ -270,6 +293,7 @@ impl HubClassifier {
                 };
                 cfg["hidden_act"] = bert_activation(&cfg["hidden_act"]);
                 let cfg: bert::Config = serde_json::from_value(cfg).map_err(bad_config)?;
+                check_sizes!(id, cfg)?;
                 let classes = classes_of("classifier.weight")?;
                 let h = cfg.hidden_size;
                 let (dense_name, tanh) =
@@ -290,6 +314,7 @@ impl HubClassifier {
                            "position_embedding_type": "absolute", "pad_token_id": 1}),
                 );
                 let cfg: xlm_roberta::Config = serde_json::from_value(cfg).map_err(bad_config)?;
+                check_sizes!(id, cfg)?;
                 // candle reads the field but always computes absolute positions.
                 if cfg.position_embedding_type != "absolute" {
                     return Err(Error::model(

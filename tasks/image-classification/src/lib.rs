@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
+use zoo_runtime::model::TransformerSizes;
 use zoo_runtime::{
     Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, ReadLimit, Result, Runner, Task,
     TaskArgs, TaskOption,
@@ -152,6 +153,20 @@ impl Classifier {
             (_, Some(arch)) if arch == "ViTForImageClassification" => {
                 let cfg: vit::Config = serde_json::from_value(config.clone())
                     .map_err(|e| Error::model(&model.id, format!("config.json: {e}")))?;
+                TransformerSizes {
+                    hidden_size: cfg.hidden_size,
+                    num_attention_heads: cfg.num_attention_heads,
+                    num_hidden_layers: cfg.num_hidden_layers,
+                    intermediate_size: cfg.intermediate_size,
+                }
+                .check(
+                    &model.id,
+                    &[
+                        ("image_size", cfg.image_size, 1..=8192),
+                        ("patch_size", cfg.patch_size, 1..=cfg.image_size.max(1)),
+                        ("num_channels", cfg.num_channels, 3..=3),
+                    ],
+                )?;
                 let labels = hf
                     .labels()
                     .ok_or_else(|| Error::model(&model.id, "config.json: id2label must name classes 0..n"))?;
