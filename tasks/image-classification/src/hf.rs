@@ -58,13 +58,21 @@ pub struct PreprocessorConfig {
 
 impl PreprocessorConfig {
     /// The processor's behaviour as a [`Preprocess`]; without a file, ViT's defaults at the
-    /// model's image size.
-    pub fn to_preprocess(config: Option<&Self>, image_size: u32) -> Preprocess {
+    /// model's image size. A size other than the model's is refused: ViT's position embeddings
+    /// fix its input at image_size square, and candle's patch convolution does not check an input
+    /// smaller than its kernel.
+    pub fn to_preprocess(config: Option<&Self>, image_size: u32) -> Result<Preprocess, String> {
         let (height, width) = match config.and_then(|c| c.size.as_ref()) {
             Some(Size::Square(s)) | Some(Size::Shortest { shortest_edge: s }) => (*s, *s),
             Some(Size::HeightWidth { height, width }) => (*height, *width),
             None => (image_size, image_size),
         };
+        if (height, width) != (image_size, image_size) {
+            return Err(format!(
+                "preprocessor_config.json resizes to {height}x{width}, but the network takes \
+                 {image_size}x{image_size} (config.json's image_size)"
+            ));
+        }
         // PIL resample codes, as transformers stores them.
         let filter = match config.and_then(|c| c.resample) {
             Some(0) => FilterType::Nearest,
@@ -86,13 +94,20 @@ impl PreprocessorConfig {
         } else {
             ([0.0; 3], [1.0; 3])
         };
+        let usable = |v: f32| v.is_finite() && v > 0.0;
+        if !(usable(rescale) && std.iter().all(|&s| usable(s)) && mean.iter().all(|m| m.is_finite())) {
+            return Err(format!(
+                "preprocessor_config.json: rescale_factor {rescale}, image_mean {mean:?} and image_std {std:?} \
+                 do not describe a normalisation (each must be finite, the factor and stds above 0)"
+            ));
+        }
         // (p * rescale - mean) / std == (p - mean / rescale) / (std / rescale)
-        Preprocess {
+        Ok(Preprocess {
             resize: Resize::Exact { height, width },
             filter,
             offset: mean.map(|m| m / rescale),
             scale: std.map(|s| s / rescale),
             channels_last: false,
-        }
+        })
     }
 }

@@ -173,7 +173,8 @@ impl Classifier {
                 let vb = model.var_builder("model.safetensors", DType::F32, device)?;
                 let net = vit::Model::new(&cfg, labels.len(), vb).map_err(bad)?;
                 let processor: Option<PreprocessorConfig> = model.optional_json("preprocessor_config.json")?;
-                let preprocess = PreprocessorConfig::to_preprocess(processor.as_ref(), cfg.image_size as u32);
+                let preprocess = PreprocessorConfig::to_preprocess(processor.as_ref(), cfg.image_size as u32)
+                    .map_err(|e| Error::model(&model.id, e))?;
                 (Network::Vit(Box::new(net)), preprocess, labels)
             }
             (timm, hf_arch) => {
