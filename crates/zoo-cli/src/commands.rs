@@ -110,7 +110,7 @@ fn download(registry: &Registry, hub: &HubSettings, names: &[&String], as_json: 
             }
             Err(e) => {
                 failed += 1;
-                let message = one_line(&e);
+                let message = one_line(e);
                 if as_json {
                     json!({"model": model.id, "ok": false, "error": message}).to_string()
                 } else {
