@@ -11,11 +11,11 @@ use zoo_runtime::candle_core::Device;
 use zoo_runtime::{Context, HubSettings, Input, InputSource, Model, ModelRef, Task, TaskArgs};
 
 #[allow(dead_code)]
-#[path = "../../tasks/image-classification/tests/support/tiny_vit.rs"]
-mod tiny_vit;
-#[allow(dead_code)]
 #[path = "../../tasks/fake-news/tests/support/tiny_classifiers.rs"]
 mod tiny_classifiers;
+#[allow(dead_code)]
+#[path = "../../tasks/image-classification/tests/support/tiny_vit.rs"]
+mod tiny_vit;
 
 /// A tiny model folder and its files as written, restored before each run.
 struct Folder {
@@ -53,7 +53,8 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let mut png = Vec::new();
-        let image = zoo_runtime::image::RgbImage::from_fn(40, 30, |x, y| zoo_runtime::image::Rgb([x as u8, y as u8, 90]));
+        let image =
+            zoo_runtime::image::RgbImage::from_fn(40, 30, |x, y| zoo_runtime::image::Rgb([x as u8, y as u8, 90]));
         image.write_to(&mut std::io::Cursor::new(&mut png), zoo_runtime::image::ImageFormat::Png).unwrap();
         let world = World {
             vit: Folder::new("vit", tiny_vit::write),
@@ -65,9 +66,11 @@ fn world() -> &'static World {
         // The seeds in seeds/model_config are these files as written, after their selector byte.
         if let Some(seeds) = std::env::var_os("ZOO_FUZZ_WRITE_SEEDS") {
             let seeds = Path::new(&seeds);
-            for (selector, folder, file) in
-                [(0u8, &world.vit, "config.json"), (1, &world.vit, "preprocessor_config.json"), (2, &world.bert, "config.json")]
-            {
+            for (selector, folder, file) in [
+                (0u8, &world.vit, "config.json"),
+                (1, &world.vit, "preprocessor_config.json"),
+                (2, &world.bert, "config.json"),
+            ] {
                 let (_, bytes) = folder.files.iter().find(|(name, _)| *name == file).unwrap();
                 let name = format!("{}-{file}", if selector == 2 { "bert" } else { "vit" });
                 std::fs::write(seeds.join(name), [&[selector][..], bytes].concat()).unwrap();
