@@ -223,12 +223,19 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     let mut failed = 0usize;
     for batch in inputs.chunks(runner.batch_size()) {
         for (input, result) in batch.iter().zip(runner.run(batch)) {
+            let warnings = result.as_ref().map(|p| p.warnings()).unwrap_or_default();
+            for warning in &warnings {
+                bar.suspend(|| eprintln!("zoo: warning: {}: {warning}", input.name));
+            }
             let line = match result {
                 Ok(prediction) if as_json => {
                     let mut object = Map::new();
                     object.insert("input".into(), input.name.clone().into());
                     object.insert("model".into(), model.id.clone().into());
                     object.extend(prediction.json());
+                    if !warnings.is_empty() {
+                        object.insert("warnings".into(), warnings.into());
+                    }
                     Value::Object(object).to_string()
                 }
                 Ok(prediction) => match prediction.document() {

@@ -223,6 +223,11 @@ pub trait Prediction: Send {
     fn document(&self) -> Option<String> {
         None
     }
+    /// What the user should know about this result that did not stop it (a cut file decoded as
+    /// far as it goes); the caller prints each on stderr and lists them in the JSON.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 pub type PredictionResult = Result<Box<dyn Prediction>>;

@@ -39,6 +39,8 @@ pub struct Audio {
     /// The file's own sample rate and channel count, for reports.
     pub source_rate: u32,
     pub source_channels: u16,
+    /// Seconds of audio the header declared, when the file holds less (it was cut short).
+    pub declared_duration_s: Option<f64>,
 }
 
 impl Audio {
@@ -248,7 +250,11 @@ fn decode_wav(bytes: &[u8], max_duration_s: f64) -> Result<Audio, AudioError> {
     let reader = match hound::WavReader::new(Cursor::new(bytes)) {
         Ok(reader) => reader,
         // hound reads PCM and float only; symphonia also knows A-law, µ-law and 64-bit float.
-        Err(hound::Error::Unsupported) | Err(hound::Error::FormatError("bits per sample is not 32")) => {
+        // hound also refuses the 0xFFFFFFFF data length that streaming writers (ffmpeg to a pipe)
+        // leave, as not a whole number of samples; symphonia reads such a stream to its end.
+        Err(hound::Error::Unsupported)
+        | Err(hound::Error::FormatError("bits per sample is not 32"))
+        | Err(hound::Error::FormatError("data chunk length is not a multiple of sample size")) => {
             return decode_compressed(bytes, Container::Wav, max_duration_s);
         }
         Err(e) => return Err(wav_header_error(e)),
@@ -276,6 +282,9 @@ fn decode_wav(bytes: &[u8], max_duration_s: f64) -> Result<Audio, AudioError> {
     if frames == 0 {
         return Err(AudioError::NoSamples);
     }
+    // 0xFFFFFFFF is what streaming writers put before they know the length: no news there.
+    let cut_short = present_samples < declared_samples && declared_bytes != u32::MAX as usize;
+    let declared_duration_s = cut_short.then(|| (declared_samples / channels) as f64 / f64::from(spec.sample_rate));
     check_duration(frames as u64, spec.sample_rate, max_duration_s)?;
 
     let mut reader = hound::WavReader::new(Cursor::new(bytes)).map_err(wav_header_error)?;
@@ -300,7 +309,12 @@ fn decode_wav(bytes: &[u8], max_duration_s: f64) -> Result<Audio, AudioError> {
             })?;
         }
     }
-    Ok(Audio { samples: sink.finish()?, source_rate: spec.sample_rate, source_channels: spec.channels })
+    Ok(Audio {
+        samples: sink.finish()?,
+        source_rate: spec.sample_rate,
+        source_channels: spec.channels,
+        declared_duration_s,
+    })
 }
 
 fn mix_wav_samples<S>(
@@ -378,7 +392,11 @@ fn decode_compressed(bytes: &[u8], container: Container, max_duration_s: f64) ->
         .ok_or_else(|| AudioError::Invalid(format!("the {name} file has no audio track")))?;
     let track_id = track.id;
     let params = track.codec_params.clone();
-    if let (Some(frames), Some(rate)) = (params.n_frames, params.sample_rate) {
+    // A streaming writer's WAV declares 0xFFFFFFFF bytes, which is no duration at all: a WAV's
+    // stated length counts only where the file could hold it (it is uncompressed, at least a byte a
+    // frame). The decoding loop below still stops past the limit.
+    let stated = params.n_frames.filter(|&frames| container != Container::Wav || frames <= bytes.len() as u64);
+    if let (Some(frames), Some(rate)) = (stated, params.sample_rate) {
         if rate > 0 {
             check_duration(frames, rate, max_duration_s)?;
         }
@@ -453,9 +471,12 @@ fn decode_compressed(bytes: &[u8], container: Container, max_duration_s: f64) ->
         }
     }
     match sink {
-        Some(sink) if sink.frames_in > 0 => {
-            Ok(Audio { samples: sink.finish()?, source_rate, source_channels: source_channels as u16 })
-        }
+        Some(sink) if sink.frames_in > 0 => Ok(Audio {
+            samples: sink.finish()?,
+            source_rate,
+            source_channels: source_channels as u16,
+            declared_duration_s: None,
+        }),
         _ => match last_decode_error {
             Some(reason) => Err(AudioError::Invalid(format!("no decodable audio in the {name} file ({reason})"))),
             None => Err(AudioError::NoSamples),

@@ -242,7 +242,18 @@ impl SpeechRunner {
             fsutil::write_atomic(&path, output::render(&transcript, format, head.clone()).as_bytes(), true)?;
             written = Some(path);
         }
-        Ok(Transcribed { transcript, head, format: self.format, written })
+        let warnings = audio
+            .declared_duration_s
+            .map(|declared| {
+                format!(
+                    "the header declares {declared:.1} s of audio but the file holds {:.1} s (was it cut short?); \
+                     transcribed what is there",
+                    audio.duration_s()
+                )
+            })
+            .into_iter()
+            .collect();
+        Ok(Transcribed { transcript, head, format: self.format, written, warnings })
     }
 }
 
@@ -270,6 +281,7 @@ pub struct Transcribed {
     head: Map<String, Value>,
     format: Option<Format>,
     written: Option<PathBuf>,
+    warnings: Vec<String>,
 }
 
 impl Prediction for Transcribed {
@@ -288,6 +300,10 @@ impl Prediction for Transcribed {
             None if t.segments.is_empty() => "(no speech)".to_string(),
             None => output::marked_transcript(t),
         }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 
     fn document(&self) -> Option<String> {

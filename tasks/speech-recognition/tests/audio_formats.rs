@@ -83,6 +83,15 @@ fn every_format_case_behaves_as_documented() {
         let name = path.file_name().unwrap().to_str().unwrap();
         let expect = expectation(name).unwrap_or_else(|| panic!("{name}: no expectation in this test"));
         let result = decode_file(&path);
+        // Only the cut file says that it was cut, and how long it should have been.
+        if let Ok(audio) = &result {
+            let declared = audio.declared_duration_s;
+            if name == "truncated_data.wav" {
+                assert!(declared.is_some_and(|d| (d - 11.0).abs() < 0.01), "{name}: declared {declared:?}");
+            } else {
+                assert_eq!(declared, None, "{name}");
+            }
+        }
         match expect {
             Expect::Jfk { min_correlation } => {
                 let audio = result.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -120,4 +129,22 @@ fn stereo_channels_are_averaged_before_resampling() {
     let peak = audio.samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
     // Identical channels: averaging keeps the level (a sum would double it, past full scale).
     assert!(peak > 0.3 && peak <= 1.0, "peak {peak}");
+}
+
+/// What `ffmpeg ... -f wav -` and other streaming writers produce: RIFF and data lengths left at
+/// 0xFFFFFFFF because they were unknown when the header went out. It decodes to its end, the length
+/// is not taken for a 37-hour recording, and it is not reported as cut short.
+#[test]
+fn a_streamed_wav_of_unknown_length_decodes_to_its_end() {
+    let Some(speech) = speech_dir("a_streamed_wav_of_unknown_length_decodes_to_its_end") else { return };
+    let path = speech.join("audio/jfk.wav");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let data = bytes.windows(4).position(|w| w == b"data").expect("a data chunk");
+    bytes[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    bytes[data + 4..data + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    let streamed = decode(&bytes, Path::new("-")).unwrap_or_else(|e| panic!("{e}"));
+    let jfk = decode_file(&path).unwrap();
+    assert_eq!(streamed.samples.len(), jfk.samples.len());
+    assert!(correlation(&streamed.samples, &jfk.samples) > 0.999_999);
+    assert_eq!(streamed.declared_duration_s, None);
 }
