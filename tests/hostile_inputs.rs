@@ -354,6 +354,18 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
         )
         .into_bytes()
     };
+    // tiny.en's own config and vocabulary, with the tokenizer and model.bin under test.
+    let whisper_folder = |name, tokenizer: Vec<u8>, model_bin: Vec<u8>| BadModel {
+        task: "speech-recognition",
+        name,
+        files: vec![
+            ("config.json", read("config.json")),
+            ("tokenizer.json", tokenizer),
+            ("vocabulary.txt", read("vocabulary.txt")),
+            ("model.bin", model_bin),
+        ],
+        input: wav.clone(),
+    };
     let vit = "image-classification";
     let bert = "text-classification";
     let cases = vec![
@@ -434,39 +446,13 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
             ],
             input: text.clone(),
         },
-        BadModel {
-            task: "speech-recognition",
-            name: "tokenizer-does-not-parse",
-            files: vec![
-                ("config.json", read("config.json")),
-                ("tokenizer.json", b"{\"version\": \"1.0\", \"model\": [oops".to_vec()),
-                ("vocabulary.txt", read("vocabulary.txt")),
-                ("model.bin", model_bin.clone()),
-            ],
-            input: wav.clone(),
-        },
-        BadModel {
-            task: "speech-recognition",
-            name: "truncated-model-bin",
-            files: vec![
-                ("config.json", read("config.json")),
-                ("tokenizer.json", read("tokenizer.json")),
-                ("vocabulary.txt", read("vocabulary.txt")),
-                ("model.bin", model_bin[..model_bin.len() / 3].to_vec()),
-            ],
-            input: wav.clone(),
-        },
-        BadModel {
-            task: "speech-recognition",
-            name: "model-bin-header-only",
-            files: vec![
-                ("config.json", read("config.json")),
-                ("tokenizer.json", read("tokenizer.json")),
-                ("vocabulary.txt", read("vocabulary.txt")),
-                ("model.bin", model_bin[..64].to_vec()),
-            ],
-            input: wav.clone(),
-        },
+        whisper_folder(
+            "tokenizer-does-not-parse",
+            b"{\"version\": \"1.0\", \"model\": [oops".to_vec(),
+            model_bin.clone(),
+        ),
+        whisper_folder("truncated-model-bin", read("tokenizer.json"), model_bin[..model_bin.len() / 3].to_vec()),
+        whisper_folder("model-bin-header-only", read("tokenizer.json"), model_bin[..64].to_vec()),
     ];
     let mut failures = Vec::new();
     let mut report = Vec::new();

@@ -66,14 +66,6 @@ impl Bounded {
     }
 }
 
-fn peak_mb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        .map_or(0, |kb| kb / 1024)
-}
-
 /// Runs `cmd` with `stdin` fed to it (or none), killing it past `limit`.
 pub fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> Bounded {
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -100,7 +92,8 @@ pub fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> B
     });
     let mut peak = 0;
     let status = loop {
-        peak = peak.max(peak_mb(child.id()));
+        // NaN (no /proc) counts as 0.
+        peak = peak.max(zoo_runtime::test_support::peak_rss_mb_of(child.id()) as u64);
         if let Some(status) = child.try_wait().expect("wait for child") {
             break Some(status);
         }

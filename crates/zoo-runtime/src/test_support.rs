@@ -61,7 +61,16 @@ pub fn shared_hub_cache(test: &str) -> Option<PathBuf> {
 /// The process's peak resident memory so far, in MB (VmHWM; NaN where /proc is missing), as the
 /// peers' benchmarks in ../shared/bench report it.
 pub fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_mb_at("/proc/self/status")
+}
+
+/// [`peak_rss_mb`] of another process, a child a test runs.
+pub fn peak_rss_mb_of(pid: u32) -> f64 {
+    peak_rss_mb_at(&format!("/proc/{pid}/status"))
+}
+
+fn peak_rss_mb_at(status_file: &str) -> f64 {
+    let status = std::fs::read_to_string(status_file).unwrap_or_default();
     let kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
