@@ -78,6 +78,20 @@ impl TaskArgs {
             reason: e.to_string(),
         })
     }
+
+    /// A limit given as a number of `unit`s: the option's value or `default`; anything but a finite
+    /// number above zero is a usage error naming the option.
+    pub fn positive(&self, name: &str, default: f64, unit: &str) -> Result<f64> {
+        let value: f64 = self.parse(name)?.unwrap_or(default);
+        if !(value.is_finite() && value > 0.0) {
+            return Err(Error::InvalidOption {
+                option: name.into(),
+                value: value.to_string(),
+                reason: format!("must be a positive number of {unit}"),
+            });
+        }
+        Ok(value)
+    }
 }
 
 /// One input of a run: a file, or bytes read from stdin.

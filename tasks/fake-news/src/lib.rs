@@ -206,15 +206,7 @@ impl Task for FakeNews {
                 reason: "must be at least 1".into(),
             });
         }
-        let max_text_mb: f64 = args.parse("max-text-mb")?.unwrap_or(DEFAULT_MAX_TEXT_MB);
-        if !(max_text_mb.is_finite() && max_text_mb > 0.0) {
-            return Err(Error::InvalidOption {
-                option: "max-text-mb".into(),
-                value: max_text_mb.to_string(),
-                reason: "must be a positive number of megabytes".into(),
-            });
-        }
-        let max_text_bytes = (max_text_mb * 1e6) as u64;
+        let max_text_bytes = (args.positive("max-text-mb", DEFAULT_MAX_TEXT_MB, "megabytes")? * 1e6) as u64;
         let classifier = Classifier::load(model, ctx)?;
         let explain = zoo_runtime::explain::Request::from_args(args).is_some();
         Ok(Box::new(ClassifierRunner { classifier, batch_size, explain, max_text_bytes }))

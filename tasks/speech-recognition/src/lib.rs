@@ -205,14 +205,7 @@ impl SpeechRunner {
         if args.flag("no-fallback") {
             options.temperatures = vec![0.0];
         }
-        let max_duration_s: f64 = args.parse("max-duration")?.unwrap_or(audio::MAX_DURATION_S);
-        if !(max_duration_s.is_finite() && max_duration_s > 0.0) {
-            return Err(Error::InvalidOption {
-                option: "max-duration".into(),
-                value: max_duration_s.to_string(),
-                reason: "must be a positive number of seconds".into(),
-            });
-        }
+        let max_duration_s = args.positive("max-duration", audio::MAX_DURATION_S, "seconds")?;
         let filters = mel::mel_filters(audio::SAMPLE_RATE as usize, mel::N_FFT, whisper.config.num_mel_bins);
         Ok(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone(), max_duration_s })
     }
