@@ -83,7 +83,7 @@ fn world() -> &'static World {
 fuzz_target!(|data: &[u8]| {
     let Some((&which, text)) = data.split_first() else { return };
     let world = world();
-    let ctx = Context { device: Device::Cpu, hub: HubSettings::from_env(true), progress: false };
+    let ctx = Context { device: Device::Cpu, hub: HubSettings::from_env(true), progress: false, outputs: Default::default() };
     let args = TaskArgs::new();
     let (task, model, input): (&dyn Task, Model, Input) = match which % 3 {
         0 => (

@@ -83,6 +83,79 @@ pub fn command(registry: &Registry) -> Command {
         )
         .subcommand(run)
         .subcommand(train_command(registry))
+        .subcommand(serve_command())
+}
+
+const SERVE_AFTER_HELP: &str = "\
+Routes:
+  POST /v1/run/{task}              multipart 'file' fields, or JSON {\"inputs\": [...], \"options\": {...}};
+                                   answers {\"results\": [...]}, each what `zoo run TASK --json` prints
+  GET  /v1/tasks, /v1/models       what is served (as `zoo list --json`)
+  POST /v1/audio/transcriptions    OpenAI's audio API (also /v1/audio/translations); model whisper-1
+                                   means the served speech model
+  /v2/...                          the Open Inference Protocol (KServe, Triton's tritonclient)
+  GET  /health, /v2/health/live, /v2/health/ready, /metrics (Prometheus)
+
+Status codes: 400 bad input, 401 no or wrong API key, 404 not served, 408 the upload was too
+slow, 413 over --payload-limit, 422 a bad option, 429 the model's queue is full (retry),
+503 still loading or stopping, 504 past the request's time limit.
+
+Examples:
+  zoo serve                                   every task whose default model needs no download
+  zoo serve --task asr=faster-whisper-base --task classify --port 9000
+  curl -F file=@photo.jpg 'http://127.0.0.1:8080/v1/run/image-classification?top_k=3'
+  ZOO_API_KEY=secret zoo serve --host 0.0.0.0   (then send Authorization: Bearer secret)
+
+SIGTERM (or Ctrl-C) stops taking requests, finishes those in flight and exits 0.";
+
+fn serve_command() -> Command {
+    let value = |name: &'static str, value_name: &'static str, help: &'static str| {
+        Arg::new(name).long(name).value_name(value_name).help(help)
+    };
+    Command::new("serve")
+        .about("Serve models over HTTP: zoo's API, OpenAI's audio API and the Open Inference Protocol")
+        .after_help(SERVE_AFTER_HELP)
+        .arg(
+            value("task", "TASK[=MODEL]", "Serve TASK (with MODEL, else its default); repeat for more [default: every task whose default model is bundled or cached]")
+                .action(ArgAction::Append),
+        )
+        .arg(value("host", "ADDRESS", "Address to listen on (0.0.0.0 for every interface)").default_value("127.0.0.1"))
+        .arg(
+            value("port", "PORT", "Port to listen on (0: any free port, printed at start)")
+                .default_value("8080")
+                .value_parser(clap::value_parser!(u16)),
+        )
+        .arg(value("api-key", "KEY", "Require Authorization: Bearer KEY on every route but health and metrics (also ZOO_API_KEY)"))
+        .arg(
+            value("max-batch", "N", "Inputs per model run when requests are batched [default: each task's batch size]")
+                .value_parser(clap::value_parser!(u64).range(1..)),
+        )
+        .arg(
+            value("max-queue", "N", "Requests waiting per model before new ones get 429")
+                .default_value("64")
+                .value_parser(clap::value_parser!(u64).range(1..)),
+        )
+        .arg(value("payload-limit", "SIZE", "Largest request body: bytes, or with kB, MB, KiB, MiB (413 past it)").default_value("25MiB"))
+        .arg(
+            value("timeout", "SECONDS", "A request's time limit; each 32 kB of input adds a second (504 past it)")
+                .default_value("60")
+                .value_parser(clap::value_parser!(u64).range(1..)),
+        )
+        .arg(value("cors-allow-origin", "ORIGIN", "Let pages from ORIGIN call the API (repeatable); CORS is off without it").action(ArgAction::Append))
+        .arg(
+            Arg::new("device")
+                .long("device")
+                .value_name("DEVICE")
+                .default_value("cpu")
+                .help("cpu, cuda, cuda:N or metal (GPU builds only)"),
+        )
+        .arg(
+            Arg::new("threads")
+                .long("threads")
+                .value_name("N")
+                .value_parser(clap::value_parser!(usize))
+                .help("CPU threads the models use [default: all cores]"),
+        )
 }
 
 fn train_command(registry: &Registry) -> Command {

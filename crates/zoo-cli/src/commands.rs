@@ -5,14 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::ArgMatches;
-use serde_json::{json, Map, Value};
-use zoo_runtime::catalog::Source;
+use serde_json::{json, Value};
+use zoo_pipeline::Pipeline;
 use zoo_runtime::{
-    explain, progress, Catalog, CatalogEntry, Context, Error, Explains, HubSettings, Model, ModelFile, ModelRef,
-    Registry, Task, TaskArgs, TaskOption,
+    explain, progress, Context, Error, HubSettings, Model, ModelFile, ModelRef, Registry, Task, TaskArgs, TaskOption,
 };
 
-pub fn dispatch(registry: &Registry, matches: &ArgMatches) -> Result<ExitCode> {
+pub fn dispatch(registry: &'static Registry, matches: &ArgMatches) -> Result<ExitCode> {
     let offline = matches.get_flag("offline");
     let hub = HubSettings::from_env(offline);
     match matches.subcommand() {
@@ -27,23 +26,13 @@ pub fn dispatch(registry: &Registry, matches: &ArgMatches) -> Result<ExitCode> {
             let task = registry.find(name)?;
             train(task, &hub, task_matches)
         }
+        Some(("serve", m)) => serve(registry, &hub, m),
         Some(("run", m)) => {
             let (name, task_matches) = m.subcommand().expect("clap requires a task");
             let task = registry.find(name)?;
             run(task, &hub, task_matches)
         }
         _ => unreachable!("clap requires a subcommand"),
-    }
-}
-
-fn availability(entry: &'static CatalogEntry, hub: &HubSettings) -> &'static str {
-    let model = Model::resolve(&ModelRef::Catalog(entry), hub);
-    if entry.is_bundled() && entry.requires.is_empty() {
-        "bundled"
-    } else if model.is_available_offline() {
-        "cached"
-    } else {
-        "not downloaded"
     }
 }
 
@@ -54,12 +43,7 @@ fn list(registry: &Registry, hub: &HubSettings, as_json: bool) -> Result<ExitCod
     for task in registry.tasks() {
         if as_json {
             for m in task.models() {
-                let line = json!({
-                    "task": task.name(), "model": m.id, "default": m.default, "architecture": m.architecture,
-                    "source": m.source_text(), "licence": m.licence, "available": availability(m, hub),
-                    "summary": m.summary, "quality": m.quality,
-                });
-                writeln!(out, "{line}")?;
+                writeln!(out, "{}", zoo_pipeline::model_json(task, m, hub))?;
             }
             continue;
         }
@@ -68,7 +52,7 @@ fn list(registry: &Registry, hub: &HubSettings, as_json: bool) -> Result<ExitCod
         writeln!(out, "{}{aliases}\n  {}", task.name(), task.summary())?;
         for m in task.models() {
             let marker = if m.default { "*" } else { " " };
-            let (id, available) = (&m.id, availability(m, hub));
+            let (id, available) = (&m.id, zoo_pipeline::availability(m, hub));
             writeln!(out, "  {marker} {id:<id_width$} {available:<15} {:<12} {}", m.licence, m.summary)?;
         }
         writeln!(out)?;
@@ -125,8 +109,8 @@ fn download(registry: &Registry, hub: &HubSettings, names: &[&String], as_json: 
 }
 
 fn warn_if_unpinned(model: &Model) {
-    if let Some(CatalogEntry { source: Source::Hub { unpinned: Some(why), revision, .. }, .. }) = model.entry {
-        eprintln!("zoo: warning: {} is not pinned to a commit (revision '{revision}'): {why}", model.id);
+    if let Some(warning) = zoo_pipeline::unpinned_warning(model) {
+        eprintln!("zoo: warning: {warning}");
     }
 }
 
@@ -151,7 +135,7 @@ fn info(hub: &HubSettings, reference: &str, as_json: bool) -> Result<ExitCode> {
         let value = json!({
             "model": entry.id, "task": entry.task, "architecture": entry.architecture, "default": entry.default,
             "source": entry.source_text(), "licence": entry.licence, "summary": entry.summary,
-            "quality": entry.quality, "available": availability(entry, hub), "files": files,
+            "quality": entry.quality, "available": zoo_pipeline::availability(entry, hub), "files": files,
         });
         println!("{value}");
         return Ok(ExitCode::SUCCESS);
@@ -163,7 +147,7 @@ fn info(hub: &HubSettings, reference: &str, as_json: bool) -> Result<ExitCode> {
     println!("  source:       {}", entry.source_text());
     println!("  licence:      {}", entry.licence);
     println!("  quality:      {}", entry.quality);
-    println!("  available:    {}", availability(entry, hub));
+    println!("  available:    {}", zoo_pipeline::availability(entry, hub));
     println!("  files:");
     for f in &entry.files {
         let size = f.size.map(|s| format!("{s} bytes")).unwrap_or_else(|| "size unknown".into());
@@ -173,7 +157,7 @@ fn info(hub: &HubSettings, reference: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
+fn run(task: &'static dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     if let Some(threads) = m.get_one::<usize>("threads") {
         // candle and rayon read this when their thread pools start, which has not happened yet.
         std::env::set_var("RAYON_NUM_THREADS", threads.max(&1).to_string());
@@ -182,75 +166,42 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     let device = zoo_runtime::device::parse_device(m.get_one::<String>("device").expect("has a default"))?;
 
     let mut args = task_args(task.options(), m);
-    explain_args(task, m, &mut args)?;
-
-    let reference = match m.get_one::<String>("model") {
-        Some(name) => ModelRef::parse(name)?,
-        None => ModelRef::Catalog(Catalog::bundled().default_for(task.name()).ok_or_else(|| {
-            Error::Usage(format!("task '{}' has no default model; name one with --model", task.name()))
-        })?),
-    };
-    if let ModelRef::Catalog(entry) = &reference {
-        if entry.task != task.name() {
-            return Err(Error::WrongTask {
-                model: entry.id.clone(),
-                model_task: entry.task.clone(),
-                task: task.name().into(),
-            }
-            .into());
-        }
-    }
-
-    let model = Model::resolve(&reference, hub);
+    zoo_pipeline::explain_options(
+        task,
+        m.get_flag(explain::FLAG),
+        m.get_one::<String>(explain::OUT).map(String::as_str),
+        &mut args,
+    )?;
+    let ctx = Context { device, hub: hub.clone(), progress: true, outputs: Default::default() };
+    let model = zoo_pipeline::resolve(task, m.get_one::<String>("model").map(String::as_str), &ctx)?;
     warn_if_unpinned(&model);
-    let ctx = Context { device, hub: hub.clone(), progress: true };
-    let mut runner = match task.load(&model, &args, &ctx) {
-        Ok(runner) => runner,
-        // These already name the model; saying it twice only lengthens the line.
-        Err(e @ (Error::Model { .. } | Error::Usage(_) | Error::InvalidOption { .. })) => return Err(e.into()),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("loading model '{}'", model.id))),
-    };
+    let mut pipeline = Pipeline::load(task, model, args, ctx)?;
     // After the load, which checks the options: a bad option is reported before stdin is read.
     let raw_inputs: Vec<String> = m.get_many::<String>("inputs").map(|v| v.cloned().collect()).unwrap_or_default();
-    let inputs = task.expand_inputs(&raw_inputs, &args, runner.read_limit())?;
+    let inputs = pipeline.expand(&raw_inputs)?;
     if inputs.is_empty() {
         return Err(Error::Usage(format!("no input given; see `zoo run {} --help`", task.name())).into());
     }
 
-    let show_bar = inputs.len() > runner.batch_size() && !std::io::stdout().is_terminal();
+    let show_bar = inputs.len() > pipeline.batch_size() && !std::io::stdout().is_terminal();
     let bar = progress::items(inputs.len() as u64, task.name(), show_bar);
     let mut out = std::io::stdout().lock();
     let mut failed = 0usize;
-    for batch in inputs.chunks(runner.batch_size()) {
-        for (input, result) in batch.iter().zip(runner.run(batch)) {
-            let warnings = result.as_ref().map(|p| p.warnings()).unwrap_or_default();
-            for warning in &warnings {
-                bar.suspend(|| eprintln!("zoo: warning: {}: {warning}", input.name));
+    for batch in inputs.chunks(pipeline.batch_size()) {
+        for outcome in pipeline.run(batch) {
+            for warning in outcome.warnings() {
+                bar.suspend(|| eprintln!("zoo: warning: {}: {warning}", outcome.input));
             }
-            let line = match result {
-                Ok(prediction) if as_json => {
-                    let mut object = Map::new();
-                    object.insert("input".into(), input.name.clone().into());
-                    object.insert("model".into(), model.id.clone().into());
-                    object.extend(prediction.json());
-                    if !warnings.is_empty() {
-                        object.insert("warnings".into(), warnings.into());
-                    }
-                    Value::Object(object).to_string()
+            if let Some(message) = outcome.error() {
+                failed += 1;
+                bar.suspend(|| eprintln!("zoo: error: {message}"));
+                if !as_json {
+                    continue;
                 }
-                Ok(prediction) => match prediction.document() {
-                    Some(document) => document.trim_end_matches('\n').to_string(),
-                    None => format!("{}\n{}", input.name, indent(&prediction.human())),
-                },
-                Err(e) => {
-                    failed += 1;
-                    let message = one_line(&e);
-                    bar.suspend(|| eprintln!("zoo: error: {message}"));
-                    if !as_json {
-                        continue;
-                    }
-                    json!({"input": input.name, "model": model.id, "error": message}).to_string()
-                }
+            }
+            let line = match outcome.human() {
+                Some(text) if !as_json => text,
+                _ => Value::Object(outcome.json()).to_string(),
             };
             writeln!(out, "{line}")?;
         }
@@ -268,6 +219,66 @@ fn run(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve(registry: &'static Registry, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
+    if let Some(threads) = m.get_one::<usize>("threads") {
+        std::env::set_var("RAYON_NUM_THREADS", threads.max(&1).to_string());
+    }
+    let device = zoo_runtime::device::parse_device(m.get_one::<String>("device").expect("has a default"))?;
+    let mut models = Vec::new();
+    for spec in m.get_many::<String>("task").into_iter().flatten() {
+        let (name, model) = match spec.split_once('=') {
+            Some((name, model)) => (name, Some(model.trim().to_string())),
+            None => (spec.as_str(), None),
+        };
+        models.push(zoo_server::ServedSpec { task: registry.find(name.trim())?, model });
+    }
+    let payload = m.get_one::<String>("payload-limit").expect("has a default");
+    let payload_limit = parse_size(payload).ok_or_else(|| Error::InvalidOption {
+        option: "payload-limit".into(),
+        value: payload.clone(),
+        reason: "a size such as 25MiB, 10MB or 1048576".into(),
+    })?;
+    let api_key =
+        m.get_one::<String>("api-key").cloned().or_else(|| std::env::var("ZOO_API_KEY").ok()).filter(|k| !k.is_empty());
+    let config = zoo_server::Config {
+        models,
+        host: m.get_one::<String>("host").expect("has a default").clone(),
+        port: *m.get_one::<u16>("port").expect("has a default"),
+        api_key,
+        max_batch: m.get_one::<u64>("max-batch").map(|n| *n as usize),
+        max_queue: *m.get_one::<u64>("max-queue").expect("has a default") as usize,
+        payload_limit,
+        timeout: std::time::Duration::from_secs(*m.get_one::<u64>("timeout").expect("has a default")),
+        cors_allow_origins: m.get_many::<String>("cors-allow-origin").into_iter().flatten().cloned().collect(),
+        context: Context { device, hub: hub.clone(), progress: false, outputs: Default::default() },
+    };
+    match zoo_server::serve(config) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(zoo_server::ServeError::Usage(message)) => Err(Error::Usage(message).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `25MiB`, `10MB`, `512kB`, `1048576`: a size in bytes.
+fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * scale;
+    (bytes >= 1.0 && bytes.is_finite()).then_some(bytes as usize)
+}
+
 /// The values of a task's options as clap parsed them.
 fn task_args(options: &[TaskOption], m: &ArgMatches) -> TaskArgs {
     let mut args = TaskArgs::new();
@@ -283,26 +294,9 @@ fn task_args(options: &[TaskOption], m: &ArgMatches) -> TaskArgs {
     args
 }
 
-/// `--explain` and `--explain-out` into the task's arguments, refused for a task that has nothing
-/// to explain (a usage error: the user asked for something that does not exist).
-fn explain_args(task: &dyn Task, m: &ArgMatches, args: &mut TaskArgs) -> Result<()> {
-    let out = m.get_one::<String>(explain::OUT);
-    if !m.get_flag(explain::FLAG) && out.is_none() {
-        return Ok(());
-    }
-    if let Explains::No(why) = task.explains() {
-        return Err(Error::Usage(format!("--explain: task '{}' has nothing to explain: {why}", task.name())).into());
-    }
-    args.set(explain::FLAG, "true");
-    if let Some(dir) = out {
-        args.set(explain::OUT, dir.clone());
-    }
-    Ok(())
-}
-
 fn train(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     let args = task_args(task.train_options(), m);
-    let ctx = Context { device: candle_cpu(), hub: hub.clone(), progress: true };
+    let ctx = Context { device: candle_cpu(), hub: hub.clone(), progress: true, outputs: Default::default() };
     let report = task.train(&args, &ctx)?;
     if m.get_flag("json") {
         println!("{}", Value::Object(report.json()));
@@ -314,10 +308,6 @@ fn train(task: &dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode>
 
 fn candle_cpu() -> zoo_runtime::candle_core::Device {
     zoo_runtime::candle_core::Device::Cpu
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// An error as one line of stderr: some library errors span lines (candle puts context above

@@ -2,7 +2,6 @@
 
 mod cli;
 mod commands;
-mod tasks;
 
 use std::process::ExitCode;
 
@@ -24,12 +23,12 @@ fn main() -> ExitCode {
         eprintln!("zoo: error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let registry = tasks::registry();
-    let matches = match cli::command(&registry).try_get_matches() {
+    let registry = zoo_pipeline::registry();
+    let matches = match cli::command(registry).try_get_matches() {
         Ok(m) => m,
-        Err(e) => return clap_error(e, &registry),
+        Err(e) => return clap_error(e, registry),
     };
-    match commands::dispatch(&registry, &matches) {
+    match commands::dispatch(registry, &matches) {
         Ok(code) => code,
         // The reader went away (`zoo list | head`): nothing left to say to anyone, as with cat or rg.
         Err(e)
@@ -41,7 +40,8 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("zoo: error: {}", one_line(&e));
-            let usage = e.downcast_ref::<zoo_runtime::Error>().is_some_and(|e| e.is_usage());
+            let usage = e.downcast_ref::<zoo_runtime::Error>().is_some_and(|e| e.is_usage())
+                || e.downcast_ref::<zoo_pipeline::LoadError>().is_some_and(|e| e.is_usage());
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
         }
     }

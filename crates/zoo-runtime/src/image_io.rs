@@ -16,6 +16,14 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gi
 
 /// The most bytes an image file within `max_pixels` may take: 8 a pixel (16-bit RGBA stored
 /// uncompressed, as BMP and PNG allow) and room for metadata, so one flag raises both limits.
+/// A small grey PNG, for warming a vision model up.
+pub fn warmup_input() -> Input {
+    let picture = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(64, 48, image::Rgb([128, 128, 128])));
+    let mut bytes = Vec::new();
+    picture.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png).expect("a PNG encodes in memory");
+    Input::bytes("warm-up.png", bytes)
+}
+
 pub fn read_limit(max_pixels: u64) -> ReadLimit {
     ReadLimit { max_bytes: max_pixels.saturating_mul(8).saturating_add(64 << 20), raised_by: "--max-pixels" }
 }

@@ -82,7 +82,13 @@ fn has_extension(path: &Path, extensions: &[&str]) -> bool {
 mod tests {
     use super::*;
 
-    const SPEC: InputSpec = InputSpec { description: "", extensions: &["png", "jpg"], stdin: false, required: true };
+    const SPEC: InputSpec = InputSpec {
+        description: "",
+        extensions: &["png", "jpg"],
+        stdin: false,
+        required: true,
+        kind: crate::task::InputKind::Image,
+    };
 
     #[test]
     fn folders_and_globs_expand_to_sorted_matching_files() {

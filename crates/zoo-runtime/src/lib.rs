@@ -23,8 +23,8 @@ pub use explain::Explains;
 pub use hub::HubSettings;
 pub use model::{Model, ModelFile, ModelRef};
 pub use task::{
-    Context, Input, InputSource, InputSpec, Prediction, PredictionResult, ReadLimit, Registry, Runner, Task, TaskArgs,
-    TaskOption,
+    Context, ImageFormat, Input, InputKind, InputSource, InputSpec, Outputs, Prediction, PredictionResult, ReadLimit,
+    Registry, Runner, Task, TaskArgs, TaskOption,
 };
 
 // Re-exported so task crates build on the same versions.

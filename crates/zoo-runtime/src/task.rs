@@ -29,6 +29,29 @@ pub struct InputSpec {
     pub stdin: bool,
     /// Whether at least one input must be named (a task may take its input from an option too).
     pub required: bool,
+    /// What one input is, for doors that must say (a protocol's tensor, a page's widget).
+    pub kind: InputKind,
+}
+
+/// What one input of a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// A picture file's bytes.
+    Image,
+    /// A recording file's bytes.
+    Audio,
+    /// UTF-8 text.
+    Text,
+}
+
+impl InputKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Image => "image",
+            InputKind::Audio => "audio",
+            InputKind::Text => "text",
+        }
+    }
 }
 
 /// A task-specific command-line option, e.g. `--top-k N`.
@@ -40,6 +63,17 @@ pub struct TaskOption {
     pub value_name: Option<&'static str>,
     pub help: &'static str,
     pub default: Option<&'static str>,
+}
+
+impl TaskOption {
+    /// Whether a request to a server may set this option (see [`Task::request_options`]): not when
+    /// it names a path on the server's machine (a `FILE` or `DIR` value) or sets a limit or a
+    /// resource (`max-*`, `batch-size`, `threads`), which are the operator's to choose.
+    pub fn settable_per_request(&self) -> bool {
+        !matches!(self.value_name, Some("FILE" | "DIR"))
+            && !self.name.starts_with("max-")
+            && !matches!(self.name, "batch-size" | "threads")
+    }
 }
 
 /// Values of a task's options as given on the command line (defaults filled in by the caller).
@@ -64,6 +98,28 @@ impl TaskArgs {
 
     pub fn flag(&self, name: &str) -> bool {
         self.values.get(name).is_some_and(|v| v == "true")
+    }
+
+    /// The values, sorted by name: one text per distinct set of options.
+    pub fn canonical(&self) -> String {
+        let mut pairs: Vec<(&String, &String)> = self.values.iter().collect();
+        pairs.sort();
+        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\u{1f}")
+    }
+
+    /// These values, with `other`'s on top.
+    pub fn merged(&self, other: &TaskArgs) -> TaskArgs {
+        let mut values = self.values.clone();
+        values.extend(other.values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        TaskArgs { values }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// Parses an option's value; a value that does not parse is a usage error naming the option.
@@ -94,7 +150,7 @@ impl TaskArgs {
     }
 }
 
-/// One input of a run: a file, or bytes read from stdin.
+/// One input of a run: a file, bytes read from stdin or uploaded, or text.
 #[derive(Debug, Clone)]
 pub struct Input {
     /// What outputs call it: the path as given, or `-`.
@@ -106,6 +162,8 @@ pub struct Input {
 pub enum InputSource {
     File(PathBuf),
     Stdin(std::sync::Arc<[u8]>),
+    /// Bytes that arrived with a name (an upload): read and refused as a file of that name would be.
+    Bytes(std::sync::Arc<[u8]>),
     /// Text given directly: a `--text` option or a row of a table.
     Text(String),
 }
@@ -120,12 +178,17 @@ impl Input {
         Input { name: name.into(), source: InputSource::Text(text.into()) }
     }
 
+    /// Bytes named as their sender named them (an upload's file name); errors name it.
+    pub fn bytes(name: impl Into<String>, bytes: impl Into<std::sync::Arc<[u8]>>) -> Self {
+        Input { name: name.into(), source: InputSource::Bytes(bytes.into()) }
+    }
+
     /// The path errors name (`-` for stdin, the input's name for text).
     pub fn path(&self) -> &Path {
         match &self.source {
             InputSource::File(path) => path,
             InputSource::Stdin(_) => Path::new("-"),
-            InputSource::Text(_) => Path::new(&self.name),
+            InputSource::Text(_) | InputSource::Bytes(_) => Path::new(&self.name),
         }
     }
 
@@ -136,6 +199,15 @@ impl Input {
             InputSource::Stdin(bytes) => {
                 if bytes.len() as u64 > limit.max_bytes {
                     return Err(limit.exceeded(self.path(), None));
+                }
+                Ok(Cow::Borrowed(bytes))
+            }
+            InputSource::Bytes(bytes) => {
+                if bytes.len() as u64 > limit.max_bytes {
+                    return Err(limit.exceeded(self.path(), Some(bytes.len() as u64)));
+                }
+                if bytes.is_empty() {
+                    return Err(Error::input(self.path(), "the file is empty"));
                 }
                 Ok(Cow::Borrowed(bytes))
             }
@@ -224,6 +296,35 @@ pub struct Context {
     pub hub: HubSettings,
     /// Whether progress bars may be drawn (they are, only on a terminal).
     pub progress: bool,
+    /// Where results that are files (a styled picture, subtitles) go.
+    pub outputs: Outputs,
+}
+
+/// Where a task puts results that are files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outputs {
+    /// Where the options say (`--output`, `--output-dir`): the command line.
+    #[default]
+    Files,
+    /// Kept in the prediction (see [`Prediction::image`]) and never written: a server, which must
+    /// not write where a request says, and options naming paths are refused there anyway.
+    Memory,
+}
+
+/// How [`Prediction::image`] encodes a picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+}
+
+impl ImageFormat {
+    pub fn mime(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "image/png",
+            ImageFormat::Jpeg => "image/jpeg",
+        }
+    }
 }
 
 /// The result for one input, as the task chooses to show it.
@@ -242,12 +343,26 @@ pub trait Prediction: Send {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The picture a task made (style transfer), encoded, when it was kept in memory
+    /// ([`Outputs::Memory`]); `None` for tasks whose result is not a picture.
+    fn image(&self, _format: ImageFormat) -> Option<Result<Vec<u8>>> {
+        None
+    }
+    /// The decision of a classifier: its best label and that label's score, for protocols with
+    /// fixed `label` and `score` outputs.
+    fn label(&self) -> Option<(String, f32)> {
+        None
+    }
+    /// The text a task produced (a transcript), for protocols with a fixed `text` output.
+    fn text(&self) -> Option<String> {
+        None
+    }
 }
 
 pub type PredictionResult = Result<Box<dyn Prediction>>;
 
 /// A loaded model, ready to run many inputs.
-pub trait Runner {
+pub trait Runner: Send {
     /// How many inputs [`Runner::run`] takes at once.
     fn batch_size(&self) -> usize {
         1
@@ -292,6 +407,19 @@ pub trait Task: Send + Sync {
     /// `stdin_limit` bounds what `-` reads.
     fn expand_inputs(&self, raw: &[String], _args: &TaskArgs, stdin_limit: ReadLimit) -> Result<Vec<Input>> {
         crate::inputs::expand(raw, &self.input(), stdin_limit)
+    }
+
+    /// The options a request to a server may set; by default those that
+    /// [`TaskOption::settable_per_request`]. A task whose options choose where inputs come from
+    /// (a table column, text given as an option) leaves those out too: a request brings its inputs.
+    fn request_options(&self) -> Vec<&'static TaskOption> {
+        self.options().iter().filter(|o| o.settable_per_request()).collect()
+    }
+
+    /// A small input that runs the model once, so that a server's first request does not pay for
+    /// what is set up lazily (thread pools, caches, packed weights); `None` to skip the warm-up.
+    fn warmup_input(&self) -> Option<Input> {
+        None
     }
 
     /// Whether `--explain` shows what the task's decisions rested on (see [`crate::explain`]).

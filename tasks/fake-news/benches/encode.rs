@@ -18,7 +18,7 @@ fn main() {
     let n: usize = std::env::var("ZOO_BENCH_TEXTS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let mut hub = HubSettings::from_env(true);
     hub.cache_dir = cache;
-    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false };
+    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false, outputs: Default::default() };
     let model = Model::resolve(&ModelRef::parse("minilm-fake-news").unwrap(), &hub);
     let classifier = zoo_fake_news::Classifier::load(&model, &ctx).unwrap();
     let path = assets.join("data/fake-news/constraint_covid19/Constraint_Val.csv");

@@ -147,12 +147,17 @@ impl Task for FakeNews {
         "Tell fake from real news texts (COVID-19 claims by default); train your own head, or run a Hub BERT/RoBERTa classifier"
     }
 
+    fn warmup_input(&self) -> Option<Input> {
+        Some(Input::text("warm-up", "A short text that runs the encoder and the head once."))
+    }
+
     fn input(&self) -> InputSpec {
         InputSpec {
             description: "text files, - for stdin, or tables with --text-column (or give --text)",
             extensions: &["txt", "md"],
             stdin: true,
             required: false,
+            kind: zoo_runtime::InputKind::Text,
         }
     }
 
@@ -176,6 +181,11 @@ impl Task for FakeNews {
 
     fn explains(&self) -> Explains {
         Explains::Yes("each word's weight in the label, by deleting it (coloured on a terminal, [[marked]] when piped, scores in JSON)")
+    }
+
+    /// A request brings its texts, so `--text` and `--text-column` do not apply to it.
+    fn request_options(&self) -> Vec<&'static TaskOption> {
+        RUN_OPTIONS.iter().filter(|o| o.settable_per_request() && !matches!(o.name, "text" | "text-column")).collect()
     }
 
     fn expand_inputs(&self, raw: &[String], args: &TaskArgs, stdin_limit: ReadLimit) -> Result<Vec<Input>> {
@@ -415,6 +425,10 @@ pub struct Verdict {
 }
 
 impl Prediction for Verdict {
+    fn label(&self) -> Option<(String, f32)> {
+        Some((self.label.clone(), self.scores.get(&self.label).copied().unwrap_or(0.0)))
+    }
+
     fn json(&self) -> Map<String, Value> {
         let mut map = Map::new();
         map.insert("label".into(), self.label.clone().into());

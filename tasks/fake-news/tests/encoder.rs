@@ -127,7 +127,7 @@ fn a_small_training_run_reaches_the_stated_accuracy() {
         .set("label-column", "label")
         .set("limit", "300")
         .set("out", out.path().display().to_string());
-    let ctx = Context { device: Device::Cpu, hub: offline_hub(&cache), progress: false };
+    let ctx = Context { device: Device::Cpu, hub: offline_hub(&cache), progress: false, outputs: Default::default() };
     let report = zoo_fake_news::FakeNews.train(&args, &ctx).unwrap().json();
     let val_accuracy = report["val"]["accuracy"].as_f64().unwrap();
     eprintln!("300-row training run: val accuracy {val_accuracy:.4}, macro-F1 {:.4}", report["val"]["macro_f1"]);
@@ -155,7 +155,7 @@ fn the_bundled_head_beats_the_baseline_on_constraint_val() {
     else {
         return;
     };
-    let ctx = Context { device: Device::Cpu, hub: offline_hub(&cache), progress: false };
+    let ctx = Context { device: Device::Cpu, hub: offline_hub(&cache), progress: false, outputs: Default::default() };
     let model = Model::resolve(&ModelRef::parse("minilm-fake-news").unwrap(), &ctx.hub);
     let classifier = zoo_fake_news::Classifier::load(&model, &ctx).unwrap();
     let path = assets.join("data/fake-news/constraint_covid19/Constraint_Val.csv");

@@ -48,7 +48,7 @@ fn deleting_the_top_scored_words_moves_the_label_more_than_deleting_random_words
     let mut hub = HubSettings::from_env(true);
     hub.cache_dir = cache;
     let model = Model::resolve(&ModelRef::parse("minilm-fake-news").unwrap(), &hub);
-    let ctx = Context { device: Device::Cpu, hub, progress: false };
+    let ctx = Context { device: Device::Cpu, hub, progress: false, outputs: Default::default() };
     let classifier = Classifier::load(&model, &ctx).unwrap();
     let rows =
         table::read(&assets.join("data/fake-news/constraint_covid19/Constraint_Val.csv"), "tweet", Some("label"))
@@ -113,7 +113,7 @@ fn a_text_of_one_word_is_explained_without_failing() {
     let mut hub = HubSettings::from_env(true);
     hub.cache_dir = cache;
     let model = Model::resolve(&ModelRef::parse("minilm-fake-news").unwrap(), &hub);
-    let ctx = Context { device: Device::Cpu, hub, progress: false };
+    let ctx = Context { device: Device::Cpu, hub, progress: false, outputs: Default::default() };
     let classifier = Classifier::load(&model, &ctx).unwrap();
     let text = "  vaccines ";
     let (probs, _) = classifier.classify(&[text], 1).remove(0).unwrap();

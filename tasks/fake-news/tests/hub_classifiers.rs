@@ -35,7 +35,8 @@ const TEXTS: [&str; 4] = [
 ];
 
 fn load(dir: &Path) -> zoo_runtime::Result<Classifier> {
-    let ctx = Context { device: Device::Cpu, hub: HubSettings::from_env(true), progress: false };
+    let ctx =
+        Context { device: Device::Cpu, hub: HubSettings::from_env(true), progress: false, outputs: Default::default() };
     Classifier::load(&Model::resolve(&ModelRef::Local(dir.to_path_buf()), &ctx.hub), &ctx)
 }
 

@@ -58,12 +58,17 @@ impl Task for ImageClassification {
         "Name what a photo shows (ImageNet's 1000 classes by default)"
     }
 
+    fn warmup_input(&self) -> Option<Input> {
+        Some(image_io::warmup_input())
+    }
+
     fn input(&self) -> InputSpec {
         InputSpec {
             description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
             extensions: IMAGE_EXTENSIONS,
             stdin: true,
             required: true,
+            kind: zoo_runtime::InputKind::Image,
         }
     }
 
@@ -334,6 +339,10 @@ pub struct Classification {
 }
 
 impl Prediction for Classification {
+    fn label(&self) -> Option<(String, f32)> {
+        self.predictions.first().map(|p| (p.label.clone(), p.score))
+    }
+
     fn json(&self) -> serde_json::Map<String, Value> {
         let mut map = serde_json::Map::new();
         map.insert("predictions".into(), serde_json::to_value(&self.predictions).expect("labels serialise"));

@@ -18,7 +18,7 @@ fn main() {
     let model_name = std::env::var("ZOO_BENCH_WHISPER").unwrap_or_else(|_| "faster-whisper-tiny.en".into());
     let mut hub = HubSettings::from_env(true);
     hub.cache_dir = cache;
-    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false };
+    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false, outputs: Default::default() };
     let model = Model::resolve(&ModelRef::parse(&model_name).unwrap(), &hub);
     let mut args = TaskArgs::new();
     args.set("no-fallback", "true");

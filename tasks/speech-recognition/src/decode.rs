@@ -41,6 +41,9 @@ pub struct DecodeOptions {
     pub seed: u64,
     /// Time and score each word (cross-attention alignment); costs one more decoder pass per window.
     pub word_timestamps: bool,
+    /// Text that comes before the recording (names, spellings, a style): the first window's prompt,
+    /// as OpenAI's `initial_prompt`.
+    pub initial_prompt: Option<String>,
 }
 
 impl Default for DecodeOptions {
@@ -57,6 +60,7 @@ impl Default for DecodeOptions {
             beam_size: 1,
             seed: 0,
             word_timestamps: false,
+            initial_prompt: None,
         }
     }
 }
@@ -394,7 +398,16 @@ impl<'a> Decoder<'a> {
         let t = self.whisper.tokens.clone();
         let duration = content_frames as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
         let mut segments = Vec::new();
-        let mut all_tokens: Vec<u32> = Vec::new();
+        let mut all_tokens: Vec<u32> = match self.options.initial_prompt.as_deref().map(str::trim) {
+            Some(text) if !text.is_empty() => self
+                .whisper
+                .tokenizer
+                .encode(format!(" {text}"), false)
+                .map_err(|e| candle_core::Error::Msg(format!("the prompt cannot be tokenised: {e}")))?
+                .get_ids()
+                .to_vec(),
+            _ => Vec::new(),
+        };
         let mut prompt_reset_since = 0;
         let mut seek = 0usize;
         let (mut language, mut language_probability, mut language_token) = ("en".to_string(), 1.0, None);
@@ -419,7 +432,9 @@ impl<'a> Decoder<'a> {
 
             let mut prompt = Vec::new();
             let previous = &all_tokens[prompt_reset_since..];
-            if self.options.condition_on_previous_text && !previous.is_empty() {
+            // Without conditioning, `prompt_reset_since` moves past every window, so only the
+            // initial prompt can be left here, and only for the first window.
+            if !previous.is_empty() {
                 let keep = self.whisper.config.max_target_positions / 2 - 1;
                 prompt.push(t.sot_prev);
                 prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);

@@ -66,6 +66,18 @@ const OPTIONS: &[TaskOption] = &[
         default: Some("14400"),
     },
     TaskOption {
+        name: "prompt",
+        value_name: Some("TEXT"),
+        help: "Text that comes before the recording (names, spellings, a style) to guide the first window",
+        default: None,
+    },
+    TaskOption {
+        name: "temperature",
+        value_name: Some("T"),
+        help: "Sampling temperature of the first try (0 = greedy); retries go up by 0.2 to 1.0 unless --no-fallback",
+        default: Some("0"),
+    },
+    TaskOption {
         name: "no-context",
         value_name: None,
         help: "Do not prompt each 30 s window with the previous window's text (avoids carrying a mistake on)",
@@ -92,12 +104,30 @@ impl Task for SpeechRecognition {
         "Transcribe speech (Whisper): text, timestamps, SRT/WebVTT subtitles"
     }
 
+    fn warmup_input(&self) -> Option<Input> {
+        // One second of silence: the encoder and one decoder step, without words to decode.
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: audio::SAMPLE_RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut bytes, spec).ok()?;
+        for _ in 0..audio::SAMPLE_RATE {
+            writer.write_sample(0i16).ok()?;
+        }
+        writer.finalize().ok()?;
+        Some(Input::bytes("warm-up.wav", bytes.into_inner()))
+    }
+
     fn input(&self) -> InputSpec {
         InputSpec {
             description: "audio files (WAV, FLAC, MP3, OGG Vorbis), folders or globs; - reads stdin",
             extensions: &["wav", "wave", "flac", "mp3", "ogg", "oga"],
             stdin: true,
             required: true,
+            kind: zoo_runtime::InputKind::Audio,
         }
     }
 
@@ -202,9 +232,24 @@ impl SpeechRunner {
             options.condition_on_previous_text = false;
         }
         options.word_timestamps = zoo_runtime::explain::Request::from_args(args).is_some();
-        if args.flag("no-fallback") {
-            options.temperatures = vec![0.0];
+        let temperature: f64 = args.parse("temperature")?.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&temperature) {
+            return Err(Error::InvalidOption {
+                option: "temperature".into(),
+                value: temperature.to_string(),
+                reason: "choose a number from 0 to 1".into(),
+            });
         }
+        // As Whisper's own command line: the first try at T, then T + 0.2, ... up to 1.
+        options.temperatures = (0..)
+            .map(|step| temperature + 0.2 * step as f64)
+            .take_while(|t| *t <= 1.0 + 1e-6)
+            .map(|t| (t * 1e6).round() / 1e6)
+            .collect();
+        if args.flag("no-fallback") {
+            options.temperatures.truncate(1);
+        }
+        options.initial_prompt = args.value("prompt").map(str::to_string);
         let max_duration_s = args.positive("max-duration", audio::MAX_DURATION_S, "seconds")?;
         let filters = mel::mel_filters(audio::SAMPLE_RATE as usize, mel::N_FFT, whisper.config.num_mel_bins);
         Ok(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone(), max_duration_s })
@@ -278,6 +323,10 @@ pub struct Transcribed {
 }
 
 impl Prediction for Transcribed {
+    fn text(&self) -> Option<String> {
+        Some(self.transcript.text())
+    }
+
     fn json(&self) -> Map<String, Value> {
         let mut map = output::json_fields(&self.transcript);
         if let Some(path) = &self.written {

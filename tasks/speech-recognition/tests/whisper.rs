@@ -117,7 +117,7 @@ fn transformers_safetensors_transcribe_as_ctranslate2_does() {
     std::fs::copy(dir.join("tokenizer.json"), hf.path().join("tokenizer.json")).unwrap();
 
     let hub = HubSettings::from_env(false);
-    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false };
+    let ctx = Context { device: Device::Cpu, hub: hub.clone(), progress: false, outputs: Default::default() };
     let transcribe = |reference: &str| {
         let model = Model::resolve(&ModelRef::parse(reference).unwrap(), &hub);
         let mut runner = SpeechRunner::load(&model, &TaskArgs::new(), &ctx).unwrap();

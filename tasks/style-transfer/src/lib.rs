@@ -22,8 +22,8 @@ use image::{DynamicImage, RgbImage};
 use serde_json::{json, Map, Value};
 use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
 use zoo_runtime::{
-    fsutil, Catalog, Context, Error, Explains, Input, InputSpec, Model, ModelRef, Prediction, PredictionResult, Result,
-    Runner, Task, TaskArgs, TaskOption,
+    fsutil, Catalog, Context, Error, Explains, ImageFormat, Input, InputSpec, Model, ModelRef, Outputs, Prediction,
+    PredictionResult, Result, Runner, Task, TaskArgs, TaskOption,
 };
 
 use crate::images::Format;
@@ -106,12 +106,17 @@ impl Task for StyleTransfer {
         "Repaint a photo in a painting's style (26 built-in styles, or any picture)"
     }
 
+    fn warmup_input(&self) -> Option<Input> {
+        Some(image_io::warmup_input())
+    }
+
     fn input(&self) -> InputSpec {
         InputSpec {
             description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
             extensions: IMAGE_EXTENSIONS,
             stdin: true,
             required: true,
+            kind: zoo_runtime::InputKind::Image,
         }
     }
 
@@ -135,7 +140,7 @@ impl Task for StyleTransfer {
     }
 
     fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
-        let settings = Settings::parse(args)?;
+        let settings = Settings::parse(args, ctx.outputs)?;
         // A picture's style needs the arbitrary-style network; the default model has built-in styles only.
         let arbitrary;
         let model = match (&settings.style_image, model.architecture()) {
@@ -157,6 +162,8 @@ enum Destination {
     File(PathBuf),
     Dir(PathBuf),
     Sheet(PathBuf),
+    /// Kept in the prediction, never written (a server's request).
+    Memory,
 }
 
 /// The task's options, checked.
@@ -176,7 +183,7 @@ fn invalid(option: &str, value: impl Into<String>, reason: impl Into<String>) ->
 }
 
 impl Settings {
-    fn parse(args: &TaskArgs) -> Result<Self> {
+    fn parse(args: &TaskArgs, outputs: Outputs) -> Result<Self> {
         let strength: f32 = args.parse("strength")?.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&strength) {
             return Err(invalid("strength", args.value("strength").unwrap_or_default(), "must be between 0 and 1"));
@@ -193,6 +200,10 @@ impl Settings {
             .filter_map(|name| args.value(name).map(|v| (name, v)))
             .collect();
         let destination = match chosen.as_slice() {
+            [] if outputs == Outputs::Memory => Destination::Memory,
+            [(name, _), ..] if outputs == Outputs::Memory => {
+                return Err(Error::Usage(format!("--{name}: results are kept in memory here, not written to a file")))
+            }
             [] => {
                 return Err(Error::Usage(
                     "say where to write the result: --output FILE, --output-dir DIR (several inputs) or --contact-sheet FILE"
@@ -358,16 +369,17 @@ impl Stylizer {
         }
     }
 
-    fn output_path(&self, input: &Input) -> PathBuf {
+    fn output_path(&self, input: &Input) -> Option<PathBuf> {
         match &self.settings.destination {
-            Destination::File(path) | Destination::Sheet(path) => path.clone(),
+            Destination::File(path) | Destination::Sheet(path) => Some(path.clone()),
             Destination::Dir(dir) => {
                 let stem = match input.path().file_stem() {
                     Some(stem) if input.name != "-" => stem.to_string_lossy().to_string(),
                     _ => "stdin".to_string(),
                 };
-                dir.join(format!("{stem}.png"))
+                Some(dir.join(format!("{stem}.png")))
             }
+            Destination::Memory => None,
         }
     }
 
@@ -385,10 +397,17 @@ impl Stylizer {
             };
             (self.stylize(&picture, &norms).map_err(failed)?, self.style_json())
         };
-        let format = Format::of(&output).map_err(|reason| Error::input(&output, reason))?;
-        let bytes = images::encode(&result, format, self.settings.quality, &output)?;
-        fsutil::write_atomic(&output, &bytes, self.settings.force)?;
-        Ok(Styled { output, style, model: self.model_id.clone(), width: result.width(), height: result.height() })
+        let (width, height) = (result.width(), result.height());
+        let kept = match output {
+            Some(path) => {
+                let format = Format::of(&path).map_err(|reason| Error::input(&path, reason))?;
+                let bytes = images::encode(&result, format, self.settings.quality, &path)?;
+                fsutil::write_atomic(&path, &bytes, self.settings.force)?;
+                Kept::Written(path)
+            }
+            None => Kept::InMemory { picture: result, name: input.name.clone(), quality: self.settings.quality },
+        };
+        Ok(Styled { kept, style, model: self.model_id.clone(), width, height })
     }
 
     fn contact_sheet(&self, picture: &DynamicImage) -> candle_core::Result<DynamicImage> {
@@ -426,7 +445,7 @@ impl Runner for Stylizer {
     /// once, so that several inputs are refused before anything is written.
     fn batch_size(&self) -> usize {
         match self.settings.destination {
-            Destination::Dir(_) => 1,
+            Destination::Dir(_) | Destination::Memory => 1,
             Destination::File(_) | Destination::Sheet(_) => usize::MAX,
         }
     }
@@ -436,7 +455,7 @@ impl Runner for Stylizer {
     }
 
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
-        if batch.len() > 1 && !matches!(self.settings.destination, Destination::Dir(_)) {
+        if batch.len() > 1 && !matches!(self.settings.destination, Destination::Dir(_) | Destination::Memory) {
             let option =
                 if matches!(self.settings.destination, Destination::Sheet(_)) { "--contact-sheet" } else { "--output" };
             return batch
@@ -453,9 +472,15 @@ impl Runner for Stylizer {
     }
 }
 
-/// What was written for one input.
+/// Where a styled picture went.
+enum Kept {
+    Written(PathBuf),
+    InMemory { picture: DynamicImage, name: String, quality: u8 },
+}
+
+/// What was made for one input.
 pub struct Styled {
-    output: PathBuf,
+    kept: Kept,
     style: Value,
     model: String,
     width: u32,
@@ -465,7 +490,9 @@ pub struct Styled {
 impl Prediction for Styled {
     fn json(&self) -> Map<String, Value> {
         let mut map = Map::new();
-        map.insert("output".into(), self.output.display().to_string().into());
+        if let Kept::Written(path) = &self.kept {
+            map.insert("output".into(), path.display().to_string().into());
+        }
         map.insert("style".into(), self.style.clone());
         // The default model hands a --style-image run to magenta-arbitrary: say which one ran.
         map.insert("model".into(), self.model.clone().into());
@@ -496,6 +523,19 @@ impl Prediction for Styled {
             ),
             other => other.as_str().unwrap_or("").to_string(),
         };
-        format!("wrote {} ({}x{}, {style}, model {})", self.output.display(), self.width, self.height, self.model)
+        let what = match &self.kept {
+            Kept::Written(path) => format!("wrote {}", path.display()),
+            Kept::InMemory { .. } => "styled".to_string(),
+        };
+        format!("{what} ({}x{}, {style}, model {})", self.width, self.height, self.model)
+    }
+
+    fn image(&self, format: ImageFormat) -> Option<Result<Vec<u8>>> {
+        let Kept::InMemory { picture, name, quality } = &self.kept else { return None };
+        let format = match format {
+            ImageFormat::Png => Format::Png,
+            ImageFormat::Jpeg => Format::Jpeg,
+        };
+        Some(images::encode(picture, format, *quality, std::path::Path::new(name)))
     }
 }

@@ -3,7 +3,7 @@
 
 use zoo_runtime::Registry;
 
-pub fn registry() -> Registry {
+pub(crate) fn build() -> Registry {
     #[allow(unused_mut)]
     let mut registry = Registry::new();
     #[cfg(feature = "image-classification")]

@@ -1,0 +1,102 @@
+//! A task's options as each door receives them: defaults, `--explain`, and a request's own.
+
+use zoo_runtime::{explain, Error, Explains, Task, TaskArgs, TaskOption};
+
+/// The options' defaults, as the command line fills them in when they are not given.
+pub fn defaults(options: &[TaskOption]) -> TaskArgs {
+    let mut args = TaskArgs::new();
+    for option in options {
+        if let (Some(_), Some(default)) = (option.value_name, option.default) {
+            args.set(option.name, default);
+        }
+    }
+    args
+}
+
+/// `--explain` (and `--explain-out DIR`) into the task's arguments, refused for a task that has
+/// nothing to explain (a usage error: the user asked for something that does not exist).
+pub fn explain_options(task: &dyn Task, explain: bool, out: Option<&str>, args: &mut TaskArgs) -> Result<(), Error> {
+    if !explain && out.is_none() {
+        return Ok(());
+    }
+    if let Explains::No(why) = task.explains() {
+        return Err(Error::Usage(format!("--explain: task '{}' has nothing to explain: {why}", task.name())));
+    }
+    args.set(explain::FLAG, "true");
+    if let Some(dir) = out {
+        args.set(explain::OUT, dir);
+    }
+    Ok(())
+}
+
+/// A request's options that cannot be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestOptionError {
+    #[error("unknown option '{name}' for task '{task}'; a request may set: {allowed}")]
+    Unknown { name: String, task: String, allowed: String },
+    #[error("option '{name}' cannot be set by a request: {why}")]
+    NotAllowed { name: String, why: &'static str },
+    #[error("invalid value '{value}' for option '{name}': {why}")]
+    BadValue { name: String, value: String, why: &'static str },
+    #[error(transparent)]
+    Explain(#[from] Error),
+}
+
+/// A request's options (`top_k` or `top-k`, values as text; flags `true`/`false`) as task
+/// arguments, refusing what a request may not set ([`Task::request_options`]) before anything runs.
+/// `explain` is every task's; its value is a flag too.
+pub fn request_options<'a>(
+    task: &dyn Task,
+    pairs: impl IntoIterator<Item = (&'a str, String)>,
+) -> Result<TaskArgs, RequestOptionError> {
+    let allowed = task.request_options();
+    let mut args = TaskArgs::new();
+    for (raw_name, value) in pairs {
+        let name = raw_name.trim().to_ascii_lowercase().replace('_', "-");
+        if name == explain::FLAG {
+            if flag_value(&name, &value)? {
+                explain_options(task, true, None, &mut args)?;
+            }
+            continue;
+        }
+        let Some(option) = allowed.iter().find(|o| o.name == name) else {
+            if let Some(option) = task.options().iter().find(|o| o.name == name) {
+                let why = if matches!(option.value_name, Some("FILE" | "DIR")) {
+                    "it names a path on the server's machine"
+                } else if option.settable_per_request() {
+                    "it says where inputs come from, and a request brings its inputs itself"
+                } else {
+                    "limits and resources are the server operator's to set"
+                };
+                return Err(RequestOptionError::NotAllowed { name, why });
+            }
+            let mut names: Vec<String> = allowed.iter().map(|o| o.name.replace('-', "_")).collect();
+            if !matches!(task.explains(), Explains::No(_)) {
+                names.push(explain::FLAG.into());
+            }
+            return Err(RequestOptionError::Unknown {
+                name: raw_name.to_string(),
+                task: task.name().into(),
+                allowed: names.join(", "),
+            });
+        };
+        if option.value_name.is_none() {
+            if flag_value(&name, &value)? {
+                args.set(option.name, "true");
+            }
+        } else {
+            args.set(option.name, value);
+        }
+    }
+    Ok(args)
+}
+
+fn flag_value(name: &str, value: &str) -> Result<bool, RequestOptionError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => {
+            Err(RequestOptionError::BadValue { name: name.into(), value: value.into(), why: "a flag is true or false" })
+        }
+    }
+}
