@@ -53,6 +53,9 @@ pub fn request_options<'a>(
     let mut args = TaskArgs::new();
     for (raw_name, value) in pairs {
         let name = raw_name.trim().to_ascii_lowercase().replace('_', "-");
+        if name == explain::OUT {
+            return Err(RequestOptionError::NotAllowed { name, why: "it names a path on the server's machine" });
+        }
         if name == explain::FLAG {
             if flag_value(&name, &value)? {
                 explain_options(task, true, None, &mut args)?;
