@@ -3,7 +3,7 @@
 //! the same options are run together, up to the batch size, in one call of the pipeline.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,24 @@ struct Queue {
     closed: bool,
 }
 
+/// How long a batch that is not full waits for more requests, once clients have been seen to
+/// come concurrently: a few HTTP round trips on one machine, little beside a model run.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+
+/// Moves the queued jobs with `batch[0]`'s options into `batch`, while they fit in `max_batch`.
+fn take_matching(queue: &mut Queue, batch: &mut Vec<Job>, size: &mut usize, max_batch: usize) {
+    let mut at = 0;
+    while at < queue.jobs.len() && *size < max_batch {
+        let job = &queue.jobs[at];
+        if job.key == batch[0].key && *size + job.inputs.len() <= max_batch {
+            *size += job.inputs.len();
+            batch.push(queue.jobs.remove(at).expect("in range"));
+        } else {
+            at += 1;
+        }
+    }
+}
+
 /// A served model: its task, id, state and queue; the thread that owns its pipeline.
 pub struct Worker {
     pub task: &'static dyn Task,
@@ -71,6 +89,8 @@ pub struct Worker {
     max_batch: AtomicUsize,
     /// The protocol outputs its results have (see [`Worker::outputs`]), known after the warm-up.
     outputs: Mutex<Vec<&'static str>>,
+    /// Whether the last batch showed requests arriving together (see [`Worker::next_batch`]).
+    concurrent: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -91,6 +111,7 @@ impl Worker {
             max_queue,
             max_batch: AtomicUsize::new(max_batch.unwrap_or(0)),
             outputs: Mutex::new(vec!["json"]),
+            concurrent: AtomicBool::new(false),
             metrics,
         })
     }
@@ -182,35 +203,49 @@ impl Worker {
 
     /// The next job, with every queued job of the same options that fits beside it; `None` once
     /// closed and drained. Jobs whose client left, or whose time ran out, are dropped unrun.
+    ///
+    /// Taking only what is queued at that instant splits closed-loop clients into two halves
+    /// that alternate (while one half runs, the other queues): so when the last batch showed
+    /// concurrent clients, a batch that is not full waits up to [`BATCH_WAIT`] for more, as
+    /// Triton's dynamic batcher does. A lone client never waits.
     fn next_batch(&self) -> Option<Vec<Job>> {
         let max_batch = self.max_batch.load(Ordering::Relaxed).max(1);
         let mut queue = self.queue.lock().expect("queue lock");
-        loop {
-            let now = Instant::now();
-            let before = queue.jobs.len();
-            queue.jobs.retain(|job| !job.reply.is_closed() && job.deadline > now);
-            self.metrics.abandoned(&self.model_id, (before - queue.jobs.len()) as u64);
+        let first = loop {
+            self.drop_abandoned(&mut queue);
             if let Some(first) = queue.jobs.pop_front() {
-                let mut size = first.inputs.len();
-                let mut batch = vec![first];
-                let mut at = 0;
-                while at < queue.jobs.len() && size < max_batch {
-                    let job = &queue.jobs[at];
-                    if job.key == batch[0].key && size + job.inputs.len() <= max_batch {
-                        size += job.inputs.len();
-                        batch.push(queue.jobs.remove(at).expect("in range"));
-                    } else {
-                        at += 1;
-                    }
-                }
-                return Some(batch);
+                break first;
             }
             if queue.closed {
                 return None;
             }
             // Woken by a new job; the timeout lets abandoned jobs be noticed while idle.
             queue = self.wake.wait_timeout(queue, Duration::from_secs(1)).expect("queue lock").0;
+        };
+        let mut size = first.inputs.len();
+        let mut batch = vec![first];
+        take_matching(&mut queue, &mut batch, &mut size, max_batch);
+        if size < max_batch && self.concurrent.load(Ordering::Relaxed) {
+            let until = Instant::now() + BATCH_WAIT;
+            while size < max_batch && !queue.closed {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                queue = self.wake.wait_timeout(queue, left).expect("queue lock").0;
+                self.drop_abandoned(&mut queue);
+                take_matching(&mut queue, &mut batch, &mut size, max_batch);
+            }
         }
+        self.concurrent.store(batch.len() > 1 || !queue.jobs.is_empty(), Ordering::Relaxed);
+        Some(batch)
+    }
+
+    fn drop_abandoned(&self, queue: &mut Queue) {
+        let now = Instant::now();
+        let before = queue.jobs.len();
+        queue.jobs.retain(|job| !job.reply.is_closed() && job.deadline > now);
+        self.metrics.abandoned(&self.model_id, (before - queue.jobs.len()) as u64);
     }
 
     fn run_batch(&self, pipeline: &mut Pipeline, batch: Vec<Job>) {
