@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use server::{get, get_with, metric, post, post_json, post_multipart, Part, Server};
-use zoo_bin::{data, zoo_with};
+use zoo_bin::{cli_json, data, zoo_with};
 use zoo_runtime::test_support::{shared_assets, shared_hub_cache};
 
 #[allow(dead_code)]
@@ -31,16 +31,6 @@ fn setup(test: &str) -> Option<Setup> {
     let cache = shared_hub_cache(test)?;
     let assets = shared_assets(test)?;
     Some(Setup { cache, speech: assets.join("data/speech") })
-}
-
-/// What `zoo run ARGS --json` prints, one object per input.
-fn cli_json(cache: &Path, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["run"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let run = zoo_with(Some(cache), &all, None);
-    assert_eq!(run.code, 0, "{}", run.describe());
-    run.json_lines()
 }
 
 /// The CLI's one error line without its `zoo: error: ` prefix.

@@ -4,13 +4,13 @@
 //! under target/ by this test; where that fails it fails under CI and skips loudly elsewhere. Their
 //! answers must equal what `zoo run` prints for the same inputs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use server::Server;
-use zoo_bin::{data, run_bounded, zoo_with};
+use zoo_bin::{cli_json, data, run_bounded, zoo_with};
 use zoo_runtime::test_support::{repo_root, shared_assets, shared_hub_cache};
 
 #[allow(dead_code)]
@@ -57,15 +57,6 @@ fn client_python() -> Option<PathBuf> {
     }
     std::fs::write(&marker, pins).unwrap();
     Some(python)
-}
-
-fn cli_json(cache: &Path, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["run"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let run = zoo_with(Some(cache), &all, None);
-    assert_eq!(run.code, 0, "{}", run.describe());
-    run.json_lines()
 }
 
 fn without_input(value: &Value) -> Value {

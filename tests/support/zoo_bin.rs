@@ -140,6 +140,17 @@ pub fn zoo_with(cache: Option<&Path>, args: &[&str], stdin: Option<&[u8]>) -> Ru
     run
 }
 
+/// What `zoo run ARGS --json` prints with the hub cache `cache`, one object per input; the run
+/// must succeed.
+pub fn cli_json(cache: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let run = zoo_with(Some(cache), &all, None);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    run.json_lines()
+}
+
 /// `zoo args...` with an empty cache and no stdin.
 pub fn zoo(args: &[&str]) -> Run {
     zoo_with(None, args, None)

@@ -142,20 +142,23 @@ fn serve_command() -> Command {
                 .value_parser(clap::value_parser!(u64).range(1..)),
         )
         .arg(value("cors-allow-origin", "ORIGIN", "Let pages from ORIGIN call the API (repeatable); CORS is off without it").action(ArgAction::Append))
-        .arg(
-            Arg::new("device")
-                .long("device")
-                .value_name("DEVICE")
-                .default_value("cpu")
-                .help("cpu, cuda, cuda:N or metal (GPU builds only)"),
-        )
-        .arg(
-            Arg::new("threads")
-                .long("threads")
-                .value_name("N")
-                .value_parser(clap::value_parser!(usize))
-                .help("CPU threads the models use [default: all cores]"),
-        )
+        .args(device_args())
+}
+
+/// `--device` and `--threads`, for every command that runs models.
+fn device_args() -> [Arg; 2] {
+    [
+        Arg::new("device")
+            .long("device")
+            .value_name("DEVICE")
+            .default_value("cpu")
+            .help("cpu, cuda, cuda:N or metal (GPU builds only)"),
+        Arg::new("threads")
+            .long("threads")
+            .value_name("N")
+            .value_parser(clap::value_parser!(usize))
+            .help("CPU threads to use [default: all cores]"),
+    ]
 }
 
 fn train_command(registry: &Registry) -> Command {
@@ -214,20 +217,7 @@ fn run_task_command(task: &dyn Task) -> Command {
                 .help("Catalogue id, Hub id (owner/name[@revision]) or local folder [default: the task's default]"),
         )
         .arg(json_arg("Print one JSON object per input (JSON Lines), in input order"))
-        .arg(
-            Arg::new("device")
-                .long("device")
-                .value_name("DEVICE")
-                .default_value("cpu")
-                .help("cpu, cuda, cuda:N or metal (GPU builds only)"),
-        )
-        .arg(
-            Arg::new("threads")
-                .long("threads")
-                .value_name("N")
-                .value_parser(clap::value_parser!(usize))
-                .help("CPU threads to use [default: all cores]"),
-        );
+        .args(device_args());
     for option in task.options() {
         cmd = cmd.arg(option_arg(option));
     }
