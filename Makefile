@@ -8,7 +8,7 @@ BENCH_OUT ?= target/bench
 BENCH_TEXTS ?= 300
 ZOO     := target/release/zoo
 
-.PHONY: setup run test bench lint fuzz clean
+.PHONY: setup run test bench bench-serve lint fuzz clean
 
 ## setup: build the release binary (target/release/zoo)
 setup:
@@ -52,6 +52,13 @@ bench:
 		/tmp/bench-venv/bin/python "$(SHARED)/bench/speech_faster_whisper.py" --threads $(THREADS) \
 			--manifest "$(SHARED)/assets/data/speech/manifest.tsv" --out-dir $(BENCH_OUT) | tee $(BENCH_OUT)/peer-speech.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-speech.jsonl $(BENCH_OUT)/peer-speech.jsonl; fi
+	@if [ -d "$(SHARED)/assets" ]; then $(MAKE) --no-print-directory bench-serve; \
+	else echo "bench: $(SHARED)/assets not found; serve bench skipped"; fi
+
+## bench-serve: zoo serve under 1, 8 and 64 concurrent clients next to zoo run on the same inputs
+bench-serve: setup
+	@mkdir -p $(BENCH_OUT)
+	eval "$$($(SHARED)/bin/test-assets --env)" && python3 scripts/bench_serve.py --threads $(THREADS) --out $(BENCH_OUT)
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (default 60) from its corpus (needs `cargo install cargo-fuzz`;
 ## RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's instrumentation flags)
