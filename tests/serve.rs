@@ -450,3 +450,30 @@ fn sigterm_finishes_the_requests_in_flight_then_exits_0() {
     assert_eq!(code, Some(0), "{}", server.stderr());
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "still listening after it stopped");
 }
+
+#[test]
+fn an_upload_slower_than_the_timeout_gets_408() {
+    let Some(setup) = setup("an_upload_slower_than_the_timeout_gets_408") else { return };
+    let server = Server::start(&setup.cache, &["--task", "image-classification", "--timeout", "1"]);
+    let coffee = std::fs::read(data("coffee.png")).unwrap();
+    let (content_type, body) = server::multipart(&[("file", Part::File("coffee.png", &coffee))]);
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    write!(
+        stream,
+        "POST /v1/run/image-classification HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // A tenth of the body, then nothing: the server must not wait for the rest forever.
+    stream.write_all(&body[..body.len() / 10]).unwrap();
+    let answer = server::read_all(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    let reply = post_multipart(
+        &server.url("/v1/run/image-classification"),
+        &[("file", Part::File("coffee.png", &coffee))],
+        &[],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
