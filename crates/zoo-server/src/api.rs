@@ -152,7 +152,7 @@ pub async fn read_form(app: &App, mut multipart: Multipart) -> Result<Form, ApiE
 pub fn upload(file_name: &str, bytes: Bytes, index: usize) -> Input {
     let name = file_name.rsplit(['/', '\\']).next().unwrap_or("").trim();
     let name = if name.is_empty() { format!("upload-{index}") } else { name.to_string() };
-    Input::bytes(name, Vec::from(bytes))
+    Input::bytes(name, &bytes[..])
 }
 
 /// Decodes base64 (standard or URL-safe, padded or not; a `data:...;base64,` prefix allowed).

@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use zoo_pipeline::Pipeline;
-use zoo_runtime::{Context, Outputs, Task, TaskArgs};
+use zoo_runtime::{Context, Outputs, Task};
 
 pub use api::ApiError;
 use metrics::Metrics;
@@ -172,7 +172,7 @@ async fn serve_async(config: Config, chosen: Vec<(&'static dyn Task, zoo_runtime
         let args = zoo_pipeline::defaults(task.options());
         let thread = std::thread::Builder::new()
             .name(format!("zoo-{}", task.name()))
-            .spawn(move || thread_worker.run(move || load(task, model, args, ctx)))?;
+            .spawn(move || thread_worker.run(move || Pipeline::load(task, model, args, ctx)))?;
         workers.push(worker);
         threads.push(thread);
     }
@@ -227,15 +227,6 @@ async fn serve_async(config: Config, chosen: Vec<(&'static dyn Task, zoo_runtime
     }
 }
 
-fn load(
-    task: &'static dyn Task,
-    model: zoo_runtime::Model,
-    args: TaskArgs,
-    ctx: Context,
-) -> Result<Pipeline, zoo_pipeline::LoadError> {
-    Pipeline::load(task, model, args, ctx)
-}
-
 async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -262,11 +253,11 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/audio/translations", post(openai::translations))
         .route("/v2", get(oip::server_metadata))
         .route("/v2/models/{name}", get(oip::model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(oip::model_metadata_version))
+        .route("/v2/models/{name}/versions/{version}", get(oip::model_metadata))
         .route("/v2/models/{name}/ready", get(oip::model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(oip::model_ready_version))
+        .route("/v2/models/{name}/versions/{version}/ready", get(oip::model_ready))
         .route("/v2/models/{name}/infer", post(oip::infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer_version))
+        .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_key));
     let open = Router::new()
         .route("/health", get(health))

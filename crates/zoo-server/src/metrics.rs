@@ -1,6 +1,5 @@
 //! `/metrics`: Prometheus (OpenMetrics) text, with a `zoo_` prefix on every name.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -42,8 +41,6 @@ pub struct Metrics {
     batch_size: HistogramFamily,
     queue_seconds: HistogramFamily,
     inference_seconds: HistogramFamily,
-    /// Encoding reads the registry while handlers update the metrics; one scrape at a time.
-    scrape: Mutex<()>,
 }
 
 impl Metrics {
@@ -67,17 +64,7 @@ impl Metrics {
         registry.register("queue_seconds", "Time a request waited for its model", queue_seconds.clone());
         let inference_seconds = HistogramFamily::new_with_constructor(seconds as fn() -> Histogram);
         registry.register("inference_seconds", "Time of one model run (a batch)", inference_seconds.clone());
-        Metrics {
-            registry,
-            requests,
-            queue_depth,
-            ready,
-            abandoned,
-            batch_size,
-            queue_seconds,
-            inference_seconds,
-            scrape: Mutex::new(()),
-        }
+        Metrics { registry, requests, queue_depth, ready, abandoned, batch_size, queue_seconds, inference_seconds }
     }
 
     pub fn request(&self, route: &str, task: &str, status: u16) {
@@ -102,7 +89,6 @@ impl Metrics {
 
     /// The exposition text, with each model's queue depth and readiness as of now.
     pub fn render(&self, models: impl Iterator<Item = (String, usize, bool)>) -> String {
-        let _one = self.scrape.lock().expect("scrape lock");
         for (model, depth, ready) in models {
             let labels = ModelLabels { model };
             self.queue_depth.get_or_create(&labels).set(depth as i64);

@@ -50,39 +50,15 @@ async fn run_inner(
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mut inputs = Vec::new();
     let mut input_bytes = 0;
-    let by_model = |pairs: &mut Vec<(String, String)>| -> Option<String> {
-        let at = pairs.iter().position(|(k, _)| k == "model")?;
-        Some(pairs.remove(at).1)
-    };
-    let mut model = by_model(&mut pairs);
-    let worker_for = |model: &Option<String>| -> Result<Arc<crate::worker::Worker>, ApiError> {
-        let worker = app.worker(task_name).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("task '{task_name}' is not served here; served: {}", app.served_names()),
-            )
-        })?;
-        match model {
-            None => Ok(worker.clone()),
-            Some(id) => app
-                .workers
-                .iter()
-                .find(|w| w.task.name() == worker.task.name() && (w.model_id == *id))
-                .cloned()
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!(
-                            "model '{id}' is not served for task '{}'; served: {}",
-                            worker.task.name(),
-                            app.served_names()
-                        ),
-                    )
-                }),
-        }
-    };
+    let mut model = pairs.iter().position(|(k, _)| k == "model").map(|at| pairs.remove(at).1);
     // Known before the body is read, so that a wrong task costs no upload.
-    worker_for(&None)?;
+    let served = app.worker(task_name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("task '{task_name}' is not served here; served: {}", app.served_names()),
+        )
+    })?;
+    let task = served.task;
 
     if content_type.starts_with("multipart/form-data") {
         let multipart = api::multipart(request).await?;
@@ -121,8 +97,7 @@ async fn run_inner(
             Some(Value::Object(options)) => pairs.extend(options.iter().map(|(k, v)| (k.clone(), option_text(v)))),
             Some(_) => return Err(ApiError::unprocessable("'options' must be an object of option names and values")),
         }
-        let worker = worker_for(&model)?;
-        let kind = worker.task.input().kind;
+        let kind = task.input().kind;
         let texts = match object.remove("inputs") {
             Some(Value::Array(items)) => items,
             Some(Value::String(one)) => vec![Value::String(one)],
@@ -133,24 +108,33 @@ async fn run_inner(
                 "unknown field '{key}'; the body takes inputs, options and model"
             )));
         }
-        for (index, item) in texts.iter().enumerate() {
+        for (index, item) in texts.into_iter().enumerate() {
             let Value::String(text) = item else {
                 return Err(ApiError::bad_request(format!("inputs[{index}] is not a string")));
             };
             let name = format!("inputs[{index}]");
             input_bytes += text.len();
             inputs.push(match kind {
-                InputKind::Text => Input::text(name, text.clone()),
+                InputKind::Text => Input::text(name, text),
                 InputKind::Image | InputKind::Audio => {
                     let bytes =
-                        api::base64_bytes(text).map_err(|why| ApiError::bad_request(format!("{name}: {why}")))?;
+                        api::base64_bytes(&text).map_err(|why| ApiError::bad_request(format!("{name}: {why}")))?;
                     Input::bytes(name, bytes)
                 }
             });
         }
     }
-    let worker = worker_for(&model)?;
-    let task = worker.task;
+    let worker = match &model {
+        None => served,
+        Some(id) => {
+            app.workers.iter().find(|w| w.task.name() == task.name() && w.model_id == *id).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("model '{id}' is not served for task '{}'; served: {}", task.name(), app.served_names()),
+                )
+            })?
+        }
+    };
     if inputs.is_empty() {
         return Err(ApiError::bad_request(format!(
             "no input given: send files as multipart 'file' fields, or JSON {{\"inputs\": [...]}} ({} inputs)",
@@ -160,7 +144,7 @@ async fn run_inner(
     let options = zoo_pipeline::request_options(task, pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let deadline = crate::deadline(&app.config, input_bytes);
-    let outcomes = api::run_on(&worker, inputs, options, deadline).await?;
+    let outcomes = api::run_on(worker, inputs, options, deadline).await?;
 
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     let wants_json = accept.contains("application/json") && !accept.contains("image/");

@@ -58,15 +58,16 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Result<Response, Ap
     .into_response())
 }
 
-pub async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    metadata(&app, &name, None).unwrap_or_else(IntoResponse::into_response)
+/// `/v2/models/{name}` or `/v2/models/{name}/versions/{version}`, and what follows.
+#[derive(serde::Deserialize)]
+pub struct ModelPath {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
 }
 
-pub async fn model_metadata_version(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    metadata(&app, &name, Some(&version)).unwrap_or_else(IntoResponse::into_response)
+pub async fn model_metadata(State(app): State<Arc<App>>, Path(path): Path<ModelPath>) -> Response {
+    metadata(&app, &path.name, path.version.as_deref()).unwrap_or_else(IntoResponse::into_response)
 }
 
 fn readiness(app: &App, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
@@ -82,32 +83,14 @@ fn readiness(app: &App, name: &str, version: Option<&str>) -> Result<Response, A
     }
 }
 
-pub async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    readiness(&app, &name, None).unwrap_or_else(IntoResponse::into_response)
+pub async fn model_ready(State(app): State<Arc<App>>, Path(path): Path<ModelPath>) -> Response {
+    readiness(&app, &path.name, path.version.as_deref()).unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn model_ready_version(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    readiness(&app, &name, Some(&version)).unwrap_or_else(IntoResponse::into_response)
-}
-
-pub async fn infer(State(app): State<Arc<App>>, Path(name): Path<String>, request: Request) -> Response {
-    respond(app, name, None, request).await
-}
-
-pub async fn infer_version(
-    State(app): State<Arc<App>>,
-    Path((name, version)): Path<(String, String)>,
-    request: Request,
-) -> Response {
-    respond(app, name, Some(version), request).await
-}
-
-async fn respond(app: Arc<App>, name: String, version: Option<String>, request: Request) -> Response {
-    let label = app.worker(&name).map(|w| w.task.name()).unwrap_or("");
-    let response = run(&app, &name, version.as_deref(), request).await.unwrap_or_else(IntoResponse::into_response);
+pub async fn infer(State(app): State<Arc<App>>, Path(path): Path<ModelPath>, request: Request) -> Response {
+    let label = app.worker(&path.name).map(|w| w.task.name()).unwrap_or("");
+    let response =
+        run(&app, &path.name, path.version.as_deref(), request).await.unwrap_or_else(IntoResponse::into_response);
     api::labelled(label, response)
 }
 
@@ -130,22 +113,21 @@ fn split_body(headers: &HeaderMap, body: &Bytes) -> Result<(Value, Bytes), ApiEr
 }
 
 /// The elements of a binary `BYTES` tensor: each a 4-byte little-endian length and its bytes.
-fn bytes_elements(mut data: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
+fn bytes_elements(mut data: &[u8]) -> Result<Vec<&[u8]>, ApiError> {
     let mut elements = Vec::new();
     while !data.is_empty() {
         let bad = || ApiError::bad_request("the binary BYTES tensor is cut short (each element: u32 length, bytes)");
         let length = u32::from_le_bytes(data.get(..4).ok_or_else(bad)?.try_into().expect("4 bytes")) as usize;
-        let element = data.get(4..4 + length).ok_or_else(bad)?;
-        elements.push(element.to_vec());
+        elements.push(data.get(4..4 + length).ok_or_else(bad)?);
         data = &data[4 + length..];
     }
     Ok(elements)
 }
 
-fn flatten(value: &Value, out: &mut Vec<Value>) {
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     match value {
         Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        other => out.push(other.clone()),
+        other => out.push(other),
     }
 }
 
@@ -154,11 +136,11 @@ async fn run(app: &App, name: &str, version: Option<&str>, request: Request) -> 
     let headers = request.headers().clone();
     let body = api::read_body(app, request.into_body()).await?;
     let (header, mut binary) = split_body(&headers, &body)?;
-    let inputs = header.get("inputs").and_then(Value::as_array).cloned().unwrap_or_default();
-    let [tensor] = inputs.as_slice() else {
+    let tensors = header.get("inputs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let [tensor] = tensors else {
         return Err(ApiError::bad_request(format!(
             "model '{name}' takes one input tensor, 'input' (BYTES, shape [n]); got {}",
-            inputs.len()
+            tensors.len()
         )));
     };
     if tensor.get("name").and_then(Value::as_str) != Some("input") {
@@ -169,7 +151,9 @@ async fn run(app: &App, name: &str, version: Option<&str>, request: Request) -> 
     }
     let kind = worker.task.input().kind;
     let binary_size = tensor.pointer("/parameters/binary_data_size").and_then(Value::as_u64);
-    let elements: Vec<Vec<u8>> = match binary_size {
+    let element_name = |i: usize| format!("input[{i}]");
+    let mut input_bytes = 0;
+    let inputs: Vec<Input> = match binary_size {
         Some(size) => {
             let size = size as usize;
             if size > binary.len() {
@@ -177,47 +161,51 @@ async fn run(app: &App, name: &str, version: Option<&str>, request: Request) -> 
             }
             let data = binary.split_to(size);
             bytes_elements(&data)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    input_bytes += bytes.len();
+                    match kind {
+                        InputKind::Text => Input::text(element_name(i), String::from_utf8_lossy(bytes).into_owned()),
+                        _ => Input::bytes(element_name(i), bytes),
+                    }
+                })
+                .collect()
         }
         None => {
             let mut flat = Vec::new();
             flatten(tensor.get("data").unwrap_or(&Value::Null), &mut flat);
-            flat.iter()
+            flat.into_iter()
                 .enumerate()
                 .map(|(i, v)| match (v, kind) {
-                    (Value::String(text), InputKind::Text) => Ok(text.clone().into_bytes()),
-                    (Value::String(text), _) => {
-                        api::base64_bytes(text).map_err(|why| ApiError::bad_request(format!("input[{i}]: {why}")))
+                    (Value::String(text), InputKind::Text) => {
+                        input_bytes += text.len();
+                        Ok(Input::text(element_name(i), text.clone()))
                     }
-                    _ => Err(ApiError::bad_request(format!("input[{i}] is not a string"))),
+                    (Value::String(text), _) => api::base64_bytes(text)
+                        .map(|bytes| {
+                            input_bytes += bytes.len();
+                            Input::bytes(element_name(i), bytes)
+                        })
+                        .map_err(|why| ApiError::bad_request(format!("{}: {why}", element_name(i)))),
+                    _ => Err(ApiError::bad_request(format!("{} is not a string", element_name(i)))),
                 })
                 .collect::<Result<_, _>>()?
         }
     };
     if let Some(shape) = tensor.get("shape").and_then(Value::as_array) {
         let declared: Option<u64> = shape.iter().map(Value::as_u64).product();
-        if declared != Some(elements.len() as u64) {
+        if declared != Some(inputs.len() as u64) {
             return Err(ApiError::bad_request(format!(
                 "the input's shape {} does not match its {} elements",
                 Value::Array(shape.clone()),
-                elements.len()
+                inputs.len()
             )));
         }
     }
-    if elements.is_empty() {
+    if inputs.is_empty() {
         return Err(ApiError::bad_request("the input tensor has no elements"));
     }
-    let input_bytes = elements.iter().map(Vec::len).sum();
-    let inputs: Vec<Input> = elements
-        .into_iter()
-        .enumerate()
-        .map(|(i, bytes)| {
-            let name = format!("input[{i}]");
-            match kind {
-                InputKind::Text => Input::text(name, String::from_utf8_lossy(&bytes).into_owned()),
-                _ => Input::bytes(name, bytes),
-            }
-        })
-        .collect();
 
     let parameters = header.get("parameters").and_then(Value::as_object).cloned().unwrap_or_default();
     let binary_output = parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);

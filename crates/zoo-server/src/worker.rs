@@ -250,26 +250,21 @@ impl Worker {
 
     fn run_batch(&self, pipeline: &mut Pipeline, batch: Vec<Job>) {
         let started = Instant::now();
-        let counts: Vec<usize> = batch.iter().map(|j| j.inputs.len()).collect();
-        let total: usize = counts.iter().sum();
-        for job in &batch {
+        // Every job in a batch has the same options (see `take_matching`).
+        let options = batch[0].options.clone();
+        let mut inputs = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
             self.metrics.queued_for(&self.model_id, started.duration_since(job.enqueued));
-        }
-        let mut jobs = batch.into_iter();
-        let first = jobs.next().expect("a batch has a job");
-        let options = first.options.clone();
-        let rest: Vec<Job> = jobs.collect();
-        let mut inputs = first.inputs;
-        for job in &rest {
-            inputs.extend(job.inputs.iter().cloned());
+            replies.push((job.reply, job.inputs.len()));
+            inputs.extend(job.inputs);
         }
         let result = pipeline.run_with(&options, &inputs);
-        self.metrics.ran(&self.model_id, total, started.elapsed());
-        let replies = std::iter::once(first.reply).chain(rest.into_iter().map(|j| j.reply));
+        self.metrics.ran(&self.model_id, inputs.len(), started.elapsed());
         match result {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
-                for (reply, count) in replies.zip(counts) {
+                for (reply, count) in replies {
                     let mine: Vec<Outcome> = outcomes.by_ref().take(count).collect();
                     let _ = reply.send(Done { outcomes: Ok(mine) });
                 }
@@ -277,7 +272,7 @@ impl Worker {
             Err(error) => {
                 // One option set per batch, so every job in it gets the same refusal.
                 let error = RunError { message: error.one_line(), usage: error.is_usage() };
-                for reply in replies {
+                for (reply, _) in replies {
                     let _ = reply.send(Done { outcomes: Err(error.clone()) });
                 }
             }
