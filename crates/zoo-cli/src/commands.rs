@@ -157,13 +157,18 @@ fn info(hub: &HubSettings, reference: &str, as_json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(task: &'static dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
+/// `--threads` (set before any thread pool starts) and `--device`, of a command that runs models.
+fn device(m: &ArgMatches) -> Result<zoo_runtime::candle_core::Device> {
     if let Some(threads) = m.get_one::<usize>("threads") {
         // candle and rayon read this when their thread pools start, which has not happened yet.
         std::env::set_var("RAYON_NUM_THREADS", threads.max(&1).to_string());
     }
+    Ok(zoo_runtime::device::parse_device(m.get_one::<String>("device").expect("has a default"))?)
+}
+
+fn run(task: &'static dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
+    let device = device(m)?;
     let as_json = m.get_flag("json");
-    let device = zoo_runtime::device::parse_device(m.get_one::<String>("device").expect("has a default"))?;
 
     let mut args = task_args(task.options(), m);
     zoo_pipeline::explain_options(
@@ -220,10 +225,7 @@ fn run(task: &'static dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<Exi
 }
 
 fn serve(registry: &'static Registry, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
-    if let Some(threads) = m.get_one::<usize>("threads") {
-        std::env::set_var("RAYON_NUM_THREADS", threads.max(&1).to_string());
-    }
-    let device = zoo_runtime::device::parse_device(m.get_one::<String>("device").expect("has a default"))?;
+    let device = device(m)?;
     let mut models = Vec::new();
     for spec in m.get_many::<String>("task").into_iter().flatten() {
         let (name, model) = match spec.split_once('=') {

@@ -39,17 +39,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("zoo: error: {}", one_line(&e));
+            eprintln!("zoo: error: {}", zoo_pipeline::one_line(e.as_ref()));
             let usage = e.downcast_ref::<zoo_runtime::Error>().is_some_and(|e| e.is_usage())
                 || e.downcast_ref::<zoo_pipeline::LoadError>().is_some_and(|e| e.is_usage());
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILURE })
         }
     }
-}
-
-/// The error and its causes on one line, so each failure is one line of stderr.
-fn one_line(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
 }
 
 /// Help and version print as clap renders them; errors become one line naming what was wrong.

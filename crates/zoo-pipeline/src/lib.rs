@@ -108,6 +108,8 @@ pub struct Pipeline {
     task: &'static dyn Task,
     model: Model,
     args: TaskArgs,
+    /// `args` as [`TaskArgs::canonical`], to tell a request's options that change nothing.
+    args_key: String,
     ctx: Context,
     runner: Box<dyn Runner>,
     /// Runners for other option sets (by [`TaskArgs::canonical`]), the most recently used last.
@@ -119,7 +121,8 @@ impl Pipeline {
     /// is a usage error, reported before any input is read.
     pub fn load(task: &'static dyn Task, model: Model, args: TaskArgs, ctx: Context) -> Result<Self, LoadError> {
         let runner = load_runner(task, &model, &args, &ctx)?;
-        Ok(Pipeline { task, model, args, ctx, runner, variants: Vec::new() })
+        let args_key = args.canonical();
+        Ok(Pipeline { task, model, args, args_key, ctx, runner, variants: Vec::new() })
     }
 
     pub fn task(&self) -> &'static dyn Task {
@@ -165,7 +168,7 @@ impl Pipeline {
         }
         let merged = self.args.merged(options);
         let key = merged.canonical();
-        if key == self.args.canonical() {
+        if key == self.args_key {
             return Ok(self.run(inputs));
         }
         let runner = match self.variants.iter().position(|(k, _)| *k == key) {

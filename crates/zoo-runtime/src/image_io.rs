@@ -14,8 +14,6 @@ pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
 
-/// The most bytes an image file within `max_pixels` may take: 8 a pixel (16-bit RGBA stored
-/// uncompressed, as BMP and PNG allow) and room for metadata, so one flag raises both limits.
 /// A small grey PNG, for warming a vision model up.
 pub fn warmup_input() -> Input {
     let picture = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(64, 48, image::Rgb([128, 128, 128])));
@@ -24,6 +22,8 @@ pub fn warmup_input() -> Input {
     Input::bytes("warm-up.png", bytes)
 }
 
+/// The most bytes an image file within `max_pixels` may take: 8 a pixel (16-bit RGBA stored
+/// uncompressed, as BMP and PNG allow) and room for metadata, so one flag raises both limits.
 pub fn read_limit(max_pixels: u64) -> ReadLimit {
     ReadLimit { max_bytes: max_pixels.saturating_mul(8).saturating_add(64 << 20), raised_by: "--max-pixels" }
 }

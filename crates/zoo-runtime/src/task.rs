@@ -118,10 +118,6 @@ impl TaskArgs {
         self.values.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
     /// Parses an option's value; a value that does not parse is a usage error naming the option.
     pub fn parse<T: FromStr>(&self, name: &str) -> Result<Option<T>>
     where
