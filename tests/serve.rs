@@ -223,6 +223,26 @@ fn every_route_answers_what_the_cli_prints() {
     let head: Value = serde_json::from_slice(&infer.body[..json_length]).unwrap();
     let label = &infer.body[json_length + 4..];
     assert_eq!(std::str::from_utf8(label).unwrap(), "espresso", "{head}");
+    // Text as binary BYTES is checked as an uploaded text file is: bad UTF-8 is the CLI's error.
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&3u32.to_le_bytes());
+    body.extend_from_slice(b"a\xffb");
+    let length = header.len().to_string();
+    let infer = post(
+        &server.url("/v2/models/fake-news/infer"),
+        "application/octet-stream",
+        &body,
+        &[("Inference-Header-Content-Length", &length)],
+    );
+    let bad_text = out.path().join("input[0]");
+    std::fs::write(&bad_text, b"a\xffb").unwrap();
+    let message = cli_error(cache, &["fake-news", bad_text.to_str().unwrap()]);
+    assert_eq!(infer.status, 400);
+    assert_eq!(infer.error(), format!("input[0]: {}", message.split_once(": ").unwrap().1));
     let meta = get(&server.url("/v2/models/style-transfer")).json();
     let outputs: Vec<&str> = meta["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
     assert_eq!(outputs, ["json", "image"], "{meta}");

@@ -163,12 +163,11 @@ async fn run(app: &App, name: &str, version: Option<&str>, request: Request) -> 
             bytes_elements(&data)?
                 .into_iter()
                 .enumerate()
+                // Raw bytes for every task: a text task checks them as it checks an uploaded
+                // file (UTF-8, no NUL bytes), instead of having bad bytes replaced unseen.
                 .map(|(i, bytes)| {
                     input_bytes += bytes.len();
-                    match kind {
-                        InputKind::Text => Input::text(element_name(i), String::from_utf8_lossy(bytes).into_owned()),
-                        _ => Input::bytes(element_name(i), bytes),
-                    }
+                    Input::bytes(element_name(i), bytes)
                 })
                 .collect()
         }
