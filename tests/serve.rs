@@ -69,6 +69,27 @@ fn assert_same(served: &Value, cli: &Value, path: &str) {
     }
 }
 
+/// An OIP inference of one element sent as tritonclient sends it: a JSON header, then the binary
+/// `BYTES` tensor (a u32 length and the bytes).
+fn infer_binary(server: &Server, model: &str, element: &[u8], outputs: Value) -> server::Reply {
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": element.len() + 4}}],
+        "outputs": outputs,
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&(element.len() as u32).to_le_bytes());
+    body.extend_from_slice(element);
+    let length = header.len().to_string();
+    post(
+        &server.url(&format!("/v2/models/{model}/infer")),
+        "application/octet-stream",
+        &body,
+        &[("Inference-Header-Content-Length", &length)],
+    )
+}
+
 fn results(reply: &server::Reply) -> Vec<Value> {
     assert_eq!(reply.status, 200, "{}", reply.text());
     reply.json()["results"].as_array().expect("results").clone()
@@ -203,41 +224,18 @@ fn every_route_answers_what_the_cli_prints() {
     let object: Value = serde_json::from_str(output("json")["data"][0].as_str().unwrap()).unwrap();
     assert_same(&object, &cli[0], "");
     // ... and binary, as tritonclient sends it: an image's bytes, answered in binary.
-    let header = json!({
-        "inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": coffee.len() + 4}}],
-        "outputs": [{"name": "label", "parameters": {"binary_data": true}}, {"name": "score", "parameters": {"binary_data": false}}],
-    })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&(coffee.len() as u32).to_le_bytes());
-    body.extend_from_slice(&coffee);
-    let length = header.len().to_string();
-    let infer = post(
-        &server.url("/v2/models/efficientnet-lite0/infer"),
-        "application/octet-stream",
-        &body,
-        &[("Inference-Header-Content-Length", &length)],
-    );
+    let outputs = json!([
+        {"name": "label", "parameters": {"binary_data": true}},
+        {"name": "score", "parameters": {"binary_data": false}},
+    ]);
+    let infer = infer_binary(&server, "efficientnet-lite0", &coffee, outputs);
     assert_eq!(infer.status, 200, "{}", infer.text());
     let json_length: usize = infer.header("inference-header-content-length").unwrap().parse().unwrap();
     let head: Value = serde_json::from_slice(&infer.body[..json_length]).unwrap();
     let label = &infer.body[json_length + 4..];
     assert_eq!(std::str::from_utf8(label).unwrap(), "espresso", "{head}");
     // Text as binary BYTES is checked as an uploaded text file is: bad UTF-8 is the CLI's error.
-    let header = json!({
-        "inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}],
-    })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&3u32.to_le_bytes());
-    body.extend_from_slice(b"a\xffb");
-    let length = header.len().to_string();
-    let infer = post(
-        &server.url("/v2/models/fake-news/infer"),
-        "application/octet-stream",
-        &body,
-        &[("Inference-Header-Content-Length", &length)],
-    );
+    let infer = infer_binary(&server, "fake-news", b"a\xffb", json!([]));
     let bad_text = out.path().join("input[0]");
     std::fs::write(&bad_text, b"a\xffb").unwrap();
     let message = cli_error(cache, &["fake-news", bad_text.to_str().unwrap()]);
