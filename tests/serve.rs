@@ -90,6 +90,11 @@ fn infer_binary(server: &Server, model: &str, element: &[u8], outputs: Value) ->
     )
 }
 
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
 fn results(reply: &server::Reply) -> Vec<Value> {
     assert_eq!(reply.status, 200, "{}", reply.text());
     reply.json()["results"].as_array().expect("results").clone()
@@ -163,6 +168,54 @@ fn every_route_answers_what_the_cli_prints() {
     assert_eq!(jpeg.content_type, "image/jpeg");
     assert_eq!(&jpeg.body[..2], [0xff, 0xd8]);
 
+    // A painting's style: the painting comes as an upload where the CLI takes --style-image FILE.
+    let painted = out.path().join("painted.png");
+    let painted_arg = painted.to_str().unwrap();
+    let args =
+        ["style-transfer", coffee_arg, "--style-image", chelsea_arg, "--strength", "0.7", "--output", painted_arg];
+    let cli = cli_json(cache, &args);
+    let reply = post_multipart(
+        &server.url("/v1/run/style-transfer?strength=0.7"),
+        &[("file", Part::File("coffee.png", &coffee)), ("style_image", Part::File("chelsea.png", &chelsea))],
+        &[("Accept", "application/json")],
+    );
+    let served = &results(&reply)[0];
+    assert_eq!(served["model"], "magenta-arbitrary");
+    assert_eq!(served["style"]["image"], "chelsea.png", "named by the upload's name, as the CLI names its path");
+    assert_eq!(served["style"]["strength"], cli[0]["style"]["strength"]);
+    assert_eq!((&served["width"], &served["height"]), (&cli[0]["width"], &cli[0]["height"]));
+    let png = base64_decode(served["image_png_base64"].as_str().unwrap());
+    assert!(png == std::fs::read(&painted).unwrap(), "the served painting's style differs from the CLI's");
+    let reply = post_multipart(
+        &server.url("/v1/run/style-transfer?style_image=chelsea.png"),
+        &[("file", Part::File("coffee.png", &coffee))],
+        &[],
+    );
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.error().contains("send the file itself"), "{}", reply.error());
+    let reply = post_multipart(
+        &server.url("/v1/run/style-transfer"),
+        &[("file", Part::File("coffee.png", &coffee)), ("style_image", Part::File("notes.txt", b"not a painting"))],
+        &[],
+    );
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.error().contains("notes.txt") && reply.error().contains("style-image"), "{}", reply.error());
+
+    // The contact sheet comes back instead of being written, with its grid to cut it by.
+    let sheet = out.path().join("sheet.png");
+    let cli = cli_json(cache, &["style-transfer", coffee_arg, "--contact-sheet", sheet.to_str().unwrap()]);
+    let reply = post_multipart(
+        &server.url("/v1/run/style-transfer?contact_sheet=true"),
+        &[("file", Part::File("coffee.png", &coffee))],
+        &[("Accept", "application/json")],
+    );
+    let served = &results(&reply)[0];
+    assert_eq!(served["style"], cli[0]["style"]);
+    assert_eq!(served["cells"], cli[0]["cells"]);
+    assert_eq!(served["cells"]["columns"], 7, "{served}");
+    let png = base64_decode(served["image_png_base64"].as_str().unwrap());
+    assert!(png == std::fs::read(&sheet).unwrap(), "the served contact sheet differs from the CLI's");
+
     // Speech: native, then OpenAI's route in each response format.
     let cli = cli_json(cache, &["speech-recognition", jfk_path.to_str().unwrap()]);
     let reply = post_multipart(&server.url("/v1/run/asr"), &[("file", Part::File("jfk.wav", &jfk))], &[]);
@@ -183,6 +236,9 @@ fn every_route_answers_what_the_cli_prints() {
     assert_eq!(openai("text").text(), format!("{transcript}\n"));
     let srt = zoo_with(Some(cache), &["run", "asr", jfk_path.to_str().unwrap(), "--format", "srt"], None);
     assert_eq!(openai("srt").text().trim_end(), srt.stdout.trim_end());
+    // The native route carries the document a format option asks for (the page's SRT download).
+    let reply = post_multipart(&server.url("/v1/run/asr?format=srt"), &[("file", Part::File("jfk.wav", &jfk))], &[]);
+    assert_eq!(results(&reply)[0]["document"].as_str().unwrap().trim_end(), srt.stdout.trim_end());
     let verbose = openai("verbose_json").json();
     assert_eq!(verbose["text"], transcript);
     assert_eq!(verbose["segments"].as_array().unwrap().len(), cli[0]["segments"].as_array().unwrap().len());

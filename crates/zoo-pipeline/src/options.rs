@@ -1,6 +1,6 @@
 //! A task's options as each door receives them: defaults, `--explain`, and a request's own.
 
-use zoo_runtime::{explain, Error, Explains, Task, TaskArgs, TaskOption};
+use zoo_runtime::{explain, Error, Explains, Input, Task, TaskArgs, TaskOption, RETURNED};
 
 /// The options' defaults, as the command line fills them in when they are not given.
 pub fn defaults(options: &[TaskOption]) -> TaskArgs {
@@ -62,6 +62,18 @@ pub fn request_options<'a>(
             }
             continue;
         }
+        if task.returned_options().contains(&name.as_str()) {
+            if flag_value(&name, &value)? {
+                args.set(&name, RETURNED);
+            }
+            continue;
+        }
+        if task.upload_options().contains(&name.as_str()) {
+            return Err(RequestOptionError::NotAllowed {
+                name,
+                why: "send the file itself, as a multipart file field of that name",
+            });
+        }
         let Some(option) = allowed.iter().find(|o| o.name == name) else {
             if let Some(option) = task.options().iter().find(|o| o.name == name) {
                 let why = if matches!(option.value_name, Some("FILE" | "DIR")) {
@@ -94,6 +106,19 @@ pub fn request_options<'a>(
     Ok(args)
 }
 
+/// Whether a multipart file field `field` (`style_image` or `style-image`) is one of the task's
+/// [`Task::upload_options`]; if so the upload becomes that option's file.
+pub fn attach_upload(task: &dyn Task, args: &mut TaskArgs, field: &str, upload: Input) -> bool {
+    let name = field.trim().to_ascii_lowercase().replace('_', "-");
+    match task.upload_options().iter().find(|o| **o == name) {
+        Some(option) => {
+            args.attach(option, upload);
+            true
+        }
+        None => false,
+    }
+}
+
 fn flag_value(name: &str, value: &str) -> Result<bool, RequestOptionError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "true" | "1" | "yes" | "on" => Ok(true),
@@ -101,5 +126,33 @@ fn flag_value(name: &str, value: &str) -> Result<bool, RequestOptionError> {
         _ => {
             Err(RequestOptionError::BadValue { name: name.into(), value: value.into(), why: "a flag is true or false" })
         }
+    }
+}
+
+#[cfg(all(test, feature = "style-transfer"))]
+mod tests {
+    use super::*;
+
+    fn style_transfer() -> &'static dyn Task {
+        crate::registry().find("style-transfer").expect("style-transfer is registered")
+    }
+
+    /// A file the task writes comes back when asked for; a file it reads must come as an upload,
+    /// never as a path on the server.
+    #[test]
+    fn returned_and_uploaded_files_are_never_server_paths() {
+        let task = style_transfer();
+        let args = request_options(task, [("contact_sheet", "true".to_string())]).unwrap();
+        assert_eq!(args.value("contact-sheet"), Some(RETURNED));
+        assert!(request_options(task, [("contact_sheet", "false".to_string())]).unwrap().is_empty());
+        let refused = request_options(task, [("style_image", "/etc/passwd".to_string())]).unwrap_err().to_string();
+        assert!(refused.contains("send the file itself"), "{refused}");
+        let refused = request_options(task, [("output", "/tmp/x.png".to_string())]).unwrap_err().to_string();
+        assert!(refused.contains("names a path on the server's machine"), "{refused}");
+
+        let mut args = TaskArgs::new();
+        assert!(attach_upload(task, &mut args, "style_image", Input::bytes("p.png", vec![1u8])));
+        assert_eq!(args.input("style-image").unwrap().name, "p.png");
+        assert!(!attach_upload(task, &mut args, "output", Input::bytes("o.png", vec![1u8])));
     }
 }

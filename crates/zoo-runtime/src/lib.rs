@@ -24,7 +24,7 @@ pub use hub::HubSettings;
 pub use model::{Model, ModelFile, ModelRef};
 pub use task::{
     Context, ImageFormat, Input, InputKind, InputSource, InputSpec, Outputs, Prediction, PredictionResult, ReadLimit,
-    Registry, Runner, Task, TaskArgs, TaskOption,
+    Registry, Runner, Task, TaskArgs, TaskOption, RETURNED,
 };
 
 // Re-exported so task crates build on the same versions.

@@ -80,6 +80,9 @@ impl TaskOption {
 #[derive(Debug, Clone, Default)]
 pub struct TaskArgs {
     values: HashMap<String, String>,
+    /// Files given as bytes rather than paths (a server's uploads), by option name; the value of
+    /// the option is then the upload's file name, for messages and outputs.
+    attached: HashMap<String, Input>,
 }
 
 impl TaskArgs {
@@ -100,18 +103,48 @@ impl TaskArgs {
         self.values.get(name).is_some_and(|v| v == "true")
     }
 
-    /// The values, sorted by name: one text per distinct set of options.
+    /// Gives a file option its content: `input` is read where the option's path would be, and
+    /// named by its own name (an upload's file name).
+    pub fn attach(&mut self, name: &str, input: Input) -> &mut Self {
+        self.values.insert(name.to_string(), input.name.clone());
+        self.attached.insert(name.to_string(), input);
+        self
+    }
+
+    /// A file option as an input: its attached bytes, else the file its value names.
+    pub fn input(&self, name: &str) -> Option<Input> {
+        self.attached.get(name).cloned().or_else(|| self.value(name).map(Input::file))
+    }
+
+    /// The values, sorted by name: one text per distinct set of options (attached files count by
+    /// their content, so two uploads of one name differ).
     pub fn canonical(&self) -> String {
-        let mut pairs: Vec<(&String, &String)> = self.values.iter().collect();
+        use sha2::Digest;
+        let mut pairs: Vec<(&String, String)> = self
+            .values
+            .iter()
+            .map(|(k, v)| match self.attached.get(k).map(|input| &input.source) {
+                Some(InputSource::Bytes(bytes) | InputSource::Stdin(bytes)) => {
+                    (k, format!("{v}@sha256:{:x}", sha2::Sha256::digest(bytes)))
+                }
+                _ => (k, v.clone()),
+            })
+            .collect();
         pairs.sort();
         pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\u{1f}")
     }
 
     /// These values, with `other`'s on top.
     pub fn merged(&self, other: &TaskArgs) -> TaskArgs {
-        let mut values = self.values.clone();
-        values.extend(other.values.iter().map(|(k, v)| (k.clone(), v.clone())));
-        TaskArgs { values }
+        let mut merged = self.clone();
+        for (name, value) in &other.values {
+            merged.values.insert(name.clone(), value.clone());
+            match other.attached.get(name) {
+                Some(input) => merged.attached.insert(name.clone(), input.clone()),
+                None => merged.attached.remove(name),
+            };
+        }
+        merged
     }
 
     pub fn is_empty(&self) -> bool {
@@ -373,6 +406,9 @@ pub trait Runner: Send {
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult>;
 }
 
+/// The value of a [`Task::returned_options`] option whose file goes back in the answer.
+pub const RETURNED: &str = "(returned)";
+
 /// A task plugin. Register it in the CLI's task list; nothing else in zoo names it.
 pub trait Task: Send + Sync {
     /// Canonical name, as in the catalogue: `image-classification`.
@@ -416,6 +452,19 @@ pub trait Task: Send + Sync {
     /// what is set up lazily (thread pools, caches, packed weights); `None` to skip the warm-up.
     fn warmup_input(&self) -> Option<Input> {
         None
+    }
+
+    /// `FILE` options the task reads (a picture to take a style from), which a server's request
+    /// may send as uploads, attached with [`TaskArgs::attach`].
+    fn upload_options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// `FILE` options the task writes (a contact sheet), which a server's request may set to
+    /// `true` to get that file in the answer instead: the runner, loaded with
+    /// [`Outputs::Memory`], sees the value [`RETURNED`].
+    fn returned_options(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Whether `--explain` shows what the task's decisions rested on (see [`crate::explain`]).
@@ -468,6 +517,33 @@ mod tests {
     use super::*;
 
     const LIMIT: ReadLimit = ReadLimit { max_bytes: 1000, raised_by: "--max-things" };
+
+    /// An attached upload reads as its bytes under its own name, and tells option sets apart by
+    /// content: a cached runner for one painting must not serve another of the same file name.
+    #[test]
+    fn attached_files_read_as_their_bytes_and_key_by_content() {
+        let mut one = TaskArgs::new();
+        one.set("strength", "0.5").attach("style-image", Input::bytes("painting.png", vec![1u8, 2, 3]));
+        let input = one.input("style-image").unwrap();
+        assert_eq!(input.name, "painting.png");
+        assert_eq!(&*input.read(LIMIT).unwrap(), &[1u8, 2, 3][..]);
+        assert_eq!(one.value("style-image"), Some("painting.png"));
+
+        let mut other = TaskArgs::new();
+        other.set("strength", "0.5").attach("style-image", Input::bytes("painting.png", vec![9u8]));
+        assert_ne!(one.canonical(), other.canonical());
+        let mut same = TaskArgs::new();
+        same.attach("style-image", Input::bytes("painting.png", vec![1u8, 2, 3])).set("strength", "0.5");
+        assert_eq!(one.canonical(), same.canonical());
+
+        // A path given later replaces the upload; without an upload the value names a file.
+        let mut path = TaskArgs::new();
+        path.set("style-image", "/tmp/p.png");
+        let merged = one.merged(&path);
+        assert!(matches!(merged.input("style-image").unwrap().source, InputSource::File(_)));
+        assert!(matches!(path.merged(&one).input("style-image").unwrap().source, InputSource::Bytes(_)));
+        assert!(TaskArgs::new().input("style-image").is_none());
+    }
 
     #[test]
     fn inputs_over_the_read_limit_are_refused_naming_size_and_flag() {

@@ -49,6 +49,7 @@ async fn run_inner(
     let mut pairs = query_pairs(query.as_deref());
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mut inputs = Vec::new();
+    let mut option_files = Vec::new();
     let mut input_bytes = 0;
     let mut model = pairs.iter().position(|(k, _)| k == "model").map(|at| pairs.remove(at).1);
     // Known before the body is read, so that a wrong task costs no upload.
@@ -64,11 +65,20 @@ async fn run_inner(
         let multipart = api::multipart(request).await?;
         let form = api::read_form(app, multipart).await?;
         for (index, (field, file_name, bytes)) in form.files.into_iter().enumerate() {
-            if !matches!(field.as_str(), "file" | "file[]" | "files" | "files[]") {
-                return Err(ApiError::bad_request(format!("unexpected file field '{field}'; send files as 'file'")));
-            }
             input_bytes += bytes.len();
-            inputs.push(api::upload(&file_name, bytes, index));
+            let upload = api::upload(&file_name, bytes, index);
+            if matches!(field.as_str(), "file" | "file[]" | "files" | "files[]") {
+                inputs.push(upload);
+            } else if task.upload_options().iter().any(|o| o.replace('-', "_") == field.replace('-', "_")) {
+                option_files.push((field, upload));
+            } else {
+                let mut fields = vec!["file".to_string()];
+                fields.extend(task.upload_options().iter().map(|o| o.replace('-', "_")));
+                return Err(ApiError::bad_request(format!(
+                    "unexpected file field '{field}'; file fields here: {}",
+                    fields.join(", ")
+                )));
+            }
         }
         for (name, value) in form.fields {
             if name == "model" {
@@ -141,8 +151,11 @@ async fn run_inner(
             task.input().kind.name()
         )));
     }
-    let options = zoo_pipeline::request_options(task, pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
+    let mut options = zoo_pipeline::request_options(task, pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    for (field, upload) in option_files {
+        zoo_pipeline::attach_upload(task, &mut options, &field, upload);
+    }
     let deadline = crate::deadline(&app.config, input_bytes);
     let outcomes = api::run_on(worker, inputs, options, deadline).await?;
 
@@ -164,6 +177,10 @@ async fn run_inner(
             if let Some(Ok(png)) = outcome.image(ImageFormat::Png) {
                 object.insert("image_png_base64".into(), api::base64_text(&png).into());
             }
+            // A document the request asked for with a format option (subtitles, a transcript).
+            if let Some(document) = outcome.document() {
+                object.insert("document".into(), document.into());
+            }
             Value::Object(object)
         })
         .collect();
@@ -183,11 +200,21 @@ pub async fn tasks(State(app): State<Arc<App>>) -> Response {
             continue;
         }
         seen.push(task.name());
-        let options: Vec<Value> = task
+        let mut options: Vec<Value> = task
             .request_options()
             .iter()
             .map(|o| json!({"name": o.name, "value": o.value_name, "help": o.help, "default": o.default}))
             .collect();
+        // Files a request sends as multipart fields, and files it may ask back for (as a flag).
+        for option in task.options() {
+            let (upload, returned) =
+                (task.upload_options().contains(&option.name), task.returned_options().contains(&option.name));
+            if upload || returned {
+                let mut entry = json!({"name": option.name, "value": option.value_name, "help": option.help});
+                entry[if upload { "upload" } else { "returned" }] = true.into();
+                options.push(entry);
+            }
+        }
         let explains = match task.explains() {
             Explains::Yes(what) => json!({"available": true, "what": what}),
             Explains::No(why) => json!({"available": false, "why": why}),

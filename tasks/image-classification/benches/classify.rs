@@ -35,7 +35,7 @@ fn main() {
     let load_s = load_start.elapsed().as_secs_f64();
 
     let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/chelsea.png");
-    let one = classifier.prepare(&Input::file(&photo)).unwrap();
+    let (one, _) = classifier.prepare(&Input::file(&photo)).unwrap();
     for batch in [1usize, 32] {
         let x = Tensor::cat(&vec![&one; batch], 0).unwrap();
         let (n, secs, cpu) = time_loop(min, || {
@@ -52,7 +52,7 @@ fn main() {
     }
 
     let (n, secs, _) = time_loop(min, || {
-        let x = classifier.prepare(&Input::file(&photo)).unwrap();
+        let (x, _) = classifier.prepare(&Input::file(&photo)).unwrap();
         classifier.top_k(&classifier.logits(&x).unwrap(), 5).unwrap();
     });
     println!(
@@ -64,9 +64,9 @@ fn main() {
     // What --explain costs: the same pipeline plus the occlusion heatmap for the top class.
     let plain_per_s = n as f64 / secs;
     let (n, secs, _) = time_loop(min, || {
-        let x = classifier.prepare(&Input::file(&photo)).unwrap();
+        let (x, picture) = classifier.prepare(&Input::file(&photo)).unwrap();
         let top = classifier.top_k(&classifier.logits(&x).unwrap(), 5).unwrap().remove(0);
-        classifier.saliency(&x, top.predictions[0].index, &photo, None).unwrap();
+        classifier.saliency(&x, picture, top.predictions[0].index, &photo, None).unwrap();
     });
     let per_s = n as f64 / secs;
     println!(

@@ -37,6 +37,10 @@ pub struct Saliency {
     pub overlay: Option<PathBuf>,
     /// Width and height of the crop the grid covers (the image as the model saw it).
     pub crop: [u32; 2],
+    /// The part of the original picture the crop shows, as fractions of its width and height:
+    /// [left, top, width, height] (a centre crop of a wide photo leaves its sides out), so that
+    /// the grid can be laid over the photo itself.
+    pub region: [f64; 4],
 }
 
 /// Pixel edges of `GRID` cells over `len` pixels.

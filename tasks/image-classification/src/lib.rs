@@ -222,11 +222,11 @@ impl Classifier {
         }
     }
 
-    /// Decodes and preprocesses one input into a (1, ...) tensor.
-    pub fn prepare(&self, input: &Input) -> Result<Tensor> {
+    /// Decodes and preprocesses one input into a (1, ...) tensor, with the picture's width and height.
+    pub fn prepare(&self, input: &Input) -> Result<(Tensor, [u32; 2])> {
         let image = image_io::decode(input, self.max_pixels)?;
         let rgb = self.preprocess.to_rgb(&image);
-        Ok(self.preprocess.tensor(&rgb, &self.device)?)
+        Ok((self.preprocess.tensor(&rgb, &self.device)?, [image.width(), image.height()]))
     }
 
     /// The occlusion heatmap of `class` for one prepared image (see [`explain`]), and its overlay
@@ -234,6 +234,7 @@ impl Classifier {
     pub fn saliency(
         &self,
         x: &Tensor,
+        picture: [u32; 2],
         class: usize,
         input_path: &std::path::Path,
         out_dir: Option<&std::path::Path>,
@@ -250,6 +251,7 @@ impl Classifier {
             grid,
             overlay,
             crop: [crop.width(), crop.height()],
+            region: self.preprocess.source_region(picture),
         })
     }
 
@@ -282,8 +284,8 @@ impl Runner for Classifier {
 
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
         // Decoding and resizing are independent per image; the network then runs once per batch.
-        let prepared: Vec<Result<Tensor>> = batch.par_iter().map(|input| self.prepare(input)).collect();
-        let ready: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let prepared: Vec<Result<(Tensor, [u32; 2])>> = batch.par_iter().map(|input| self.prepare(input)).collect();
+        let ready: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok().map(|(x, _)| x)).collect();
         let mut outputs = if ready.is_empty() {
             Vec::new()
         } else {
@@ -310,11 +312,11 @@ impl Runner for Classifier {
             .into_iter()
             .zip(batch)
             .map(|(p, input)| {
-                let x = p?;
+                let (x, picture) = p?;
                 let mut output = outputs.next().expect("one output per prepared image");
                 if let (Some(request), Some(top)) = (&explain, output.predictions.first()) {
                     let out_dir = request.out_dir.as_deref();
-                    output.explanation = Some(self.saliency(&x, top.index, input.path(), out_dir)?);
+                    output.explanation = Some(self.saliency(&x, picture, top.index, input.path(), out_dir)?);
                 }
                 Ok(Box::new(output) as Box<dyn Prediction>)
             })

@@ -44,6 +44,23 @@ impl Preprocess {
         }
     }
 
+    /// The part of a `width` x `height` picture that [`Self::to_rgb`] keeps, as fractions of its
+    /// sides: [left, top, width, height].
+    pub fn source_region(&self, [width, height]: [u32; 2]) -> [f64; 4] {
+        match self.resize {
+            Resize::ShorterThenCrop { shorter, crop } => {
+                let (w, h) = (f64::from(width.max(1)), f64::from(height.max(1)));
+                let r = f64::from(shorter.max(crop)) / w.min(h);
+                let (fw, fh) = (
+                    (f64::from(crop) / (w * r).round().max(1.0)).min(1.0),
+                    (f64::from(crop) / (h * r).round().max(1.0)).min(1.0),
+                );
+                [(1.0 - fw) / 2.0, (1.0 - fh) / 2.0, fw, fh]
+            }
+            Resize::Exact { .. } => [0.0, 0.0, 1.0, 1.0],
+        }
+    }
+
     pub fn to_rgb(&self, image: &DynamicImage) -> RgbImage {
         let rgb = image.to_rgb8();
         match self.resize {
@@ -98,5 +115,24 @@ impl Preprocess {
         } else {
             Tensor::from_vec(data, (1, 3, h, w), device)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 400x300 photo scaled to a shorter side of 256 and centre-cropped to 224 keeps 224/256
+    /// of its height and 262.5 of its 400 pixels across (224 at 256/300 scale), centred.
+    #[test]
+    fn the_source_region_is_the_centre_crop_in_the_photos_fractions() {
+        let [left, top, width, height] = Preprocess::efficientnet_lite(224, 0.875).source_region([400, 300]);
+        assert!((height - 0.875).abs() < 1e-9 && (top - 0.0625).abs() < 1e-9, "{top} {height}");
+        assert!((width * 400.0 - 262.5).abs() < 0.5 && (left + width / 2.0 - 0.5).abs() < 1e-9, "{left} {width}");
+        let exact = Preprocess {
+            resize: Resize::Exact { height: 224, width: 224 },
+            ..Preprocess::efficientnet_lite(224, 0.875)
+        };
+        assert_eq!(exact.source_region([400, 300]), [0.0, 0.0, 1.0, 1.0]);
     }
 }

@@ -90,7 +90,7 @@ fn dev_accuracy(classifier: &Classifier, assets: &Path) -> Accuracy {
     let mut acc = Accuracy { top1: 0, top5: 0, total: rows.len(), predictions: Vec::new() };
     for chunk in rows.chunks(16) {
         let xs: Vec<Tensor> =
-            chunk.iter().map(|(file, _)| classifier.prepare(&Input::file(dir.join(file))).unwrap()).collect();
+            chunk.iter().map(|(file, _)| classifier.prepare(&Input::file(dir.join(file))).unwrap().0).collect();
         let logits = classifier.logits(&Tensor::cat(&xs, 0).unwrap()).unwrap().to_vec2::<f32>().unwrap();
         for ((_, label), row) in chunk.iter().zip(logits) {
             let top5 = top_indices(&row, 5);

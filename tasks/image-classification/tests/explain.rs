@@ -44,7 +44,9 @@ fn heat_falls_on_the_quadrant_holding_the_photo() {
             // Shrunk to a quarter, a photo may lose its top place to a neighbouring class (tiger
             // cat to Egyptian cat); the model still has to see its class among the first three.
             assert!(top5[..3].contains(&class), "{file} in quadrant {q}: class {class} not in the top 3 {top5:?}");
-            let saliency = classifier.saliency(&x, class, std::path::Path::new(file), None).unwrap();
+            let saliency = classifier
+                .saliency(&x, [canvas.width(), canvas.height()], class, std::path::Path::new(file), None)
+                .unwrap();
             assert!(saliency.grid.iter().flatten().all(|&v| v >= 0.0 && v.is_finite()));
             let shares = explain::quadrant_shares(&saliency.grid);
             report.push(format!("{file} q{q}: {:.2} (top-1 {})", shares[q], top5[0]));

@@ -23,7 +23,7 @@ fn vit_checkpoint_in_transformers_naming_classifies_with_its_own_labels() {
     assert_eq!(classifier.labels(), LABELS);
     // preprocessor_config.json decides the input: 32x32 exactly, (p/255 - 0.5) / 0.5, NCHW.
     assert!(matches!(classifier.preprocess().resize, Resize::Exact { height: 32, width: 32 }));
-    let x = classifier.prepare(&Input::file(&image_path)).unwrap();
+    let (x, _) = classifier.prepare(&Input::file(&image_path)).unwrap();
     assert_eq!(x.dims(), &[1, 3, IMAGE, IMAGE]);
     let pixels: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
     assert!(pixels.iter().all(|v| (-1.0..=1.0).contains(v)));

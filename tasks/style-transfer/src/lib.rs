@@ -110,6 +110,14 @@ impl Task for StyleTransfer {
         Some(image_io::warmup_input())
     }
 
+    fn upload_options(&self) -> &'static [&'static str] {
+        &["style-image"]
+    }
+
+    fn returned_options(&self) -> &'static [&'static str] {
+        &["contact-sheet"]
+    }
+
     fn input(&self) -> InputSpec {
         InputSpec {
             description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
@@ -161,7 +169,8 @@ impl Task for StyleTransfer {
 enum Destination {
     File(PathBuf),
     Dir(PathBuf),
-    Sheet(PathBuf),
+    /// The contact sheet, written to the file, or kept in memory (`None`) for a server's answer.
+    Sheet(Option<PathBuf>),
     /// Kept in the prediction, never written (a server's request).
     Memory,
 }
@@ -169,7 +178,7 @@ enum Destination {
 /// The task's options, checked.
 struct Settings {
     style: Option<String>,
-    style_image: Option<PathBuf>,
+    style_image: Option<Input>,
     strength: f32,
     destination: Destination,
     force: bool,
@@ -201,6 +210,7 @@ impl Settings {
             .collect();
         let destination = match chosen.as_slice() {
             [] if outputs == Outputs::Memory => Destination::Memory,
+            [("contact-sheet", zoo_runtime::RETURNED)] if outputs == Outputs::Memory => Destination::Sheet(None),
             [(name, _), ..] if outputs == Outputs::Memory => {
                 return Err(Error::Usage(format!("--{name}: results are kept in memory here, not written to a file")))
             }
@@ -225,7 +235,7 @@ impl Settings {
                         if *name == "output" {
                             Destination::File(path)
                         } else {
-                            Destination::Sheet(path)
+                            Destination::Sheet(Some(path))
                         }
                     }
                 }
@@ -236,7 +246,7 @@ impl Settings {
             }
         };
         let style = args.value("style").map(str::to_string);
-        let style_image = args.value("style-image").map(PathBuf::from);
+        let style_image = args.input("style-image");
         if style.is_some() && style_image.is_some() {
             return Err(Error::Usage(
                 "give --style (a built-in style) or --style-image (a picture's), not both".into(),
@@ -256,8 +266,17 @@ impl Settings {
 
 /// How the network's norms are chosen.
 enum Mode {
-    Builtin { names: Vec<String>, mix: StyleMix },
-    Arbitrary { predictor: Box<StylePredictor>, style: Vec<f32>, strength: f32, image: PathBuf },
+    Builtin {
+        names: Vec<String>,
+        mix: StyleMix,
+    },
+    /// `image`: the painting's name, as given (a path, or an upload's file name).
+    Arbitrary {
+        predictor: Box<StylePredictor>,
+        style: Vec<f32>,
+        strength: f32,
+        image: String,
+    },
     Fixed,
 }
 
@@ -297,13 +316,13 @@ impl Stylizer {
                         "model '{model_id}' takes its style from a picture (--style-image FILE); built-in styles (--style, --contact-sheet) are multistyle26's"
                     )));
                 }
-                let Some(path) = settings.style_image.clone() else {
+                let Some(painting) = settings.style_image.clone() else {
                     return Err(Error::Usage(format!("model '{model_id}' needs --style-image FILE (a painting)")));
                 };
-                let picture = image_io::decode(&Input::file(&path), settings.max_pixels)
-                    .map_err(|e| invalid("style-image", path.display().to_string(), reason_of(e)))?;
+                let picture = image_io::decode(&painting, settings.max_pixels)
+                    .map_err(|e| invalid("style-image", painting.name.clone(), reason_of(e)))?;
                 let style = predictor.predict(&picture).map_err(&bad_model)?;
-                Mode::Arbitrary { predictor, style, strength: settings.strength, image: path }
+                Mode::Arbitrary { predictor, style, strength: settings.strength, image: painting.name }
             }
             (None, None) => {
                 if settings.style.is_some() || settings.style_image.is_some() || sheet {
@@ -363,7 +382,7 @@ impl Stylizer {
                     .collect(),
             ),
             Mode::Arbitrary { image, strength, .. } => {
-                json!({"image": image.display().to_string(), "strength": strength})
+                json!({"image": image, "strength": strength})
             }
             Mode::Fixed => json!(self.model_id),
         }
@@ -371,7 +390,7 @@ impl Stylizer {
 
     fn output_path(&self, input: &Input) -> Option<PathBuf> {
         match &self.settings.destination {
-            Destination::File(path) | Destination::Sheet(path) => Some(path.clone()),
+            Destination::File(path) | Destination::Sheet(Some(path)) => Some(path.clone()),
             Destination::Dir(dir) => {
                 let stem = match input.path().file_stem() {
                     Some(stem) if input.name != "-" => stem.to_string_lossy().to_string(),
@@ -379,7 +398,7 @@ impl Stylizer {
                 };
                 Some(dir.join(format!("{stem}.png")))
             }
-            Destination::Memory => None,
+            Destination::Memory | Destination::Sheet(None) => None,
         }
     }
 
@@ -387,8 +406,11 @@ impl Stylizer {
         let output = self.output_path(input);
         let picture = image_io::decode(input, self.settings.max_pixels)?;
         let failed = |e: candle_core::Error| Error::input(input.path(), format!("styling failed: {e}"));
+        let mut cells = None;
         let (result, style) = if matches!(self.settings.destination, Destination::Sheet(_)) {
-            (self.contact_sheet(&picture).map_err(failed)?, self.sheet_json())
+            let (sheet, cell) = self.contact_sheet(&picture).map_err(failed)?;
+            cells = Some(json!({"columns": sheet::COLUMNS, "gap": sheet::GAP, "width": cell.0, "height": cell.1}));
+            (sheet, self.sheet_json())
         } else {
             let picture = images::limit_size(picture, self.settings.max_size);
             let norms = match &self.norms {
@@ -407,10 +429,11 @@ impl Stylizer {
             }
             None => Kept::InMemory { picture: result, name: input.name.clone(), quality: self.settings.quality },
         };
-        Ok(Styled { kept, style, model: self.model_id.clone(), width, height })
+        Ok(Styled { kept, style, cells, model: self.model_id.clone(), width, height })
     }
 
-    fn contact_sheet(&self, picture: &DynamicImage) -> candle_core::Result<DynamicImage> {
+    /// The sheet, and the size of its cells.
+    fn contact_sheet(&self, picture: &DynamicImage) -> candle_core::Result<(DynamicImage, (u32, u32))> {
         let Mode::Builtin { names, .. } = &self.mode else { candle_core::bail!("no built-in styles") };
         // --max-size 0 means no limit, not a zero-sized cell.
         let side = match self.settings.max_size {
@@ -423,7 +446,8 @@ impl Stylizer {
             let norms = self.net.norms(&Style::Mix(StyleMix::single(index).weights(names.len())))?;
             cells.push(self.stylize_rgb(&cell, &norms)?);
         }
-        Ok(DynamicImage::ImageRgb8(sheet::compose(&cells)))
+        let size = cell.dimensions();
+        Ok((DynamicImage::ImageRgb8(sheet::compose(&cells)), size))
     }
 
     fn sheet_json(&self) -> Value {
@@ -482,6 +506,8 @@ enum Kept {
 pub struct Styled {
     kept: Kept,
     style: Value,
+    /// A contact sheet's grid, so that its cells can be cut out: columns, gap and cell size in pixels.
+    cells: Option<Value>,
     model: String,
     width: u32,
     height: u32,
@@ -494,6 +520,9 @@ impl Prediction for Styled {
             map.insert("output".into(), path.display().to_string().into());
         }
         map.insert("style".into(), self.style.clone());
+        if let Some(cells) = &self.cells {
+            map.insert("cells".into(), cells.clone());
+        }
         // The default model hands a --style-image run to magenta-arbitrary: say which one ran.
         map.insert("model".into(), self.model.clone().into());
         map.insert("width".into(), self.width.into());

@@ -5,7 +5,8 @@ use image::{imageops, Rgb, RgbImage};
 
 /// Cells per row: 7 x 4 holds the original and 26 styles.
 pub const COLUMNS: u32 = 7;
-const GAP: u32 = 6;
+/// Pixels between cells and around the grid.
+pub const GAP: u32 = 6;
 const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
 
 /// 3x5 bitmaps of the digits, one row per u8 (three low bits, left to right).
