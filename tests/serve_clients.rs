@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use server::Server;
-use zoo_bin::{cli_json, data, run_bounded, zoo_with};
+use zoo_bin::{cli_json, data, pinned_venv, run_bounded, zoo_with};
 use zoo_runtime::test_support::{repo_root, shared_assets, shared_hub_cache};
 
 #[allow(dead_code)]
@@ -24,39 +24,8 @@ mod server;
 /// The clients, pinned so that a new release cannot change what is tested without a commit.
 const CLIENTS: &[&str] = &["openai==3.57.0", "tritonclient[http]==2.73.0"];
 
-fn skip_or_fail(why: &str) -> Option<PathBuf> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}");
-    }
-    eprintln!("\n!!! SKIPPED: {why}; the openai and tritonclient tests did not run\n");
-    None
-}
-
-/// A venv with the clients: target/serve-clients-venv, made once and reused while its marker
-/// names the same pins.
 fn client_python() -> Option<PathBuf> {
-    let venv = repo_root().join("target/serve-clients-venv");
-    let python = venv.join("bin/python");
-    let marker = venv.join("zoo-clients.txt");
-    let pins = CLIENTS.join("\n");
-    if python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == pins) {
-        return Some(python);
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let mut make = Command::new("python3");
-    make.args(["-m", "venv"]).arg(&venv);
-    let made = run_bounded(make, None, Duration::from_secs(300));
-    if made.code != Some(0) {
-        return skip_or_fail(&format!("python3 -m venv failed: {}", made.stderr.trim()));
-    }
-    let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(CLIENTS);
-    let installed = run_bounded(pip, None, Duration::from_secs(900));
-    if installed.code != Some(0) {
-        return skip_or_fail(&format!("pip install {} failed: {}", CLIENTS.join(" "), installed.stderr.trim()));
-    }
-    std::fs::write(&marker, pins).unwrap();
-    Some(python)
+    pinned_venv("serve-clients-venv", CLIENTS, "the openai and tritonclient tests did not run")
 }
 
 fn without_input(value: &Value) -> Value {

@@ -190,3 +190,40 @@ pub fn on_small_disk(mount: &Path, size: &str, keep: &Path, program: &Path, args
     cmd.arg(mount).arg(keep).arg(size).arg(program).args(args);
     Some(cmd)
 }
+
+/// Fails under CI (CI=true) and skips loudly elsewhere: what a test does when something it needs
+/// from outside the repository is missing.
+pub fn skip_or_fail<T>(why: &str, not_run: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{why}");
+    }
+    eprintln!("\n!!! SKIPPED: {why}; {not_run}\n");
+    None
+}
+
+/// A venv at target/NAME with `pins` installed from the package registry, made once and reused
+/// while its marker names the same pins; its python, or `None` (see [`skip_or_fail`]).
+pub fn pinned_venv(name: &str, pins: &[&str], not_run: &str) -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target").join(name);
+    let python = venv.join("bin/python");
+    let marker = venv.join("zoo-pins.txt");
+    let pinned = pins.join("\n");
+    if python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == pinned) {
+        return Some(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let mut make = Command::new("python3");
+    make.args(["-m", "venv"]).arg(&venv);
+    let made = run_bounded(make, None, Duration::from_secs(300));
+    if made.code != Some(0) {
+        return skip_or_fail(&format!("python3 -m venv failed: {}", made.stderr.trim()), not_run);
+    }
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(pins);
+    let installed = run_bounded(pip, None, Duration::from_secs(900));
+    if installed.code != Some(0) {
+        return skip_or_fail(&format!("pip install {} failed: {}", pins.join(" "), installed.stderr.trim()), not_run);
+    }
+    std::fs::write(&marker, pinned).unwrap();
+    Some(python)
+}

@@ -11,6 +11,7 @@ mod metrics;
 mod native;
 mod oip;
 mod openai;
+mod web;
 mod worker;
 
 use std::net::SocketAddr;
@@ -263,7 +264,11 @@ fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
-        .route("/metrics", get(metrics_text));
+        .route("/metrics", get(metrics_text))
+        // The page asks for the key itself, so it loads without one.
+        .route("/", get(web::index))
+        .route("/ui/app.js", get(web::script))
+        .route("/ui/app.css", get(web::style));
     let mut router = api
         .merge(open)
         .fallback(not_found)
@@ -282,7 +287,7 @@ fn router(app: Arc<App>) -> Router {
     router.with_state(app)
 }
 
-/// With an API key, every route but health and metrics needs `Authorization: Bearer KEY`,
+/// With an API key, every route but health, metrics and the page needs `Authorization: Bearer KEY`,
 /// compared in constant time.
 async fn require_key(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let Some(key) = &app.config.api_key else { return next.run(request).await };
