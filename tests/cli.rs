@@ -312,3 +312,57 @@ fn a_full_disk_under_the_output_is_a_one_line_error_and_leaves_no_file() {
         assert!(left.is_empty(), "{task}: a full disk left {left:?} behind");
     }
 }
+
+/// N shards cover every input exactly once: their outputs, concatenated in shard order, are one
+/// run's; the index may come from a Kubernetes Indexed Job's JOB_COMPLETION_INDEX.
+#[test]
+fn shards_together_are_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    for i in 0..7 {
+        let source = if i % 2 == 0 { "chelsea.png" } else { "coffee.png" };
+        std::fs::copy(data(source), photos.join(format!("photo-{i}.png"))).unwrap();
+    }
+    let folder = photos.to_str().unwrap();
+    let whole = zoo(&["run", "image-classification", folder, "--json", "--top-k", "2"]);
+    assert_eq!(whole.code, 0, "{}", whole.describe());
+    let mut union = Vec::new();
+    let mut sizes = Vec::new();
+    for index in 0..3 {
+        let mut cmd =
+            zoo_bin::zoo_command(dir.path(), &["run", "image-classification", folder, "--json", "--top-k", "2"]);
+        cmd.args(["--shard-count", "3"]).env("JOB_COMPLETION_INDEX", index.to_string());
+        let part = zoo_bin::run_bounded(cmd, None, zoo_bin::DEFAULT_LIMIT).finished("a shard");
+        assert_eq!(part.code, 0, "{}", part.describe());
+        sizes.push(part.json_lines().len());
+        union.extend(part.json_lines());
+    }
+    assert_eq!(sizes, [2, 2, 3]);
+    assert_eq!(union, json_lines(&whole.stdout));
+
+    // An explicit index wins over the variable; more shards than inputs leaves some idle, not failed.
+    let one = zoo(&["run", "image-classification", folder, "--json", "--shard-index", "6", "--shard-count", "7"]);
+    assert_eq!(one.code, 0, "{}", one.describe());
+    assert_eq!(one.json_lines()[0]["input"], json_lines(&whole.stdout)[6]["input"]);
+    let idle = zoo(&[
+        "run",
+        "image-classification",
+        data("coffee.png").to_str().unwrap(),
+        "--shard-index",
+        "0",
+        "--shard-count",
+        "2",
+    ]);
+    assert_eq!((idle.code, idle.stdout.as_str()), (0, ""), "{}", idle.describe());
+    assert!(idle.stderr.contains("shard 0 of 2 has no inputs (1 in all)"), "{}", idle.stderr);
+
+    let bad = zoo(&["run", "image-classification", folder, "--shard-index", "3", "--shard-count", "3"]);
+    assert_eq!(bad.code, 2, "{}", bad.describe());
+    assert_eq!(bad.error_line(), "zoo: error: shard index 3 is past the last shard of 3 (indices start at 0)");
+    let mut cmd = zoo_bin::zoo_command(dir.path(), &["run", "image-classification", folder, "--shard-count", "3"]);
+    cmd.env_remove("JOB_COMPLETION_INDEX");
+    let no_index = zoo_bin::run_bounded(cmd, None, zoo_bin::DEFAULT_LIMIT).finished("no index");
+    assert_eq!(no_index.code, 2, "{}", no_index.describe());
+    assert!(no_index.error_line().contains("JOB_COMPLETION_INDEX"), "{}", no_index.describe());
+}

@@ -217,11 +217,31 @@ fn run_task_command(task: &dyn Task) -> Command {
                 .help("Catalogue id, Hub id (owner/name[@revision]) or local folder [default: the task's default]"),
         )
         .arg(json_arg("Print one JSON object per input (JSON Lines), in input order"))
-        .args(device_args());
+        .args(device_args())
+        .args(shard_args());
     for option in task.options() {
         cmd = cmd.arg(option_arg(option));
     }
     cmd.args(explain_args(task))
+}
+
+/// Splitting one job's inputs across runs (machines, pods of a Kubernetes Indexed Job).
+fn shard_args() -> [Arg; 2] {
+    [
+        Arg::new("shard-index")
+            .long("shard-index")
+            .value_name("I")
+            .help(format!(
+                "Run only shard I (from 0) of --shard-count [default: ${}, as an Indexed Job sets it]",
+                zoo_pipeline::INDEX_VARIABLE
+            ))
+            .help_heading("Sharding"),
+        Arg::new("shard-count")
+            .long("shard-count")
+            .value_name("N")
+            .help("Split the inputs (in their expanded order; folders and patterns expand sorted) into N contiguous shards")
+            .help_heading("Sharding"),
+    ]
 }
 
 /// `--explain` for every task, so that each says the same thing the same way; one that decides

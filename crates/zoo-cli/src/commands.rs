@@ -169,6 +169,14 @@ fn device(m: &ArgMatches) -> Result<zoo_runtime::candle_core::Device> {
 fn run(task: &'static dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<ExitCode> {
     let device = device(m)?;
     let as_json = m.get_flag("json");
+    // First: a bad shard option costs no model load.
+    let index_from_env = std::env::var(zoo_pipeline::INDEX_VARIABLE).ok();
+    let shard = zoo_pipeline::Shard::choose(
+        m.get_one::<String>("shard-index").map(String::as_str),
+        m.get_one::<String>("shard-count").map(String::as_str),
+        index_from_env.as_deref(),
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?;
 
     let mut args = task_args(task.options(), m);
     zoo_pipeline::explain_options(
@@ -187,6 +195,19 @@ fn run(task: &'static dyn Task, hub: &HubSettings, m: &ArgMatches) -> Result<Exi
     if inputs.is_empty() {
         return Err(Error::Usage(format!("no input given; see `zoo run {} --help`", task.name())).into());
     }
+    let inputs = match shard {
+        Some(shard) => {
+            let all = inputs.len();
+            let mine = shard.select(inputs);
+            if mine.is_empty() {
+                // More shards than inputs: this one has nothing to do, which is not a failure.
+                eprintln!("zoo: shard {} of {} has no inputs ({all} in all)", shard.index, shard.count);
+                return Ok(ExitCode::SUCCESS);
+            }
+            mine
+        }
+        None => inputs,
+    };
 
     let show_bar = inputs.len() > pipeline.batch_size() && !std::io::stdout().is_terminal();
     let bar = progress::items(inputs.len() as u64, task.name(), show_bar);

@@ -10,6 +10,7 @@
 
 mod catalog_view;
 mod options;
+mod shard;
 mod tasks;
 
 use std::sync::OnceLock;
@@ -23,6 +24,7 @@ use zoo_runtime::{
 
 pub use catalog_view::{availability, model_json};
 pub use options::{attach_upload, defaults, explain_options, request_options, RequestOptionError};
+pub use shard::{Shard, ShardError, INDEX_VARIABLE};
 
 /// The tasks this build of zoo knows, in the order they were registered.
 pub fn registry() -> &'static Registry {
