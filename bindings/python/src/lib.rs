@@ -141,39 +141,34 @@ impl NativePipeline {
 
     /// Runs the inputs; one (JSON text, error or None, PNG bytes or None) per input, in order.
     fn run<'py>(&self, py: Python<'py>, inputs: Vec<RawInput<'py>>) -> PyResult<Vec<RawResult<'py>>> {
+        // Paths expand as on the command line (folders, patterns); bytes and text pass as they are.
+        enum Item {
+            Path(String),
+            Ready(Input),
+        }
         let mut items = Vec::with_capacity(inputs.len());
         for (kind, name, payload) in &inputs {
             let bytes = payload.as_bytes();
             let text =
                 || String::from_utf8(bytes.to_vec()).map_err(|_| PyValueError::new_err(format!("{name}: not UTF-8")));
             items.push(match kind.as_str() {
-                "file" => Input::file(text()?),
-                "text" => Input::text(name.clone(), text()?),
-                "bytes" => Input::bytes(name.clone(), Arc::<[u8]>::from(bytes)),
+                "file" => Item::Path(text()?),
+                "text" => Item::Ready(Input::text(name.clone(), text()?)),
+                "bytes" => Item::Ready(Input::bytes(name.clone(), Arc::<[u8]>::from(bytes))),
                 other => return Err(PyValueError::new_err(format!("unknown input kind '{other}'"))),
             });
         }
         let outcomes = py.detach(|| {
             let mut pipeline = self.pipeline.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            // File arguments expand as on the command line (folders, patterns); others pass as they are.
             let mut expanded = Vec::with_capacity(items.len());
             for item in items {
-                match &item.source {
-                    zoo_runtime::InputSource::File(path) => {
-                        let raw = [path.display().to_string()];
-                        match pipeline.expand(&raw) {
-                            Ok(found) => expanded.extend(found),
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    _ => expanded.push(item),
+                match item {
+                    Item::Path(path) => expanded.extend(pipeline.expand(&[path])?),
+                    Item::Ready(input) => expanded.push(input),
                 }
             }
-            let mut outcomes = Vec::with_capacity(expanded.len());
-            for batch in expanded.chunks(pipeline.batch_size().max(1)) {
-                outcomes.extend(pipeline.run(batch));
-            }
-            Ok(outcomes)
+            // The pipeline batches by the model's batch size itself.
+            Ok::<_, Error>(pipeline.run(&expanded))
         });
         let outcomes = outcomes.map_err(|e| runtime_error(&e))?;
         let mut results = Vec::with_capacity(outcomes.len());

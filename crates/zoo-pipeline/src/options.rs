@@ -1,6 +1,6 @@
 //! A task's options as each door receives them: defaults, `--explain`, and a request's own.
 
-use zoo_runtime::{explain, Error, Explains, Input, Task, TaskArgs, TaskOption, RETURNED};
+use zoo_runtime::{explain, Error, Explains, Task, TaskArgs, TaskOption, RETURNED};
 
 /// The options' defaults, as the command line fills them in when they are not given.
 pub fn defaults(options: &[TaskOption]) -> TaskArgs {
@@ -106,17 +106,11 @@ pub fn request_options<'a>(
     Ok(args)
 }
 
-/// Whether a multipart file field `field` (`style_image` or `style-image`) is one of the task's
-/// [`Task::upload_options`]; if so the upload becomes that option's file.
-pub fn attach_upload(task: &dyn Task, args: &mut TaskArgs, field: &str, upload: Input) -> bool {
+/// The upload option a multipart file field names (`style_image` or `style-image`: one of the
+/// task's [`Task::upload_options`]), to give the upload to with [`TaskArgs::attach`].
+pub fn upload_option(task: &dyn Task, field: &str) -> Option<&'static str> {
     let name = field.trim().to_ascii_lowercase().replace('_', "-");
-    match task.upload_options().iter().find(|o| **o == name) {
-        Some(option) => {
-            args.attach(option, upload);
-            true
-        }
-        None => false,
-    }
+    task.upload_options().iter().copied().find(|o| *o == name)
 }
 
 fn flag_value(name: &str, value: &str) -> Result<bool, RequestOptionError> {
@@ -150,9 +144,8 @@ mod tests {
         let refused = request_options(task, [("output", "/tmp/x.png".to_string())]).unwrap_err().to_string();
         assert!(refused.contains("names a path on the server's machine"), "{refused}");
 
-        let mut args = TaskArgs::new();
-        assert!(attach_upload(task, &mut args, "style_image", Input::bytes("p.png", vec![1u8])));
-        assert_eq!(args.input("style-image").unwrap().name, "p.png");
-        assert!(!attach_upload(task, &mut args, "output", Input::bytes("o.png", vec![1u8])));
+        assert_eq!(upload_option(task, "style_image"), Some("style-image"));
+        assert_eq!(upload_option(task, "Style-Image"), Some("style-image"));
+        assert_eq!(upload_option(task, "output"), None, "a file the task writes is no upload");
     }
 }

@@ -69,8 +69,8 @@ async fn run_inner(
             let upload = api::upload(&file_name, bytes, index);
             if matches!(field.as_str(), "file" | "file[]" | "files" | "files[]") {
                 inputs.push(upload);
-            } else if task.upload_options().iter().any(|o| o.replace('-', "_") == field.replace('-', "_")) {
-                option_files.push((field, upload));
+            } else if let Some(option) = zoo_pipeline::upload_option(task, &field) {
+                option_files.push((option, upload));
             } else {
                 let mut fields = vec!["file".to_string()];
                 fields.extend(task.upload_options().iter().map(|o| o.replace('-', "_")));
@@ -153,8 +153,8 @@ async fn run_inner(
     }
     let mut options = zoo_pipeline::request_options(task, pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    for (field, upload) in option_files {
-        zoo_pipeline::attach_upload(task, &mut options, &field, upload);
+    for (option, upload) in option_files {
+        options.attach(option, upload);
     }
     let deadline = crate::deadline(&app.config, input_bytes);
     let outcomes = api::run_on(worker, inputs, options, deadline).await?;
