@@ -59,6 +59,30 @@ fn find_task(name: &str) -> PyResult<&'static dyn Task> {
     zoo_pipeline::registry().find(name).map_err(|e| runtime_error(&e))
 }
 
+/// `name`: an option as the command line spells it (`top-k`); Python's spelling in the error.
+fn find_option(task: &'static dyn Task, name: &str) -> PyResult<&'static zoo_runtime::TaskOption> {
+    task.options().iter().find(|o| o.name == name).ok_or_else(|| {
+        let known: Vec<String> = task.options().iter().map(|o| o.name.replace('-', "_")).collect();
+        PyValueError::new_err(format!(
+            "unknown option '{}' for task '{}'; its options: {}, explain",
+            name.replace('-', "_"),
+            task.name(),
+            known.join(", ")
+        ))
+    })
+}
+
+/// The task's name if `task` names one and it has every option named (command-line
+/// spelling); else the `ValueError` a pipeline would raise, without loading a model.
+#[pyfunction]
+fn check(task: &str, options: Vec<String>) -> PyResult<&'static str> {
+    let task = find_task(task)?;
+    for name in options.iter().filter(|name| *name != "explain") {
+        find_option(task, name)?;
+    }
+    Ok(task.name())
+}
+
 /// One loaded pipeline; calls from several Python threads take turns on it, with the GIL released.
 #[pyclass(module = "zoo._zoo", frozen)]
 struct NativePipeline {
@@ -94,15 +118,7 @@ impl NativePipeline {
         let task = find_task(task)?;
         let mut args = zoo_pipeline::defaults(task.options());
         for (name, value) in options {
-            let Some(option) = task.options().iter().find(|o| o.name == name) else {
-                let known: Vec<String> = task.options().iter().map(|o| o.name.replace('-', "_")).collect();
-                return Err(PyValueError::new_err(format!(
-                    "unknown option '{}' for task '{}'; its options: {}, explain",
-                    name.replace('-', "_"),
-                    task.name(),
-                    known.join(", ")
-                )));
-            };
+            let option = find_option(task, &name)?;
             if option.value_name.is_none() {
                 if value == "true" {
                     args.set(option.name, "true");
@@ -185,7 +201,8 @@ impl NativePipeline {
     }
 }
 
-/// The registered tasks as JSON: name, aliases, summary, input kind, options, explanations.
+/// The registered tasks as JSON: name, aliases, summary, input kind and the file extensions a
+/// folder is read for, options, explanations.
 #[pyfunction]
 fn tasks() -> String {
     let tasks: Vec<Value> = zoo_pipeline::registry()
@@ -202,7 +219,8 @@ fn tasks() -> String {
             };
             serde_json::json!({
                 "task": task.name(), "aliases": task.aliases(), "summary": task.summary(),
-                "input": task.input().kind.name(), "options": options, "explain": explains,
+                "input": task.input().kind.name(), "extensions": task.input().extensions,
+                "options": options, "explain": explains,
             })
         })
         .collect();
@@ -246,7 +264,7 @@ fn download(py: Python<'_>, name: &str, offline: bool) -> PyResult<Vec<String>> 
 #[pymodule]
 mod _zoo {
     #[pymodule_export]
-    use super::{download, models, set_threads, tasks, NativePipeline, ZooError};
+    use super::{check, download, models, set_threads, tasks, NativePipeline, ZooError};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -30,7 +30,8 @@ SPEECH_RATE = 16_000
 
 
 def tasks() -> list[dict]:
-    """The tasks this build knows: name, aliases, summary, input kind, options, explanations."""
+    """The tasks this build knows: name, aliases, summary, input kind, the file extensions read
+    from folders, options, explanations."""
     return json.loads(_zoo.tasks())
 
 
@@ -137,10 +138,8 @@ class Pipeline:
             raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
-        kind = self._native.input_kind
-        raw = [_raw_input(item, i, kind) for i, item in enumerate(items)]
         results = []
-        for text, error, png in self._native.run(raw):
+        for text, error, png in self._run(items):
             if error is not None and errors == "raise":
                 raise ZooError(error)
             result = json.loads(text)
@@ -148,6 +147,23 @@ class Pipeline:
                 result = _picture(png)
             results.append(result)
         return results[0] if single and len(results) == 1 else results
+
+    def json(self, inputs, *, names=None) -> list[str]:
+        """Each input's result as the exact line ``zoo run --json`` prints (failed inputs
+        included, as ``{"input", "model", "error"}`` objects), in order: for JSON Lines files.
+
+        ``names``: what to call inputs given as bytes or arrays (for instance the path they were
+        read from), one per input; by default ``inputs[i]``.
+        """
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        return [text for text, _, _ in self._run(items, names)]
+
+    def _run(self, items, names=None):
+        kind = self._native.input_kind
+        if names is not None and len(names) != len(items):
+            raise ValueError(f"names: {len(names)} names for {len(items)} inputs")
+        raw = [_raw_input(item, i, kind, None if names is None else names[i]) for i, item in enumerate(items)]
+        return self._native.run(raw)
 
 
 def _rebuild(spec, options):
@@ -163,19 +179,21 @@ def _as_file(value, option):
     return None
 
 
-def _raw_input(item, index, kind):
+def _raw_input(item, index, kind, name=None):
     if isinstance(item, os.PathLike):
         return ("file", os.fspath(item), os.fsencode(item))
     if isinstance(item, str):
         if kind == "text":
-            return ("text", f"inputs[{index}]", item.encode("utf-8"))
+            return ("text", name or f"inputs[{index}]", item.encode("utf-8"))
         return ("file", item, item.encode("utf-8"))
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return ("bytes", f"inputs[{index}]", bytes(item))
+        return ("bytes", name or f"inputs[{index}]", bytes(item))
     if kind == "image" and (_is_pil(item) or _is_array(item)):
-        return ("bytes", f"inputs[{index}].png", _png(item, f"inputs[{index}]"))
+        name = name or f"inputs[{index}].png"
+        return ("bytes", name, _png(item, name))
     if kind == "audio" and _is_array(item):
-        return ("bytes", f"inputs[{index}].wav", _wav(item, f"inputs[{index}]"))
+        name = name or f"inputs[{index}].wav"
+        return ("bytes", name, _wav(item, name))
     what = {"image": "a path, bytes, a uint8 HxWx3 numpy array or a PIL image",
             "audio": "a path, bytes or a 1-D float numpy array at 16 kHz",
             "text": "a str of text, a path-like or bytes"}[kind]
