@@ -5,14 +5,13 @@
 //! preceding convolution at load time. The network runs in NHWC so that 1x1 convolutions are
 //! plain matrix products and the depthwise kernel vectorises over channels; candle-nn has no fast
 //! depthwise convolution (grouped conv2d runs one small convolution per channel), so the CPU path
-//! uses the kernels in [`crate::kernels`], and other devices fall back to candle's conv2d.
-
-use std::sync::Mutex;
+//! uses zoo-runtime's NHWC kernels ([`zoo_runtime::cpu::nhwc`]), and other devices fall back to
+//! candle's conv2d.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::{self, ConvWeights, Pointwise};
+use zoo_runtime::cpu::nhwc::{self, ConvWeights, InvertedResidual, MobileNet, Pointwise};
 
 const BN_EPS: f64 = 1e-3;
 /// Stride of the first block of each of the seven stages (the same for lite0..lite4); the block
@@ -62,8 +61,8 @@ impl Conv {
     /// x: (B, H, W, C) contiguous.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, h, w, c) = x.dims4()?;
-        let (top, bottom) = kernels::same_padding(h, self.kernel, self.stride);
-        let (left, right) = kernels::same_padding(w, self.kernel, self.stride);
+        let (top, bottom) = nhwc::same_padding(h, self.kernel, self.stride);
+        let (left, right) = nhwc::same_padding(w, self.kernel, self.stride);
         let nchw = x.permute((0, 3, 1, 2))?.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
         let groups = if self.depthwise { c } else { 1 };
         let y = nchw.conv2d(&self.weight.to_device(x.device())?, 0, self.stride, 1, groups)?;
@@ -165,34 +164,19 @@ impl EfficientNetLite {
             }
         }
         let head = Conv::load(vb.pp("conv_head"), vb.pp("bn2"), 1, false, true)?;
-        // Each layer must take what the one before gives: the CPU path slices buffers by these
-        // counts, and a checkpoint that disagrees is refused here rather than at the first image.
-        let mut channels = stem.weight.dim(0)?;
-        for (i, block) in blocks.iter().enumerate() {
-            let takes = match &block.expand {
-                Some(e) => e.weight.dim(1)?,
-                None => block.depthwise.weight.dim(0)?,
-            };
-            if takes != channels {
-                candle_core::bail!("block {i} takes {takes} channels, the layer before gives {channels}")
-            }
-            channels = block.project.weight.dim(0)?;
-        }
-        if head.weight.dim(1)? != channels {
-            candle_core::bail!("the head takes {} channels, the last block gives {channels}", head.weight.dim(1)?)
-        }
         let classifier = vb.get_unchecked("classifier.weight")?.to_dtype(DType::F32)?;
         let (num_classes, features) = classifier.dims2()?;
         if features != head.weight.dim(0)? {
             candle_core::bail!("classifier takes {features} features, the head gives {}", head.weight.dim(0)?)
         }
         let classifier_bias = vb.get(num_classes, "classifier.bias")?;
-        let cpu = CpuNet {
-            stem: stem.spatial()?,
-            blocks: blocks
+        // Refuses a checkpoint whose layers do not fit together here, not at the first image.
+        let body = MobileNet::new(
+            stem.spatial()?,
+            blocks
                 .iter()
                 .map(|b| {
-                    Ok(CpuBlock {
+                    Ok(InvertedResidual {
                         expand: b.expand.as_ref().map(Conv::pointwise).transpose()?,
                         depthwise: b.depthwise.spatial()?,
                         project: b.project.pointwise()?,
@@ -200,10 +184,9 @@ impl EfficientNetLite {
                     })
                 })
                 .collect::<Result<_>>()?,
-            head: head.pointwise()?,
-            classifier: Pointwise::new(&classifier, &classifier_bias, false)?,
-            scratch: Mutex::new(Default::default()),
-        };
+            head.pointwise()?,
+        )?;
+        let cpu = CpuNet { body, classifier: Pointwise::new(&classifier, &classifier_bias, false)? };
         Ok(EfficientNetLite { stem, blocks, head, classifier, classifier_bias, cpu, num_classes })
     }
 
@@ -232,83 +215,18 @@ impl Module for EfficientNetLite {
     }
 }
 
-struct CpuBlock {
-    expand: Option<Pointwise>,
-    depthwise: ConvWeights,
-    project: Pointwise,
-    residual: bool,
-}
-
-/// The whole network on the CPU as one candle op over plain buffers: candle's element-wise ops
-/// would each make a pass over memory and a round of thread synchronisation, where here bias,
-/// residual and ReLU6 ride along with the convolutions, and three buffers are reused throughout.
+/// The whole network on the CPU as one candle op over plain buffers: the shared MobileNet body,
+/// then the classifier.
 struct CpuNet {
-    stem: ConvWeights,
-    blocks: Vec<CpuBlock>,
-    head: Pointwise,
+    body: MobileNet,
     classifier: Pointwise,
-    scratch: Mutex<[Vec<f32>; 3]>,
-}
-
-fn ensure(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
 }
 
 impl CpuNet {
     fn forward(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Vec<f32> {
-        let threads = candle_core::utils::get_num_threads();
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let [mut x, mut e, mut d] = std::mem::take(&mut *scratch);
-
-        let (in_h, in_w) = (h, w);
-        let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
-        ensure(&mut x, batch * h * w * self.stem.out_ch);
-        self.stem.run(input, batch, in_h, in_w, &mut x);
-        let mut ch = self.stem.out_ch;
-        for block in &self.blocks {
-            let rows = batch * h * w;
-            let dw = &block.depthwise;
-            let (oh, ow) = dw.output_hw(h, w);
-            ensure(&mut d, batch * oh * ow * dw.out_ch);
-            match &block.expand {
-                Some(expand) => {
-                    // The expansion's bias and ReLU6 are applied by the depthwise kernel as it
-                    // reads, so the widest tensor is written once and read once.
-                    ensure(&mut e, rows * expand.out_ch);
-                    expand.product(&x[..rows * ch], rows, &mut e, threads);
-                    dw.run_fused(&e[..rows * dw.in_ch], Some(expand.bias()), batch, h, w, &mut d);
-                }
-                None => dw.run(&x[..rows * dw.in_ch], batch, h, w, &mut d),
-            }
-            let out_rows = batch * oh * ow;
-            let out_ch = block.project.out_ch;
-            // The expansion buffer is free again: the block's output goes there.
-            ensure(&mut e, out_rows * out_ch);
-            let residual = block.residual.then(|| &x[..out_rows * out_ch]);
-            block.project.run(&d[..out_rows * dw.out_ch], out_rows, residual, &mut e, threads);
-            std::mem::swap(&mut x, &mut e);
-            (h, w, ch) = (oh, ow, out_ch);
-        }
-        let rows = batch * h * w;
-        ensure(&mut e, rows * self.head.out_ch);
-        self.head.product(&x[..rows * ch], rows, &mut e, threads);
-        let features = self.head.out_ch;
-        let mut pooled = vec![0f32; batch * features];
-        // The head's bias and ReLU6, then the global average.
-        for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
-            for pixel in e[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
-                for ((s, p), bias) in sum.iter_mut().zip(pixel).zip(self.head.bias()) {
-                    *s += (p + bias).clamp(0.0, 6.0);
-                }
-            }
-            let n = (h * w) as f32;
-            sum.iter_mut().for_each(|s| *s /= n);
-        }
+        let pooled = self.body.pooled(input, batch, h, w);
         let mut logits = vec![0f32; batch * self.classifier.out_ch];
-        self.classifier.run(&pooled, batch, None, &mut logits, threads);
-        *scratch = [x, e, d];
+        self.classifier.run(&pooled, batch, None, &mut logits, candle_core::utils::get_num_threads());
         logits
     }
 }
@@ -408,9 +326,9 @@ mod tests {
 
     #[test]
     fn same_padding_puts_the_extra_pixel_after() {
-        assert_eq!(kernels::same_padding(224, 3, 2), (0, 1));
-        assert_eq!(kernels::same_padding(112, 3, 1), (1, 1));
-        assert_eq!(kernels::same_padding(7, 5, 2), (2, 2));
-        assert_eq!(kernels::same_padding(8, 5, 2), (1, 2));
+        assert_eq!(nhwc::same_padding(224, 3, 2), (0, 1));
+        assert_eq!(nhwc::same_padding(112, 3, 1), (1, 1));
+        assert_eq!(nhwc::same_padding(7, 5, 2), (2, 2));
+        assert_eq!(nhwc::same_padding(8, 5, 2), (1, 2));
     }
 }

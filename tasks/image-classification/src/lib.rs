@@ -8,7 +8,6 @@
 pub mod efficientnet;
 pub mod explain;
 pub mod hf;
-pub mod kernels;
 pub mod preprocess;
 
 use candle_core::{DType, Device, Module, Tensor};

@@ -6,9 +6,8 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use image::{imageops::FilterType, DynamicImage};
-use rayon::prelude::*;
 
-use zoo_runtime::cpu::matmul;
+use zoo_runtime::cpu::nhwc::{same_padding, ConvWeights, InvertedResidual, MobileNet, Pointwise};
 
 /// The side the predictor was trained on; the style image is centre-cropped to a square and resized to it.
 pub const PREDICTOR_SIZE: u32 = 256;
@@ -58,12 +57,6 @@ impl Conv {
     }
 }
 
-/// TensorFlow "same" padding: output ceil(size / stride), the odd pixel after.
-pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let total = ((size.div_ceil(stride) - 1) * stride + kernel).saturating_sub(size);
-    (total / 2, total - total / 2)
-}
-
 struct Block {
     expand: Option<Conv>,
     depthwise: Conv,
@@ -76,8 +69,8 @@ pub struct StylePredictor {
     blocks: Vec<Block>,
     head: Conv,
     bottleneck: Conv,
-    /// The blocks and head over NHWC buffers, on the CPU.
-    cpu: Option<CpuBlocks>,
+    /// The whole network over NHWC buffers, on the CPU.
+    cpu: Option<CpuPredictor>,
 }
 
 impl StylePredictor {
@@ -104,7 +97,11 @@ impl StylePredictor {
         }
         let head = Conv::load(vb, &format!("{p}/Conv_1"), 1, true)?;
         let bottleneck = Conv::load(vb, "mobilenet_conv/Conv", 1, false)?;
-        let cpu = if stem.weight.device().is_cpu() { Some(CpuBlocks::new(&blocks, &head, &bottleneck)?) } else { None };
+        let cpu = if stem.weight.device().is_cpu() {
+            Some(CpuPredictor::new(&stem, &blocks, &head, &bottleneck)?)
+        } else {
+            None
+        };
         Ok(StylePredictor { stem, blocks, head, bottleneck, cpu })
     }
 
@@ -113,20 +110,17 @@ impl StylePredictor {
         self.bottleneck.weight.dim(0).expect("4-d weight")
     }
 
-    /// x: (B, 3, 256, 256) RGB in 0..1; returns (B, 100). The stem stays in candle ops (three input
-    /// channels); the blocks, where candle's grouped convolution runs one small convolution per
-    /// channel and every bias and clamp is another pass with a thread barrier, run on NHWC buffers.
+    /// x: (B, 3, 256, 256) RGB in 0..1; returns (B, 100).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.stem.forward(&x.to_dtype(DType::F32)?)?;
-        if let Some(cpu) = &self.cpu {
-            return cpu.forward(&x);
+        match &self.cpu {
+            Some(cpu) if x.device().is_cpu() => cpu.forward(x),
+            _ => self.forward_generic(x),
         }
-        self.forward_generic(x)
     }
 
-    /// The blocks and head in candle ops: other devices, and the CPU path's reference.
-    fn forward_generic(&self, x: Tensor) -> Result<Tensor> {
-        let mut x = x;
+    /// The network in candle ops: other devices, and the CPU path's reference.
+    fn forward_generic(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.stem.forward(&x.to_dtype(DType::F32)?)?;
         for block in &self.blocks {
             let mut h = match &block.expand {
                 Some(expand) => expand.forward(&x)?,
@@ -163,146 +157,41 @@ pub fn predictor_input(image: &DynamicImage, device: &candle_core::Device) -> Re
     Tensor::from_vec(data, (1, n, n, 3), device)?.permute((0, 3, 1, 2))?.contiguous()
 }
 
-/// A 1x1 convolution over NHWC rows: out = x W + bias [+ residual], then ReLU6 if set.
-struct Dense {
-    /// (in, out), row-major.
-    weights: Vec<f32>,
-    bias: Vec<f32>,
-    cin: usize,
-    cout: usize,
-    relu6: bool,
+/// The whole predictor on the CPU: zoo-runtime's MobileNet body over NHWC buffers, then the
+/// bottleneck. candle's grouped convolution runs one small convolution per channel, and every bias
+/// and clamp is another pass with a thread barrier.
+struct CpuPredictor {
+    body: MobileNet,
+    bottleneck: Pointwise,
 }
 
-impl Dense {
-    fn new(conv: &Conv) -> Result<Self> {
-        let (cout, cin, _, _) = conv.weight.dims4()?;
-        let weights = conv.weight.reshape((cout, cin))?.t()?.flatten_all()?.to_vec1()?;
-        Ok(Dense { weights, bias: conv.bias.to_vec1()?, cin, cout, relu6: conv.relu6 })
-    }
-
-    fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>) -> Vec<f32> {
-        let (cin, cout) = (self.cin, self.cout);
-        let mut out = vec![0f32; rows * cout];
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        matmul((x, cin), &self.weights, &mut out, (rows, cin, cout), false, parallelism);
-        // Separate simple loops over each row, so that each vectorises.
-        out.par_chunks_mut(cout * 64).enumerate().for_each(|(chunk, block)| {
-            for (r, row) in block.chunks_exact_mut(cout).enumerate() {
-                row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
-                if let Some(res) = residual {
-                    row.iter_mut().zip(&res[(chunk * 64 + r) * cout..][..cout]).for_each(|(v, r)| *v += r);
-                }
-                if self.relu6 {
-                    row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
-                }
-            }
-        });
-        out
-    }
-}
-
-/// A depthwise convolution with TensorFlow "same" zero padding, bias and ReLU6, over NHWC: the
-/// taps vectorise over channels, and padding is taps skipped, not memory.
-struct Depthwise {
-    /// (k*k, c): each tap's weights for all channels.
-    taps: Vec<f32>,
-    bias: Vec<f32>,
-    kernel: usize,
-    stride: usize,
-    channels: usize,
-}
-
-impl Depthwise {
-    fn new(conv: &Conv) -> Result<Self> {
-        let (c, _, k, _) = conv.weight.dims4()?;
-        let taps = conv.weight.reshape((c, k * k))?.t()?.flatten_all()?.to_vec1()?;
-        Ok(Depthwise { taps, bias: conv.bias.to_vec1()?, kernel: k, stride: conv.stride, channels: c })
-    }
-
-    fn run(&self, x: &[f32], batch: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
-        let (k, s, c) = (self.kernel, self.stride, self.channels);
-        let (oh, ow) = (h.div_ceil(s), w.div_ceil(s));
-        let (top, _) = same_padding(h, k, s);
-        let (left, _) = same_padding(w, k, s);
-        let mut out = vec![0f32; batch * oh * ow * c];
-        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, out_row)| {
-            let (image, oy) = (row / oh, row % oh);
-            for (ox, acc) in out_row.chunks_exact_mut(c).enumerate() {
-                acc.copy_from_slice(&self.bias);
-                for ky in 0..k {
-                    let Some(iy) = (oy * s + ky).checked_sub(top).filter(|&iy| iy < h) else { continue };
-                    for kx in 0..k {
-                        let Some(ix) = (ox * s + kx).checked_sub(left).filter(|&ix| ix < w) else { continue };
-                        let at = ((image * h + iy) * w + ix) * c;
-                        let (pixel, weights) = (&x[at..at + c], &self.taps[(ky * k + kx) * c..][..c]);
-                        for ((a, v), wt) in acc.iter_mut().zip(pixel).zip(weights) {
-                            *a = wt.mul_add(*v, *a);
-                        }
-                    }
-                }
-                acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
-            }
-        });
-        (out, oh, ow)
-    }
-}
-
-struct CpuBlock {
-    expand: Option<Dense>,
-    depthwise: Depthwise,
-    project: Dense,
-    residual: bool,
-}
-
-struct CpuBlocks {
-    blocks: Vec<CpuBlock>,
-    head: Dense,
-    bottleneck: Dense,
-}
-
-impl CpuBlocks {
-    fn new(blocks: &[Block], head: &Conv, bottleneck: &Conv) -> Result<Self> {
+impl CpuPredictor {
+    fn new(stem: &Conv, blocks: &[Block], head: &Conv, bottleneck: &Conv) -> Result<Self> {
+        let spatial = |c: &Conv| ConvWeights::new(&c.weight, &c.bias, c.stride, c.groups > 1, c.relu6);
+        let pointwise = |c: &Conv| Pointwise::new(&c.weight, &c.bias, c.relu6);
         let blocks = blocks
             .iter()
             .map(|b| {
-                Ok(CpuBlock {
-                    expand: b.expand.as_ref().map(Dense::new).transpose()?,
-                    depthwise: Depthwise::new(&b.depthwise)?,
-                    project: Dense::new(&b.project)?,
+                Ok(InvertedResidual {
+                    expand: b.expand.as_ref().map(pointwise).transpose()?,
+                    depthwise: spatial(&b.depthwise)?,
+                    project: pointwise(&b.project)?,
                     residual: b.residual,
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(CpuBlocks { blocks, head: Dense::new(head)?, bottleneck: Dense::new(bottleneck)? })
+        let body = MobileNet::new(spatial(stem)?, blocks, pointwise(head)?)?;
+        Ok(CpuPredictor { body, bottleneck: pointwise(bottleneck)? })
     }
 
-    /// x: the stem's output, (B, C, H, W); returns (B, 100).
+    /// x: (B, 3, H, W) in 0..1; returns (B, 100).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, _, mut h, mut w) = x.dims4()?;
-        let mut x: Vec<f32> = x.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1()?;
-        for block in &self.blocks {
-            let rows = batch * h * w;
-            let expanded = match &block.expand {
-                Some(expand) => expand.run(&x, rows, None),
-                None => x.clone(),
-            };
-            let (filtered, oh, ow) = block.depthwise.run(&expanded, batch, h, w);
-            let residual = block.residual.then_some(x.as_slice());
-            x = block.project.run(&filtered, batch * oh * ow, residual);
-            (h, w) = (oh, ow);
-        }
-        let head = self.head.run(&x, batch * h * w, None);
-        let features = self.head.cout;
-        let mut pooled = vec![0f32; batch * features];
-        for (image, sum) in pooled.chunks_exact_mut(features).enumerate() {
-            for pixel in head[image * h * w * features..(image + 1) * h * w * features].chunks_exact(features) {
-                sum.iter_mut().zip(pixel).for_each(|(s, p)| *s += p);
-            }
-            sum.iter_mut().for_each(|s| *s /= (h * w) as f32);
-        }
-        let style = self.bottleneck.run(&pooled, batch, None);
-        Tensor::from_vec(style, (batch, self.bottleneck.cout), &candle_core::Device::Cpu)
+        let (batch, _, h, w) = x.dims4()?;
+        let pixels: Vec<f32> = x.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1()?;
+        let pooled = self.body.pooled(&pixels, batch, h, w);
+        let mut style = vec![0f32; batch * self.bottleneck.out_ch];
+        self.bottleneck.run(&pooled, batch, None, &mut style, candle_core::utils::get_num_threads());
+        Tensor::from_vec(style, (batch, self.bottleneck.out_ch), &candle_core::Device::Cpu)
     }
 }
 
@@ -312,30 +201,22 @@ mod tests {
     use candle_nn::VarBuilder;
 
     /// The CPU blocks against candle's ops on the bundled weights, from a random stem output.
+    /// The CPU network against candle's ops on the bundled weights, on an odd-sized batch of
+    /// fixed pseudo-random pixels (so that a failure reproduces on the next run).
     #[test]
-    fn cpu_blocks_match_candle_ops() {
+    fn cpu_network_matches_candle_ops() {
         let bytes = zoo_runtime::bundled::file("magenta-arbitrary/style_predict.safetensors").unwrap();
         let vb = VarBuilder::from_slice_safetensors(bytes, DType::F32, &candle_core::Device::Cpu).unwrap();
         let predictor = StylePredictor::load(&vb).unwrap();
-        // A fixed pseudo-random stem output in 0..6, so that a failure reproduces on the next run.
-        let values: Vec<f32> = (0..2 * 32 * 37 * 50u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 8) as f32 * 6.0 / 16_777_216.0)
-            .collect();
-        let stem = Tensor::from_vec(values, (2, 32, 37, 50), &candle_core::Device::Cpu).unwrap();
-        let fast = predictor.cpu.as_ref().unwrap().forward(&stem).unwrap();
-        let reference = predictor.forward_generic(stem).unwrap();
+        let values: Vec<f32> =
+            (0..2 * 3 * 75 * 101u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0).collect();
+        let x = Tensor::from_vec(values, (2, 3, 75, 101), &candle_core::Device::Cpu).unwrap();
+        let fast = predictor.forward(&x).unwrap();
+        let reference = predictor.forward_generic(&x).unwrap();
         let scale = reference.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         let diff = (fast - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
         let diff = diff.to_scalar::<f32>().unwrap();
         // Relative to the style vector's largest entry: sums in another order drift with it.
         assert!(diff < 1e-5 * scale.max(1.0), "max diff {diff} against entries up to {scale}");
-    }
-
-    #[test]
-    fn same_padding_puts_the_odd_pixel_after() {
-        assert_eq!(same_padding(256, 3, 2), (0, 1));
-        assert_eq!(same_padding(128, 3, 1), (1, 1));
-        assert_eq!(same_padding(7, 3, 2), (1, 1));
-        assert_eq!(same_padding(8, 1, 1), (0, 0));
     }
 }

@@ -1,7 +1,11 @@
-//! CPU kernels for EfficientNet-Lite in NHWC with TensorFlow "same" padding: the depthwise and
-//! stem convolutions (bias and ReLU6 fused in), and 1x1 convolutions as one matrix product each
-//! with the bias, the residual and ReLU6 fused around it. Work is split across output rows with
-//! rayon; inner loops run over contiguous channels so the compiler vectorises them.
+//! CPU kernels for MobileNet-style networks (EfficientNet-Lite, MobileNetV2) in NHWC with
+//! TensorFlow "same" padding: the depthwise and stem convolutions (bias and ReLU6 fused in), 1x1
+//! convolutions as one matrix product each with the bias, the residual and ReLU6 fused around it,
+//! and [`MobileNet`], which runs a stem, inverted-residual blocks and a head over three reused
+//! buffers. Work is split across output rows with rayon; inner loops run over contiguous channels
+//! so the compiler vectorises them.
+
+use std::sync::Mutex;
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -441,6 +445,127 @@ impl Pointwise {
                 parallelism,
             );
         }
+    }
+}
+
+/// One inverted-residual block: an optional 1x1 expansion (with ReLU6), a depthwise convolution
+/// (with ReLU6) and a linear 1x1 projection, with the input added back when `residual`.
+pub struct InvertedResidual {
+    pub expand: Option<Pointwise>,
+    pub depthwise: ConvWeights,
+    pub project: Pointwise,
+    pub residual: bool,
+}
+
+/// A stem, inverted-residual blocks and a 1x1 head, ending in a global average pool: the body of
+/// EfficientNet-Lite and of MobileNetV2, which differ only in their tables and final layer.
+/// Element-wise ops in candle would each be a pass over memory and a round of thread
+/// synchronisation; here bias, residual and ReLU6 ride along with the convolutions, and three
+/// buffers are reused throughout.
+pub struct MobileNet {
+    stem: ConvWeights,
+    blocks: Vec<InvertedResidual>,
+    head: Pointwise,
+    scratch: Mutex<[Vec<f32>; 3]>,
+}
+
+fn ensure(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+impl MobileNet {
+    /// Refuses layers that do not take what the one before gives: [`MobileNet::pooled`] slices
+    /// its buffers by these counts.
+    pub fn new(stem: ConvWeights, blocks: Vec<InvertedResidual>, head: Pointwise) -> Result<Self> {
+        if stem.depthwise {
+            candle_core::bail!("the stem is a dense convolution, not a depthwise one")
+        }
+        let mut channels = stem.out_ch;
+        for (i, block) in blocks.iter().enumerate() {
+            let takes = block.expand.as_ref().map_or(block.depthwise.in_ch, |e| e.in_ch);
+            let expanded = block.expand.as_ref().map_or(channels, |e| e.out_ch);
+            if takes != channels || !block.depthwise.depthwise || block.depthwise.in_ch != expanded {
+                candle_core::bail!("block {i} takes {takes} channels, the layer before gives {channels}")
+            }
+            if block.project.in_ch != block.depthwise.out_ch
+                || (block.residual && (block.project.out_ch != channels || block.depthwise.stride != 1))
+            {
+                candle_core::bail!("block {i}'s projection does not fit its depthwise convolution or its residual")
+            }
+            channels = block.project.out_ch;
+        }
+        if head.in_ch != channels {
+            candle_core::bail!("the head takes {} channels, the last block gives {channels}", head.in_ch)
+        }
+        Ok(MobileNet { stem, blocks, head, scratch: Mutex::new(Default::default()) })
+    }
+
+    /// The stem's input channels.
+    pub fn in_channels(&self) -> usize {
+        self.stem.in_ch
+    }
+
+    /// The length of each image's pooled features.
+    pub fn features(&self) -> usize {
+        self.head.out_ch
+    }
+
+    /// input: (batch, h, w, stem input channels); returns (batch, features): the head's output
+    /// (bias and ReLU6 applied as it is summed) averaged over the pixels.
+    pub fn pooled(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Vec<f32> {
+        assert_eq!(input.len(), batch * h * w * self.stem.in_ch, "input is not (batch, h, w, channels)");
+        let threads = candle_core::utils::get_num_threads();
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let [mut x, mut e, mut d] = std::mem::take(&mut *scratch);
+
+        let (in_h, in_w) = (h, w);
+        let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
+        ensure(&mut x, batch * h * w * self.stem.out_ch);
+        self.stem.run(input, batch, in_h, in_w, &mut x);
+        let mut ch = self.stem.out_ch;
+        for block in &self.blocks {
+            let rows = batch * h * w;
+            let dw = &block.depthwise;
+            let (oh, ow) = dw.output_hw(h, w);
+            ensure(&mut d, batch * oh * ow * dw.out_ch);
+            match &block.expand {
+                Some(expand) => {
+                    // The expansion's bias and ReLU6 are applied by the depthwise kernel as it
+                    // reads, so the widest tensor is written once and read once.
+                    ensure(&mut e, rows * expand.out_ch);
+                    expand.product(&x[..rows * ch], rows, &mut e, threads);
+                    dw.run_fused(&e[..rows * dw.in_ch], Some(expand.bias()), batch, h, w, &mut d);
+                }
+                None => dw.run(&x[..rows * dw.in_ch], batch, h, w, &mut d),
+            }
+            let out_rows = batch * oh * ow;
+            let out_ch = block.project.out_ch;
+            // The expansion buffer is free again: the block's output goes there.
+            ensure(&mut e, out_rows * out_ch);
+            let residual = block.residual.then(|| &x[..out_rows * out_ch]);
+            block.project.run(&d[..out_rows * dw.out_ch], out_rows, residual, &mut e, threads);
+            std::mem::swap(&mut x, &mut e);
+            (h, w, ch) = (oh, ow, out_ch);
+        }
+        let rows = batch * h * w;
+        ensure(&mut e, rows * self.head.out_ch);
+        self.head.product(&x[..rows * ch], rows, &mut e, threads);
+        let features = self.head.out_ch;
+        let mut pooled = vec![0f32; batch * features];
+        for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
+            for pixel in e[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
+                for ((s, p), bias) in sum.iter_mut().zip(pixel).zip(self.head.bias()) {
+                    let v = p + bias;
+                    *s += if self.head.relu6 { v.clamp(0.0, 6.0) } else { v };
+                }
+            }
+            let n = (h * w) as f32;
+            sum.iter_mut().for_each(|s| *s /= n);
+        }
+        *scratch = [x, e, d];
+        pooled
     }
 }
 

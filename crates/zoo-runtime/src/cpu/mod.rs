@@ -1,7 +1,9 @@
-//! CPU helpers the tasks' hand-written kernels share: a matrix product, and the elementwise and
-//! row functions of a transformer (exp, erf, GELU, tanh, softmax, layer norm) written so that loops
+//! CPU helpers the tasks' hand-written kernels share: a matrix product, the elementwise and row
+//! functions of a transformer (exp, erf, GELU, tanh, softmax, layer norm) written so that loops
 //! over them vectorise: only arithmetic (no libm calls, no saturating float-to-int casts) and sums
-//! kept in independent lanes.
+//! kept in independent lanes; and ([`nhwc`]) the convolutions of MobileNet-style networks.
+
+pub mod nhwc;
 
 /// out (m x n) = a * b, or += with `accumulate`: a is m rows of k floats starting `a_stride` apart
 /// (rows may overlap: a stride-1 convolution reads its padded input in place), b is k x n, all
