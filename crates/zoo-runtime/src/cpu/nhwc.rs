@@ -5,6 +5,7 @@
 //! buffers. Work is split across output rows with rayon; inner loops run over contiguous channels
 //! so the compiler vectorises them.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{Result, Tensor};
@@ -23,6 +24,8 @@ pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize)
 pub struct ConvWeights {
     weights: Vec<f32>,
     bias: Vec<f32>,
+    /// A dense convolution's weights as the (k * k * in, out) matrix its patches multiply.
+    dense: Option<Pointwise>,
     pub kernel: usize,
     pub stride: usize,
     pub in_ch: usize,
@@ -39,9 +42,14 @@ impl ConvWeights {
             candle_core::bail!("{kernel}x{kernel} convolutions are not supported (at most 7x7)")
         }
         let weights = if depthwise { weight.squeeze(1)?.permute((1, 2, 0))? } else { weight.permute((2, 3, 1, 0))? };
+        let weights: Vec<f32> = weights.flatten_all()?.to_vec1()?;
+        let bias: Vec<f32> = bias.to_vec1()?;
+        let dense = (!depthwise)
+            .then(|| Pointwise::from_matrix(weights.clone(), bias.clone(), kernel * kernel * in_per_group, relu6));
         Ok(ConvWeights {
-            weights: weights.flatten_all()?.to_vec1()?,
-            bias: bias.to_vec1()?,
+            weights,
+            bias,
+            dense,
             kernel,
             stride,
             in_ch: if depthwise { out_ch } else { in_per_group },
@@ -55,307 +63,365 @@ impl ConvWeights {
         (h.div_ceil(self.stride), w.div_ceil(self.stride))
     }
 
-    /// x: (batch, h, w, in_ch); out: (batch, ceil(h/s), ceil(w/s), out_ch).
+    /// x: (batch, h, w, in_ch); out: (batch, ceil(h/s), ceil(w/s), out_ch), on every thread.
     pub fn run(&self, x: &[f32], batch: usize, h: usize, w: usize, out: &mut [f32]) {
-        self.run_fused(x, None, batch, h, w, out)
+        self.run_on(x, batch, h, w, out, candle_core::utils::get_num_threads())
     }
 
-    /// As [`ConvWeights::run`], for a depthwise convolution whose input still lacks the previous
-    /// layer's bias and ReLU6 (`input_bias`): they are applied as each input value is loaded, which
-    /// saves a pass over the widest tensors of the network.
-    pub fn run_fused(&self, x: &[f32], input_bias: Option<&[f32]>, batch: usize, h: usize, w: usize, out: &mut [f32]) {
-        assert!(input_bias.is_none() || self.depthwise, "only depthwise convolutions take a pending input bias");
-        let (k, s, c, cout) = (self.kernel, self.stride, self.in_ch, self.out_ch);
+    /// As [`ConvWeights::run`], split over output rows on `threads` (1: on the calling thread).
+    pub fn run_on(&self, x: &[f32], batch: usize, h: usize, w: usize, out: &mut [f32], threads: usize) {
         let (oh, ow) = self.output_hw(h, w);
+        let total = batch * oh;
+        // Depthwise rows are cheap: one per task; dense ones in groups, each group one product.
+        let per_task = if self.depthwise { 1 } else { oh.div_ceil(2 * threads.max(1)).clamp(1, DENSE_ROWS) };
+        let out = &mut out[..total * ow * self.out_ch];
+        let task = |(i, out): (usize, &mut [f32])| {
+            let first = i * per_task;
+            self.run_rows(x, batch, h, w, first..(first + per_task).min(total), out)
+        };
+        if threads > 1 {
+            out.par_chunks_mut(per_task * ow * self.out_ch).enumerate().for_each(task)
+        } else {
+            self.run_rows(x, batch, h, w, 0..total, out)
+        }
+    }
+
+    /// Output rows `rows` (counted over the whole batch: image b's row y is b * out_h + y) into
+    /// `out`, which holds just those rows.
+    pub fn run_rows(&self, x: &[f32], batch: usize, h: usize, w: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
+        let (c, cout) = (self.in_ch, self.out_ch);
+        let (oh, ow) = self.output_hw(h, w);
+        let image = h * w * c;
+        assert!(x.len() >= batch * image && rows.end <= batch * oh, "convolution input too short");
+        assert!(out.len() >= rows.len() * ow * cout, "convolution output too short");
+        let row_len = ow * cout;
+        let mut r = rows.start;
+        while r < rows.end {
+            let (b, oy) = (r / oh, r % oh);
+            let x = &x[b * image..(b + 1) * image];
+            let at = (r - rows.start) * row_len;
+            if self.depthwise {
+                self.depthwise_row(x, h, w, oy, &mut out[at..at + row_len], Kernel::Fastest);
+                r += 1;
+            } else {
+                // A few rows of one image at a time: their patches stay in cache for the product.
+                let n = DENSE_ROWS.min(rows.end - r).min(oh - oy);
+                self.dense_rows(x, h, w, oy, &mut out[at..at + n * row_len]);
+                r += n;
+            }
+        }
+    }
+
+    /// Output rows `oy..` of a dense convolution of one image, as many as `out` holds: each
+    /// pixel's window copied into a row of patches, times the (k*k*in, out) weights.
+    fn dense_rows(&self, x: &[f32], h: usize, w: usize, oy: usize, out: &mut [f32]) {
+        match self.in_ch {
+            3 => self.dense_rows_of::<3>(x, h, w, oy, out),
+            1 => self.dense_rows_of::<1>(x, h, w, oy, out),
+            _ => self.dense_rows_of::<0>(x, h, w, oy, out),
+        }
+    }
+
+    /// [`ConvWeights::dense_rows`] with `C` input channels known when compiled (0: not known),
+    /// so that copying one tap's few values is a move, not a call to memcpy.
+    fn dense_rows_of<const C: usize>(&self, x: &[f32], h: usize, w: usize, oy: usize, out: &mut [f32]) {
+        let (k, s, cout) = (self.kernel, self.stride, self.out_ch);
+        let c = if C == 0 { self.in_ch } else { C };
+        let (_, ow) = self.output_hw(h, w);
         let (pad_top, _) = same_padding(h, k, s);
         let (pad_left, _) = same_padding(w, k, s);
-        debug_assert_eq!(x.len(), batch * h * w * c);
-        // Offsets of the k x k taps from the top-left one, for pixels whose window lies inside
-        // the image (most of them), which then need no bounds checks per tap.
-        let relative: Vec<usize> = (0..k * k).map(|t| ((t / k) * w + t % k) * c).collect();
-        // Output columns whose window lies inside the image horizontally.
-        let first_inside = pad_left.div_ceil(s).min(ow);
-        let last_inside = if w >= k { ((w - k + pad_left) / s + 1).min(ow) } else { 0 };
-        out[..batch * oh * ow * cout].par_chunks_mut(ow * cout).enumerate().for_each(|(row, out_row)| {
-            let (b, oy) = (row / oh, row % oh);
-            let top = (oy * s).checked_sub(pad_top).filter(|&iy| iy + k <= h);
-            // The taps inside the image of every pixel of this row, found once and reused for
-            // every channel block.
-            let mut taps: Vec<(usize, usize)> = Vec::with_capacity(ow * k * k);
-            let mut pixels: Vec<Pixels> = Vec::with_capacity(ow);
-            let mut ox = 0;
-            while ox < ow {
-                if let (true, Some(iy)) = (self.depthwise && ox >= first_inside && ox + PIXELS <= last_inside, top) {
-                    let bases = std::array::from_fn(|p| ((b * h + iy) * w + (ox + p) * s - pad_left) * c);
-                    pixels.push(Pixels::Inside { ox, bases });
-                    ox += PIXELS;
-                    continue;
+        let window = k * k * c;
+        let pixels = out.len() / cout;
+        let mut patches = vec![0f32; pixels * window];
+        for (i, patch) in patches.chunks_exact_mut(window).enumerate() {
+            let (y, x0) = (oy + i / ow, i % ow);
+            for ky in 0..k {
+                let Some(iy) = (y * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
+                for kx in 0..k {
+                    if let Some(ix) = (x0 * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) {
+                        let (to, from) = ((ky * k + kx) * c, (iy * w + ix) * c);
+                        if C == 0 {
+                            patch[to..to + c].copy_from_slice(&x[from..from + c]);
+                        } else {
+                            patch[to..to + C].copy_from_slice(&x[from..from + C]);
+                        }
+                    }
                 }
-                let start = taps.len();
+            }
+        }
+        let matrix = self.dense.as_ref().expect("a dense convolution has its matrix");
+        matrix.run(&patches, pixels, None, out, 1);
+    }
+
+    /// One output row of a depthwise convolution of one image (x: h x w x c).
+    fn depthwise_row(&self, x: &[f32], h: usize, w: usize, oy: usize, out: &mut [f32], kernel: Kernel) {
+        match (self.kernel, self.stride, kernel) {
+            (_, _, Kernel::Plain) => self.depthwise_row_plain(x, h, w, oy, out),
+            (3, 1, _) => self.depthwise_row_tiled::<3, 1>(x, h, w, oy, out, kernel),
+            (3, 2, _) => self.depthwise_row_tiled::<3, 2>(x, h, w, oy, out, kernel),
+            (5, 1, _) => self.depthwise_row_tiled::<5, 1>(x, h, w, oy, out, kernel),
+            (5, 2, _) => self.depthwise_row_tiled::<5, 2>(x, h, w, oy, out, kernel),
+            _ => self.depthwise_row_plain(x, h, w, oy, out),
+        }
+    }
+
+    /// The definition, one output value at a time: the reference the tiled kernels are tested
+    /// against, and the path for kernel sizes and strides they are not built for.
+    fn depthwise_row_plain(&self, x: &[f32], h: usize, w: usize, oy: usize, out: &mut [f32]) {
+        let (k, s, c) = (self.kernel, self.stride, self.in_ch);
+        let (_, ow) = self.output_hw(h, w);
+        let (pad_top, _) = same_padding(h, k, s);
+        let (pad_left, _) = same_padding(w, k, s);
+        for ox in 0..ow {
+            for ch in 0..c {
+                let mut acc = self.bias[ch];
                 for ky in 0..k {
                     let Some(iy) = (oy * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
                     for kx in 0..k {
                         if let Some(ix) = (ox * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) {
-                            taps.push((ky * k + kx, ((b * h + iy) * w + ix) * c));
+                            acc = self.weights[(ky * k + kx) * c + ch].mul_add(x[(iy * w + ix) * c + ch], acc);
                         }
                     }
                 }
-                pixels.push(Pixels::Edge { ox, taps: start..taps.len() });
-                ox += 1;
+                out[ox * c + ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
             }
-            if !self.depthwise {
-                for p in &pixels {
-                    if let Pixels::Edge { ox, taps: range } = p {
-                        self.dense_pixel(x, &taps[range.clone()], &mut out_row[ox * cout..(ox + 1) * cout]);
-                    }
-                }
-                return;
-            }
-            // Channel blocks outermost: a block's slice of the k input rows (k x w x 64 bytes)
-            // stays in L1 while the row's pixels, whose windows overlap, are computed.
-            let ib = input_bias.unwrap_or(&[]);
-            for ch in (0..c / LANES).map(|blk| blk * LANES) {
-                for p in &pixels {
-                    match (p, input_bias.is_some()) {
-                        (Pixels::Inside { ox, bases }, true) => {
-                            self.depthwise_block::<true>(x, ib, &relative, *bases, ch, &mut out_row[ox * c..])
-                        }
-                        (Pixels::Inside { ox, bases }, false) => {
-                            self.depthwise_block::<false>(x, ib, &relative, *bases, ch, &mut out_row[ox * c..])
-                        }
-                        (Pixels::Edge { ox, taps: range }, true) => {
-                            self.depthwise_lanes::<true>(x, ib, &taps[range.clone()], ch, &mut out_row[ox * c..])
-                        }
-                        (Pixels::Edge { ox, taps: range }, false) => {
-                            self.depthwise_lanes::<false>(x, ib, &taps[range.clone()], ch, &mut out_row[ox * c..])
-                        }
-                    }
-                }
-            }
-            if c % LANES != 0 {
-                // The last few channels, one at a time, with every pixel's taps listed.
-                for ox in 0..ow {
-                    let mut list = Vec::with_capacity(k * k);
-                    for ky in 0..k {
-                        let Some(iy) = (oy * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
-                        for kx in 0..k {
-                            if let Some(ix) = (ox * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) {
-                                list.push((ky * k + kx, ((b * h + iy) * w + ix) * c));
-                            }
-                        }
-                    }
-                    self.depthwise_rest(x, ib, &list, &mut out_row[ox * c..(ox + 1) * c]);
-                }
-            }
-        });
+        }
     }
 
-    /// Channels `ch..ch + LANES` of PIXELS neighbouring output pixels whose windows are inside the
-    /// image, starting at input offsets `bases`; `out` starts at the first pixel's channels.
-    /// Four accumulator chains hide the FMA latency, and each weight is loaded once for four.
-    #[inline(always)]
-    fn depthwise_block<const PENDING: bool>(
+    /// One output row in tiles of neighbouring pixels times LANES channels. A tile loads each
+    /// input column of its window once per kernel row and uses it for every pixel whose window
+    /// covers it (up to K of them at stride 1), so the loads, not the multiplications, set the
+    /// pace no more than they must. Tiles whose windows cross the image's edge, or hold fewer
+    /// pixels or channels than a whole tile, take the masked form of the same kernel.
+    fn depthwise_row_tiled<const K: usize, const S: usize>(
         &self,
         x: &[f32],
-        in_bias: &[f32],
-        relative: &[usize],
-        bases: [usize; PIXELS],
-        ch: usize,
+        h: usize,
+        w: usize,
+        oy: usize,
         out: &mut [f32],
-    ) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-        {
-            let c = self.in_ch;
-            // Every address the block reads, checked once so the loads below can be unchecked.
-            let last = bases[PIXELS - 1] + relative.last().copied().unwrap_or(0) + ch + LANES;
-            assert!(
-                last <= x.len()
-                    && self.weights.len() >= relative.len() * c
-                    && out.len() >= (PIXELS - 1) * c + ch + LANES
-            );
-            assert!(!PENDING || in_bias.len() >= ch + LANES);
-            // SAFETY: avx512f is enabled at compile time; the asserts above bound every offset.
-            unsafe { self.depthwise_block_avx512::<PENDING>(x, in_bias, relative, bases, ch, out) };
-            return;
-        }
-        #[allow(unreachable_code)]
-        self.depthwise_block_portable::<PENDING>(x, in_bias, relative, bases, ch, out)
-    }
-
-    /// [`ConvWeights::depthwise_block`] in plain Rust, for builds without AVX-512.
-    #[inline(always)]
-    fn depthwise_block_portable<const PENDING: bool>(
-        &self,
-        x: &[f32],
-        in_bias: &[f32],
-        relative: &[usize],
-        bases: [usize; PIXELS],
-        ch: usize,
-        out: &mut [f32],
+        kernel: Kernel,
     ) {
         let c = self.in_ch;
-        let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
-        let bias: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
-        let mut acc = [bias; PIXELS];
-        let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
-        for (tap, rel) in relative.iter().enumerate() {
-            let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
-            for p in 0..PIXELS {
-                let px: &[f32; LANES] = x[bases[p] + rel + ch..][..LANES].try_into().unwrap();
-                for l in 0..LANES {
-                    acc[p][l] = wt[l].mul_add(load(px[l], ib[l]), acc[p][l]);
+        let (_, ow) = self.output_hw(h, w);
+        let (pad_top, _) = same_padding(h, K, S);
+        let (pad_left, _) = same_padding(w, K, S);
+        // The kernel rows whose input row is inside the image.
+        let top = oy * S;
+        let ky_first = pad_top.saturating_sub(top);
+        let ky_end = K.min((h + pad_top).saturating_sub(top));
+        assert!(ky_first < ky_end && x.len() >= h * w * c && out.len() >= ow * c, "depthwise row out of bounds");
+        let tile = TileRow {
+            x,
+            first_row: (top + ky_first - pad_top) * w * c,
+            kernel_rows: ky_first..ky_end,
+            w,
+            c,
+            weights: &self.weights,
+            bias: &self.bias,
+            relu6: self.relu6,
+        };
+        let simd = kernel == Kernel::Fastest && cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
+        let pixels = if simd { TILE } else { PORTABLE_TILE };
+        for ch in (0..c).step_by(LANES) {
+            for ox in (0..ow).step_by(pixels) {
+                let count = pixels.min(ow - ox);
+                let first_col = (ox * S) as isize - pad_left as isize;
+                let whole = count == pixels
+                    && ch + LANES <= c
+                    && first_col >= 0
+                    && first_col as usize + S * (pixels - 1) + K <= w;
+                let out = &mut out[ox * c..];
+                // SAFETY: `simd` is only true where AVX-512F is compiled in.
+                match (simd, whole) {
+                    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+                    (true, true) => unsafe { tile.avx512::<K, S, false>(first_col, ch, count, out) },
+                    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+                    (true, false) => unsafe { tile.avx512::<K, S, true>(first_col, ch, count, out) },
+                    _ => tile.portable::<K, S>(first_col, ch, count, out),
                 }
             }
-        }
-        for (p, acc) in acc.iter_mut().enumerate() {
-            finish(acc, self.relu6);
-            out[p * c + ch..][..LANES].copy_from_slice(acc);
-        }
-    }
-
-    /// [`ConvWeights::depthwise_block`] in AVX-512: one register per pixel and block of 16
-    /// channels, so the four accumulators, the weights and the pending bias never leave registers.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    #[inline(always)]
-    unsafe fn depthwise_block_avx512<const PENDING: bool>(
-        &self,
-        x: &[f32],
-        in_bias: &[f32],
-        relative: &[usize],
-        bases: [usize; PIXELS],
-        ch: usize,
-        out: &mut [f32],
-    ) {
-        use std::arch::x86_64::*;
-        let c = self.in_ch;
-        let (xp, wp) = (x.as_ptr(), self.weights.as_ptr().add(ch));
-        let bias = _mm512_loadu_ps(self.bias.as_ptr().add(ch));
-        let mut acc = [bias; PIXELS];
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-        let ib = if PENDING { _mm512_loadu_ps(in_bias.as_ptr().add(ch)) } else { zero };
-        for (tap, &rel) in relative.iter().enumerate() {
-            let wt = _mm512_loadu_ps(wp.add(tap * c));
-            for p in 0..PIXELS {
-                let mut v = _mm512_loadu_ps(xp.add(bases[p] + rel + ch));
-                if PENDING {
-                    v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, ib), zero), six);
-                }
-                acc[p] = _mm512_fmadd_ps(wt, v, acc[p]);
-            }
-        }
-        for (p, mut a) in acc.into_iter().enumerate() {
-            if self.relu6 {
-                a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
-            }
-            _mm512_storeu_ps(out.as_mut_ptr().add(p * c + ch), a);
-        }
-    }
-
-    /// Channels `ch..ch + LANES` of one output pixel, from the taps listed.
-    #[inline(always)]
-    fn depthwise_lanes<const PENDING: bool>(
-        &self,
-        x: &[f32],
-        in_bias: &[f32],
-        taps: &[(usize, usize)],
-        ch: usize,
-        out: &mut [f32],
-    ) {
-        let c = self.in_ch;
-        let load = |v: f32, b: f32| if PENDING { (v + b).clamp(0.0, 6.0) } else { v };
-        let mut acc: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
-        let ib: [f32; LANES] = if PENDING { in_bias[ch..ch + LANES].try_into().unwrap() } else { [0.0; LANES] };
-        for &(tap, offset) in taps {
-            let wt: &[f32; LANES] = self.weights[tap * c + ch..][..LANES].try_into().unwrap();
-            let px: &[f32; LANES] = x[offset + ch..][..LANES].try_into().unwrap();
-            for l in 0..LANES {
-                acc[l] = wt[l].mul_add(load(px[l], ib[l]), acc[l]);
-            }
-        }
-        finish(&mut acc, self.relu6);
-        out[ch..ch + LANES].copy_from_slice(&acc);
-    }
-
-    /// The channels after the last whole LANES block, of one output pixel.
-    fn depthwise_rest(&self, x: &[f32], in_bias: &[f32], taps: &[(usize, usize)], out: &mut [f32]) {
-        let c = self.in_ch;
-        for (ch, out) in out.iter_mut().enumerate().skip(c / LANES * LANES) {
-            let mut acc = self.bias[ch];
-            for &(tap, offset) in taps {
-                let v = x[offset + ch];
-                let v = if in_bias.is_empty() { v } else { (v + in_bias[ch]).clamp(0.0, 6.0) };
-                acc = self.weights[tap * c + ch].mul_add(v, acc);
-            }
-            *out = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
-        }
-    }
-
-    /// One output pixel of a dense convolution (the stem: few input channels), LANES output
-    /// channels at a time.
-    #[inline(always)]
-    fn dense_pixel(&self, x: &[f32], taps: &[(usize, usize)], out: &mut [f32]) {
-        let (c, cout) = (self.in_ch, self.out_ch);
-        let blocks = cout / LANES;
-        for blk in 0..blocks {
-            let ch = blk * LANES;
-            let mut acc: [f32; LANES] = self.bias[ch..ch + LANES].try_into().unwrap();
-            for &(tap, offset) in taps {
-                for ci in 0..c {
-                    let xv = x[offset + ci];
-                    let wt: &[f32; LANES] = self.weights[(tap * c + ci) * cout + ch..][..LANES].try_into().unwrap();
-                    for l in 0..LANES {
-                        acc[l] = wt[l].mul_add(xv, acc[l]);
-                    }
-                }
-            }
-            finish(&mut acc, self.relu6);
-            out[ch..ch + LANES].copy_from_slice(&acc);
-        }
-        for (ch, out) in out.iter_mut().enumerate().skip(blocks * LANES) {
-            let mut acc = self.bias[ch];
-            for &(tap, offset) in taps {
-                for ci in 0..c {
-                    acc = self.weights[(tap * c + ci) * cout + ch].mul_add(x[offset + ci], acc);
-                }
-            }
-            *out = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
         }
     }
 }
 
-/// Output pixels of a row, in the groups the depthwise kernel computes them.
-enum Pixels {
-    /// PIXELS neighbours whose windows are inside the image.
-    Inside { ox: usize, bases: [usize; PIXELS] },
-    /// One pixel near an edge, with its taps in a shared list.
-    Edge { ox: usize, taps: std::ops::Range<usize> },
+/// Which depthwise kernel runs: the fastest this build has, the portable one, or the plain
+/// definition (the last two for tests).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    Fastest,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Plain,
+}
+
+/// What every tile of one depthwise output row shares: the input rows its kernel rows read and
+/// the layer's weights.
+struct TileRow<'a> {
+    x: &'a [f32],
+    /// Offset in x of the input row that kernel row `kernel_rows.start` reads.
+    first_row: usize,
+    kernel_rows: std::ops::Range<usize>,
+    w: usize,
+    c: usize,
+    weights: &'a [f32],
+    bias: &'a [f32],
+    relu6: bool,
+}
+
+impl TileRow<'_> {
+    /// `count` pixels from input column `first_col` (negative: in the padding) times channels
+    /// `ch..` (up to LANES of them), into `out` (which starts at the first pixel). `MASKED`: some
+    /// columns are outside the image, or the tile is not whole.
+    ///
+    /// # Safety
+    /// AVX-512F must be available (it is compiled in). Every offset is checked against the
+    /// slices' lengths: rows by the caller's assert, columns by the mask (a masked-off lane is
+    /// never read or written), channels by the lane mask.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[inline(always)]
+    unsafe fn avx512<const K: usize, const S: usize, const MASKED: bool>(
+        &self,
+        first_col: isize,
+        ch: usize,
+        count: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let (c, w) = (self.c, self.w);
+        let columns = S * (TILE - 1) + K;
+        let lanes = (c - ch).min(LANES);
+        let lane_mask: u16 = if lanes == LANES { u16::MAX } else { (1u16 << lanes) - 1 };
+        assert!(out.len() >= (count - 1) * c + ch + lanes && self.weights.len() >= K * K * c && self.bias.len() >= c);
+        let rows_end = self.first_row + (self.kernel_rows.len() - 1) * w * c;
+        assert!(rows_end + w * c <= self.x.len());
+        // Column offsets, and which columns are inside the image (masked loads of the others
+        // read nothing and give zeros, the padding).
+        let mut offsets = [0usize; MAX_COLUMNS];
+        let mut masks = [0u16; MAX_COLUMNS];
+        if MASKED {
+            for j in 0..columns {
+                let col = first_col + j as isize;
+                if col >= 0 && (col as usize) < w {
+                    offsets[j] = col as usize * c + ch;
+                    masks[j] = lane_mask;
+                }
+            }
+        }
+        // Unmasked, every column is inside: the caller checked first_col >= 0 and the width.
+        let base = (first_col.max(0) as usize) * c + ch;
+        let bias = _mm512_maskz_loadu_ps(lane_mask, self.bias.as_ptr().add(ch));
+        let mut acc = [bias; TILE];
+        for (r, ky) in self.kernel_rows.clone().enumerate() {
+            let row = self.x.as_ptr().add(self.first_row + r * w * c);
+            let wrow = self.weights.as_ptr().add(ky * K * c + ch);
+            let wt: [__m512; K] = std::array::from_fn(|kx| _mm512_maskz_loadu_ps(lane_mask, wrow.add(kx * c)));
+            for j in 0..columns {
+                let v = if MASKED {
+                    _mm512_maskz_loadu_ps(masks[j], row.add(offsets[j]))
+                } else {
+                    _mm512_loadu_ps(row.add(base + j * c))
+                };
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    if j >= S * p && j - S * p < K {
+                        *acc = _mm512_fmadd_ps(wt[j - S * p], v, *acc);
+                    }
+                }
+            }
+        }
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        for (p, mut a) in acc.into_iter().enumerate().take(if MASKED { count } else { TILE }) {
+            if self.relu6 {
+                a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
+            }
+            let at = out.as_mut_ptr().add(p * c + ch);
+            if MASKED {
+                _mm512_mask_storeu_ps(at, lane_mask, a)
+            } else {
+                _mm512_storeu_ps(at, a)
+            }
+        }
+    }
+
+    /// [`TileRow::avx512`] in plain Rust, for builds without AVX-512: PORTABLE_TILE pixels (the
+    /// accumulators of eight would not fit in sixteen AVX2 registers), columns outside the image
+    /// skipped.
+    #[inline(always)]
+    fn portable<const K: usize, const S: usize>(&self, first_col: isize, ch: usize, count: usize, out: &mut [f32]) {
+        let (c, w) = (self.c, self.w);
+        let lanes = (c - ch).min(LANES);
+        let load = |xs: &[f32], at: usize| -> [f32; LANES] {
+            let mut v = [0f32; LANES];
+            v[..lanes].copy_from_slice(&xs[at..at + lanes]);
+            v
+        };
+        let mut acc = [load(self.bias, ch); PORTABLE_TILE];
+        for (r, ky) in self.kernel_rows.clone().enumerate() {
+            let row = self.first_row + r * w * c;
+            let wt: [[f32; LANES]; K] = std::array::from_fn(|kx| load(self.weights, (ky * K + kx) * c + ch));
+            for j in 0..S * (PORTABLE_TILE - 1) + K {
+                let col = first_col + j as isize;
+                if col < 0 || col as usize >= w {
+                    continue;
+                }
+                let v = load(self.x, row + col as usize * c + ch);
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    if j >= S * p && j - S * p < K {
+                        let wt = &wt[j - S * p];
+                        for l in 0..LANES {
+                            acc[l] = wt[l].mul_add(v[l], acc[l]);
+                        }
+                    }
+                }
+            }
+        }
+        for (p, acc) in acc.iter_mut().enumerate().take(count) {
+            if self.relu6 {
+                acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+            }
+            out[p * c + ch..][..lanes].copy_from_slice(&acc[..lanes]);
+        }
+    }
 }
 
 /// Channels per inner block: one AVX-512 register, or two AVX2 ones.
 const LANES: usize = 16;
 /// Output floats per block of a 1x1 convolution: 256 KiB, well inside a core's L2.
 const BLOCK_FLOATS: usize = 64 * 1024;
-/// Output pixels per depthwise block.
-const PIXELS: usize = 4;
-
-#[inline(always)]
-fn finish(acc: &mut [f32; LANES], relu6: bool) {
-    if relu6 {
-        for v in acc.iter_mut() {
-            *v = v.clamp(0.0, 6.0);
-        }
-    }
-}
+/// Output pixels per depthwise tile: eight accumulators, up to five weights and a column take
+/// 14 of AVX-512's 32 registers.
+const TILE: usize = 8;
+const PORTABLE_TILE: usize = 4;
+/// Output rows of a dense convolution whose patches are gathered and multiplied together.
+const DENSE_ROWS: usize = 8;
+/// Input columns a tile reads at most (stride 2, 5x5, eight pixels).
+const MAX_COLUMNS: usize = 2 * (TILE - 1) + 5;
 
 /// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
 pub struct Pointwise {
-    /// (in, out), row-major.
+    /// (in, out), row-major: the portable path's operand.
     weights: Vec<f32>,
+    /// The same weights in panels of up to PANEL_LANES output channels, each (in, panel width
+    /// rounded up to LANES) contiguous and zero-padded: the AVX-512 kernel's operand.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    panels: Vec<Panel>,
     bias: Vec<f32>,
     pub in_ch: usize,
     pub out_ch: usize,
     relu6: bool,
 }
+
+/// Output channels `first..first + width` of a [`Pointwise`] layer, packed.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+struct Panel {
+    first: usize,
+    width: usize,
+    weights: Vec<f32>,
+}
+
+/// Output channels per panel: three AVX-512 registers per row of the tile.
+const PANEL_LANES: usize = 3 * LANES;
 
 impl Pointwise {
     /// `weight`: (out, in) or (out, in, 1, 1).
@@ -363,34 +429,91 @@ impl Pointwise {
         let out_ch = weight.dim(0)?;
         let weight = weight.reshape((out_ch, ()))?;
         let in_ch = weight.dim(1)?;
-        Ok(Pointwise { weights: weight.t()?.flatten_all()?.to_vec1()?, bias: bias.to_vec1()?, in_ch, out_ch, relu6 })
+        Ok(Self::from_matrix(weight.t()?.flatten_all()?.to_vec1()?, bias.to_vec1()?, in_ch, relu6))
     }
 
-    pub fn bias(&self) -> &[f32] {
-        &self.bias
+    /// `weights`: (in, out) row-major.
+    fn from_matrix(weights: Vec<f32>, bias: Vec<f32>, in_ch: usize, relu6: bool) -> Self {
+        let out_ch = bias.len();
+        assert_eq!(weights.len(), in_ch * out_ch, "pointwise weights are not (in, out)");
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+        let panels = (0..out_ch)
+            .step_by(PANEL_LANES)
+            .map(|first| {
+                let width = PANEL_LANES.min(out_ch - first);
+                let stride = width.div_ceil(LANES) * LANES;
+                let mut packed = vec![0f32; in_ch * stride];
+                for (k, row) in packed.chunks_exact_mut(stride).enumerate() {
+                    row[..width].copy_from_slice(&weights[k * out_ch + first..][..width]);
+                }
+                Panel { first, width, weights: packed }
+            })
+            .collect();
+        Pointwise {
+            weights,
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+            panels,
+            bias,
+            in_ch,
+            out_ch,
+            relu6,
+        }
     }
 
-    /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch).
+    /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch). Split over
+    /// `threads` by rows (1: on the calling thread).
     pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32], threads: usize) {
+        self.run_with(x, rows, residual, out, threads, Kernel::Fastest)
+    }
+
+    fn run_with(
+        &self,
+        x: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+        kernel: Kernel,
+    ) {
         let (cin, cout) = (self.in_ch, self.out_ch);
         assert!(x.len() >= rows * cin && out.len() >= rows * cout, "pointwise buffers too short");
         assert!(residual.is_none_or(|r| r.len() >= rows * cout), "pointwise residual too short");
-        // Blocks of rows whose output fits in L2: the product of a block and its bias, residual
-        // and ReLU6 then happen while it is there. One product over a tensor larger than the
-        // cache followed by a second pass costs as much again in memory traffic as the product.
-        let block_rows = (BLOCK_FLOATS / cout).max(8);
-        if rows >= 2 * block_rows * threads.max(1) {
-            out[..rows * cout].par_chunks_mut(block_rows * cout).enumerate().for_each(|(i, block)| {
-                let r0 = i * block_rows;
-                let nr = block.len() / cout;
-                self.product(&x[r0 * cin..(r0 + nr) * cin], nr, block, 1);
-                self.epilogue(block, residual.map(|r| &r[r0 * cout..(r0 + nr) * cout]));
-            });
+        // A few rows (a classifier's) are a matrix-vector product, which the tiles would pad to
+        // TILE_ROWS rows.
+        let simd = kernel == Kernel::Fastest
+            && cfg!(all(target_arch = "x86_64", target_feature = "avx512f"))
+            && rows >= TILE_ROWS;
+        // Blocks of rows, each computed whole by one thread: for the AVX-512 kernel enough
+        // blocks to share out; for the portable path's product and second pass, blocks whose
+        // output fits in L2, so the second pass reads it from there.
+        let block_rows = if simd {
+            rows.div_ceil(4 * threads.max(1)).next_multiple_of(TILE_ROWS).max(TILE_ROWS)
         } else {
+            (BLOCK_FLOATS / cout).max(8)
+        };
+        let block = |(i, out): (usize, &mut [f32])| {
+            let (r0, nr) = (i * block_rows, out.len() / cout);
+            let x = &x[r0 * cin..(r0 + nr) * cin];
+            let residual = residual.map(|r| &r[r0 * cout..(r0 + nr) * cout]);
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+            if simd {
+                self.run_avx512(x, nr, residual, out);
+                return;
+            }
+            let _ = simd;
+            self.product(x, nr, out, 1);
+            self.epilogue(out, residual);
+        };
+        let out = &mut out[..rows * cout];
+        if threads > 1 && rows > block_rows {
+            out.par_chunks_mut(block_rows * cout).enumerate().for_each(block)
+        } else if threads > 1 && !simd {
             // Too few rows to share out by blocks: the product parallelises inside, and the
             // output is small enough to stay in cache for the second pass.
             self.product(x, rows, out, threads);
-            self.epilogue(&mut out[..rows * cout], residual.map(|r| &r[..rows * cout]));
+            self.epilogue(out, residual.map(|r| &r[..rows * cout]));
+        } else {
+            out.chunks_mut(block_rows * cout).enumerate().for_each(block)
         }
     }
 
@@ -398,55 +521,125 @@ impl Pointwise {
     fn epilogue(&self, out: &mut [f32], residual: Option<&[f32]>) {
         let cout = self.out_ch;
         for (r, row) in out.chunks_exact_mut(cout).enumerate() {
-            match residual {
-                Some(res) => {
-                    let res = &res[r * cout..(r + 1) * cout];
-                    for ((o, b), r) in row.iter_mut().zip(&self.bias).zip(res) {
-                        *o += b + r;
-                    }
-                }
-                None => row.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b),
-            }
-            if self.relu6 {
-                row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+            let res = residual.map(|res| &res[r * cout..(r + 1) * cout]);
+            for (i, (o, b)) in row.iter_mut().zip(&self.bias).enumerate() {
+                let v = *o + b + res.map_or(0.0, |res| res[i]);
+                *o = if self.relu6 { v.clamp(0.0, 6.0) } else { v };
             }
         }
     }
 
-    /// Only the matrix product x * W into `out`: the caller applies the bias and ReLU6 later,
-    /// where it reads the values anyway.
-    pub fn product(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
-        let (cin, cout) = (self.in_ch, self.out_ch);
-        let out = &mut out[..rows * cout];
-        assert!(x.len() >= rows * cin, "pointwise input too short");
+    /// Only the matrix product x * W into `out`, with the gemm crate (the portable path).
+    fn product(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
         let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: the pointers and strides describe `out` (rows x cout), `x` (rows x cin, checked
-        // above) and `weights` (cin x cout), all row-major; `out` does not alias the inputs.
+        super::matmul((x, self.in_ch), &self.weights, out, (rows, self.in_ch, self.out_ch), false, parallelism);
+    }
+
+    /// The layer on `rows` rows in tiles of TILE_ROWS rows times one panel, the accumulators
+    /// starting at the bias and the residual and ReLU6 applied as they are stored: nothing is
+    /// packed per call and the output is written once. A last, short tile of rows goes through
+    /// a zero-padded copy.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    fn run_avx512(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
+        let (cin, cout) = (self.in_ch, self.out_ch);
+        let whole = rows / TILE_ROWS * TILE_ROWS;
+        for panel in &self.panels {
+            for r0 in (0..whole).step_by(TILE_ROWS) {
+                let tile = PointwiseTile {
+                    x: &x[r0 * cin..(r0 + TILE_ROWS) * cin],
+                    residual: residual.map(|r| &r[r0 * cout..(r0 + TILE_ROWS) * cout]),
+                    out: &mut out[r0 * cout..(r0 + TILE_ROWS) * cout],
+                };
+                self.tile_avx512(panel, tile);
+            }
+        }
+        if whole < rows {
+            let tail = rows - whole;
+            let mut xs = vec![0f32; TILE_ROWS * cin];
+            xs[..tail * cin].copy_from_slice(&x[whole * cin..rows * cin]);
+            let mut res = residual.map(|r| {
+                let mut padded = vec![0f32; TILE_ROWS * cout];
+                padded[..tail * cout].copy_from_slice(&r[whole * cout..rows * cout]);
+                padded
+            });
+            let mut outs = vec![0f32; TILE_ROWS * cout];
+            for panel in &self.panels {
+                self.tile_avx512(panel, PointwiseTile { x: &xs, residual: res.as_deref(), out: &mut outs });
+            }
+            out[whole * cout..rows * cout].copy_from_slice(&outs[..tail * cout]);
+            res.take();
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    fn tile_avx512(&self, panel: &Panel, tile: PointwiseTile) {
+        assert!(tile.x.len() >= TILE_ROWS * self.in_ch && tile.out.len() >= TILE_ROWS * self.out_ch);
+        assert!(tile.residual.is_none_or(|r| r.len() >= TILE_ROWS * self.out_ch));
+        assert!(panel.first + panel.width <= self.out_ch && panel.width <= PANEL_LANES);
+        // SAFETY: AVX-512F is compiled in; the asserts bound the rows, and the lane masks keep
+        // every load and store of the output, bias and residual inside the panel's channels.
         unsafe {
-            gemm::gemm(
-                rows,
-                cout,
-                cin,
-                out.as_mut_ptr(),
-                1,
-                cout as isize,
-                false,
-                x.as_ptr(),
-                1,
-                cin as isize,
-                self.weights.as_ptr(),
-                1,
-                cout as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+            match panel.width.div_ceil(LANES) {
+                1 => self.tile_avx512_inner::<1>(panel, tile),
+                2 => self.tile_avx512_inner::<2>(panel, tile),
+                _ => self.tile_avx512_inner::<3>(panel, tile),
+            }
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    #[inline(always)]
+    unsafe fn tile_avx512_inner<const V: usize>(&self, panel: &Panel, tile: PointwiseTile) {
+        use std::arch::x86_64::*;
+        let (cin, cout) = (self.in_ch, self.out_ch);
+        let masks: [u16; V] = std::array::from_fn(|v| {
+            let lanes = panel.width.saturating_sub(v * LANES).min(LANES);
+            if lanes == LANES {
+                u16::MAX
+            } else {
+                (1u16 << lanes) - 1
+            }
+        });
+        let bias: [__m512; V] =
+            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], self.bias.as_ptr().add(panel.first + v * LANES)));
+        let mut acc = [bias; TILE_ROWS];
+        let (xp, wp) = (tile.x.as_ptr(), panel.weights.as_ptr());
+        for k in 0..cin {
+            let wt: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(k * V * LANES + v * LANES)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xp.add(r * cin + k));
+                for v in 0..V {
+                    acc[v] = _mm512_fmadd_ps(xv, wt[v], acc[v]);
+                }
+            }
+        }
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        for (r, acc) in acc.into_iter().enumerate() {
+            for (v, mut a) in acc.into_iter().enumerate() {
+                let at = r * cout + panel.first + v * LANES;
+                if let Some(res) = tile.residual {
+                    a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(at)));
+                }
+                if self.relu6 {
+                    a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
+                }
+                _mm512_mask_storeu_ps(tile.out.as_mut_ptr().add(at), masks[v], a);
+            }
         }
     }
 }
+
+/// TILE_ROWS rows of a pointwise layer's input, residual and output.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+struct PointwiseTile<'a> {
+    x: &'a [f32],
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+}
+
+/// Rows per pointwise tile: eight rows of three registers are 24 accumulators, with three
+/// weights and a broadcast 28 of the 32 registers.
+const TILE_ROWS: usize = 8;
 
 /// One inverted-residual block: an optional 1x1 expansion (with ReLU6), a depthwise convolution
 /// (with ReLU6) and a linear 1x1 projection, with the input added back when `residual`.
@@ -461,12 +654,13 @@ pub struct InvertedResidual {
 /// EfficientNet-Lite and of MobileNetV2, which differ only in their tables and final layer.
 /// Element-wise ops in candle would each be a pass over memory and a round of thread
 /// synchronisation; here bias, residual and ReLU6 ride along with the convolutions, and three
-/// buffers are reused throughout.
+/// buffers per thread are reused throughout.
 pub struct MobileNet {
     stem: ConvWeights,
     blocks: Vec<InvertedResidual>,
     head: Pointwise,
-    scratch: Mutex<[Vec<f32>; 3]>,
+    /// Sets of three buffers, one per pass in flight, kept for the next call.
+    scratch: Mutex<Vec<[Vec<f32>; 3]>>,
 }
 
 fn ensure(buf: &mut Vec<f32>, len: usize) {
@@ -499,7 +693,7 @@ impl MobileNet {
         if head.in_ch != channels {
             candle_core::bail!("the head takes {} channels, the last block gives {channels}", head.in_ch)
         }
-        Ok(MobileNet { stem, blocks, head, scratch: Mutex::new(Default::default()) })
+        Ok(MobileNet { stem, blocks, head, scratch: Mutex::new(Vec::new()) })
     }
 
     /// The stem's input channels.
@@ -513,107 +707,366 @@ impl MobileNet {
     }
 
     /// input: (batch, h, w, stem input channels); returns (batch, features): the head's output
-    /// (bias and ReLU6 applied as it is summed) averaged over the pixels.
+    /// averaged over the pixels.
     pub fn pooled(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Vec<f32> {
-        assert_eq!(input.len(), batch * h * w * self.stem.in_ch, "input is not (batch, h, w, channels)");
-        let threads = candle_core::utils::get_num_threads();
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let [mut x, mut e, mut d] = std::mem::take(&mut *scratch);
+        let image = h * w * self.stem.in_ch;
+        assert_eq!(input.len(), batch * image, "input is not (batch, h, w, channels)");
+        let threads = rayon::current_num_threads();
+        let mut pooled = vec![0f32; batch * self.head.out_ch];
+        if batch > 1 && batch >= threads {
+            // One image per thread, each through the whole network: no hand-offs between
+            // layers, and each thread's activations stay in its own cache (also on one thread,
+            // where a whole batch's would not).
+            pooled.par_chunks_mut(self.head.out_ch).zip(input.par_chunks(image)).for_each(|(pooled, image)| {
+                let mut buffers = self.take_scratch(1, h, w);
+                self.forward(image, 1, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(pooled));
+                self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
+            });
+            return pooled;
+        }
+        let mut buffers = self.take_scratch(batch, h, w);
+        let shared = Buffers::new(&mut buffers);
+        // Only one team at a time, and never from inside the pool: a team needs every pool
+        // thread, and two waiting for each other's would wait for ever. Otherwise the pass runs
+        // on the calling thread.
+        let team_lock = TEAM.try_lock();
+        if threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none() {
+            let barrier = SpinBarrier::new(threads);
+            let pooled = PooledOut(std::sync::Mutex::new(Some(&mut pooled)));
+            rayon::broadcast(|ctx| {
+                let team = Team { index: ctx.index(), size: ctx.num_threads(), barrier: Some(&barrier) };
+                let out =
+                    if ctx.index() == 0 { pooled.0.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
+                self.forward(input, batch, h, w, &team, &shared, out);
+            });
+        } else {
+            self.forward(input, batch, h, w, &Team::alone(), &shared, Some(&mut pooled));
+        }
+        drop(team_lock);
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
+        pooled
+    }
 
+    /// Three buffers, each long enough for every tensor of a pass over `batch` images that it
+    /// holds: the blocks' inputs and outputs, the expansions, the depthwise outputs.
+    fn take_scratch(&self, batch: usize, h: usize, w: usize) -> [Vec<f32>; 3] {
+        let mut buffers = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        let (mut h, mut w) = self.stem.output_hw(h, w);
+        let (mut activations, mut depthwise) = (h * w * self.stem.out_ch, 0);
+        for block in &self.blocks {
+            activations = activations.max(h * w * block.depthwise.in_ch);
+            (h, w) = block.depthwise.output_hw(h, w);
+            depthwise = depthwise.max(h * w * block.depthwise.out_ch);
+            activations = activations.max(h * w * block.project.out_ch);
+        }
+        activations = activations.max(h * w * self.head.out_ch);
+        for (buffer, len) in buffers.iter_mut().zip([activations, activations, depthwise]) {
+            ensure(buffer, batch * len);
+        }
+        buffers
+    }
+
+    /// The network over `batch` images: this thread's share of each layer (by rows), then a
+    /// wait for the rest of the team. Thread 0 pools the head's output into `pooled`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        input: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        team: &Team,
+        buffers: &Buffers,
+        pooled: Option<&mut [f32]>,
+    ) {
+        let [mut x, mut e, d] = [0, 1, 2];
         let (in_h, in_w) = (h, w);
         let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
-        ensure(&mut x, batch * h * w * self.stem.out_ch);
-        self.stem.run(input, batch, in_h, in_w, &mut x);
+        let rows = team.share(batch * h, 1);
+        let row_len = w * self.stem.out_ch;
+        // SAFETY (here and below): every thread writes only its own rows of one buffer, and
+        // reads only buffers that no thread writes in the same step; the barrier between steps
+        // orders the writes before the reads.
+        self.stem.run_rows(input, batch, in_h, in_w, rows.clone(), unsafe { buffers.rows(x, rows, row_len) });
+        team.wait();
         let mut ch = self.stem.out_ch;
         for block in &self.blocks {
-            let rows = batch * h * w;
             let dw = &block.depthwise;
             let (oh, ow) = dw.output_hw(h, w);
-            ensure(&mut d, batch * oh * ow * dw.out_ch);
-            match &block.expand {
+            let dw_input = match &block.expand {
                 Some(expand) => {
-                    // The expansion's bias and ReLU6 are applied by the depthwise kernel as it
-                    // reads, so the widest tensor is written once and read once.
-                    ensure(&mut e, rows * expand.out_ch);
-                    expand.product(&x[..rows * ch], rows, &mut e, threads);
-                    dw.run_fused(&e[..rows * dw.in_ch], Some(expand.bias()), batch, h, w, &mut d);
+                    let rows = team.share(batch * h * w, TILE_ROWS);
+                    let x = unsafe { &buffers.all(x)[rows.start * ch..rows.end * ch] };
+                    expand.run(x, rows.len(), None, unsafe { buffers.rows(e, rows, expand.out_ch) }, 1);
+                    team.wait();
+                    e
                 }
-                None => dw.run(&x[..rows * dw.in_ch], batch, h, w, &mut d),
-            }
-            let out_rows = batch * oh * ow;
+                None => x,
+            };
+            let rows = team.share(batch * oh, 1);
+            let out = unsafe { buffers.rows(d, rows.clone(), ow * dw.out_ch) };
+            dw.run_rows(unsafe { buffers.all(dw_input) }, batch, h, w, rows, out);
+            team.wait();
             let out_ch = block.project.out_ch;
-            // The expansion buffer is free again: the block's output goes there.
-            ensure(&mut e, out_rows * out_ch);
-            let residual = block.residual.then(|| &x[..out_rows * out_ch]);
-            block.project.run(&d[..out_rows * dw.out_ch], out_rows, residual, &mut e, threads);
+            let rows = team.share(batch * oh * ow, TILE_ROWS);
+            let residual = block.residual.then(|| unsafe { &buffers.all(x)[rows.start * out_ch..rows.end * out_ch] });
+            let input = unsafe { &buffers.all(d)[rows.start * dw.out_ch..rows.end * dw.out_ch] };
+            block.project.run(input, rows.len(), residual, unsafe { buffers.rows(e, rows, out_ch) }, 1);
+            team.wait();
             std::mem::swap(&mut x, &mut e);
             (h, w, ch) = (oh, ow, out_ch);
         }
-        let rows = batch * h * w;
-        ensure(&mut e, rows * self.head.out_ch);
-        self.head.product(&x[..rows * ch], rows, &mut e, threads);
         let features = self.head.out_ch;
-        let mut pooled = vec![0f32; batch * features];
+        let rows = team.share(batch * h * w, TILE_ROWS);
+        let input = unsafe { &buffers.all(x)[rows.start * ch..rows.end * ch] };
+        self.head.run(input, rows.len(), None, unsafe { buffers.rows(e, rows, features) }, 1);
+        team.wait();
+        let Some(pooled) = pooled else { return };
+        let head = unsafe { buffers.all(e) };
         for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
-            for pixel in e[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
-                for ((s, p), bias) in sum.iter_mut().zip(pixel).zip(self.head.bias()) {
-                    let v = p + bias;
-                    *s += if self.head.relu6 { v.clamp(0.0, 6.0) } else { v };
-                }
+            sum.fill(0.0);
+            for pixel in head[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
+                sum.iter_mut().zip(pixel).for_each(|(s, p)| *s += p);
             }
             let n = (h * w) as f32;
             sum.iter_mut().for_each(|s| *s /= n);
         }
-        *scratch = [x, e, d];
-        pooled
+    }
+}
+
+/// Held while a team runs (see [`MobileNet::pooled`]).
+static TEAM: Mutex<()> = Mutex::new(());
+
+/// Thread 0's output, handed to it inside the broadcast.
+struct PooledOut<'a>(Mutex<Option<&'a mut [f32]>>);
+
+/// The threads running one pass together: this one's index among them, and how they wait for
+/// each other between layers.
+struct Team<'a> {
+    index: usize,
+    size: usize,
+    barrier: Option<&'a SpinBarrier>,
+}
+
+impl Team<'_> {
+    fn alone() -> Self {
+        Team { index: 0, size: 1, barrier: None }
+    }
+
+    /// This thread's rows of `total`, in whole multiples of `align` but for the last.
+    fn share(&self, total: usize, align: usize) -> std::ops::Range<usize> {
+        let units = total.div_ceil(align);
+        let at = |i: usize| (units * i / self.size * align).min(total);
+        at(self.index)..at(self.index + 1)
+    }
+
+    fn wait(&self) {
+        if let Some(barrier) = self.barrier {
+            barrier.wait()
+        }
+    }
+}
+
+/// A barrier whose waiters spin (then yield) rather than sleep: at batch 1 a layer takes tens of
+/// microseconds, about what waking a sleeping thread costs on a virtual machine, so a pool that
+/// sleeps between layers loses most of what a second thread brings. onnxruntime's pool spins
+/// for the same reason.
+struct SpinBarrier {
+    parties: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(parties: usize) -> Self {
+        SpinBarrier { parties, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0) }
+    }
+
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.parties {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.store(generation.wrapping_add(1), Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            if spins < 1 << 16 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                // Someone in the team is descheduled or busy with other work: stop burning the
+                // core it may need.
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// A pass's three buffers, shared by a team: each thread writes its own rows of one of them.
+struct Buffers {
+    parts: [(*mut f32, usize); 3],
+}
+
+// SAFETY: the pointers come from `Vec`s that outlive every use (see `MobileNet::pooled`); the
+// threads' accesses are disjoint or ordered by the team's barrier (see `MobileNet::forward`).
+unsafe impl Sync for Buffers {}
+
+impl Buffers {
+    fn new(buffers: &mut [Vec<f32>; 3]) -> Self {
+        Buffers { parts: std::array::from_fn(|i| (buffers[i].as_mut_ptr(), buffers[i].len())) }
+    }
+
+    /// # Safety
+    /// No thread may write buffer `i` while the slice lives.
+    unsafe fn all(&self, i: usize) -> &[f32] {
+        let (ptr, len) = self.parts[i];
+        std::slice::from_raw_parts(ptr, len)
+    }
+
+    /// Rows `rows` of `row_len` values of buffer `i`.
+    ///
+    /// # Safety
+    /// No other thread may touch those rows, nor this one read them elsewhere, while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows(&self, i: usize, rows: std::ops::Range<usize>, row_len: usize) -> &mut [f32] {
+        let (ptr, len) = self.parts[i];
+        assert!(rows.end * row_len <= len, "scratch buffer too short");
+        std::slice::from_raw_parts_mut(ptr.add(rows.start * row_len), rows.len() * row_len)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::test_support::pseudo_random as numbers;
 
-    /// The AVX-512 block (where the build has it) and the portable one agree.
+    fn conv(
+        c_out: usize,
+        c_in: usize,
+        k: usize,
+        stride: usize,
+        depthwise: bool,
+        relu6: bool,
+        seed: u32,
+    ) -> ConvWeights {
+        let dev = candle_core::Device::Cpu;
+        let weight = Tensor::from_vec(numbers(c_out * c_in * k * k, seed), (c_out, c_in, k, k), &dev).unwrap();
+        let bias = Tensor::from_vec(numbers(c_out, seed + 1), c_out, &dev).unwrap();
+        ConvWeights::new(&weight, &bias, stride, depthwise, relu6).unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    }
+
+    /// The AVX-512 tiles (where the build has them) and the portable ones against the definition,
+    /// on shapes that exercise every edge: channels short of, equal to and past a block of 16,
+    /// widths of 1 and widths that leave part of a tile, rows where the window sticks out at the
+    /// top and bottom, both strides and both kernel sizes, with and without ReLU6.
     #[test]
-    fn depthwise_block_paths_agree() {
-        let dev = Device::Cpu;
-        let (c, k, w) = (2 * LANES, 5, 12);
-        let weight = Tensor::randn(0f32, 0.5, (c, 1, k, k), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
-        let conv = ConvWeights::new(&weight, &bias, 1, true, true).unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 3.0, k * w * c, &dev).unwrap().to_vec1().unwrap();
-        let pending: Vec<f32> = Tensor::randn(0f32, 1.0, c, &dev).unwrap().to_vec1().unwrap();
-        let relative: Vec<usize> = (0..k * k).map(|t| ((t / k) * w + t % k) * c).collect();
-        let bases = std::array::from_fn(|p| (p + 1) * c);
-        for ch in [0, LANES] {
-            let (mut fast, mut portable) = (vec![0f32; PIXELS * c], vec![0f32; PIXELS * c]);
-            conv.depthwise_block::<true>(&x, &pending, &relative, bases, ch, &mut fast);
-            conv.depthwise_block_portable::<true>(&x, &pending, &relative, bases, ch, &mut portable);
-            let diff = fast.iter().zip(&portable).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff < 1e-5, "channels {ch}..: max diff {diff}");
-            assert!(fast[ch..ch + LANES].iter().any(|v| *v != 0.0), "the block wrote its channels");
+    fn depthwise_tiles_match_the_definition_on_odd_shapes() {
+        let mut seed = 0;
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            for c in [1, 5, 16, 21, 37] {
+                for (h, w) in [(1, 1), (3, 2), (6, 7), (2, 9), (5, 13), (4, 17), (7, 40)] {
+                    seed += 3;
+                    let dw = conv(c, 1, k, s, true, seed % 2 == 0, seed);
+                    let x: Vec<f32> = numbers(h * w * c, seed + 2).iter().map(|v| v * 4.0).collect();
+                    let (oh, ow) = dw.output_hw(h, w);
+                    for oy in 0..oh {
+                        let mut want = vec![0f32; ow * c];
+                        dw.depthwise_row(&x, h, w, oy, &mut want, Kernel::Plain);
+                        for kernel in [Kernel::Fastest, Kernel::Portable] {
+                            // Values past the row must survive: the masked tiles write only theirs.
+                            let mut got = vec![f32::NAN; ow * c + 3];
+                            dw.depthwise_row(&x, h, w, oy, &mut got, kernel);
+                            assert!(got[ow * c..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the row");
+                            let diff = max_diff(&got[..ow * c], &want);
+                            assert!(diff < 1e-5, "{kernel:?} k{k} s{s} c{c} {h}x{w} row {oy}: max diff {diff}");
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// A pending input bias and ReLU6 give the same result as applying them first, including for
-    /// channels past the last whole block of LANES.
+    /// The AVX-512 tiles (where the build has them) and the portable product against the
+    /// definition: output widths short of, between and past the 16-lane registers and the
+    /// 48-lane panels, row counts that leave a short tile, with a residual and ReLU6 or without,
+    /// on one thread and on several.
     #[test]
-    fn depthwise_applies_a_pending_input_bias_like_a_separate_pass() {
-        let dev = Device::Cpu;
-        let (c, k, h, w) = (LANES + 5, 3, 9, 13);
-        let weight = Tensor::randn(0f32, 0.5, (c, 1, k, k), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 0.5, c, &dev).unwrap();
-        let conv = ConvWeights::new(&weight, &bias, 1, true, true).unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 3.0, h * w * c, &dev).unwrap().to_vec1().unwrap();
-        let pending: Vec<f32> = Tensor::randn(0f32, 1.0, c, &dev).unwrap().to_vec1().unwrap();
-        let activated: Vec<f32> = x.iter().enumerate().map(|(i, v)| (v + pending[i % c]).clamp(0.0, 6.0)).collect();
+    fn pointwise_matches_the_definition_on_odd_shapes() {
+        let dev = candle_core::Device::Cpu;
+        for (cin, cout) in [(1, 1), (3, 5), (27, 16), (16, 24), (40, 47), (96, 100), (7, 145)] {
+            for rows in [1, 7, 8, 9, 30, 100] {
+                for (relu6, with_residual) in [(true, false), (false, true), (true, true)] {
+                    let seed = (cin * 1000 + cout * 10 + rows) as u32;
+                    let weight = Tensor::from_vec(numbers(cout * cin, seed), (cout, cin), &dev).unwrap();
+                    let bias = Tensor::from_vec(numbers(cout, seed + 1), cout, &dev).unwrap();
+                    let layer = Pointwise::new(&weight, &bias, relu6).unwrap();
+                    let x: Vec<f32> = numbers(rows * cin, seed + 2).iter().map(|v| v * 3.0).collect();
+                    let residual = numbers(rows * cout, seed + 3);
+                    let residual = with_residual.then_some(residual.as_slice());
+                    let mut want = vec![0f32; rows * cout];
+                    for (r, o) in (0..rows).flat_map(|r| (0..cout).map(move |o| (r, o))) {
+                        let mut v = layer.bias[o] + residual.map_or(0.0, |res| res[r * cout + o]);
+                        v += (0..cin).map(|k| x[r * cin + k] * layer.weights[k * cout + o]).sum::<f32>();
+                        want[r * cout + o] = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                    }
+                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                        for threads in [1, 3] {
+                            let mut got = vec![f32::NAN; rows * cout + 2];
+                            layer.run_with(&x, rows, residual, &mut got, threads, kernel);
+                            assert!(got[rows * cout..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the output");
+                            let diff = max_diff(&got[..rows * cout], &want);
+                            assert!(
+                                diff < 1e-4,
+                                "{kernel:?} {rows}x{cin} -> {cout}, relu6 {relu6}, residual {with_residual}, \
+                                 {threads} threads: max diff {diff}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
-        let mut fused = vec![0f32; h * w * c];
-        conv.run_fused(&x, Some(&pending), 1, h, w, &mut fused);
-        let mut separate = vec![0f32; h * w * c];
-        conv.run(&activated, 1, h, w, &mut separate);
-        let diff = fused.iter().zip(&separate).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-5, "max diff {diff}");
+    /// A dense convolution (im2col and a product) against the definition, split over threads or
+    /// not, for several images and row groups that do not divide the height.
+    #[test]
+    fn dense_convolution_matches_the_definition() {
+        for (k, s, c_in, c_out, h, w) in [(3, 2, 3, 32, 11, 9), (3, 1, 2, 5, 1, 4), (5, 2, 3, 17, 13, 1)] {
+            let dense = conv(c_out, c_in, k, s, false, true, (k * c_out) as u32);
+            let batch = 2;
+            let x = numbers(batch * h * w * c_in, 9);
+            let (oh, ow) = dense.output_hw(h, w);
+            let (pad_top, _) = same_padding(h, k, s);
+            let (pad_left, _) = same_padding(w, k, s);
+            let mut want = vec![0f32; batch * oh * ow * c_out];
+            for b in 0..batch {
+                for (oy, ox, co) in (0..oh).flat_map(|y| (0..ow).flat_map(move |x| (0..c_out).map(move |o| (y, x, o))))
+                {
+                    let mut acc = dense.bias[co];
+                    for (ky, kx, ci) in (0..k).flat_map(|a| (0..k).flat_map(move |b| (0..c_in).map(move |c| (a, b, c))))
+                    {
+                        let (iy, ix) =
+                            ((oy * s + ky) as isize - pad_top as isize, (ox * s + kx) as isize - pad_left as isize);
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            let v = x[((b * h + iy as usize) * w + ix as usize) * c_in + ci];
+                            acc += v * dense.weights[((ky * k + kx) * c_in + ci) * c_out + co];
+                        }
+                    }
+                    want[((b * oh + oy) * ow + ox) * c_out + co] = acc.clamp(0.0, 6.0);
+                }
+            }
+            for threads in [1, 3] {
+                let mut got = vec![0f32; want.len()];
+                dense.run_on(&x, batch, h, w, &mut got, threads);
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-5, "k{k} s{s} {h}x{w} on {threads} threads: max diff {diff}");
+            }
+        }
     }
 }
