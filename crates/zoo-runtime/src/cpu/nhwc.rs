@@ -659,8 +659,8 @@ pub struct MobileNet {
     stem: ConvWeights,
     blocks: Vec<InvertedResidual>,
     head: Pointwise,
-    /// Sets of three buffers, one per pass in flight, kept for the next call.
-    scratch: Mutex<Vec<[Vec<f32>; 3]>>,
+    /// The buffers of each pass in flight, kept for the next call.
+    scratch: Mutex<Vec<[Vec<f32>; BUFFERS]>>,
 }
 
 fn ensure(buf: &mut Vec<f32>, len: usize) {
@@ -747,27 +747,31 @@ impl MobileNet {
         pooled
     }
 
-    /// Three buffers, each long enough for every tensor of a pass over `batch` images that it
-    /// holds: the blocks' inputs and outputs, the expansions, the depthwise outputs.
-    fn take_scratch(&self, batch: usize, h: usize, w: usize) -> [Vec<f32>; 3] {
+    /// The buffers of a pass over `batch` images, each long enough for every tensor it holds:
+    /// the blocks' inputs and outputs (two), the expansions (two, used by turns), the
+    /// depthwise outputs.
+    fn take_scratch(&self, batch: usize, h: usize, w: usize) -> [Vec<f32>; BUFFERS] {
         let mut buffers = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
         let (mut h, mut w) = self.stem.output_hw(h, w);
-        let (mut activations, mut depthwise) = (h * w * self.stem.out_ch, 0);
+        let (mut activations, mut expanded, mut depthwise) = (h * w * self.stem.out_ch, 0, 0);
         for block in &self.blocks {
-            activations = activations.max(h * w * block.depthwise.in_ch);
+            expanded = expanded.max(h * w * block.depthwise.in_ch);
             (h, w) = block.depthwise.output_hw(h, w);
             depthwise = depthwise.max(h * w * block.depthwise.out_ch);
             activations = activations.max(h * w * block.project.out_ch);
         }
-        activations = activations.max(h * w * self.head.out_ch);
-        for (buffer, len) in buffers.iter_mut().zip([activations, activations, depthwise]) {
+        expanded = expanded.max(h * w * self.head.out_ch);
+        for (buffer, len) in buffers.iter_mut().zip([activations, activations, expanded, expanded, depthwise]) {
             ensure(buffer, batch * len);
         }
         buffers
     }
 
-    /// The network over `batch` images: this thread's share of each layer (by rows), then a
-    /// wait for the rest of the team. Thread 0 pools the head's output into `pooled`.
+    /// The network over `batch` images. Each thread of the team owns a band of rows of every
+    /// layer's output and keeps it through the next layers that need only those rows (a
+    /// projection, the next expansion); it waits for the others only where a depthwise
+    /// convolution reads the rows around its band. Thread 0 pools the head's output into
+    /// `pooled`.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -779,50 +783,55 @@ impl MobileNet {
         buffers: &Buffers,
         pooled: Option<&mut [f32]>,
     ) {
-        let [mut x, mut e, d] = [0, 1, 2];
+        // Why each step may touch what it does (SAFETY for the unsafe blocks below): a thread
+        // writes only its own band of one buffer per step and reads only its own band, except
+        // that a depthwise convolution reads all of its input after the barrier in front of it.
+        // Its input is written again only two blocks later (the expansions alternate between
+        // two buffers), by which time every thread has passed the next barrier; the block
+        // outputs alternate between two buffers likewise.
+        let (mut x, mut y, expansions, d) = (0, 1, [2, 3], 4);
         let (in_h, in_w) = (h, w);
         let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
-        let rows = team.share(batch * h, 1);
+        let mut band = team.share(batch * h);
         let row_len = w * self.stem.out_ch;
-        // SAFETY (here and below): every thread writes only its own rows of one buffer, and
-        // reads only buffers that no thread writes in the same step; the barrier between steps
-        // orders the writes before the reads.
-        self.stem.run_rows(input, batch, in_h, in_w, rows.clone(), unsafe { buffers.rows(x, rows, row_len) });
-        team.wait();
+        self.stem.run_rows(input, batch, in_h, in_w, band.clone(), unsafe { buffers.rows(x, band.clone(), row_len) });
         let mut ch = self.stem.out_ch;
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
             let dw = &block.depthwise;
             let (oh, ow) = dw.output_hw(h, w);
+            // The band's pixels: its rows of every image, w pixels each.
+            let pixels = band.start * w..band.end * w;
             let dw_input = match &block.expand {
                 Some(expand) => {
-                    let rows = team.share(batch * h * w, TILE_ROWS);
-                    let x = unsafe { &buffers.all(x)[rows.start * ch..rows.end * ch] };
-                    expand.run(x, rows.len(), None, unsafe { buffers.rows(e, rows, expand.out_ch) }, 1);
-                    team.wait();
+                    let e = expansions[i % 2];
+                    let input = unsafe { &buffers.all(x)[pixels.start * ch..pixels.end * ch] };
+                    let out = unsafe { buffers.rows(e, pixels.clone(), expand.out_ch) };
+                    expand.run(input, pixels.len(), None, out, 1);
                     e
                 }
                 None => x,
             };
-            let rows = team.share(batch * oh, 1);
-            let out = unsafe { buffers.rows(d, rows.clone(), ow * dw.out_ch) };
-            dw.run_rows(unsafe { buffers.all(dw_input) }, batch, h, w, rows, out);
             team.wait();
+            band = team.share(batch * oh);
+            let out = unsafe { buffers.rows(d, band.clone(), ow * dw.out_ch) };
+            dw.run_rows(unsafe { buffers.all(dw_input) }, batch, h, w, band.clone(), out);
             let out_ch = block.project.out_ch;
-            let rows = team.share(batch * oh * ow, TILE_ROWS);
-            let residual = block.residual.then(|| unsafe { &buffers.all(x)[rows.start * out_ch..rows.end * out_ch] });
-            let input = unsafe { &buffers.all(d)[rows.start * dw.out_ch..rows.end * dw.out_ch] };
-            block.project.run(input, rows.len(), residual, unsafe { buffers.rows(e, rows, out_ch) }, 1);
-            team.wait();
-            std::mem::swap(&mut x, &mut e);
+            let pixels = band.start * ow..band.end * ow;
+            let residual =
+                block.residual.then(|| unsafe { &buffers.all(x)[pixels.start * out_ch..pixels.end * out_ch] });
+            let input = unsafe { &buffers.all(d)[pixels.start * dw.out_ch..pixels.end * dw.out_ch] };
+            block.project.run(input, pixels.len(), residual, unsafe { buffers.rows(y, pixels, out_ch) }, 1);
+            std::mem::swap(&mut x, &mut y);
             (h, w, ch) = (oh, ow, out_ch);
         }
         let features = self.head.out_ch;
-        let rows = team.share(batch * h * w, TILE_ROWS);
-        let input = unsafe { &buffers.all(x)[rows.start * ch..rows.end * ch] };
-        self.head.run(input, rows.len(), None, unsafe { buffers.rows(e, rows, features) }, 1);
+        let head = expansions[self.blocks.len() % 2];
+        let pixels = band.start * w..band.end * w;
+        let input = unsafe { &buffers.all(x)[pixels.start * ch..pixels.end * ch] };
+        self.head.run(input, pixels.len(), None, unsafe { buffers.rows(head, pixels, features) }, 1);
         team.wait();
         let Some(pooled) = pooled else { return };
-        let head = unsafe { buffers.all(e) };
+        let head = unsafe { buffers.all(head) };
         for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
             sum.fill(0.0);
             for pixel in head[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
@@ -833,6 +842,9 @@ impl MobileNet {
         }
     }
 }
+
+/// The buffers of one pass (see [`MobileNet::take_scratch`]).
+const BUFFERS: usize = 5;
 
 /// Held while a team runs (see [`MobileNet::pooled`]).
 static TEAM: Mutex<()> = Mutex::new(());
@@ -853,10 +865,9 @@ impl Team<'_> {
         Team { index: 0, size: 1, barrier: None }
     }
 
-    /// This thread's rows of `total`, in whole multiples of `align` but for the last.
-    fn share(&self, total: usize, align: usize) -> std::ops::Range<usize> {
-        let units = total.div_ceil(align);
-        let at = |i: usize| (units * i / self.size * align).min(total);
+    /// This thread's rows of `total`.
+    fn share(&self, total: usize) -> std::ops::Range<usize> {
+        let at = |i: usize| total * i / self.size;
         at(self.index)..at(self.index + 1)
     }
 
@@ -903,9 +914,9 @@ impl SpinBarrier {
     }
 }
 
-/// A pass's three buffers, shared by a team: each thread writes its own rows of one of them.
+/// A pass's buffers, shared by a team: each thread writes its own rows of one of them.
 struct Buffers {
-    parts: [(*mut f32, usize); 3],
+    parts: [(*mut f32, usize); BUFFERS],
 }
 
 // SAFETY: the pointers come from `Vec`s that outlive every use (see `MobileNet::pooled`); the
@@ -913,7 +924,7 @@ struct Buffers {
 unsafe impl Sync for Buffers {}
 
 impl Buffers {
-    fn new(buffers: &mut [Vec<f32>; 3]) -> Self {
+    fn new(buffers: &mut [Vec<f32>; BUFFERS]) -> Self {
         Buffers { parts: std::array::from_fn(|i| (buffers[i].as_mut_ptr(), buffers[i].len())) }
     }
 
@@ -1030,6 +1041,44 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    fn pointwise(c_out: usize, c_in: usize, relu6: bool, seed: u32) -> Pointwise {
+        let dev = candle_core::Device::Cpu;
+        let weight: Vec<f32> = numbers(c_out * c_in, seed).iter().map(|v| v * 0.3).collect();
+        let weight = Tensor::from_vec(weight, (c_out, c_in), &dev).unwrap();
+        Pointwise::new(&weight, &Tensor::from_vec(numbers(c_out, seed + 1), c_out, &dev).unwrap(), relu6).unwrap()
+    }
+
+    /// A pass split over the pool's threads (a team at batch 1, an image per thread for larger
+    /// batches) gives what one thread alone gives, also where some thread's band is empty.
+    #[test]
+    fn a_team_pass_equals_a_pass_alone() {
+        let block = |c_in: usize, expanded: Option<usize>, c_out: usize, k: usize, s: usize, seed: u32| {
+            let c = expanded.unwrap_or(c_in);
+            InvertedResidual {
+                expand: expanded.map(|e| pointwise(e, c_in, true, seed)),
+                depthwise: conv(c, 1, k, s, true, true, seed + 2),
+                project: pointwise(c_out, c, false, seed + 4),
+                residual: c_in == c_out && s == 1,
+            }
+        };
+        let blocks = vec![
+            block(8, None, 8, 3, 1, 10),
+            block(8, Some(24), 12, 3, 2, 20),
+            block(12, Some(36), 12, 5, 1, 30),
+            block(12, Some(36), 20, 5, 2, 40),
+        ];
+        let net = MobileNet::new(conv(8, 3, 3, 2, false, true, 1), blocks, pointwise(40, 20, true, 50)).unwrap();
+        for (batch, h, w) in [(1, 37, 29), (1, 3, 2), (3, 16, 16)] {
+            let input = numbers(batch * h * w * 3, (h * w) as u32);
+            let pooled = net.pooled(&input, batch, h, w);
+            let mut buffers = net.take_scratch(batch, h, w);
+            let mut alone = vec![0f32; pooled.len()];
+            net.forward(&input, batch, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(&mut alone));
+            assert!(max_diff(&pooled, &alone) < 1e-6, "{batch}x{h}x{w}: {pooled:?} vs {alone:?}");
+            assert!(alone.iter().any(|v| *v != 0.0));
         }
     }
 
