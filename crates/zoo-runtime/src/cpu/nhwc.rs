@@ -400,11 +400,9 @@ const MAX_COLUMNS: usize = 2 * (TILE - 1) + 5;
 
 /// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
 pub struct Pointwise {
-    /// (in, out), row-major: the portable path's operand.
-    weights: Vec<f32>,
-    /// The same weights in panels of up to PANEL_LANES output channels, each (in, panel width
-    /// rounded up to LANES) contiguous and zero-padded: the AVX-512 kernel's operand.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    /// The weights in panels of up to PANEL_LANES output channels, each (in, panel width
+    /// rounded up to LANES) row-major and zero-padded: what the AVX-512 tiles stream through,
+    /// and what the portable path hands the gemm crate panel by panel.
     panels: Vec<Panel>,
     bias: Vec<f32>,
     pub in_ch: usize,
@@ -413,11 +411,17 @@ pub struct Pointwise {
 }
 
 /// Output channels `first..first + width` of a [`Pointwise`] layer, packed.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 struct Panel {
     first: usize,
     width: usize,
     weights: Vec<f32>,
+}
+
+impl Panel {
+    /// Floats per input channel (the width rounded up to whole registers).
+    fn stride(&self) -> usize {
+        self.width.div_ceil(LANES) * LANES
+    }
 }
 
 /// Output channels per panel: three AVX-512 registers per row of the tile.
@@ -436,7 +440,6 @@ impl Pointwise {
     fn from_matrix(weights: Vec<f32>, bias: Vec<f32>, in_ch: usize, relu6: bool) -> Self {
         let out_ch = bias.len();
         assert_eq!(weights.len(), in_ch * out_ch, "pointwise weights are not (in, out)");
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
         let panels = (0..out_ch)
             .step_by(PANEL_LANES)
             .map(|first| {
@@ -449,15 +452,7 @@ impl Pointwise {
                 Panel { first, width, weights: packed }
             })
             .collect();
-        Pointwise {
-            weights,
-            #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-            panels,
-            bias,
-            in_ch,
-            out_ch,
-            relu6,
-        }
+        Pointwise { panels, bias, in_ch, out_ch, relu6 }
     }
 
     /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch). Split over
@@ -501,6 +496,9 @@ impl Pointwise {
                 return;
             }
             let _ = simd;
+            if nr == 0 {
+                return;
+            }
             self.product(x, nr, out, 1);
             self.epilogue(out, residual);
         };
@@ -529,10 +527,40 @@ impl Pointwise {
         }
     }
 
-    /// Only the matrix product x * W into `out`, with the gemm crate (the portable path).
+    /// Only the matrix product x * W into `out`, with the gemm crate (the portable path), one
+    /// panel's columns of the output at a time.
     fn product(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
+        let (cin, cout) = (self.in_ch, self.out_ch);
+        assert!(rows > 0 && x.len() >= rows * cin && out.len() >= rows * cout, "pointwise operands too short");
         let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        super::matmul((x, self.in_ch), &self.weights, out, (rows, self.in_ch, self.out_ch), false, parallelism);
+        for panel in &self.panels {
+            // SAFETY: the output is rows x panel.width at column panel.first of `out` (rows of
+            // cout), the input rows x cin, the panel cin rows of panel.stride(); all checked above
+            // or by construction, and the output aliases neither input.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    panel.width,
+                    cin,
+                    out.as_mut_ptr().add(panel.first),
+                    1,
+                    cout as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    cin as isize,
+                    panel.weights.as_ptr(),
+                    1,
+                    panel.stride() as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
     }
 
     /// The layer on `rows` rows in tiles of TILE_ROWS rows times one panel, the accumulators
@@ -606,6 +634,7 @@ impl Pointwise {
         let (xp, wp) = (tile.x.as_ptr(), panel.weights.as_ptr());
         for k in 0..cin {
             let wt: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(k * V * LANES + v * LANES)));
+            debug_assert_eq!(panel.stride(), V * LANES);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(*xp.add(r * cin + k));
                 for v in 0..V {
@@ -718,19 +747,20 @@ impl MobileNet {
             // layers, and each thread's activations stay in its own cache (also on one thread,
             // where a whole batch's would not).
             pooled.par_chunks_mut(self.head.out_ch).zip(input.par_chunks(image)).for_each(|(pooled, image)| {
-                let mut buffers = self.take_scratch(1, h, w);
+                let mut buffers = self.take_scratch(1, h, w, true);
                 self.forward(image, 1, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(pooled));
                 self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
             });
             return pooled;
         }
-        let mut buffers = self.take_scratch(batch, h, w);
-        let shared = Buffers::new(&mut buffers);
         // Only one team at a time, and never from inside the pool: a team needs every pool
         // thread, and two waiting for each other's would wait for ever. Otherwise the pass runs
         // on the calling thread.
         let team_lock = TEAM.try_lock();
-        if threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none() {
+        let as_team = threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none();
+        let mut buffers = self.take_scratch(batch, h, w, !as_team);
+        let shared = Buffers::new(&mut buffers);
+        if as_team {
             let barrier = SpinBarrier::new(threads);
             let pooled = PooledOut(std::sync::Mutex::new(Some(&mut pooled)));
             rayon::broadcast(|ctx| {
@@ -747,22 +777,27 @@ impl MobileNet {
         pooled
     }
 
-    /// The buffers of a pass over `batch` images, each long enough for every tensor it holds:
-    /// the blocks' inputs and outputs (two), the expansions (two, used by turns), the
-    /// depthwise outputs.
-    fn take_scratch(&self, batch: usize, h: usize, w: usize) -> [Vec<f32>; BUFFERS] {
+    /// The buffers of a pass over `batch` images, each long enough for the tensors
+    /// [`MobileNet::forward`] puts in it (found by walking the same assignment).
+    fn take_scratch(&self, batch: usize, h: usize, w: usize, alone: bool) -> [Vec<f32>; BUFFERS] {
         let mut buffers = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        let mut lens = [0usize; BUFFERS];
+        let mut need = |buffer: usize, len: usize| lens[buffer] = lens[buffer].max(batch * len);
         let (mut h, mut w) = self.stem.output_hw(h, w);
-        let (mut activations, mut expanded, mut depthwise) = (h * w * self.stem.out_ch, 0, 0);
-        for block in &self.blocks {
-            expanded = expanded.max(h * w * block.depthwise.in_ch);
+        let mut x = 0;
+        need(x, h * w * self.stem.out_ch);
+        for (i, block) in self.blocks.iter().enumerate() {
+            if block.expand.is_some() {
+                need(expansion_buffer(alone, i, x), h * w * block.depthwise.in_ch);
+            }
             (h, w) = block.depthwise.output_hw(h, w);
-            depthwise = depthwise.max(h * w * block.depthwise.out_ch);
-            activations = activations.max(h * w * block.project.out_ch);
+            need(DEPTHWISE_BUFFER, h * w * block.depthwise.out_ch);
+            need(1 - x, h * w * block.project.out_ch);
+            x = 1 - x;
         }
-        expanded = expanded.max(h * w * self.head.out_ch);
-        for (buffer, len) in buffers.iter_mut().zip([activations, activations, expanded, expanded, depthwise]) {
-            ensure(buffer, batch * len);
+        need(expansion_buffer(alone, self.blocks.len(), x), h * w * self.head.out_ch);
+        for (buffer, len) in buffers.iter_mut().zip(lens) {
+            ensure(buffer, len);
         }
         buffers
     }
@@ -788,8 +823,12 @@ impl MobileNet {
         // that a depthwise convolution reads all of its input after the barrier in front of it.
         // Its input is written again only two blocks later (the expansions alternate between
         // two buffers), by which time every thread has passed the next barrier; the block
-        // outputs alternate between two buffers likewise.
-        let (mut x, mut y, expansions, d) = (0, 1, [2, 3], 4);
+        // outputs alternate between two buffers likewise. A thread alone needs none of that:
+        // the block's expansion goes where its output will, which is free until the projection.
+        let (mut x, d) = (0, DEPTHWISE_BUFFER);
+        let alone = team.size == 1;
+        let spare = |x: usize| 1 - x;
+        let expansion = |i: usize, x: usize| expansion_buffer(alone, i, x);
         let (in_h, in_w) = (h, w);
         let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
         let mut band = team.share(batch * h);
@@ -803,7 +842,7 @@ impl MobileNet {
             let pixels = band.start * w..band.end * w;
             let dw_input = match &block.expand {
                 Some(expand) => {
-                    let e = expansions[i % 2];
+                    let e = expansion(i, x);
                     let input = unsafe { &buffers.all(x)[pixels.start * ch..pixels.end * ch] };
                     let out = unsafe { buffers.rows(e, pixels.clone(), expand.out_ch) };
                     expand.run(input, pixels.len(), None, out, 1);
@@ -820,12 +859,12 @@ impl MobileNet {
             let residual =
                 block.residual.then(|| unsafe { &buffers.all(x)[pixels.start * out_ch..pixels.end * out_ch] });
             let input = unsafe { &buffers.all(d)[pixels.start * dw.out_ch..pixels.end * dw.out_ch] };
-            block.project.run(input, pixels.len(), residual, unsafe { buffers.rows(y, pixels, out_ch) }, 1);
-            std::mem::swap(&mut x, &mut y);
+            block.project.run(input, pixels.len(), residual, unsafe { buffers.rows(spare(x), pixels, out_ch) }, 1);
+            x = spare(x);
             (h, w, ch) = (oh, ow, out_ch);
         }
         let features = self.head.out_ch;
-        let head = expansions[self.blocks.len() % 2];
+        let head = expansion(self.blocks.len(), x);
         let pixels = band.start * w..band.end * w;
         let input = unsafe { &buffers.all(x)[pixels.start * ch..pixels.end * ch] };
         self.head.run(input, pixels.len(), None, unsafe { buffers.rows(head, pixels, features) }, 1);
@@ -843,8 +882,19 @@ impl MobileNet {
     }
 }
 
-/// The buffers of one pass (see [`MobileNet::take_scratch`]).
+/// The buffers of one pass: block inputs and outputs in 0 and 1 by turns, expansions in 2 and 3
+/// by turns (a team) or in whichever of 0 and 1 is free (alone), depthwise outputs in 4.
 const BUFFERS: usize = 5;
+const DEPTHWISE_BUFFER: usize = 4;
+
+/// Where block `i`'s expansion goes, the block's input being in buffer `x`.
+fn expansion_buffer(alone: bool, i: usize, x: usize) -> usize {
+    if alone {
+        1 - x
+    } else {
+        2 + i % 2
+    }
+}
 
 /// Held while a team runs (see [`MobileNet::pooled`]).
 static TEAM: Mutex<()> = Mutex::new(());
@@ -1014,7 +1064,8 @@ mod tests {
             for rows in [1, 7, 8, 9, 30, 100] {
                 for (relu6, with_residual) in [(true, false), (false, true), (true, true)] {
                     let seed = (cin * 1000 + cout * 10 + rows) as u32;
-                    let weight = Tensor::from_vec(numbers(cout * cin, seed), (cout, cin), &dev).unwrap();
+                    let weights = numbers(cout * cin, seed);
+                    let weight = Tensor::from_vec(weights.clone(), (cout, cin), &dev).unwrap();
                     let bias = Tensor::from_vec(numbers(cout, seed + 1), cout, &dev).unwrap();
                     let layer = Pointwise::new(&weight, &bias, relu6).unwrap();
                     let x: Vec<f32> = numbers(rows * cin, seed + 2).iter().map(|v| v * 3.0).collect();
@@ -1023,7 +1074,7 @@ mod tests {
                     let mut want = vec![0f32; rows * cout];
                     for (r, o) in (0..rows).flat_map(|r| (0..cout).map(move |o| (r, o))) {
                         let mut v = layer.bias[o] + residual.map_or(0.0, |res| res[r * cout + o]);
-                        v += (0..cin).map(|k| x[r * cin + k] * layer.weights[k * cout + o]).sum::<f32>();
+                        v += (0..cin).map(|k| x[r * cin + k] * weights[o * cin + k]).sum::<f32>();
                         want[r * cout + o] = if relu6 { v.clamp(0.0, 6.0) } else { v };
                     }
                     for kernel in [Kernel::Fastest, Kernel::Portable] {
@@ -1074,7 +1125,7 @@ mod tests {
         for (batch, h, w) in [(1, 37, 29), (1, 3, 2), (3, 16, 16)] {
             let input = numbers(batch * h * w * 3, (h * w) as u32);
             let pooled = net.pooled(&input, batch, h, w);
-            let mut buffers = net.take_scratch(batch, h, w);
+            let mut buffers = net.take_scratch(batch, h, w, true);
             let mut alone = vec![0f32; pooled.len()];
             net.forward(&input, batch, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(&mut alone));
             assert!(max_diff(&pooled, &alone) < 1e-6, "{batch}x{h}x{w}: {pooled:?} vs {alone:?}");
