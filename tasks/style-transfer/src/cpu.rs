@@ -2,13 +2,13 @@
 //! and activates in separate full passes over memory (each with a round of thread synchronisation)
 //! and builds a full patch matrix for every convolution (a 9x9 one over a 2048x2048 picture would
 //! be 4 GB). Here upsampling and reflection padding are one gather through index tables; stride-1
-//! convolutions multiply bands of output rows with `gemm` reading the padded input in place, strided
+//! convolutions multiply bands of output rows by weights packed once, reading the padded input in place, strided
 //! ones gather cache-sized tiles of patches; the instance-norm sums are taken while each band is
 //! still in cache, and one more pass normalises, activates and adds the residual.
 
 use rayon::prelude::*;
 
-use zoo_runtime::cpu::matmul;
+use zoo_runtime::cpu::packed::{Epilogue, Lhs, PackedMatrix, Start};
 
 use crate::layers::{reflect_index, NORM_EPS};
 use crate::network::{Activation, ConvLayer, Norms, StyleNet};
@@ -17,8 +17,8 @@ use crate::network::{Activation, ConvLayer, Norms, StyleNet};
 const TILE_FLOATS: usize = 64 * 1024;
 
 pub struct CpuLayer {
-    /// (k*k*in, out) row-major: row (ky*k + kx)*in + ci.
-    weights: Vec<f32>,
+    /// (k*k*in, out): row (ky*k + kx)*in + ci, packed once for every product.
+    weights: PackedMatrix,
     bias: Vec<f32>,
     kernel: usize,
     stride: usize,
@@ -31,7 +31,8 @@ pub struct CpuLayer {
 impl CpuLayer {
     fn new(layer: &ConvLayer) -> candle_core::Result<Self> {
         let (cout, cin, k, _) = layer.weight.dims4()?;
-        let weights = layer.weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?;
+        let weights: Vec<f32> = layer.weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?;
+        let weights = PackedMatrix::new(&weights, k * k * cin, cout);
         let bias = match &layer.bias {
             Some(b) => b.to_vec1()?,
             None => vec![0.0; cout],
@@ -125,7 +126,7 @@ impl CpuLayer {
     /// Stride 1 without a patch matrix: the padded (and upsampled) input is materialised once;
     /// then, numbering outputs along the padded width (the k - 1 extra columns per row are computed
     /// and dropped), the inputs of kernel row ky for consecutive outputs are consecutive windows of
-    /// k * cin floats cin apart, which is a matrix gemm reads in place with a row stride of cin.
+    /// k * cin floats cin apart, which is a matrix the product reads in place with a row stride of cin.
     /// So each band of output rows is k products accumulated, and no patch is ever copied.
     fn conv_stride1(&self, x: &[f32], h: usize, w: usize, out: &mut [f32], norm: bool) -> Vec<Vec<(f64, f64)>> {
         let (oh, ow) = self.output_hw(h, w);
@@ -144,9 +145,14 @@ impl CpuLayer {
                     // The last row's dropped columns are not computed: they would read past the input.
                     let m = band_rows * pw - (pw - ow);
                     for ky in 0..k {
-                        let lhs = &padded[(first_row + ky) * pw * cin..];
-                        let rhs = &self.weights[ky * span * cout..(ky + 1) * span * cout];
-                        matmul((lhs, cin), rhs, tmp, (m, span, cout), ky > 0, gemm::Parallelism::None);
+                        let lhs = Lhs {
+                            x: &padded[(first_row + ky) * pw * cin..],
+                            stride: cin,
+                            m,
+                            k: ky * span..(ky + 1) * span,
+                        };
+                        let start = if ky > 0 { Start::Output } else { Start::Zero };
+                        self.weights.multiply(&lhs, tmp, &Epilogue { start, residual: None, relu6: false });
                     }
                     for (r, dst) in out_band.chunks_exact_mut(ow * cout).enumerate() {
                         dst.copy_from_slice(&tmp[r * pw * cout..(r * pw + ow) * cout]);
@@ -184,8 +190,12 @@ impl CpuLayer {
                             }
                         }
                     }
-                    let patches = (&patches[..count * patch], patch);
-                    matmul(patches, &self.weights, out_tile, (count, patch, cout), false, gemm::Parallelism::None);
+                    let lhs = Lhs { x: &patches[..count * patch], stride: patch, m: count, k: 0..patch };
+                    self.weights.multiply(
+                        &lhs,
+                        out_tile,
+                        &Epilogue { start: Start::Zero, residual: None, relu6: false },
+                    );
                     self.epilogue(out_tile, norm)
                 },
             )

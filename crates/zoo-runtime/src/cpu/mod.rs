@@ -4,6 +4,18 @@
 //! kept in independent lanes; and ([`nhwc`]) the convolutions of MobileNet-style networks.
 
 pub mod nhwc;
+pub mod packed;
+
+/// Which kernel runs: the fastest this build has, the portable one, or the plain
+/// definition (the last two for tests).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kernel {
+    Fastest,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Plain,
+}
 
 /// out (m x n) = a * b, or += with `accumulate`: a is m rows of k floats starting `a_stride` apart
 /// (rows may overlap: a stride-1 convolution reads its padded input in place), b is k x n, all

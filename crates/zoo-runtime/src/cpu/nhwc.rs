@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{Result, Tensor};
+
+use super::packed::{Epilogue, Lhs, PackedMatrix, Start, TILE_ROWS};
+use super::Kernel;
 use rayon::prelude::*;
 
 /// (before, after) padding so that the output has ceil(size / stride) elements; TensorFlow puts
@@ -44,8 +47,8 @@ impl ConvWeights {
         let weights = if depthwise { weight.squeeze(1)?.permute((1, 2, 0))? } else { weight.permute((2, 3, 1, 0))? };
         let weights: Vec<f32> = weights.flatten_all()?.to_vec1()?;
         let bias: Vec<f32> = bias.to_vec1()?;
-        let dense = (!depthwise)
-            .then(|| Pointwise::from_matrix(weights.clone(), bias.clone(), kernel * kernel * in_per_group, relu6));
+        let dense =
+            (!depthwise).then(|| Pointwise::from_matrix(&weights, bias.clone(), kernel * kernel * in_per_group, relu6));
         Ok(ConvWeights {
             weights,
             bias,
@@ -245,17 +248,6 @@ impl ConvWeights {
     }
 }
 
-/// Which depthwise kernel runs: the fastest this build has, the portable one, or the plain
-/// definition (the last two for tests).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kernel {
-    Fastest,
-    #[cfg_attr(not(test), allow(dead_code))]
-    Portable,
-    #[cfg_attr(not(test), allow(dead_code))]
-    Plain,
-}
-
 /// What every tile of one depthwise output row shares: the input rows its kernel rows read and
 /// the layer's weights.
 struct TileRow<'a> {
@@ -387,8 +379,6 @@ impl TileRow<'_> {
 
 /// Channels per inner block: one AVX-512 register, or two AVX2 ones.
 const LANES: usize = 16;
-/// Output floats per block of a 1x1 convolution: 256 KiB, well inside a core's L2.
-const BLOCK_FLOATS: usize = 64 * 1024;
 /// Output pixels per depthwise tile: eight accumulators, up to five weights and a column take
 /// 14 of AVX-512's 32 registers.
 const TILE: usize = 8;
@@ -400,32 +390,12 @@ const MAX_COLUMNS: usize = 2 * (TILE - 1) + 5;
 
 /// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
 pub struct Pointwise {
-    /// The weights in panels of up to PANEL_LANES output channels, each (in, panel width
-    /// rounded up to LANES) row-major and zero-padded: what the AVX-512 tiles stream through,
-    /// and what the portable path hands the gemm crate panel by panel.
-    panels: Vec<Panel>,
+    matrix: PackedMatrix,
     bias: Vec<f32>,
     pub in_ch: usize,
     pub out_ch: usize,
     relu6: bool,
 }
-
-/// Output channels `first..first + width` of a [`Pointwise`] layer, packed.
-struct Panel {
-    first: usize,
-    width: usize,
-    weights: Vec<f32>,
-}
-
-impl Panel {
-    /// Floats per input channel (the width rounded up to whole registers).
-    fn stride(&self) -> usize {
-        self.width.div_ceil(LANES) * LANES
-    }
-}
-
-/// Output channels per panel: three AVX-512 registers per row of the tile.
-const PANEL_LANES: usize = 3 * LANES;
 
 impl Pointwise {
     /// `weight`: (out, in) or (out, in, 1, 1).
@@ -433,26 +403,14 @@ impl Pointwise {
         let out_ch = weight.dim(0)?;
         let weight = weight.reshape((out_ch, ()))?;
         let in_ch = weight.dim(1)?;
-        Ok(Self::from_matrix(weight.t()?.flatten_all()?.to_vec1()?, bias.to_vec1()?, in_ch, relu6))
+        let weights: Vec<f32> = weight.t()?.flatten_all()?.to_vec1()?;
+        Ok(Self::from_matrix(&weights, bias.to_vec1()?, in_ch, relu6))
     }
 
     /// `weights`: (in, out) row-major.
-    fn from_matrix(weights: Vec<f32>, bias: Vec<f32>, in_ch: usize, relu6: bool) -> Self {
+    fn from_matrix(weights: &[f32], bias: Vec<f32>, in_ch: usize, relu6: bool) -> Self {
         let out_ch = bias.len();
-        assert_eq!(weights.len(), in_ch * out_ch, "pointwise weights are not (in, out)");
-        let panels = (0..out_ch)
-            .step_by(PANEL_LANES)
-            .map(|first| {
-                let width = PANEL_LANES.min(out_ch - first);
-                let stride = width.div_ceil(LANES) * LANES;
-                let mut packed = vec![0f32; in_ch * stride];
-                for (k, row) in packed.chunks_exact_mut(stride).enumerate() {
-                    row[..width].copy_from_slice(&weights[k * out_ch + first..][..width]);
-                }
-                Panel { first, width, weights: packed }
-            })
-            .collect();
-        Pointwise { panels, bias, in_ch, out_ch, relu6 }
+        Pointwise { matrix: PackedMatrix::new(weights, in_ch, out_ch), bias, in_ch, out_ch, relu6 }
     }
 
     /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch). Split over
@@ -473,202 +431,23 @@ impl Pointwise {
         let (cin, cout) = (self.in_ch, self.out_ch);
         assert!(x.len() >= rows * cin && out.len() >= rows * cout, "pointwise buffers too short");
         assert!(residual.is_none_or(|r| r.len() >= rows * cout), "pointwise residual too short");
-        // A few rows (a classifier's) are a matrix-vector product, which the tiles would pad to
-        // TILE_ROWS rows.
-        let simd = kernel == Kernel::Fastest
-            && cfg!(all(target_arch = "x86_64", target_feature = "avx512f"))
-            && rows >= TILE_ROWS;
-        // Blocks of rows, each computed whole by one thread: for the AVX-512 kernel enough
-        // blocks to share out; for the portable path's product and second pass, blocks whose
-        // output fits in L2, so the second pass reads it from there.
-        let block_rows = if simd {
-            rows.div_ceil(4 * threads.max(1)).next_multiple_of(TILE_ROWS).max(TILE_ROWS)
-        } else {
-            (BLOCK_FLOATS / cout).max(8)
-        };
+        // Enough blocks of rows to share out, each a whole number of tiles.
+        let block_rows = rows.div_ceil(4 * threads.max(1)).next_multiple_of(TILE_ROWS).max(TILE_ROWS);
         let block = |(i, out): (usize, &mut [f32])| {
             let (r0, nr) = (i * block_rows, out.len() / cout);
-            let x = &x[r0 * cin..(r0 + nr) * cin];
+            let lhs = Lhs { x: &x[r0 * cin..(r0 + nr) * cin], stride: cin, m: nr, k: 0..cin };
             let residual = residual.map(|r| &r[r0 * cout..(r0 + nr) * cout]);
-            #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-            if simd {
-                self.run_avx512(x, nr, residual, out);
-                return;
-            }
-            let _ = simd;
-            if nr == 0 {
-                return;
-            }
-            self.product(x, nr, out, 1);
-            self.epilogue(out, residual);
+            let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, relu6: self.relu6 };
+            self.matrix.multiply_with(&lhs, out, &epilogue, kernel);
         };
         let out = &mut out[..rows * cout];
         if threads > 1 && rows > block_rows {
             out.par_chunks_mut(block_rows * cout).enumerate().for_each(block)
-        } else if threads > 1 && !simd {
-            // Too few rows to share out by blocks: the product parallelises inside, and the
-            // output is small enough to stay in cache for the second pass.
-            self.product(x, rows, out, threads);
-            self.epilogue(out, residual.map(|r| &r[..rows * cout]));
         } else {
-            out.chunks_mut(block_rows * cout).enumerate().for_each(block)
-        }
-    }
-
-    /// Adds the bias and the residual and applies ReLU6, row by row.
-    fn epilogue(&self, out: &mut [f32], residual: Option<&[f32]>) {
-        let cout = self.out_ch;
-        for (r, row) in out.chunks_exact_mut(cout).enumerate() {
-            let res = residual.map(|res| &res[r * cout..(r + 1) * cout]);
-            for (i, (o, b)) in row.iter_mut().zip(&self.bias).enumerate() {
-                let v = *o + b + res.map_or(0.0, |res| res[i]);
-                *o = if self.relu6 { v.clamp(0.0, 6.0) } else { v };
-            }
-        }
-    }
-
-    /// Only the matrix product x * W into `out`, with the gemm crate (the portable path), one
-    /// panel's columns of the output at a time.
-    fn product(&self, x: &[f32], rows: usize, out: &mut [f32], threads: usize) {
-        let (cin, cout) = (self.in_ch, self.out_ch);
-        assert!(rows > 0 && x.len() >= rows * cin && out.len() >= rows * cout, "pointwise operands too short");
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        for panel in &self.panels {
-            // SAFETY: the output is rows x panel.width at column panel.first of `out` (rows of
-            // cout), the input rows x cin, the panel cin rows of panel.stride(); all checked above
-            // or by construction, and the output aliases neither input.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    panel.width,
-                    cin,
-                    out.as_mut_ptr().add(panel.first),
-                    1,
-                    cout as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    cin as isize,
-                    panel.weights.as_ptr(),
-                    1,
-                    panel.stride() as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-        }
-    }
-
-    /// The layer on `rows` rows in tiles of TILE_ROWS rows times one panel, the accumulators
-    /// starting at the bias and the residual and ReLU6 applied as they are stored: nothing is
-    /// packed per call and the output is written once. A last, short tile of rows goes through
-    /// a zero-padded copy.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    fn run_avx512(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
-        let (cin, cout) = (self.in_ch, self.out_ch);
-        let whole = rows / TILE_ROWS * TILE_ROWS;
-        for panel in &self.panels {
-            for r0 in (0..whole).step_by(TILE_ROWS) {
-                let tile = PointwiseTile {
-                    x: &x[r0 * cin..(r0 + TILE_ROWS) * cin],
-                    residual: residual.map(|r| &r[r0 * cout..(r0 + TILE_ROWS) * cout]),
-                    out: &mut out[r0 * cout..(r0 + TILE_ROWS) * cout],
-                };
-                self.tile_avx512(panel, tile);
-            }
-        }
-        if whole < rows {
-            let tail = rows - whole;
-            let mut xs = vec![0f32; TILE_ROWS * cin];
-            xs[..tail * cin].copy_from_slice(&x[whole * cin..rows * cin]);
-            let mut res = residual.map(|r| {
-                let mut padded = vec![0f32; TILE_ROWS * cout];
-                padded[..tail * cout].copy_from_slice(&r[whole * cout..rows * cout]);
-                padded
-            });
-            let mut outs = vec![0f32; TILE_ROWS * cout];
-            for panel in &self.panels {
-                self.tile_avx512(panel, PointwiseTile { x: &xs, residual: res.as_deref(), out: &mut outs });
-            }
-            out[whole * cout..rows * cout].copy_from_slice(&outs[..tail * cout]);
-            res.take();
-        }
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    fn tile_avx512(&self, panel: &Panel, tile: PointwiseTile) {
-        assert!(tile.x.len() >= TILE_ROWS * self.in_ch && tile.out.len() >= TILE_ROWS * self.out_ch);
-        assert!(tile.residual.is_none_or(|r| r.len() >= TILE_ROWS * self.out_ch));
-        assert!(panel.first + panel.width <= self.out_ch && panel.width <= PANEL_LANES);
-        // SAFETY: AVX-512F is compiled in; the asserts bound the rows, and the lane masks keep
-        // every load and store of the output, bias and residual inside the panel's channels.
-        unsafe {
-            match panel.width.div_ceil(LANES) {
-                1 => self.tile_avx512_inner::<1>(panel, tile),
-                2 => self.tile_avx512_inner::<2>(panel, tile),
-                _ => self.tile_avx512_inner::<3>(panel, tile),
-            }
-        }
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    #[inline(always)]
-    unsafe fn tile_avx512_inner<const V: usize>(&self, panel: &Panel, tile: PointwiseTile) {
-        use std::arch::x86_64::*;
-        let (cin, cout) = (self.in_ch, self.out_ch);
-        let masks: [u16; V] = std::array::from_fn(|v| {
-            let lanes = panel.width.saturating_sub(v * LANES).min(LANES);
-            if lanes == LANES {
-                u16::MAX
-            } else {
-                (1u16 << lanes) - 1
-            }
-        });
-        let bias: [__m512; V] =
-            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], self.bias.as_ptr().add(panel.first + v * LANES)));
-        let mut acc = [bias; TILE_ROWS];
-        let (xp, wp) = (tile.x.as_ptr(), panel.weights.as_ptr());
-        for k in 0..cin {
-            let wt: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(k * V * LANES + v * LANES)));
-            debug_assert_eq!(panel.stride(), V * LANES);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*xp.add(r * cin + k));
-                for v in 0..V {
-                    acc[v] = _mm512_fmadd_ps(xv, wt[v], acc[v]);
-                }
-            }
-        }
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-        for (r, acc) in acc.into_iter().enumerate() {
-            for (v, mut a) in acc.into_iter().enumerate() {
-                let at = r * cout + panel.first + v * LANES;
-                if let Some(res) = tile.residual {
-                    a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(at)));
-                }
-                if self.relu6 {
-                    a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
-                }
-                _mm512_mask_storeu_ps(tile.out.as_mut_ptr().add(at), masks[v], a);
-            }
+            block((0, out))
         }
     }
 }
-
-/// TILE_ROWS rows of a pointwise layer's input, residual and output.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-struct PointwiseTile<'a> {
-    x: &'a [f32],
-    residual: Option<&'a [f32]>,
-    out: &'a mut [f32],
-}
-
-/// Rows per pointwise tile: eight rows of three registers are 24 accumulators, with three
-/// weights and a broadcast 28 of the 32 registers.
-const TILE_ROWS: usize = 8;
 
 /// One inverted-residual block: an optional 1x1 expansion (with ReLU6), a depthwise convolution
 /// (with ReLU6) and a linear 1x1 projection, with the input added back when `residual`.

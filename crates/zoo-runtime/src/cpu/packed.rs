@@ -1,0 +1,340 @@
+//! A weight matrix packed once for every product it takes part in, and the product itself: on
+//! AVX-512 a tile of 8 rows times up to 48 columns of accumulators that start at the bias (or at
+//! what the output holds) and get the residual and ReLU6 as they are stored, so nothing is
+//! packed per call and the output is written once; elsewhere the gemm crate, panel by panel,
+//! and a second pass. The left operand's rows may be any distance apart (also overlapping: a
+//! stride-1 convolution reads its padded input in place), and a product may use a range of the
+//! matrix's rows (one kernel row of a convolution's weights).
+
+use std::ops::Range;
+
+use super::Kernel;
+
+/// Lanes of one AVX-512 register.
+const LANES: usize = 16;
+/// Columns per panel: three registers per row of a tile.
+const PANEL_LANES: usize = 3 * LANES;
+/// Rows per tile: eight rows of three registers are 24 accumulators, with three weights and a
+/// broadcast 28 of the 32 registers.
+pub const TILE_ROWS: usize = 8;
+
+/// A (rows, cols) matrix in panels of up to PANEL_LANES columns.
+pub struct PackedMatrix {
+    panels: Vec<Panel>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Columns `first..first + width`, (rows, width rounded up to LANES) row-major, zero-padded.
+struct Panel {
+    first: usize,
+    width: usize,
+    weights: Vec<f32>,
+}
+
+impl Panel {
+    /// Floats per matrix row (the width rounded up to whole registers).
+    fn stride(&self) -> usize {
+        self.width.div_ceil(LANES) * LANES
+    }
+}
+
+/// Where the accumulators start.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    Zero,
+    /// At a bias, one value per column.
+    Bias(&'a [f32]),
+    /// At what the output already holds (summing products over several calls).
+    Output,
+}
+
+/// What a product does besides multiplying.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub start: Start<'a>,
+    /// Added as the output is stored: (m, cols), rows `cols` apart.
+    pub residual: Option<&'a [f32]>,
+    pub relu6: bool,
+}
+
+/// A product's left operand: `m` rows `stride` apart, each a row of the matrix's rows `k`.
+#[derive(Clone)]
+pub struct Lhs<'a> {
+    pub x: &'a [f32],
+    pub stride: usize,
+    pub m: usize,
+    pub k: Range<usize>,
+}
+
+impl PackedMatrix {
+    /// `weights`: (rows, cols) row-major.
+    pub fn new(weights: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(weights.len(), rows * cols, "the matrix is not (rows, cols)");
+        let panels = (0..cols)
+            .step_by(PANEL_LANES)
+            .map(|first| {
+                let width = PANEL_LANES.min(cols - first);
+                let stride = width.div_ceil(LANES) * LANES;
+                let mut packed = vec![0f32; rows * stride];
+                for (r, row) in packed.chunks_exact_mut(stride).enumerate() {
+                    row[..width].copy_from_slice(&weights[r * cols + first..][..width]);
+                }
+                Panel { first, width, weights: packed }
+            })
+            .collect();
+        PackedMatrix { panels, rows, cols }
+    }
+
+    /// out (lhs.m, cols) = start + lhs * self[lhs.k], then the residual and ReLU6, on the
+    /// calling thread.
+    pub fn multiply(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
+        self.multiply_with(lhs, out, epilogue, Kernel::Fastest)
+    }
+
+    pub(crate) fn multiply_with(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, kernel: Kernel) {
+        let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
+        if m == 0 {
+            return;
+        }
+        assert!(lhs.k.end <= self.rows && k > 0, "product rows out of range");
+        assert!(lhs.x.len() >= (m - 1) * lhs.stride + k, "product's left operand too short");
+        assert!(out.len() >= m * n, "product's output too short");
+        assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "product's residual too short");
+        if let Start::Bias(bias) = epilogue.start {
+            assert!(bias.len() >= n, "product's bias too short");
+        }
+        // A few rows (a classifier's) are a matrix-vector product, which the tiles would pad to
+        // TILE_ROWS rows.
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+        if kernel == Kernel::Fastest && m >= TILE_ROWS {
+            self.multiply_avx512(lhs, out, epilogue);
+            return;
+        }
+        let _ = kernel;
+        self.multiply_portable(lhs, out, epilogue);
+    }
+
+    /// The gemm crate, panel by panel, then a pass for the bias, residual and ReLU6.
+    fn multiply_portable(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
+        let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
+        let accumulate = matches!(epilogue.start, Start::Output);
+        let bias = match epilogue.start {
+            Start::Bias(bias) => Some(bias),
+            Start::Zero | Start::Output => None,
+        };
+        for panel in &self.panels {
+            // SAFETY: multiply_with checked the operands' lengths: the output is m rows of n
+            // (this panel's columns of them), the left operand m rows `stride` apart of k
+            // values, the panel's rows lhs.k of stride() floats; the output aliases neither.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    panel.width,
+                    k,
+                    out.as_mut_ptr().add(panel.first),
+                    1,
+                    n as isize,
+                    accumulate,
+                    lhs.x.as_ptr(),
+                    1,
+                    lhs.stride as isize,
+                    panel.weights.as_ptr().add(lhs.k.start * panel.stride()),
+                    1,
+                    panel.stride() as isize,
+                    if accumulate { 1.0 } else { 0.0 },
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        if bias.is_none() && epilogue.residual.is_none() && !epilogue.relu6 {
+            return;
+        }
+        for (r, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
+            let residual = epilogue.residual.map(|res| &res[r * n..(r + 1) * n]);
+            for (i, o) in row.iter_mut().enumerate() {
+                let v = *o + bias.map_or(0.0, |b| b[i]) + residual.map_or(0.0, |res| res[i]);
+                *o = if epilogue.relu6 { v.clamp(0.0, 6.0) } else { v };
+            }
+        }
+    }
+
+    /// Whole tiles in place; a last, short tile of rows through zero-padded copies.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    fn multiply_avx512(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
+        let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
+        let whole = m / TILE_ROWS * TILE_ROWS;
+        for panel in &self.panels {
+            for r0 in (0..whole).step_by(TILE_ROWS) {
+                let tile = Tile {
+                    x: &lhs.x[r0 * lhs.stride..(r0 + TILE_ROWS - 1) * lhs.stride + k],
+                    stride: lhs.stride,
+                    k: lhs.k.clone(),
+                    residual: epilogue.residual.map(|r| &r[r0 * n..(r0 + TILE_ROWS) * n]),
+                    out: &mut out[r0 * n..(r0 + TILE_ROWS) * n],
+                };
+                self.tile(panel, tile, epilogue);
+            }
+        }
+        if whole == m {
+            return;
+        }
+        let tail = m - whole;
+        let mut xs = vec![0f32; TILE_ROWS * k];
+        for r in 0..tail {
+            let at = (whole + r) * lhs.stride;
+            xs[r * k..(r + 1) * k].copy_from_slice(&lhs.x[at..at + k]);
+        }
+        let residual = epilogue.residual.map(|res| {
+            let mut padded = vec![0f32; TILE_ROWS * n];
+            padded[..tail * n].copy_from_slice(&res[whole * n..m * n]);
+            padded
+        });
+        let mut outs = vec![0f32; TILE_ROWS * n];
+        outs[..tail * n].copy_from_slice(&out[whole * n..m * n]);
+        for panel in &self.panels {
+            let tile = Tile { x: &xs, stride: k, k: lhs.k.clone(), residual: residual.as_deref(), out: &mut outs };
+            self.tile(panel, tile, epilogue);
+        }
+        out[whole * n..m * n].copy_from_slice(&outs[..tail * n]);
+    }
+
+    /// One tile: TILE_ROWS rows times one panel.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    fn tile(&self, panel: &Panel, tile: Tile, epilogue: &Epilogue) {
+        let n = self.cols;
+        assert!(tile.x.len() >= (TILE_ROWS - 1) * tile.stride + tile.k.len() && tile.out.len() >= TILE_ROWS * n);
+        assert!(tile.residual.is_none_or(|r| r.len() >= TILE_ROWS * n) && tile.k.end <= self.rows);
+        assert!(panel.first + panel.width <= n && panel.width <= PANEL_LANES);
+        // SAFETY: AVX-512F is compiled in; the asserts bound the rows read and written, and the
+        // lane masks keep every load and store of the output, bias and residual inside the
+        // panel's columns.
+        unsafe {
+            match panel.width.div_ceil(LANES) {
+                1 => tile_avx512::<1>(panel, n, tile, epilogue),
+                2 => tile_avx512::<2>(panel, n, tile, epilogue),
+                _ => tile_avx512::<3>(panel, n, tile, epilogue),
+            }
+        }
+    }
+}
+
+/// TILE_ROWS rows of a product: of x (`stride` apart, each the matrix's rows `k`), of the
+/// residual and of the output.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+struct Tile<'a> {
+    x: &'a [f32],
+    stride: usize,
+    k: Range<usize>,
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[inline(always)]
+unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilogue: &Epilogue) {
+    use std::arch::x86_64::*;
+    let Tile { x, stride, k, residual, out } = tile;
+    debug_assert_eq!(panel.stride(), V * LANES);
+    let masks: [u16; V] = std::array::from_fn(|v| {
+        let lanes = panel.width.saturating_sub(v * LANES).min(LANES);
+        if lanes == LANES {
+            u16::MAX
+        } else {
+            (1u16 << lanes) - 1
+        }
+    });
+    let op = out.as_mut_ptr().add(panel.first);
+    let mut acc: [[__m512; V]; TILE_ROWS] = match epilogue.start {
+        Start::Zero => [[_mm512_setzero_ps(); V]; TILE_ROWS],
+        Start::Bias(bias) => {
+            let b: [__m512; V] =
+                std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bias.as_ptr().add(panel.first + v * LANES)));
+            [b; TILE_ROWS]
+        }
+        Start::Output => {
+            std::array::from_fn(|r| std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], op.add(r * n + v * LANES))))
+        }
+    };
+    let (xp, wp) = (x.as_ptr(), panel.weights.as_ptr().add(k.start * V * LANES));
+    for i in 0..k.len() {
+        let wt: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(i * V * LANES + v * LANES)));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(*xp.add(r * stride + i));
+            for v in 0..V {
+                acc[v] = _mm512_fmadd_ps(xv, wt[v], acc[v]);
+            }
+        }
+    }
+    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+    for (r, acc) in acc.into_iter().enumerate() {
+        for (v, mut a) in acc.into_iter().enumerate() {
+            let at = r * n + v * LANES;
+            if let Some(res) = residual {
+                a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(panel.first + at)));
+            }
+            if epilogue.relu6 {
+                a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
+            }
+            _mm512_mask_storeu_ps(op.add(at), masks[v], a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::pseudo_random as numbers;
+
+    /// Both paths against the definition: widths short of, between and past the registers and
+    /// panels, row counts that leave a short tile, overlapping rows, a range of the matrix's
+    /// rows, starting at a bias, at the output or at zero, with a residual and ReLU6 or without.
+    #[test]
+    fn products_match_the_definition_on_odd_shapes() {
+        for (rows, cols) in [(1, 1), (5, 3), (27, 16), (20, 24), (40, 47), (96, 100), (9, 145)] {
+            let weights = numbers(rows * cols, (rows * cols) as u32);
+            let matrix = PackedMatrix::new(&weights, rows, cols);
+            let bias = numbers(cols, 3);
+            for (m, k, stride) in [(1, 0..rows, rows), (9, 0..rows, rows), (30, rows / 3..rows, 2), (100, 0..1, 1)] {
+                let klen = k.len();
+                let stride = stride.max(1);
+                let x = numbers((m - 1) * stride + klen, m as u32);
+                let residual = numbers(m * cols, 7);
+                let before = numbers(m * cols, 8);
+                for (start, with_residual, relu6) in
+                    [(0, false, true), (1, true, false), (0, true, true), (2, false, false)]
+                {
+                    let mut want = before.clone();
+                    for (r, c) in (0..m).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+                        let start = [bias[c], before[r * cols + c], 0.0][start];
+                        let dot: f32 = (0..klen).map(|i| x[r * stride + i] * weights[(k.start + i) * cols + c]).sum();
+                        let v = start + dot + if with_residual { residual[r * cols + c] } else { 0.0 };
+                        want[r * cols + c] = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                    }
+                    let epilogue = Epilogue {
+                        start: [Start::Bias(&bias), Start::Output, Start::Zero][start],
+                        residual: with_residual.then_some(residual.as_slice()),
+                        relu6,
+                    };
+                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                        let mut got = before.clone();
+                        got.push(f32::NAN);
+                        let lhs = Lhs { x: &x, stride, m, k: k.clone() };
+                        matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
+                        assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
+                        let diff = got[..m * cols].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        assert!(
+                            diff < 1e-4,
+                            "{kernel:?} {m}x{klen} (stride {stride}) x ({rows}, {cols}), start {start}, \
+                             residual {with_residual}, relu6 {relu6}: max diff {diff}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
