@@ -15,10 +15,98 @@ use crate::network::{Activation, ConvLayer, Norms, StyleNet};
 
 /// Patch-matrix floats per tile: 64k floats (256 kB) keeps a tile in L2.
 const TILE_FLOATS: usize = 64 * 1024;
+/// Layers with at most this many outputs take [`CpuLayer::conv_narrow`].
+const NARROW: usize = 8;
+/// Lanes of a vector register (AVX-512; two of AVX2's).
+const LANES: usize = 16;
+/// What the tiles of one [`CpuLayer::conv_narrow`] share: the planar padded input and the taps.
+struct NarrowTile<'a> {
+    planes: &'a [f32],
+    plane_w: usize,
+    ph: usize,
+    k: usize,
+    cin: usize,
+    weights: &'a [f32],
+}
+
+impl NarrowTile<'_> {
+    /// Outputs `first..first + NARROW_PIXELS` of row `oy`, each of the C channels.
+    fn compute<const C: usize>(&self, oy: usize, first: usize) -> [[f32; NARROW_PIXELS]; C] {
+        let k = self.k;
+        assert!((self.cin * self.ph - 1) * self.plane_w + first + NARROW_PIXELS + k - 1 <= self.planes.len());
+        assert!(oy + k <= self.ph && self.weights.len() >= self.cin * k * k * C);
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+        // SAFETY: AVX-512F is compiled in; the asserts bound every row and tap read.
+        unsafe {
+            use std::arch::x86_64::*;
+            let mut acc = [[_mm512_setzero_ps(); 2]; C];
+            for ci in 0..self.cin {
+                for ky in 0..k {
+                    let row = self.planes.as_ptr().add((ci * self.ph + oy + ky) * self.plane_w + first);
+                    let taps = self.weights.as_ptr().add((ci * k + ky) * k * C);
+                    for kx in 0..k {
+                        let (lo, hi) = (_mm512_loadu_ps(row.add(kx)), _mm512_loadu_ps(row.add(kx + LANES)));
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            let wt = _mm512_set1_ps(*taps.add(kx * C + c));
+                            acc[0] = _mm512_fmadd_ps(wt, lo, acc[0]);
+                            acc[1] = _mm512_fmadd_ps(wt, hi, acc[1]);
+                        }
+                    }
+                }
+            }
+            let mut out = [[0f32; NARROW_PIXELS]; C];
+            for (o, a) in out.iter_mut().zip(acc) {
+                _mm512_storeu_ps(o.as_mut_ptr(), a[0]);
+                _mm512_storeu_ps(o.as_mut_ptr().add(LANES), a[1]);
+            }
+            return out;
+        }
+        #[allow(unreachable_code)]
+        self.compute_portable(oy, first)
+    }
+
+    /// [`NarrowTile::compute`] in plain Rust, for builds without AVX-512.
+    fn compute_portable<const C: usize>(&self, oy: usize, first: usize) -> [[f32; NARROW_PIXELS]; C] {
+        let k = self.k;
+        {
+            let mut acc = [[0f32; NARROW_PIXELS]; C];
+            for ci in 0..self.cin {
+                for ky in 0..k {
+                    let row = &self.planes[(ci * self.ph + oy + ky) * self.plane_w + first..][..NARROW_PIXELS + k - 1];
+                    for kx in 0..k {
+                        let tap = &self.weights[((ci * k + ky) * k + kx) * C..][..C];
+                        for (acc, &wt) in acc.iter_mut().zip(tap) {
+                            for (a, &x) in acc.iter_mut().zip(&row[kx..kx + NARROW_PIXELS]) {
+                                *a = wt.mul_add(x, *a);
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        }
+    }
+}
+
+/// The accumulators [`CpuLayer::conv_narrow`] keeps for `cout` outputs: as many up to 4, else
+/// NARROW (one build of the kernel for each count it is used with).
+fn narrow_width(cout: usize) -> usize {
+    if cout <= 4 {
+        cout
+    } else {
+        NARROW
+    }
+}
+
+/// Output pixels per tile of [`CpuLayer::conv_narrow`]: two vectors.
+const NARROW_PIXELS: usize = 2 * LANES;
 
 pub struct CpuLayer {
     /// (k*k*in, out): row (ky*k + kx)*in + ci, packed once for every product.
     weights: PackedMatrix,
+    /// For layers with at most NARROW outputs: (in, k, k, narrow_width(out)), the outputs of each
+    /// tap together, zero-padded.
+    narrow: Option<Vec<f32>>,
     bias: Vec<f32>,
     kernel: usize,
     stride: usize,
@@ -33,12 +121,24 @@ impl CpuLayer {
         let (cout, cin, k, _) = layer.weight.dims4()?;
         let weights: Vec<f32> = layer.weight.permute((2, 3, 1, 0))?.flatten_all()?.to_vec1()?;
         let weights = PackedMatrix::new(&weights, k * k * cin, cout);
+        let narrow = (cout <= NARROW && layer.stride == 1)
+            .then(|| -> candle_core::Result<Vec<f32>> {
+                let taps: Vec<f32> = layer.weight.permute((1, 2, 3, 0))?.flatten_all()?.to_vec1()?;
+                let width = narrow_width(cout);
+                let mut padded = vec![0f32; taps.len() / cout * width];
+                for (dst, src) in padded.chunks_exact_mut(width).zip(taps.chunks_exact(cout)) {
+                    dst[..cout].copy_from_slice(src);
+                }
+                Ok(padded)
+            })
+            .transpose()?;
         let bias = match &layer.bias {
             Some(b) => b.to_vec1()?,
             None => vec![0.0; cout],
         };
         Ok(CpuLayer {
             weights,
+            narrow,
             bias,
             kernel: k,
             stride: layer.stride,
@@ -70,7 +170,15 @@ impl CpuLayer {
         let out = &mut out[..oh * ow * self.cout];
         // Reading strided windows in place would compute every skipped output too, so strided
         // layers gather patches instead (measured: the in-place products are 1.4x faster at stride 1).
-        let partial: Vec<Vec<(f64, f64)>> = if self.stride == 1 {
+        let partial: Vec<Vec<(f64, f64)>> = if let Some(weights) = &self.narrow {
+            match narrow_width(self.cout) {
+                1 => self.conv_narrow::<1>(weights, x, h, w, out, norm),
+                2 => self.conv_narrow::<2>(weights, x, h, w, out, norm),
+                3 => self.conv_narrow::<3>(weights, x, h, w, out, norm),
+                4 => self.conv_narrow::<4>(weights, x, h, w, out, norm),
+                _ => self.conv_narrow::<NARROW>(weights, x, h, w, out, norm),
+            }
+        } else if self.stride == 1 {
             self.conv_stride1(x, h, w, out, norm)
         } else {
             self.conv_patches(x, h, w, out, norm)
@@ -163,6 +271,60 @@ impl CpuLayer {
             .collect()
     }
 
+    /// Stride 1 with few outputs (the last layers, 8, 4 and 3 channels): a matrix product would
+    /// fill 16-lane registers with those few channels. Here the lanes hold 16 neighbouring
+    /// pixels instead, read from a planar copy of the padded input (each plane's rows widened
+    /// with zeros to whole tiles), and each channel's weight is broadcast; the channels of a tile
+    /// of NARROW_PIXELS pixels are C rows of accumulators, two AVX-512 registers each (plain
+    /// loops elsewhere).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_narrow<const C: usize>(
+        &self,
+        weights: &[f32],
+        x: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        norm: bool,
+    ) -> Vec<Vec<(f64, f64)>> {
+        let (oh, ow) = self.output_hw(h, w);
+        let (k, cin) = (self.kernel, self.cin);
+        let cout = self.cout;
+        assert!(cout <= C && weights.len() == cin * k * k * C);
+        let (rows, cols) = (self.source_table(h), self.source_table(w));
+        let ph = rows.len();
+        let tiles = ow.div_ceil(NARROW_PIXELS);
+        let plane_w = tiles * NARROW_PIXELS + k - 1;
+        let mut planes = vec![0f32; cin * ph * plane_w];
+        planes.par_chunks_mut(plane_w).enumerate().for_each(|(i, dst)| {
+            let (ci, r) = (i / ph, i % ph);
+            let src = rows[r] * w;
+            for (d, &col) in dst.iter_mut().zip(&cols) {
+                *d = x[(src + col) * cin + ci];
+            }
+        });
+        let band = (TILE_FLOATS / (ow * cout)).clamp(1, oh);
+        out.par_chunks_mut(band * ow * cout)
+            .enumerate()
+            .map(|(b, out_band)| {
+                for (r, out_row) in out_band.chunks_exact_mut(ow * cout).enumerate() {
+                    let oy = b * band + r;
+                    for t in 0..tiles {
+                        let tile = NarrowTile { planes: &planes, plane_w, ph, k, cin, weights };
+                        let acc = tile.compute::<C>(oy, t * NARROW_PIXELS);
+                        let first = t * NARROW_PIXELS;
+                        for p in 0..NARROW_PIXELS.min(ow - first) {
+                            for (c, acc) in acc.iter().enumerate().take(cout) {
+                                out_row[(first + p) * cout + c] = acc[p];
+                            }
+                        }
+                    }
+                }
+                self.epilogue(out_band, norm)
+            })
+            .collect()
+    }
+
     /// Strided convolutions (the two downsampling layers, 32 channels in): tiles of a patch matrix
     /// gathered through the reflection tables, each multiplied while in cache.
     fn conv_patches(&self, x: &[f32], h: usize, w: usize, out: &mut [f32], norm: bool) -> Vec<Vec<(f64, f64)>> {
@@ -208,7 +370,8 @@ fn activate(v: f32, activation: Activation) -> f32 {
     match activation {
         Activation::None => v,
         Activation::Relu => v.max(0.0),
-        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        // zoo-runtime's exp, not libm's: it vectorises.
+        Activation::Sigmoid => 1.0 / (1.0 + zoo_runtime::cpu::exp(-v)),
     }
 }
 
@@ -233,20 +396,36 @@ fn normalise(
             (scale as f32, (f64::from(b) - mean * scale) as f32)
         })
         .unzip();
-    const CHUNK: usize = 4096;
     let x = &mut x[..pixels * c];
+    let residual = residual.map(|res| &mut res[..pixels * c]);
+    match activation {
+        Activation::None => normalise_with(x, (&scale, &shift), residual, |v| v),
+        Activation::Relu => normalise_with(x, (&scale, &shift), residual, |v| v.max(0.0)),
+        Activation::Sigmoid => normalise_with(x, (&scale, &shift), residual, |v| activate(v, Activation::Sigmoid)),
+    }
+}
+
+/// [`normalise`] with its activation known when compiled, so that the loops vectorise.
+fn normalise_with(
+    x: &mut [f32],
+    (scale, shift): (&[f32], &[f32]),
+    residual: Option<&mut [f32]>,
+    activate: impl Fn(f32) -> f32 + Sync,
+) {
+    const CHUNK: usize = 4096;
+    let c = scale.len();
     match residual {
-        Some(res) => res[..pixels * c].par_chunks_mut(CHUNK * c).zip(x.par_chunks(CHUNK * c)).for_each(|(res, x)| {
+        Some(res) => res.par_chunks_mut(CHUNK * c).zip(x.par_chunks(CHUNK * c)).for_each(|(res, x)| {
             for (r_px, x_px) in res.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                 for i in 0..c {
-                    r_px[i] += activate(x_px[i] * scale[i] + shift[i], activation);
+                    r_px[i] += activate(x_px[i] * scale[i] + shift[i]);
                 }
             }
         }),
         None => x.par_chunks_mut(CHUNK * c).for_each(|x| {
             for px in x.chunks_exact_mut(c) {
                 for i in 0..c {
-                    px[i] = activate(px[i] * scale[i] + shift[i], activation);
+                    px[i] = activate(px[i] * scale[i] + shift[i]);
                 }
             }
         }),
@@ -325,6 +504,71 @@ mod tests {
     use crate::network::Style;
     use candle_core::{DType, Device, Tensor};
     use candle_nn::VarBuilder;
+
+    /// The narrow-output convolution against the matrix-product one on odd shapes: each output
+    /// count it takes, widths short of and past a tile, upsampled or not, with the norm's sums
+    /// and with bias and activation.
+    #[test]
+    fn narrow_convolutions_match_the_product_path() {
+        let dev = Device::Cpu;
+        let numbers = zoo_runtime::test_support::pseudo_random;
+        for (cout, cin, k, upsample, h, w) in [
+            (1, 2, 3, false, 5, 7),
+            (3, 4, 9, false, 11, 40),
+            (4, 8, 3, true, 6, 17),
+            (8, 32, 3, true, 9, 33),
+            (6, 3, 5, false, 4, 1),
+        ] {
+            let seed = (cout * 100 + cin) as u32;
+            let weight = Tensor::from_vec(numbers(cout * cin * k * k, seed), (cout, cin, k, k), &dev).unwrap();
+            let bias = Tensor::from_vec(numbers(cout, seed + 1), cout, &dev).unwrap();
+            let conv =
+                ConvLayer { weight, bias: Some(bias), stride: 1, upsample, norm: None, activation: Activation::Relu };
+            let layer = CpuLayer::new(&conv).unwrap();
+            let mut product = CpuLayer::new(&conv).unwrap();
+            product.narrow = None;
+            let x = numbers(h * w * cin, seed + 2);
+            let (oh, ow) = layer.output_hw(h, w);
+            for norm in [false, true] {
+                let (mut got, mut want) = (vec![0f32; oh * ow * cout], vec![0f32; oh * ow * cout]);
+                let got_stats = layer.conv(&x, h, w, &mut got, norm);
+                let want_stats = product.conv(&x, h, w, &mut want, norm);
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{cin}->{cout} k{k} {h}x{w} upsample {upsample} norm {norm}: max diff {diff}");
+                for ((a, b), (c, d)) in got_stats.unwrap_or_default().iter().zip(want_stats.unwrap_or_default()) {
+                    // Summed in f32 per band, and the bands differ: relative agreement.
+                    let close = |u: f64, v: f64| (u - v).abs() <= 1e-4 * (1.0 + v.abs());
+                    assert!(close(*a, c) && close(*b, d), "{cin}->{cout}: norm sums {a}, {b} vs {c}, {d}");
+                }
+            }
+        }
+    }
+
+    /// The narrow kernel's AVX-512 tile (where the build has it) and its portable one agree,
+    /// for every channel count it is built for and both kernel sizes.
+    #[test]
+    fn narrow_tile_paths_agree() {
+        let numbers = zoo_runtime::test_support::pseudo_random;
+        fn both<const C: usize>(tile: &NarrowTile, oy: usize, first: usize) -> f32 {
+            let (fast, portable) = (tile.compute::<C>(oy, first), tile.compute_portable::<C>(oy, first));
+            fast.iter().flatten().zip(portable.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+        }
+        for (k, cin) in [(3, 5), (9, 4)] {
+            let (ph, plane_w) = (k + 2, 2 * NARROW_PIXELS + k - 1);
+            let planes = numbers(cin * ph * plane_w, k as u32);
+            let weights = numbers(cin * k * k * NARROW, 5);
+            let tile = NarrowTile { planes: &planes, plane_w, ph, k, cin, weights: &weights };
+            for (oy, first) in [(0, 0), (2, NARROW_PIXELS)] {
+                let diffs = [
+                    both::<1>(&tile, oy, first),
+                    both::<3>(&tile, oy, first),
+                    both::<4>(&tile, oy, first),
+                    both::<8>(&tile, oy, first),
+                ];
+                assert!(diffs.iter().all(|d| *d < 1e-5), "k{k}: {diffs:?}");
+            }
+        }
+    }
 
     /// The CPU path against candle's ops on the bundled multistyle26, at a size whose padding
     /// reflects across tile edges, and with a mix of styles.
