@@ -156,7 +156,10 @@ impl NativePipeline {
     }
 
     /// Runs the inputs; one (JSON text, error or None, PNG bytes or None) per input, in order.
-    fn run<'py>(&self, py: Python<'py>, inputs: Vec<RawInput<'py>>) -> PyResult<Vec<RawResult<'py>>> {
+    /// `pictures=False` skips encoding the pictures a task makes (a caller that keeps only the
+    /// JSON).
+    #[pyo3(signature = (inputs, pictures=true))]
+    fn run<'py>(&self, py: Python<'py>, inputs: Vec<RawInput<'py>>, pictures: bool) -> PyResult<Vec<RawResult<'py>>> {
         // Paths expand as on the command line (folders, patterns); bytes and text pass as they are.
         enum Item {
             Path(String),
@@ -190,7 +193,7 @@ impl NativePipeline {
         let mut results = Vec::with_capacity(outcomes.len());
         for outcome in &outcomes {
             let json = Value::Object(outcome.json()).to_string();
-            let image = match outcome.image(ImageFormat::Png) {
+            let image = match pictures.then(|| outcome.image(ImageFormat::Png)).flatten() {
                 Some(Ok(png)) => Some(PyBytes::new(py, &png)),
                 Some(Err(e)) => return Err(runtime_error(&e)),
                 None => None,

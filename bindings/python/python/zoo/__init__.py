@@ -103,7 +103,7 @@ class Pipeline:
         for name, value in options.items():
             if value is None or value is False:
                 continue
-            option = name.replace("_", "-")
+            option = _option_name(name)
             upload = _as_file(value, option)
             if upload is not None:
                 files.append((option, *upload))
@@ -156,14 +156,19 @@ class Pipeline:
         read from), one per input; by default ``inputs[i]``.
         """
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        return [text for text, _, _ in self._run(items, names)]
+        return [text for text, _, _ in self._run(items, names, pictures=False)]
 
-    def _run(self, items, names=None):
+    def _run(self, items, names=None, pictures=True):
         kind = self._native.input_kind
         if names is not None and len(names) != len(items):
             raise ValueError(f"names: {len(names)} names for {len(items)} inputs")
         raw = [_raw_input(item, i, kind, None if names is None else names[i]) for i, item in enumerate(items)]
-        return self._native.run(raw)
+        return self._native.run(raw, pictures)
+
+
+def _option_name(name: str) -> str:
+    """A Python keyword as the command line spells the option (``top_k`` -> ``top-k``)."""
+    return name.replace("_", "-")
 
 
 def _rebuild(spec, options):

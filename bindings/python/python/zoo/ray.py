@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Pipeline, ZooError, _zoo
+from . import Pipeline, ZooError, _option_name, _zoo
 
 __all__ = ["map_batches"]
 
@@ -66,7 +66,7 @@ def map_batches(
     if concurrency < 1 or threads < 1:
         raise ValueError("concurrency and threads must be at least 1")
     # Fails here, in the driver, with the CLI's message, rather than in every actor.
-    _zoo.check(task, [name.replace("_", "-") for name in options])
+    _zoo.check(task, [_option_name(name) for name in options])
     spec = dict(task=task, model=model, threads=threads, offline=offline, options=options)
     columns = dict(column=column, output=output_column, name=name_column, worker=worker_column, errors=errors)
     return ds.map_batches(
