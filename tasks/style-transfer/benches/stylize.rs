@@ -70,6 +70,8 @@ fn one(model: &str, size: u32, min: Duration) {
         }
         "magenta-predict" => {
             let predictor = StylePredictor::load(&vb("magenta-arbitrary/style_predict.safetensors")).unwrap();
+            // The predictor takes pictures as they are stored, NHWC.
+            let x = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
             let (n, s) = time_loop(min, || {
                 predictor.forward(&x).unwrap();
             });
@@ -78,7 +80,8 @@ fn one(model: &str, size: u32, min: Duration) {
         _ => {
             let predictor = StylePredictor::load(&vb("magenta-arbitrary/style_predict.safetensors")).unwrap();
             let net = StyleNet::magenta(&vb("magenta-arbitrary/style_transform.safetensors")).unwrap();
-            let style = predictor.forward(&content(256)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let content = content(256).permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+            let style = predictor.forward(&content).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let norms = net.norms(&Style::Vector(style)).unwrap();
             let (n, s) = time_loop(min, || {
                 net.run(&x, &norms).unwrap();

@@ -110,7 +110,7 @@ impl StylePredictor {
         self.bottleneck.weight.dim(0).expect("4-d weight")
     }
 
-    /// x: (B, 3, 256, 256) RGB in 0..1; returns (B, 100).
+    /// x: (B, 256, 256, 3) RGB in 0..1 (NHWC, as pictures are stored); returns (B, 100).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.cpu {
             Some(cpu) if x.device().is_cpu() => cpu.forward(x),
@@ -120,7 +120,7 @@ impl StylePredictor {
 
     /// The network in candle ops: other devices, and the CPU path's reference.
     fn forward_generic(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.stem.forward(&x.to_dtype(DType::F32)?)?;
+        let mut x = self.stem.forward(&x.to_dtype(DType::F32)?.permute((0, 3, 1, 2))?)?;
         for block in &self.blocks {
             let mut h = match &block.expand {
                 Some(expand) => expand.forward(&x)?,
@@ -146,7 +146,7 @@ impl Module for StylePredictor {
     }
 }
 
-/// The predictor's input for a picture: (1, 3, 256, 256), 0..1.
+/// The predictor's input for a picture: (1, 256, 256, 3), 0..1.
 pub fn predictor_input(image: &DynamicImage, device: &candle_core::Device) -> Result<Tensor> {
     let (w, h) = (image.width(), image.height());
     let side = w.min(h);
@@ -154,7 +154,7 @@ pub fn predictor_input(image: &DynamicImage, device: &candle_core::Device) -> Re
     let rgb = square.resize_exact(PREDICTOR_SIZE, PREDICTOR_SIZE, FilterType::Triangle).to_rgb8();
     let n = PREDICTOR_SIZE as usize;
     let data: Vec<f32> = rgb.into_raw().into_iter().map(|v| f32::from(v) / 255.0).collect();
-    Tensor::from_vec(data, (1, n, n, 3), device)?.permute((0, 3, 1, 2))?.contiguous()
+    Tensor::from_vec(data, (1, n, n, 3), device)
 }
 
 /// The whole predictor on the CPU: zoo-runtime's MobileNet body over NHWC buffers, then the
@@ -184,10 +184,13 @@ impl CpuPredictor {
         Ok(CpuPredictor { body, bottleneck: pointwise(bottleneck)? })
     }
 
-    /// x: (B, 3, H, W) in 0..1; returns (B, 100).
+    /// x: (B, H, W, 3) in 0..1; returns (B, 100).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, _, h, w) = x.dims4()?;
-        let pixels: Vec<f32> = x.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1()?;
+        let (batch, h, w, c) = x.dims4()?;
+        if c != self.body.in_channels() {
+            candle_core::bail!("the style predictor takes (batch, height, width, 3) pictures, got {c} channels")
+        }
+        let pixels: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let pooled = self.body.pooled(&pixels, batch, h, w);
         let mut style = vec![0f32; batch * self.bottleneck.out_ch];
         self.bottleneck.run(&pooled, batch, None, &mut style, candle_core::utils::get_num_threads());
@@ -210,7 +213,7 @@ mod tests {
         let predictor = StylePredictor::load(&vb).unwrap();
         let values: Vec<f32> =
             (0..2 * 3 * 75 * 101u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0).collect();
-        let x = Tensor::from_vec(values, (2, 3, 75, 101), &candle_core::Device::Cpu).unwrap();
+        let x = Tensor::from_vec(values, (2, 75, 101, 3), &candle_core::Device::Cpu).unwrap();
         let fast = predictor.forward(&x).unwrap();
         let reference = predictor.forward_generic(&x).unwrap();
         let scale = reference.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();

@@ -56,7 +56,8 @@ fn magenta_matches_the_reference() {
     let d_fast = max_diff(&net.run(&g["content_input"], &norms).unwrap(), expected);
 
     // The predictor (bundled as lossless int8 + scales: float16 moved the style vector by 1.2e-2 and the output by 1.7e-2), and the whole pipeline through it.
-    let predicted = predictor.forward(&g["style_input"]).unwrap();
+    // The reference stores it NCHW; the predictor takes pictures NHWC.
+    let predicted = predictor.forward(&g["style_input"].permute((0, 2, 3, 1)).unwrap()).unwrap();
     let d_bottleneck = max_diff(&predicted, &g["bottleneck"]);
     let norms = net.norms(&Style::Vector(predicted.flatten_all().unwrap().to_vec1().unwrap())).unwrap();
     let d_pipeline = max_diff(&net.run(&g["content_input"], &norms).unwrap(), expected);
