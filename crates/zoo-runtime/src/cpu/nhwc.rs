@@ -386,6 +386,7 @@ const PORTABLE_TILE: usize = 4;
 /// Output rows of a dense convolution whose patches are gathered and multiplied together.
 const DENSE_ROWS: usize = 8;
 /// Input columns a tile reads at most (stride 2, 5x5, eight pixels).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 const MAX_COLUMNS: usize = 2 * (TILE - 1) + 5;
 
 /// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
