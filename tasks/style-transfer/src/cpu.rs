@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use zoo_runtime::cpu::packed::{Epilogue, Lhs, PackedMatrix, Start};
+use zoo_runtime::cpu::{ensure, LANES};
 
 use crate::layers::{reflect_index, NORM_EPS};
 use crate::network::{Activation, ConvLayer, Norms, StyleNet};
@@ -17,8 +18,6 @@ use crate::network::{Activation, ConvLayer, Norms, StyleNet};
 const TILE_FLOATS: usize = 64 * 1024;
 /// Layers with at most this many outputs take [`CpuLayer::conv_narrow`].
 const NARROW: usize = 8;
-/// Lanes of a vector register (AVX-512; two of AVX2's).
-const LANES: usize = 16;
 /// What the tiles of one [`CpuLayer::conv_narrow`] share: the planar padded input and the taps.
 struct NarrowTile<'a> {
     planes: &'a [f32],
@@ -436,12 +435,6 @@ pub struct CpuNet {
     layers: Vec<CpuLayer>,
     contract: usize,
     blocks: usize,
-}
-
-fn ensure(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
 }
 
 impl CpuNet {

@@ -98,7 +98,15 @@ pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }
 
-const LANES: usize = 16;
+/// f32 lanes of one AVX-512 register (two AVX2 ones): the width the kernels here block by.
+pub const LANES: usize = 16;
+
+/// Grows `buf` to at least `len` values (a scratch buffer reused between calls).
+pub fn ensure(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
 
 /// A reduction of `xs` in LANES independent partial results, which vectorises (a single running
 /// one is a chain the compiler must keep in order, floats not being associative).

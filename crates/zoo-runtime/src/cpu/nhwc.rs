@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use candle_core::{Result, Tensor};
 
 use super::packed::{Epilogue, Lhs, PackedMatrix, Start, TILE_ROWS};
-use super::Kernel;
+use super::{ensure, Kernel, LANES};
 use rayon::prelude::*;
 
 /// (before, after) padding so that the output has ceil(size / stride) elements; TensorFlow puts
@@ -377,8 +377,6 @@ impl TileRow<'_> {
     }
 }
 
-/// Channels per inner block: one AVX-512 register, or two AVX2 ones.
-const LANES: usize = 16;
 /// Output pixels per depthwise tile: eight accumulators, up to five weights and a column take
 /// 14 of AVX-512's 32 registers.
 const TILE: usize = 8;
@@ -470,12 +468,6 @@ pub struct MobileNet {
     head: Pointwise,
     /// The buffers of each pass in flight, kept for the next call.
     scratch: Mutex<Vec<[Vec<f32>; BUFFERS]>>,
-}
-
-fn ensure(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
 }
 
 impl MobileNet {

@@ -8,10 +8,8 @@
 
 use std::ops::Range;
 
-use super::Kernel;
+use super::{Kernel, LANES};
 
-/// Lanes of one AVX-512 register.
-const LANES: usize = 16;
 /// Columns per panel: three registers per row of a tile.
 const PANEL_LANES: usize = 3 * LANES;
 /// Rows per tile: eight rows of three registers are 24 accumulators, with three weights and a
