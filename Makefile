@@ -8,7 +8,7 @@ BENCH_OUT ?= target/bench
 BENCH_TEXTS ?= 300
 ZOO     := target/release/zoo
 
-.PHONY: setup run test bench bench-serve lint fuzz clean
+.PHONY: setup run test bench bench-serve lint fuzz clean calibrate-int8
 
 ## setup: build the release binary (target/release/zoo)
 setup:
@@ -26,6 +26,8 @@ test:
 bench:
 	@mkdir -p $(BENCH_OUT)
 	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-image-classification --bench classify | tee $(BENCH_OUT)/zoo-image.jsonl
+	RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_MODEL=efficientnet-lite0-int8 $(CARGO) bench --locked \
+		-p zoo-image-classification --bench classify | tee -a $(BENCH_OUT)/zoo-image.jsonl
 	@if [ -d "$(SHARED)/bench" ]; then \
 		scripts/bench-venv.sh "$(SHARED)/bench" && \
 		/tmp/bench-venv/bin/python "$(SHARED)/bench/image_efflite0_ort.py" --verify 0 --batches 1,32 \
@@ -59,6 +61,15 @@ bench:
 bench-serve: setup
 	@mkdir -p $(BENCH_OUT)
 	eval "$$($(SHARED)/bin/test-assets --env)" && python3 scripts/bench_serve.py --threads $(THREADS) --out $(BENCH_OUT)
+
+## calibrate-int8: measure efficientnet-lite0-int8's activation ranges on images that are not the
+## ImageNet dev images its accuracy is measured on (the detection, style and face fixtures)
+CALIBRATION_IMAGES := data/detection/dog.jpg data/detection/person.jpg data/detection/horses.jpg \
+	data/detection/kite.jpg data/detection/giraffe.jpg data/detection/scream.jpg data/detection/fastestdet_3.jpg \
+	data/style/content-images/amber.jpg data/faces/faces.jpg data/faces/angry.jpg
+calibrate-int8:
+	$(CARGO) run --release --locked -p zoo-image-classification --example calibrate -- \
+		--model efficientnet-lite0 --root $(SHARED)/assets $(CALIBRATION_IMAGES) > weights/efficientnet-lite0-int8/calibration.json
 
 ## fuzz: each fuzz target for FUZZ_SECONDS (default 60) from its corpus (needs `cargo install cargo-fuzz`;
 ## RUSTC_BOOTSTRAP lets the stable toolchain take cargo-fuzz's instrumentation flags)

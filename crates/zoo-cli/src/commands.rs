@@ -79,9 +79,7 @@ fn download(registry: &Registry, hub: &HubSettings, names: &[&String], as_json: 
         let line = match &result {
             Ok(files) => {
                 let where_ = match reference {
-                    ModelRef::Catalog(e) if e.is_bundled() && e.requires.is_empty() => {
-                        "bundled in zoo, nothing to download".to_string()
-                    }
+                    ModelRef::Catalog(e) if e.is_wholly_bundled() => "bundled in zoo, nothing to download".to_string(),
                     ModelRef::Local(dir) => format!("a local folder ({})", dir.display()),
                     _ => format!("{} files in {}", files.len(), hub.cache_dir.display()),
                 };

@@ -6,7 +6,7 @@ use zoo_runtime::{CatalogEntry, HubSettings, Model, ModelRef, Task};
 /// Where a catalogue model's files are: "bundled" in the binary, "cached", or "not downloaded".
 pub fn availability(entry: &'static CatalogEntry, hub: &HubSettings) -> &'static str {
     let model = Model::resolve(&ModelRef::Catalog(entry), hub);
-    if entry.is_bundled() && entry.requires.is_empty() {
+    if entry.is_wholly_bundled() {
         "bundled"
     } else if model.is_available_offline() {
         "cached"

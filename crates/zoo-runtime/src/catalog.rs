@@ -179,6 +179,11 @@ impl CatalogEntry {
         matches!(self.source, Source::Bundled { .. })
     }
 
+    /// Bundled, and so is every model it requires: it needs nothing downloaded.
+    pub fn is_wholly_bundled(&self) -> bool {
+        self.is_bundled() && self.requires.iter().all(|id| Catalog::bundled().get(id).is_some_and(|e| e.is_bundled()))
+    }
+
     /// Where the weights come from, in words.
     pub fn source_text(&self) -> String {
         match &self.source {

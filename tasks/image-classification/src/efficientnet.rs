@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, T
 use candle_nn::VarBuilder;
 
 use zoo_runtime::cpu::nhwc::{self, ConvWeights, InvertedResidual, MobileNet, Pointwise};
+use zoo_runtime::cpu::quantized::Quantization;
 
 const BN_EPS: f64 = 1e-3;
 /// Stride of the first block of each of the seven stages (the same for lite0..lite4); the block
@@ -54,8 +55,12 @@ impl Conv {
         ConvWeights::new(&self.weight, &self.bias, self.stride, self.depthwise, self.relu6)
     }
 
-    fn pointwise(&self) -> Result<Pointwise> {
-        Pointwise::new(&self.weight, &self.bias, self.relu6)
+    /// The 1x1 convolution in f32, or in int8 for inputs quantized as `input` says.
+    fn pointwise(&self, input: Option<Quantization>) -> Result<Pointwise> {
+        match input {
+            Some(input) => Pointwise::new_int8(&self.weight, &self.bias, self.relu6, input),
+            None => Pointwise::new(&self.weight, &self.bias, self.relu6),
+        }
     }
 
     /// x: (B, H, W, C) contiguous.
@@ -147,6 +152,19 @@ impl EfficientNetLite {
     /// Loads and folds the weights (always on the CPU; the generic path moves them to the input's
     /// device).
     pub fn load(vb: VarBuilder) -> Result<Self> {
+        Self::load_with(vb, None)
+    }
+
+    /// As [`EfficientNetLite::load`], the CPU path's 1x1 convolutions in int8: weights quantized
+    /// per output channel, each layer's input as `inputs` says (one per 1x1 layer, in the order
+    /// of [`MobileNet::pointwise_layers`], calibrated by [`EfficientNetLite::pointwise_input_ranges`]).
+    /// The stem, the depthwise convolutions and the classifier stay in f32: together a tenth of
+    /// the work, and the depthwise ones, one weight per input, gain nothing from 4-way dot products.
+    pub fn load_int8(vb: VarBuilder, inputs: &[Quantization]) -> Result<Self> {
+        Self::load_with(vb, Some(inputs))
+    }
+
+    fn load_with(vb: VarBuilder, inputs: Option<&[Quantization]>) -> Result<Self> {
         let stem = Conv::load(vb.pp("conv_stem"), vb.pp("bn1"), 2, false, true)?;
         if stem.weight.dim(1)? != 3 {
             candle_core::bail!("the stem takes {} channels, not RGB", stem.weight.dim(1)?)
@@ -170,24 +188,40 @@ impl EfficientNetLite {
             candle_core::bail!("classifier takes {features} features, the head gives {}", head.weight.dim(0)?)
         }
         let classifier_bias = vb.get(num_classes, "classifier.bias")?;
+        let layers = blocks.iter().map(|b| b.expand.iter().count() + 1).sum::<usize>() + 1;
+        if let Some(inputs) = inputs.filter(|i| i.len() != layers) {
+            candle_core::bail!("{} quantized inputs given for a network of {layers} 1x1 convolutions", inputs.len())
+        }
+        let mut next_input = inputs.into_iter().flatten().copied();
+        let mut pointwise = |conv: &Conv| conv.pointwise(next_input.next());
         // Refuses a checkpoint whose layers do not fit together here, not at the first image.
-        let body = MobileNet::new(
-            stem.spatial()?,
-            blocks
-                .iter()
-                .map(|b| {
-                    Ok(InvertedResidual {
-                        expand: b.expand.as_ref().map(Conv::pointwise).transpose()?,
-                        depthwise: b.depthwise.spatial()?,
-                        project: b.project.pointwise()?,
-                        residual: b.residual,
-                    })
-                })
-                .collect::<Result<_>>()?,
-            head.pointwise()?,
-        )?;
+        let mut body_blocks = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            body_blocks.push(InvertedResidual {
+                expand: b.expand.as_ref().map(&mut pointwise).transpose()?,
+                depthwise: b.depthwise.spatial()?,
+                project: pointwise(&b.project)?,
+                residual: b.residual,
+            });
+        }
+        let body = MobileNet::new(stem.spatial()?, body_blocks, pointwise(&head)?)?;
         let cpu = CpuNet { body, classifier: Pointwise::new(&classifier, &classifier_bias, false)? };
         Ok(EfficientNetLite { stem, blocks, head, classifier, classifier_bias, cpu, num_classes })
+    }
+
+    /// The smallest and largest value each 1x1 layer's input takes over a batch (x as for
+    /// [`Module::forward`]), in the order [`EfficientNetLite::load_int8`] takes them.
+    pub fn pointwise_input_ranges(&self, x: &Tensor) -> Result<Vec<(f32, f32)>> {
+        let (batch, h, w, _) = x.dims4()?;
+        let input: Vec<f32> = x.to_device(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let mut ranges = vec![(f32::INFINITY, f32::NEG_INFINITY); self.cpu.body.pointwise_layers().count()];
+        self.cpu.body.observe_pointwise_inputs(&input, batch, h, w, &mut |layer, values| {
+            let range = &mut ranges[layer];
+            for &v in values {
+                *range = (range.0.min(v), range.1.max(v));
+            }
+        });
+        Ok(ranges)
     }
 
     /// The network in candle ops, on any device.
@@ -289,7 +323,7 @@ mod tests {
                 let reference = conv.forward(&x).unwrap();
                 let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                 let fast: Vec<f32> = if k == 1 && !depthwise {
-                    let pw = conv.pointwise().unwrap();
+                    let pw = conv.pointwise(None).unwrap();
                     let mut out = vec![0f32; batch * h * w * out_ch];
                     pw.run(&xs, batch * h * w, None, &mut out, 2);
                     out

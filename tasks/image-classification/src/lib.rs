@@ -25,6 +25,7 @@ use zoo_runtime::{
 use crate::efficientnet::EfficientNetLite;
 use crate::hf::{HfConfig, PreprocessorConfig};
 use crate::preprocess::Preprocess;
+use zoo_runtime::cpu::quantized::Quantization;
 
 pub struct ImageClassification;
 
@@ -140,8 +141,18 @@ impl Classifier {
         let bad = |e: candle_core::Error| Error::model(&model.id, e);
         let (network, preprocess, labels) = match (&timm_arch, hf.architectures.first()) {
             (Some(arch), _) if arch.starts_with("tf_efficientnet_lite") => {
-                let vb = model.var_builder("model.safetensors", DType::F32, device)?;
-                let net = EfficientNetLite::load(vb).map_err(bad)?;
+                let net = match config.get("quantization") {
+                    None => EfficientNetLite::load(model.var_builder("model.safetensors", DType::F32, device)?),
+                    Some(quantization) => {
+                        let (float, inputs) = quantized_parts(model, quantization)?;
+                        let float = float.as_ref().unwrap_or(model);
+                        EfficientNetLite::load_int8(
+                            float.var_builder("model.safetensors", DType::F32, device)?,
+                            &inputs,
+                        )
+                    }
+                }
+                .map_err(bad)?;
                 let labels = timm_labels(model, &config, net.num_classes)?;
                 let cfg = config.get("pretrained_cfg").unwrap_or(&config);
                 let crop = cfg.pointer("/input_size/1").and_then(Value::as_u64).unwrap_or(224) as u32;
@@ -219,6 +230,28 @@ impl Classifier {
             Network::Lite(net) => net.forward(x),
             Network::Vit(net) => net.forward(x),
         }
+    }
+
+    /// The range each 1x1 layer's input takes over `inputs`, preprocessed as for classifying
+    /// them: what an int8 copy of an EfficientNet-Lite quantizes its activations to. Each range
+    /// is the smallest and largest value seen (a percentile would clip the few large values
+    /// that the residual stream carries and the logits depend on).
+    pub fn calibrate(&self, inputs: &[Input]) -> Result<Vec<InputRange>> {
+        let Network::Lite(net) = &self.network else {
+            return Err(Error::model("calibration", "only EfficientNet-Lite networks have an int8 form"));
+        };
+        let mut ranges: Vec<InputRange> = Vec::new();
+        for input in inputs {
+            let (x, _) = self.prepare(input)?;
+            let seen = net.pointwise_input_ranges(&x).map_err(|e| Error::model("calibration", e))?;
+            if ranges.is_empty() {
+                ranges = seen.iter().map(|&(min, max)| InputRange { min, max }).collect();
+            }
+            for (range, (min, max)) in ranges.iter_mut().zip(seen) {
+                *range = InputRange { min: range.min.min(min), max: range.max.max(max) };
+            }
+        }
+        Ok(ranges)
     }
 
     /// Decodes and preprocesses one input into a (1, ...) tensor, with the picture's width and height.
@@ -374,6 +407,52 @@ impl Prediction for Classification {
 
 /// timm checkpoints name their classes in a file beside the config, in `label_names`, or not at
 /// all; an unnamed 1000-class head is ImageNet-1k, whose names are bundled.
+/// What an int8 model's `config.json` points to under `"quantization"`: the float model whose
+/// weights it quantizes (`"float_model"`, a catalogue model it requires, or `model.safetensors`
+/// beside it when absent) and the calibrated range of each 1x1 layer's input (the file named by
+/// `"activations"`, as [`Classifier::calibrate`] measures them).
+fn quantized_parts(model: &Model, quantization: &Value) -> Result<(Option<Model>, Vec<Quantization>)> {
+    let bad = |why: String| Error::model(&model.id, format!("config.json: quantization: {why}"));
+    let float = match quantization.get("float_model").and_then(Value::as_str) {
+        Some(id) => Some(
+            model
+                .requirements()
+                .into_iter()
+                .find(|m| m.id.eq_ignore_ascii_case(id))
+                .ok_or_else(|| bad(format!("float_model {id} is not among the models this one requires")))?,
+        ),
+        None => None,
+    };
+    let file =
+        quantization.get("activations").and_then(Value::as_str).ok_or_else(|| bad("no activations file".into()))?;
+    let calibration: Calibration = model.json(file)?;
+    let inputs = calibration
+        .inputs
+        .iter()
+        .map(|r| match (r.min.is_finite() && r.max.is_finite()) && r.min <= r.max {
+            true => Ok(Quantization::from_range(r.min, r.max)),
+            false => Err(bad(format!("{file}: range {}..{} is not usable", r.min, r.max))),
+        })
+        .collect::<Result<_>>()?;
+    Ok((float, inputs))
+}
+
+/// Calibrated activation ranges, as `calibration.json` stores them.
+#[derive(serde::Deserialize, Serialize)]
+pub struct Calibration {
+    /// How the ranges were measured, and on which images.
+    pub method: String,
+    pub images: Vec<String>,
+    /// One per 1x1 convolution, in the network's order.
+    pub inputs: Vec<InputRange>,
+}
+
+#[derive(serde::Deserialize, Serialize, Clone, Copy)]
+pub struct InputRange {
+    pub min: f32,
+    pub max: f32,
+}
+
 fn timm_labels(model: &Model, config: &Value, classes: usize) -> Result<Vec<String>> {
     let labels: Vec<String> = if let Some(file) = config.get("label_names_file").and_then(Value::as_str) {
         model.file(file)?.text()?.lines().map(str::to_string).collect()

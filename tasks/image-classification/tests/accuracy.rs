@@ -77,6 +77,7 @@ struct Accuracy {
     top5: usize,
     total: usize,
     predictions: Vec<usize>,
+    logits: Vec<Vec<f32>>,
 }
 
 fn dev_accuracy(classifier: &Classifier, assets: &Path) -> Accuracy {
@@ -87,7 +88,7 @@ fn dev_accuracy(classifier: &Classifier, assets: &Path) -> Accuracy {
         let cols: Vec<&str> = line.split('\t').collect();
         rows.push((cols[0].to_string(), cols[1].parse().unwrap()));
     }
-    let mut acc = Accuracy { top1: 0, top5: 0, total: rows.len(), predictions: Vec::new() };
+    let mut acc = Accuracy { top1: 0, top5: 0, total: rows.len(), predictions: Vec::new(), logits: Vec::new() };
     for chunk in rows.chunks(16) {
         let xs: Vec<Tensor> =
             chunk.iter().map(|(file, _)| classifier.prepare(&Input::file(dir.join(file))).unwrap().0).collect();
@@ -97,6 +98,7 @@ fn dev_accuracy(classifier: &Classifier, assets: &Path) -> Accuracy {
             acc.top1 += usize::from(top5[0] == *label);
             acc.top5 += usize::from(top5.contains(label));
             acc.predictions.push(top5[0]);
+            acc.logits.push(row);
         }
     }
     acc
@@ -120,4 +122,59 @@ fn dev_set_accuracy_meets_the_reference_for_f32_and_bundled_f16() {
         assert!(acc.top5 >= 141, "{name} top-5 {}/150 below 141", acc.top5);
     }
     assert!(f16_acc.top1 >= f32_acc.top1 - 1, "float16 loses accuracy: {} vs {}", f16_acc.top1, f32_acc.top1);
+}
+
+/// The int8 model against the float one it is quantized from, on the same dev images: top-1 and
+/// top-5 within one image of it, and the logits' distance to it, reported.
+#[test]
+fn int8_model_keeps_the_float_models_accuracy() {
+    let Some(assets) = shared_assets("int8_model_keeps_the_float_models_accuracy") else { return };
+    let (float, int8) = (load("efficientnet-lite0"), load("efficientnet-lite0-int8"));
+    let (float_acc, int8_acc) = (dev_accuracy(&float, &assets), dev_accuracy(&int8, &assets));
+    let changed = float_acc.predictions.iter().zip(&int8_acc.predictions).filter(|(a, b)| a != b).count();
+    let pairs = float_acc.logits.iter().flatten().zip(int8_acc.logits.iter().flatten());
+    let diffs: Vec<f32> = pairs.map(|(a, b)| (a - b).abs()).collect();
+    let max = diffs.iter().copied().fold(0f32, f32::max);
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    eprintln!(
+        "imagenet-dev: float top-1 {}/{} top-5 {}/{}; int8 top-1 {}/{} top-5 {}/{}; top-1 changed by int8: {changed}; \
+         int8 logits vs float: max |diff| {max:.3}, mean {mean:.4}",
+        float_acc.top1,
+        float_acc.total,
+        float_acc.top5,
+        float_acc.total,
+        int8_acc.top1,
+        int8_acc.total,
+        int8_acc.top5,
+        int8_acc.total
+    );
+    assert!(int8_acc.top1 + 1 >= float_acc.top1, "int8 top-1 {} vs float {}", int8_acc.top1, float_acc.top1);
+    assert!(int8_acc.top5 + 1 >= float_acc.top5, "int8 top-5 {} vs float {}", int8_acc.top5, float_acc.top5);
+    // Logits span about -10..25; quantization moves them by tenths. A kernel that mixed up
+    // channels or dropped the zero point's correction moves them by whole units.
+    assert!(max < 1.5 && mean < 0.1, "int8 logits far from the float model's: max {max}, mean {mean}");
+}
+
+/// The bundled calibration is what `make calibrate-int8` measures on the images it names (none
+/// of them the dev images), so it can be remade and checked.
+#[test]
+fn int8_calibration_is_reproducible_from_the_images_it_names() {
+    let Some(assets) = shared_assets("int8_calibration_is_reproducible_from_the_images_it_names") else { return };
+    let bytes = zoo_runtime::bundled::file("efficientnet-lite0-int8/calibration.json").unwrap();
+    let bundled: zoo_image_classification::Calibration = serde_json::from_slice(bytes).unwrap();
+    assert!(bundled.images.iter().all(|i| !i.contains("imagenet-dev")), "calibrated on dev images");
+    let inputs: Vec<Input> = bundled.images.iter().map(|i| Input::file(assets.join(i))).collect();
+    let measured = load("efficientnet-lite0").calibrate(&inputs).unwrap();
+    assert_eq!(measured.len(), bundled.inputs.len());
+    for (i, (m, b)) in measured.iter().zip(&bundled.inputs).enumerate() {
+        let close = |x: f32, y: f32| (x - y).abs() <= 1e-4 * (1.0 + y.abs());
+        assert!(
+            close(m.min, b.min) && close(m.max, b.max),
+            "layer {i}: measured {}..{}, bundled {}..{}",
+            m.min,
+            m.max,
+            b.min,
+            b.max
+        );
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod nhwc;
 pub mod packed;
+pub mod quantized;
 
 /// Which kernel runs: the fastest this build has, the portable one, or the plain
 /// definition (the last two for tests).
@@ -100,6 +101,15 @@ pub fn tanh(x: f32) -> f32 {
 
 /// f32 lanes of one AVX-512 register (two AVX2 ones): the width the kernels here block by.
 pub const LANES: usize = 16;
+
+/// The AVX-512 lane masks of `V` registers holding the first `width` of their values.
+#[cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx512f")), allow(dead_code))]
+pub(crate) fn lane_masks<const V: usize>(width: usize) -> [u16; V] {
+    std::array::from_fn(|v| match width.saturating_sub(v * LANES).min(LANES) {
+        LANES => u16::MAX,
+        lanes => (1u16 << lanes) - 1,
+    })
+}
 
 /// Grows `buf` to at least `len` values (a scratch buffer reused between calls).
 pub fn ensure(buf: &mut Vec<f32>, len: usize) {

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use candle_core::{Result, Tensor};
 
 use super::packed::{Epilogue, Lhs, PackedMatrix, Start, TILE_ROWS};
+use super::quantized::{self, Quantization, QuantizedMatrix};
 use super::{ensure, Kernel, LANES};
 use rayon::prelude::*;
 
@@ -389,27 +390,53 @@ const MAX_COLUMNS: usize = 2 * (TILE - 1) + 5;
 
 /// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
 pub struct Pointwise {
-    matrix: PackedMatrix,
+    weights: Weights,
     bias: Vec<f32>,
     pub in_ch: usize,
     pub out_ch: usize,
     relu6: bool,
 }
 
+enum Weights {
+    F32(PackedMatrix),
+    /// Quantized per output channel, for inputs quantized as the matrix says.
+    Int8(QuantizedMatrix),
+}
+
 impl Pointwise {
     /// `weight`: (out, in) or (out, in, 1, 1).
     pub fn new(weight: &Tensor, bias: &Tensor, relu6: bool) -> Result<Self> {
+        let (weights, in_ch) = Self::matrix(weight)?;
+        Ok(Self::from_matrix(&weights, bias.to_vec1()?, in_ch, relu6))
+    }
+
+    /// As [`Pointwise::new`], the product in int8: the weights quantized per output channel and
+    /// each input quantized as `input` says (a range calibrated for it).
+    pub fn new_int8(weight: &Tensor, bias: &Tensor, relu6: bool, input: Quantization) -> Result<Self> {
+        let (weights, in_ch) = Self::matrix(weight)?;
+        let bias: Vec<f32> = bias.to_vec1()?;
+        let out_ch = bias.len();
+        let matrix = QuantizedMatrix::new(&weights, in_ch, out_ch, &bias, input);
+        Ok(Pointwise { weights: Weights::Int8(matrix), bias, in_ch, out_ch, relu6 })
+    }
+
+    /// The (in, out) row-major matrix of a (out, in[, 1, 1]) weight, and its rows.
+    fn matrix(weight: &Tensor) -> Result<(Vec<f32>, usize)> {
         let out_ch = weight.dim(0)?;
         let weight = weight.reshape((out_ch, ()))?;
         let in_ch = weight.dim(1)?;
-        let weights: Vec<f32> = weight.t()?.flatten_all()?.to_vec1()?;
-        Ok(Self::from_matrix(&weights, bias.to_vec1()?, in_ch, relu6))
+        Ok((weight.t()?.flatten_all()?.to_vec1()?, in_ch))
     }
 
     /// `weights`: (in, out) row-major.
     fn from_matrix(weights: &[f32], bias: Vec<f32>, in_ch: usize, relu6: bool) -> Self {
         let out_ch = bias.len();
-        Pointwise { matrix: PackedMatrix::new(weights, in_ch, out_ch), bias, in_ch, out_ch, relu6 }
+        Pointwise { weights: Weights::F32(PackedMatrix::new(weights, in_ch, out_ch)), bias, in_ch, out_ch, relu6 }
+    }
+
+    /// Whether the product runs in int8.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weights, Weights::Int8(_))
     }
 
     /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch). Split over
@@ -434,10 +461,19 @@ impl Pointwise {
         let block_rows = rows.div_ceil(4 * threads.max(1)).next_multiple_of(TILE_ROWS).max(TILE_ROWS);
         let block = |(i, out): (usize, &mut [f32])| {
             let (r0, nr) = (i * block_rows, out.len() / cout);
-            let lhs = Lhs { x: &x[r0 * cin..(r0 + nr) * cin], stride: cin, m: nr, k: 0..cin };
+            let x = &x[r0 * cin..(r0 + nr) * cin];
             let residual = residual.map(|r| &r[r0 * cout..(r0 + nr) * cout]);
-            let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, relu6: self.relu6 };
-            self.matrix.multiply_with(&lhs, out, &epilogue, kernel);
+            match &self.weights {
+                Weights::F32(matrix) => {
+                    let lhs = Lhs { x, stride: cin, m: nr, k: 0..cin };
+                    let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, relu6: self.relu6 };
+                    matrix.multiply_with(&lhs, out, &epilogue, kernel);
+                }
+                Weights::Int8(matrix) => {
+                    let epilogue = quantized::Epilogue { residual, relu6: self.relu6 };
+                    matrix.multiply_with(x, nr, out, &epilogue, kernel);
+                }
+            }
         };
         let out = &mut out[..rows * cout];
         if threads > 1 && rows > block_rows {
@@ -547,6 +583,52 @@ impl MobileNet {
         drop(team_lock);
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
         pooled
+    }
+
+    /// The 1x1 layers in the order [`MobileNet::observe_pointwise_inputs`] numbers them: each
+    /// block's expansion (if it has one) and projection, then the head.
+    pub fn pointwise_layers(&self) -> impl Iterator<Item = &Pointwise> {
+        self.blocks.iter().flat_map(|b| b.expand.iter().chain([&b.project])).chain([&self.head])
+    }
+
+    /// A pass over `batch` images, layer by layer, that hands each 1x1 layer's input to
+    /// `observe` with the layer's number: what calibrating an int8 copy of the network measures.
+    pub fn observe_pointwise_inputs(
+        &self,
+        input: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        observe: &mut dyn FnMut(usize, &[f32]),
+    ) {
+        assert_eq!(input.len(), batch * h * w * self.stem.in_ch, "input is not (batch, h, w, channels)");
+        let threads = candle_core::utils::get_num_threads();
+        let (in_h, in_w) = (h, w);
+        let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
+        let mut x = vec![0f32; batch * h * w * self.stem.out_ch];
+        self.stem.run(input, batch, in_h, in_w, &mut x);
+        let mut layer = 0;
+        let mut pointwise = |pw: &Pointwise, x: &[f32], residual: Option<&[f32]>, layer: &mut usize| {
+            observe(*layer, x);
+            *layer += 1;
+            let rows = x.len() / pw.in_ch;
+            let mut out = vec![0f32; rows * pw.out_ch];
+            pw.run(x, rows, residual, &mut out, threads);
+            out
+        };
+        for block in &self.blocks {
+            let expanded = match &block.expand {
+                Some(expand) => pointwise(expand, &x, None, &mut layer),
+                None => x.clone(),
+            };
+            let dw = &block.depthwise;
+            let (oh, ow) = dw.output_hw(h, w);
+            let mut y = vec![0f32; batch * oh * ow * dw.out_ch];
+            dw.run(&expanded, batch, h, w, &mut y);
+            x = pointwise(&block.project, &y, block.residual.then_some(&x), &mut layer);
+            (h, w) = (oh, ow);
+        }
+        pointwise(&self.head, &x, None, &mut layer);
     }
 
     /// The buffers of a pass over `batch` images, each long enough for the tensors

@@ -238,14 +238,7 @@ unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilo
     use std::arch::x86_64::*;
     let Tile { x, stride, k, residual, out } = tile;
     debug_assert_eq!(panel.stride(), V * LANES);
-    let masks: [u16; V] = std::array::from_fn(|v| {
-        let lanes = panel.width.saturating_sub(v * LANES).min(LANES);
-        if lanes == LANES {
-            u16::MAX
-        } else {
-            (1u16 << lanes) - 1
-        }
-    });
+    let masks: [u16; V] = super::lane_masks(panel.width);
     let op = out.as_mut_ptr().add(panel.first);
     let mut acc: [[__m512; V]; TILE_ROWS] = match epilogue.start {
         Start::Zero => [[_mm512_setzero_ps(); V]; TILE_ROWS],

@@ -1,0 +1,369 @@
+//! int8 products for quantized 1x1 convolutions: weights stored once as signed 8-bit integers
+//! with one scale per output column, activations quantized to unsigned 8-bit with a calibrated
+//! scale and zero point as a tile's rows are read, products summed in 32-bit integers, and the
+//! result turned back into floats with the bias, residual and ReLU6 as it is stored. On AVX-512
+//! VNNI one `vpdpbusd` multiplies 64 byte pairs and adds them in groups of four, four times the
+//! multiply-adds of an f32 FMA; elsewhere a plain-Rust path gives the same integers.
+//!
+//! Unsigned activations times signed weights is what VNNI multiplies; the zero point folds into
+//! a per-column constant (zero point times the column's weight sum), so no correction runs per
+//! value.
+
+use super::{Kernel, LANES};
+
+/// Columns per panel: three registers of 32-bit accumulators per row of a tile.
+const PANEL_LANES: usize = 3 * LANES;
+/// Rows per tile: 8 rows of 3 registers are 24 accumulators, with 3 weights and a broadcast.
+const TILE_ROWS: usize = 8;
+/// Consecutive matrix rows whose bytes one 32-bit lane holds (what one VNNI instruction sums).
+const GROUP: usize = 4;
+
+/// How floats map to 8-bit codes: x ≈ scale * (code - zero_point), code in 0..=255.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quantization {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl Quantization {
+    /// Codes for values in `min..=max`, widened to hold 0 exactly (zero padding and ReLU's zeros
+    /// must stay zero).
+    pub fn from_range(min: f32, max: f32) -> Self {
+        let (min, max) = (min.min(0.0), max.max(0.0));
+        if !(max - min).is_finite() || max - min <= f32::MIN_POSITIVE {
+            return Quantization { scale: 1.0, zero_point: 0 };
+        }
+        let scale = (max - min) / 255.0;
+        let zero_point = (-min / scale).round().clamp(0.0, 255.0) as u8;
+        Quantization { scale, zero_point }
+    }
+
+    /// The nearest code of each value of `x` (clamped to the codes), into `codes`.
+    pub fn quantize(&self, x: &[f32], codes: &mut [u8]) {
+        let (inv, zero) = (1.0 / self.scale, self.zero_point as f32);
+        // Adding 1.5 * 2^23 leaves round-to-nearest-even of a value in 0..=255 in the low bits
+        // of the sum: arithmetic only, so the loop vectorises (a saturating cast would not).
+        const ROUND: f32 = 12_582_912.0;
+        for (code, &v) in codes.iter_mut().zip(x) {
+            let v = v.mul_add(inv, zero).clamp(0.0, 255.0);
+            *code = (v + ROUND).to_bits() as u8;
+        }
+    }
+
+    pub fn dequantize(&self, code: u8) -> f32 {
+        self.scale * (code as f32 - self.zero_point as f32)
+    }
+}
+
+/// Columns `first..first + width` of the weights: for each group of GROUP matrix rows, each
+/// column's GROUP bytes, columns padded to whole registers.
+struct Panel {
+    first: usize,
+    width: usize,
+    weights: Vec<i8>,
+}
+
+impl Panel {
+    fn registers(&self) -> usize {
+        self.width.div_ceil(LANES)
+    }
+}
+
+/// A (rows, cols) float matrix quantized per column, for products with inputs quantized as
+/// `input`: out = x * W + bias, computed as codes(x) * codes(W) rescaled.
+pub struct QuantizedMatrix {
+    panels: Vec<Panel>,
+    pub rows: usize,
+    pub cols: usize,
+    input: Quantization,
+    /// input scale times the column's weight scale: what one unit of the integer sum is worth.
+    unit: Vec<f32>,
+    /// The bias less the zero point's share of the sum (zero point times the column's codes).
+    offset: Vec<f32>,
+}
+
+/// A product's options besides the operands.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// Added as the output is stored: (m, cols).
+    pub residual: Option<&'a [f32]>,
+    pub relu6: bool,
+}
+
+impl QuantizedMatrix {
+    /// `weights`: (rows, cols) row-major; `bias`: cols values; `input`: how the left operand
+    /// will be quantized.
+    pub fn new(weights: &[f32], rows: usize, cols: usize, bias: &[f32], input: Quantization) -> Self {
+        assert!(weights.len() == rows * cols && bias.len() == cols, "the matrix is not (rows, cols)");
+        let column = |c: usize| (0..rows).map(move |r| weights[r * cols + c]);
+        let scales: Vec<f32> = (0..cols)
+            .map(|c| {
+                let max = column(c).fold(0f32, |m, w| m.max(w.abs()));
+                if max > 0.0 {
+                    max / 127.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let code = |r: usize, c: usize| (weights[r * cols + c] / scales[c]).round().clamp(-127.0, 127.0) as i8;
+        let groups = rows.div_ceil(GROUP);
+        let panels = (0..cols)
+            .step_by(PANEL_LANES)
+            .map(|first| {
+                let width = PANEL_LANES.min(cols - first);
+                let padded = width.div_ceil(LANES) * LANES;
+                let mut packed = vec![0i8; groups * padded * GROUP];
+                for (at, byte) in packed.iter_mut().enumerate() {
+                    let (g, rest) = (at / (padded * GROUP), at % (padded * GROUP));
+                    let (c, j) = (rest / GROUP, rest % GROUP);
+                    let r = g * GROUP + j;
+                    if c < width && r < rows {
+                        *byte = code(r, first + c);
+                    }
+                }
+                Panel { first, width, weights: packed }
+            })
+            .collect();
+        let unit: Vec<f32> = scales.iter().map(|s| s * input.scale).collect();
+        let offset = (0..cols)
+            .map(|c| {
+                let codes: i32 = (0..rows).map(|r| code(r, c) as i32).sum();
+                bias[c] - unit[c] * (input.zero_point as i32 * codes) as f32
+            })
+            .collect();
+        QuantizedMatrix { panels, rows, cols, input, unit, offset }
+    }
+
+    /// Bytes per quantized input row: the rows padded to whole groups.
+    fn row_bytes(&self) -> usize {
+        self.rows.div_ceil(GROUP) * GROUP
+    }
+
+    /// out (m, cols) = x (m rows of `rows` floats, contiguous) times the matrix, plus the bias,
+    /// then the residual and ReLU6, on the calling thread.
+    pub fn multiply(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue) {
+        self.multiply_with(x, m, out, epilogue, Kernel::Fastest)
+    }
+
+    pub(crate) fn multiply_with(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue, kernel: Kernel) {
+        let (k, n) = (self.rows, self.cols);
+        assert!(x.len() >= m * k && out.len() >= m * n, "quantized product's operands too short");
+        assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "quantized product's residual too short");
+        let stride = self.row_bytes();
+        // One tile's codes at a time: quantized once, used for every panel, still in L1.
+        let mut codes = vec![0u8; TILE_ROWS * stride];
+        for r0 in (0..m).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(m - r0);
+            for r in 0..rows {
+                self.input.quantize(&x[(r0 + r) * k..(r0 + r + 1) * k], &mut codes[r * stride..r * stride + k]);
+            }
+            let tile = Tile {
+                codes: &codes[..rows * stride],
+                stride,
+                residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
+                out: &mut out[r0 * n..(r0 + rows) * n],
+                relu6: epilogue.relu6,
+            };
+            self.tile(tile, kernel);
+        }
+    }
+
+    fn tile(&self, mut tile: Tile, kernel: Kernel) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+        if kernel == Kernel::Fastest {
+            for panel in &self.panels {
+                // SAFETY: VNNI is compiled in; the tile's slices hold `rows` rows of codes and
+                // of outputs (checked by multiply_with), the panel `groups` groups of whole
+                // registers, and the lane masks keep column accesses inside the panel.
+                unsafe { self.tile_vnni(panel, &mut tile) }
+            }
+            return;
+        }
+        let _ = kernel;
+        for panel in &self.panels {
+            self.tile_portable(panel, &mut tile);
+        }
+    }
+
+    /// The integer sums in plain Rust, a tile row at a time, then the same rescaling.
+    fn tile_portable(&self, panel: &Panel, tile: &mut Tile) {
+        let (n, groups, padded) = (self.cols, self.row_bytes() / GROUP, panel.registers() * LANES);
+        let rows = tile.codes.len() / tile.stride;
+        let mut sums = vec![0i32; padded];
+        for r in 0..rows {
+            sums.fill(0);
+            let codes = &tile.codes[r * tile.stride..];
+            for g in 0..groups {
+                let a: [i32; GROUP] = std::array::from_fn(|j| codes[g * GROUP + j] as i32);
+                let w = &panel.weights[g * padded * GROUP..(g + 1) * padded * GROUP];
+                for (sum, w) in sums.iter_mut().zip(w.chunks_exact(GROUP)) {
+                    *sum += (0..GROUP).map(|j| a[j] * w[j] as i32).sum::<i32>();
+                }
+            }
+            for (c, &sum) in sums.iter().enumerate().take(panel.width) {
+                let col = panel.first + c;
+                let mut v = (sum as f32).mul_add(self.unit[col], self.offset[col]);
+                if let Some(res) = tile.residual {
+                    v += res[r * n + col];
+                }
+                tile.out[r * n + col] = if tile.relu6 { v.clamp(0.0, 6.0) } else { v };
+            }
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    unsafe fn tile_vnni(&self, panel: &Panel, tile: &mut Tile) {
+        let rows = tile.codes.len() / tile.stride;
+        match (panel.registers(), rows) {
+            (1, 8) => self.tile_vnni_of::<1, 8>(panel, tile),
+            (2, 8) => self.tile_vnni_of::<2, 8>(panel, tile),
+            (_, 8) => self.tile_vnni_of::<3, 8>(panel, tile),
+            (1, 4..) => self.tile_vnni_of::<1, 4>(panel, tile),
+            (2, 4..) => self.tile_vnni_of::<2, 4>(panel, tile),
+            (_, 4..) => self.tile_vnni_of::<3, 4>(panel, tile),
+            (1, _) => self.tile_vnni_of::<1, 1>(panel, tile),
+            (2, _) => self.tile_vnni_of::<2, 1>(panel, tile),
+            (_, _) => self.tile_vnni_of::<3, 1>(panel, tile),
+        }
+    }
+
+    /// `V` registers of columns times the tile's rows, `R` rows at a time.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    #[inline(always)]
+    unsafe fn tile_vnni_of<const V: usize, const R: usize>(&self, panel: &Panel, tile: &mut Tile) {
+        use std::arch::x86_64::*;
+        let (n, groups) = (self.cols, self.row_bytes() / GROUP);
+        let rows = tile.codes.len() / tile.stride;
+        assert!(panel.weights.len() >= groups * V * LANES * GROUP && tile.out.len() >= rows * n);
+        let masks: [u16; V] = super::lane_masks(panel.width);
+        let unit: [__m512; V] =
+            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], self.unit.as_ptr().add(panel.first + v * LANES)));
+        let offset: [__m512; V] =
+            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], self.offset.as_ptr().add(panel.first + v * LANES)));
+        let wp = panel.weights.as_ptr() as *const __m512i;
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        for r0 in (0..rows).step_by(R) {
+            if r0 + R > rows {
+                // Fewer than R rows left: one at a time.
+                for r in r0..rows {
+                    let mut one = Tile {
+                        codes: &tile.codes[r * tile.stride..(r + 1) * tile.stride],
+                        stride: tile.stride,
+                        residual: tile.residual.map(|res| &res[r * n..(r + 1) * n]),
+                        out: &mut tile.out[r * n..(r + 1) * n],
+                        relu6: tile.relu6,
+                    };
+                    self.tile_vnni_of::<V, 1>(panel, &mut one);
+                }
+                return;
+            }
+            let cp = tile.codes.as_ptr().add(r0 * tile.stride);
+            let mut acc = [[_mm512_setzero_si512(); V]; R];
+            for g in 0..groups {
+                let wt: [__m512i; V] = std::array::from_fn(|v| _mm512_loadu_si512(wp.add(g * V + v)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let a = _mm512_set1_epi32((cp.add(r * tile.stride + g * GROUP) as *const i32).read_unaligned());
+                    for v in 0..V {
+                        acc[v] = _mm512_dpbusd_epi32(acc[v], a, wt[v]);
+                    }
+                }
+            }
+            let op = tile.out.as_mut_ptr().add(r0 * n + panel.first);
+            for (r, acc) in acc.into_iter().enumerate() {
+                for (v, acc) in acc.into_iter().enumerate() {
+                    let at = r * n + v * LANES;
+                    let mut y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), unit[v], offset[v]);
+                    if let Some(res) = tile.residual {
+                        y = _mm512_add_ps(
+                            y,
+                            _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(r0 * n + panel.first + at)),
+                        );
+                    }
+                    if tile.relu6 {
+                        y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
+                    }
+                    _mm512_mask_storeu_ps(op.add(at), masks[v], y);
+                }
+            }
+        }
+    }
+}
+
+/// Up to TILE_ROWS rows of a product: their codes (`stride` bytes apart), residual and output.
+struct Tile<'a> {
+    codes: &'a [u8],
+    stride: usize,
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+    relu6: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::pseudo_random as numbers;
+
+    #[test]
+    fn codes_round_to_nearest_and_clamp() {
+        let q = Quantization::from_range(-1.0, 3.0);
+        assert_eq!(q.zero_point, 64);
+        let xs = [-2.0, -1.0, 0.0, q.scale * 0.49, q.scale * 0.51, 3.0, 10.0];
+        let mut codes = [0u8; 7];
+        q.quantize(&xs, &mut codes);
+        assert_eq!(codes, [0, 0, 64, 64, 65, 255, 255]);
+        assert_eq!(q.dequantize(64), 0.0);
+        // A range that leaves out 0 is widened to hold it; an empty one still gives codes.
+        assert_eq!(Quantization::from_range(0.5, 6.0).zero_point, 0);
+        assert_eq!(Quantization::from_range(0.0, 0.0), Quantization { scale: 1.0, zero_point: 0 });
+    }
+
+    /// Both paths against the definition on the same codes: the integer sums are exact, so the
+    /// two paths agree to rounding, and with the float product to the quantization's error.
+    #[test]
+    fn products_match_the_definition_on_odd_shapes() {
+        for (rows, cols) in [(1, 1), (5, 3), (27, 16), (20, 24), (40, 47), (96, 100), (9, 145)] {
+            let weights = numbers(rows * cols, (rows * cols) as u32);
+            let bias = numbers(cols, 3);
+            let input = Quantization::from_range(-1.0, 1.0);
+            let matrix = QuantizedMatrix::new(&weights, rows, cols, &bias, input);
+            for m in [1, 3, 8, 9, 13, 30] {
+                let x = numbers(m * rows, m as u32);
+                let residual = numbers(m * cols, 7);
+                for (with_residual, relu6) in [(false, true), (true, false), (true, true), (false, false)] {
+                    // The definition on the codes' values, and the float product for scale.
+                    let mut codes = vec![0u8; x.len()];
+                    input.quantize(&x, &mut codes);
+                    let mut want = vec![0f32; m * cols];
+                    let mut float = vec![0f32; m * cols];
+                    for (r, c) in (0..m).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+                        let scale = matrix.unit[c] / input.scale;
+                        let code = |i: usize| (weights[i * cols + c] / scale).round() * scale;
+                        let dot: f32 = (0..rows).map(|i| input.dequantize(codes[r * rows + i]) * code(i)).sum();
+                        let exact: f32 = (0..rows).map(|i| x[r * rows + i] * weights[i * cols + c]).sum();
+                        let extra = if with_residual { residual[r * cols + c] } else { 0.0 };
+                        let act = |v: f32| if relu6 { v.clamp(0.0, 6.0) } else { v };
+                        want[r * cols + c] = act(bias[c] + dot + extra);
+                        float[r * cols + c] = act(bias[c] + exact + extra);
+                    }
+                    let epilogue = Epilogue { residual: with_residual.then_some(residual.as_slice()), relu6 };
+                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                        let mut got = vec![0f32; m * cols + 1];
+                        got[m * cols] = f32::NAN;
+                        matrix.multiply_with(&x, m, &mut got, &epilogue, kernel);
+                        assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
+                        let diff =
+                            |b: &[f32]| got[..m * cols].iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        let what = format!(
+                            "{kernel:?} {m}x{rows} x ({rows}, {cols}), residual {with_residual}, relu6 {relu6}"
+                        );
+                        assert!(diff(&want) < 1e-4, "{what}: {} from the definition", diff(&want));
+                        // Each product term is off by at most half a step of each code.
+                        let bound = rows as f32 * (input.scale + 1.0 / 127.0);
+                        assert!(diff(&float) < bound, "{what}: {} from the float product", diff(&float));
+                    }
+                }
+            }
+        }
+    }
+}
