@@ -3,20 +3,29 @@
 //! scale and zero point as a tile's rows are read, products summed in 32-bit integers, and the
 //! result turned back into floats with the bias, residual and ReLU6 as it is stored. On AVX-512
 //! VNNI one `vpdpbusd` multiplies 64 byte pairs and adds them in groups of four, four times the
-//! multiply-adds of an f32 FMA; elsewhere a plain-Rust path gives the same integers.
+//! multiply-adds of an f32 FMA; elsewhere the same codes, held as floats, go through the f32
+//! product.
 //!
 //! Unsigned activations times signed weights is what VNNI multiplies; the zero point folds into
 //! a per-column constant (zero point times the column's weight sum), so no correction runs per
 //! value.
 
+use std::sync::OnceLock;
+
+use super::packed::{self, Lhs, PackedMatrix, Start};
 use super::{Kernel, LANES};
 
 /// Columns per panel: three registers of 32-bit accumulators per row of a tile.
 const PANEL_LANES: usize = 3 * LANES;
 /// Rows per tile: 8 rows of 3 registers are 24 accumulators, with 3 weights and a broadcast.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
 const TILE_ROWS: usize = 8;
 /// Consecutive matrix rows whose bytes one 32-bit lane holds (what one VNNI instruction sums).
 const GROUP: usize = 4;
+
+/// Adding 1.5 * 2^23 to a value in 0..=255 leaves its round-to-nearest-even in the low bits of
+/// the sum: arithmetic only, so the loops that quantize vectorise (a saturating cast would not).
+const ROUND: f32 = 12_582_912.0;
 
 /// How floats map to 8-bit codes: x ≈ scale * (code - zero_point), code in 0..=255.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -41,12 +50,18 @@ impl Quantization {
     /// The nearest code of each value of `x` (clamped to the codes), into `codes`.
     pub fn quantize(&self, x: &[f32], codes: &mut [u8]) {
         let (inv, zero) = (1.0 / self.scale, self.zero_point as f32);
-        // Adding 1.5 * 2^23 leaves round-to-nearest-even of a value in 0..=255 in the low bits
-        // of the sum: arithmetic only, so the loop vectorises (a saturating cast would not).
-        const ROUND: f32 = 12_582_912.0;
         for (code, &v) in codes.iter_mut().zip(x) {
             let v = v.mul_add(inv, zero).clamp(0.0, 255.0);
             *code = (v + ROUND).to_bits() as u8;
+        }
+    }
+
+    /// As [`Quantization::quantize`], each code as a float.
+    pub fn quantize_to_floats(&self, x: &[f32], codes: &mut [f32]) {
+        let (inv, zero) = (1.0 / self.scale, self.zero_point as f32);
+        for (code, &v) in codes.iter_mut().zip(x) {
+            let v = v.mul_add(inv, zero).clamp(0.0, 255.0);
+            *code = (v + ROUND) - ROUND;
         }
     }
 
@@ -80,6 +95,9 @@ pub struct QuantizedMatrix {
     unit: Vec<f32>,
     /// The bias less the zero point's share of the sum (zero point times the column's codes).
     offset: Vec<f32>,
+    /// The weights' codes as floats, for [`QuantizedMatrix::multiply_float`]: made the first
+    /// time it runs.
+    float_codes: OnceLock<PackedMatrix>,
 }
 
 /// A product's options besides the operands.
@@ -132,10 +150,11 @@ impl QuantizedMatrix {
                 bias[c] - unit[c] * (input.zero_point as i32 * codes) as f32
             })
             .collect();
-        QuantizedMatrix { panels, rows, cols, input, unit, offset }
+        QuantizedMatrix { panels, rows, cols, input, unit, offset, float_codes: OnceLock::new() }
     }
 
     /// Bytes per quantized input row: the rows padded to whole groups.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
     fn row_bytes(&self) -> usize {
         self.rows.div_ceil(GROUP) * GROUP
     }
@@ -150,64 +169,76 @@ impl QuantizedMatrix {
         let (k, n) = (self.rows, self.cols);
         assert!(x.len() >= m * k && out.len() >= m * n, "quantized product's operands too short");
         assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "quantized product's residual too short");
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+        if kernel == Kernel::Fastest {
+            self.multiply_vnni(x, m, out, epilogue);
+            return;
+        }
+        self.multiply_float(x, m, out, epilogue, kernel)
+    }
+
+    /// The same sums from the same codes held as floats, through the f32 product: where there
+    /// is no integer dot-product instruction, that is the fastest way to them (a float holds
+    /// every sum up to 2^24 exactly, and rounds larger ones by less than one part in 10^7).
+    fn multiply_float(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue, kernel: Kernel) {
+        let (k, n) = (self.rows, self.cols);
+        if m == 0 {
+            return;
+        }
+        let matrix = self.float_codes.get_or_init(|| PackedMatrix::new(&self.weight_codes(), k, n));
+        let mut codes = vec![0f32; m * k];
+        self.input.quantize_to_floats(&x[..m * k], &mut codes);
+        let lhs = Lhs { x: &codes, stride: k, m, k: 0..k };
+        let sums = packed::Epilogue { start: Start::Zero, residual: None, relu6: false };
+        matrix.multiply_with(&lhs, out, &sums, kernel);
+        for (r, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
+            for (c, o) in row.iter_mut().enumerate() {
+                let mut v = o.mul_add(self.unit[c], self.offset[c]);
+                if let Some(res) = epilogue.residual {
+                    v += res[r * n + c];
+                }
+                *o = if epilogue.relu6 { v.clamp(0.0, 6.0) } else { v };
+            }
+        }
+    }
+
+    /// The weights' codes as a (rows, cols) row-major float matrix, read back from the panels.
+    fn weight_codes(&self) -> Vec<f32> {
+        let (rows, cols) = (self.rows, self.cols);
+        let mut codes = vec![0f32; rows * cols];
+        for panel in &self.panels {
+            let padded = panel.registers() * LANES;
+            for (r, c) in (0..rows).flat_map(|r| (0..panel.width).map(move |c| (r, c))) {
+                let at = (r / GROUP) * padded * GROUP + c * GROUP + r % GROUP;
+                codes[r * cols + panel.first + c] = panel.weights[at] as f32;
+            }
+        }
+        codes
+    }
+
+    /// One tile's codes at a time: quantized once, used for every panel, still in L1.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    fn multiply_vnni(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue) {
+        let (k, n) = (self.rows, self.cols);
         let stride = self.row_bytes();
-        // One tile's codes at a time: quantized once, used for every panel, still in L1.
         let mut codes = vec![0u8; TILE_ROWS * stride];
         for r0 in (0..m).step_by(TILE_ROWS) {
             let rows = TILE_ROWS.min(m - r0);
             for r in 0..rows {
                 self.input.quantize(&x[(r0 + r) * k..(r0 + r + 1) * k], &mut codes[r * stride..r * stride + k]);
             }
-            let tile = Tile {
+            let mut tile = Tile {
                 codes: &codes[..rows * stride],
                 stride,
                 residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
                 out: &mut out[r0 * n..(r0 + rows) * n],
                 relu6: epilogue.relu6,
             };
-            self.tile(tile, kernel);
-        }
-    }
-
-    fn tile(&self, mut tile: Tile, kernel: Kernel) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
-        if kernel == Kernel::Fastest {
             for panel in &self.panels {
                 // SAFETY: VNNI is compiled in; the tile's slices hold `rows` rows of codes and
                 // of outputs (checked by multiply_with), the panel `groups` groups of whole
                 // registers, and the lane masks keep column accesses inside the panel.
                 unsafe { self.tile_vnni(panel, &mut tile) }
-            }
-            return;
-        }
-        let _ = kernel;
-        for panel in &self.panels {
-            self.tile_portable(panel, &mut tile);
-        }
-    }
-
-    /// The integer sums in plain Rust, a tile row at a time, then the same rescaling.
-    fn tile_portable(&self, panel: &Panel, tile: &mut Tile) {
-        let (n, groups, padded) = (self.cols, self.row_bytes() / GROUP, panel.registers() * LANES);
-        let rows = tile.codes.len() / tile.stride;
-        let mut sums = vec![0i32; padded];
-        for r in 0..rows {
-            sums.fill(0);
-            let codes = &tile.codes[r * tile.stride..];
-            for g in 0..groups {
-                let a: [i32; GROUP] = std::array::from_fn(|j| codes[g * GROUP + j] as i32);
-                let w = &panel.weights[g * padded * GROUP..(g + 1) * padded * GROUP];
-                for (sum, w) in sums.iter_mut().zip(w.chunks_exact(GROUP)) {
-                    *sum += (0..GROUP).map(|j| a[j] * w[j] as i32).sum::<i32>();
-                }
-            }
-            for (c, &sum) in sums.iter().enumerate().take(panel.width) {
-                let col = panel.first + c;
-                let mut v = (sum as f32).mul_add(self.unit[col], self.offset[col]);
-                if let Some(res) = tile.residual {
-                    v += res[r * n + col];
-                }
-                tile.out[r * n + col] = if tile.relu6 { v.clamp(0.0, 6.0) } else { v };
             }
         }
     }
@@ -291,6 +322,7 @@ impl QuantizedMatrix {
 }
 
 /// Up to TILE_ROWS rows of a product: their codes (`stride` bytes apart), residual and output.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
 struct Tile<'a> {
     codes: &'a [u8],
     stride: usize,
