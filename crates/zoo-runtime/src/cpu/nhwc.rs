@@ -42,7 +42,7 @@ impl ConvWeights {
     /// `weight`: (out, in/groups, k, k) as PyTorch stores it; `bias`: (out).
     pub fn new(weight: &Tensor, bias: &Tensor, stride: usize, depthwise: bool, relu6: bool) -> Result<Self> {
         let (out_ch, in_per_group, kernel, _) = weight.dims4()?;
-        if kernel > 7 {
+        if kernel > MAX_KERNEL {
             candle_core::bail!("{kernel}x{kernel} convolutions are not supported (at most 7x7)")
         }
         let weights = if depthwise { weight.squeeze(1)?.permute((1, 2, 0))? } else { weight.permute((2, 3, 1, 0))? };
@@ -105,7 +105,7 @@ impl ConvWeights {
             let x = &x[b * image..(b + 1) * image];
             let at = (r - rows.start) * row_len;
             if self.depthwise {
-                self.depthwise_row(x, h, w, oy, &mut out[at..at + row_len], Kernel::Fastest);
+                self.depthwise_row(x, Rows::Image, h, w, oy, &mut out[at..at + row_len], Kernel::Fastest);
                 r += 1;
             } else {
                 // A few rows of one image at a time: their patches stay in cache for the product.
@@ -158,20 +158,22 @@ impl ConvWeights {
     }
 
     /// One output row of a depthwise convolution of one image (x: h x w x c).
-    fn depthwise_row(&self, x: &[f32], h: usize, w: usize, oy: usize, out: &mut [f32], kernel: Kernel) {
+    /// `x` holds the input's rows as `rows` says (the whole image, or a ring of some of them).
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_row(&self, x: &[f32], rows: Rows, h: usize, w: usize, oy: usize, out: &mut [f32], kernel: Kernel) {
         match (self.kernel, self.stride, kernel) {
-            (_, _, Kernel::Plain) => self.depthwise_row_plain(x, h, w, oy, out),
-            (3, 1, _) => self.depthwise_row_tiled::<3, 1>(x, h, w, oy, out, kernel),
-            (3, 2, _) => self.depthwise_row_tiled::<3, 2>(x, h, w, oy, out, kernel),
-            (5, 1, _) => self.depthwise_row_tiled::<5, 1>(x, h, w, oy, out, kernel),
-            (5, 2, _) => self.depthwise_row_tiled::<5, 2>(x, h, w, oy, out, kernel),
-            _ => self.depthwise_row_plain(x, h, w, oy, out),
+            (_, _, Kernel::Plain) => self.depthwise_row_plain(x, rows, h, w, oy, out),
+            (3, 1, _) => self.depthwise_row_tiled::<3, 1>(x, rows, h, w, oy, out, kernel),
+            (3, 2, _) => self.depthwise_row_tiled::<3, 2>(x, rows, h, w, oy, out, kernel),
+            (5, 1, _) => self.depthwise_row_tiled::<5, 1>(x, rows, h, w, oy, out, kernel),
+            (5, 2, _) => self.depthwise_row_tiled::<5, 2>(x, rows, h, w, oy, out, kernel),
+            _ => self.depthwise_row_plain(x, rows, h, w, oy, out),
         }
     }
 
     /// The definition, one output value at a time: the reference the tiled kernels are tested
     /// against, and the path for kernel sizes and strides they are not built for.
-    fn depthwise_row_plain(&self, x: &[f32], h: usize, w: usize, oy: usize, out: &mut [f32]) {
+    fn depthwise_row_plain(&self, x: &[f32], rows: Rows, h: usize, w: usize, oy: usize, out: &mut [f32]) {
         let (k, s, c) = (self.kernel, self.stride, self.in_ch);
         let (_, ow) = self.output_hw(h, w);
         let (pad_top, _) = same_padding(h, k, s);
@@ -183,7 +185,8 @@ impl ConvWeights {
                     let Some(iy) = (oy * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
                     for kx in 0..k {
                         if let Some(ix) = (ox * s + kx).checked_sub(pad_left).filter(|&ix| ix < w) {
-                            acc = self.weights[(ky * k + kx) * c + ch].mul_add(x[(iy * w + ix) * c + ch], acc);
+                            let at = rows.offset(iy, w * c) + ix * c + ch;
+                            acc = self.weights[(ky * k + kx) * c + ch].mul_add(x[at], acc);
                         }
                     }
                 }
@@ -197,9 +200,11 @@ impl ConvWeights {
     /// covers it (up to K of them at stride 1), so the loads, not the multiplications, set the
     /// pace no more than they must. Tiles whose windows cross the image's edge, or hold fewer
     /// pixels or channels than a whole tile, take the masked form of the same kernel.
+    #[allow(clippy::too_many_arguments)]
     fn depthwise_row_tiled<const K: usize, const S: usize>(
         &self,
         x: &[f32],
+        rows: Rows,
         h: usize,
         w: usize,
         oy: usize,
@@ -214,10 +219,10 @@ impl ConvWeights {
         let top = oy * S;
         let ky_first = pad_top.saturating_sub(top);
         let ky_end = K.min((h + pad_top).saturating_sub(top));
-        assert!(ky_first < ky_end && x.len() >= h * w * c && out.len() >= ow * c, "depthwise row out of bounds");
+        assert!(ky_first < ky_end && out.len() >= ow * c, "depthwise row out of bounds");
         let tile = TileRow {
             x,
-            first_row: (top + ky_first - pad_top) * w * c,
+            rows: std::array::from_fn(|r| rows.offset((top + ky_first + r).saturating_sub(pad_top), w * c)),
             kernel_rows: ky_first..ky_end,
             w,
             c,
@@ -253,8 +258,8 @@ impl ConvWeights {
 /// the layer's weights.
 struct TileRow<'a> {
     x: &'a [f32],
-    /// Offset in x of the input row that kernel row `kernel_rows.start` reads.
-    first_row: usize,
+    /// Offset in x of the input row each kernel row from `kernel_rows.start` on reads.
+    rows: [usize; MAX_KERNEL],
     kernel_rows: std::ops::Range<usize>,
     w: usize,
     c: usize,
@@ -270,8 +275,8 @@ impl TileRow<'_> {
     ///
     /// # Safety
     /// AVX-512F must be available (it is compiled in). Every offset is checked against the
-    /// slices' lengths: rows by the caller's assert, columns by the mask (a masked-off lane is
-    /// never read or written), channels by the lane mask.
+    /// slices' lengths: rows by the assert on the row offsets, columns by the bounds lo..hi
+    /// (no column outside the image is read), channels by the lane mask.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     #[inline(always)]
     unsafe fn avx512<const K: usize, const S: usize, const MASKED: bool>(
@@ -287,35 +292,29 @@ impl TileRow<'_> {
         let lanes = (c - ch).min(LANES);
         let lane_mask: u16 = if lanes == LANES { u16::MAX } else { (1u16 << lanes) - 1 };
         assert!(out.len() >= (count - 1) * c + ch + lanes && self.weights.len() >= K * K * c && self.bias.len() >= c);
-        let rows_end = self.first_row + (self.kernel_rows.len() - 1) * w * c;
-        assert!(rows_end + w * c <= self.x.len());
-        // Column offsets, and which columns are inside the image (masked loads of the others
-        // read nothing and give zeros, the padding).
-        let mut offsets = [0usize; MAX_COLUMNS];
-        let mut masks = [0u16; MAX_COLUMNS];
-        if MASKED {
-            for j in 0..columns {
-                let col = first_col + j as isize;
-                if col >= 0 && (col as usize) < w {
-                    offsets[j] = col as usize * c + ch;
-                    masks[j] = lane_mask;
-                }
-            }
-        }
+        assert!(self.rows[..self.kernel_rows.len()].iter().all(|&row| row + w * c <= self.x.len()));
+        // Masked, the window's columns lo..hi are inside the image; the others are padding,
+        // zeros that add nothing, so they are skipped. Bounds, not a table per column: a table
+        // kept the loop's addresses and masks on the stack.
+        let (lo, hi) = if MASKED {
+            ((-first_col).max(0) as usize, (w as isize - first_col).clamp(0, columns as isize) as usize)
+        } else {
+            (0, columns)
+        };
         // Unmasked, every column is inside: the caller checked first_col >= 0 and the width.
-        let base = (first_col.max(0) as usize) * c + ch;
+        let base = (first_col + lo as isize) as usize * c + ch;
         let bias = _mm512_maskz_loadu_ps(lane_mask, self.bias.as_ptr().add(ch));
         let mut acc = [bias; TILE];
         for (r, ky) in self.kernel_rows.clone().enumerate() {
-            let row = self.x.as_ptr().add(self.first_row + r * w * c);
+            let row = self.x.as_ptr().add(self.rows[r]);
             let wrow = self.weights.as_ptr().add(ky * K * c + ch);
             let wt: [__m512; K] = std::array::from_fn(|kx| _mm512_maskz_loadu_ps(lane_mask, wrow.add(kx * c)));
             for j in 0..columns {
-                let v = if MASKED {
-                    _mm512_maskz_loadu_ps(masks[j], row.add(offsets[j]))
-                } else {
-                    _mm512_loadu_ps(row.add(base + j * c))
-                };
+                if MASKED && (j < lo || j >= hi) {
+                    continue;
+                }
+                let at = row.add(base + (j - lo) * c);
+                let v = if MASKED { _mm512_maskz_loadu_ps(lane_mask, at) } else { _mm512_loadu_ps(at) };
                 for (p, acc) in acc.iter_mut().enumerate() {
                     if j >= S * p && j - S * p < K {
                         *acc = _mm512_fmadd_ps(wt[j - S * p], v, *acc);
@@ -351,7 +350,7 @@ impl TileRow<'_> {
         };
         let mut acc = [load(self.bias, ch); PORTABLE_TILE];
         for (r, ky) in self.kernel_rows.clone().enumerate() {
-            let row = self.first_row + r * w * c;
+            let row = self.rows[r];
             let wt: [[f32; LANES]; K] = std::array::from_fn(|kx| load(self.weights, (ky * K + kx) * c + ch));
             for j in 0..S * (PORTABLE_TILE - 1) + K {
                 let col = first_col + j as isize;
@@ -382,11 +381,29 @@ impl TileRow<'_> {
 /// 14 of AVX-512's 32 registers.
 const TILE: usize = 8;
 const PORTABLE_TILE: usize = 4;
+/// The largest kernel [`ConvWeights::new`] takes.
+const MAX_KERNEL: usize = 7;
+
+/// Where a depthwise convolution finds each input row in its buffer.
+#[derive(Clone, Copy, Debug)]
+enum Rows {
+    /// Every row, in order.
+    Image,
+    /// A ring of this many rows: row iy is in slot iy % slots.
+    Ring(usize),
+}
+
+impl Rows {
+    fn offset(self, iy: usize, row_len: usize) -> usize {
+        match self {
+            Rows::Image => iy * row_len,
+            Rows::Ring(slots) => iy % slots * row_len,
+        }
+    }
+}
+
 /// Output rows of a dense convolution whose patches are gathered and multiplied together.
 const DENSE_ROWS: usize = 8;
-/// Input columns a tile reads at most (stride 2, 5x5, eight pixels).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-const MAX_COLUMNS: usize = 2 * (TILE - 1) + 5;
 
 /// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
 pub struct Pointwise {
@@ -493,6 +510,65 @@ pub struct InvertedResidual {
     pub residual: bool,
 }
 
+impl InvertedResidual {
+    /// Whether a pass runs this block fused, on maps `w` wide: row by row, each expanded row
+    /// made once into a ring of `kernel` rows, read there by the depthwise rows that need it
+    /// while it is still in cache, each depthwise row projected at once. The six-times-wider
+    /// expansion then never goes out to memory, which on the wide maps is most of the block's
+    /// time; on narrow ones a band of it stays in cache anyway, and a row is too few pixels
+    /// for the products to pay their way.
+    fn fused(&self, w: usize) -> bool {
+        self.expand.is_some() && w >= FUSED_MIN_WIDTH
+    }
+
+    /// Floats a thread needs for [`InvertedResidual::fused_rows`] on maps `w` wide.
+    fn fused_scratch(&self, w: usize) -> usize {
+        let (c, (_, ow)) = (self.depthwise.in_ch, self.depthwise.output_hw(1, w));
+        self.depthwise.kernel * w * c + ow * c
+    }
+
+    /// The block's output rows `rows` (counted over the batch) into `out`, fused (see
+    /// [`InvertedResidual::fused`]); x: the block's input, (batch, h, w, in), all of it.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_rows(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (Some(expand), dw) = (&self.expand, &self.depthwise) else { unreachable!("a fused block expands") };
+        let (c_in, c, c_out) = (expand.in_ch, dw.in_ch, self.project.out_ch);
+        let (oh, ow) = dw.output_hw(h, w);
+        let (k, s) = (dw.kernel, dw.stride);
+        let (pad_top, _) = same_padding(h, k, s);
+        let (ring, dw_row) = scratch.split_at_mut(k * w * c);
+        let dw_row = &mut dw_row[..ow * c];
+        // The input row (counted over the batch) each slot of the ring holds.
+        let mut held = [usize::MAX; MAX_KERNEL];
+        for r in rows.clone() {
+            let (b, oy) = (r / oh, r % oh);
+            let image = &x[b * h * w * c_in..(b + 1) * h * w * c_in];
+            for iy in (oy * s).saturating_sub(pad_top)..(oy * s + k - pad_top).min(h) {
+                // A window's rows are k in a row, so each has a slot of its own.
+                let slot = iy % k;
+                if held[slot] != b * h + iy {
+                    let into = &mut ring[slot * w * c..(slot + 1) * w * c];
+                    expand.run(&image[iy * w * c_in..(iy + 1) * w * c_in], w, None, into, 1);
+                    held[slot] = b * h + iy;
+                }
+            }
+            dw.depthwise_row(ring, Rows::Ring(k), h, w, oy, dw_row, Kernel::Fastest);
+            // A residual block keeps the shape: its output row oy adds input row oy.
+            let residual = self.residual.then(|| &image[oy * w * c_in..(oy + 1) * w * c_in]);
+            let at = (r - rows.start) * ow * c_out;
+            self.project.run(dw_row, ow, residual, &mut out[at..at + ow * c_out], 1);
+        }
+    }
+}
+
 /// A stem, inverted-residual blocks and a 1x1 head, ending in a global average pool: the body of
 /// EfficientNet-Lite and of MobileNetV2, which differ only in their tables and final layer.
 /// Element-wise ops in candle would each be a pass over memory and a round of thread
@@ -555,7 +631,7 @@ impl MobileNet {
             // layers, and each thread's activations stay in its own cache (also on one thread,
             // where a whole batch's would not).
             pooled.par_chunks_mut(self.head.out_ch).zip(input.par_chunks(image)).for_each(|(pooled, image)| {
-                let mut buffers = self.take_scratch(1, h, w, true);
+                let mut buffers = self.take_scratch(1, h, w, 1);
                 self.forward(image, 1, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(pooled));
                 self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
             });
@@ -566,7 +642,7 @@ impl MobileNet {
         // on the calling thread.
         let team_lock = TEAM.try_lock();
         let as_team = threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none();
-        let mut buffers = self.take_scratch(batch, h, w, !as_team);
+        let mut buffers = self.take_scratch(batch, h, w, if as_team { threads } else { 1 });
         let shared = Buffers::new(&mut buffers);
         if as_team {
             let barrier = SpinBarrier::new(threads);
@@ -591,8 +667,10 @@ impl MobileNet {
         self.blocks.iter().flat_map(|b| b.expand.iter().chain([&b.project])).chain([&self.head])
     }
 
-    /// A pass over `batch` images, layer by layer, that hands each 1x1 layer's input to
-    /// `observe` with the layer's number: what calibrating an int8 copy of the network measures.
+    /// A pass over `batch` images, whole layer by whole layer, that hands each 1x1 layer's input
+    /// to `observe` with the layer's number (what calibrating an int8 copy of the network
+    /// measures) and returns what [`MobileNet::pooled`] does (the reference its fused, banded
+    /// pass is tested against).
     pub fn observe_pointwise_inputs(
         &self,
         input: &[f32],
@@ -600,7 +678,7 @@ impl MobileNet {
         h: usize,
         w: usize,
         observe: &mut dyn FnMut(usize, &[f32]),
-    ) {
+    ) -> Vec<f32> {
         assert_eq!(input.len(), batch * h * w * self.stem.in_ch, "input is not (batch, h, w, channels)");
         let threads = candle_core::utils::get_num_threads();
         let (in_h, in_w) = (h, w);
@@ -628,20 +706,44 @@ impl MobileNet {
             x = pointwise(&block.project, &y, block.residual.then_some(&x), &mut layer);
             (h, w) = (oh, ow);
         }
-        pointwise(&self.head, &x, None, &mut layer);
+        let head = pointwise(&self.head, &x, None, &mut layer);
+        let features = self.head.out_ch;
+        let mut pooled = vec![0f32; batch * features];
+        for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
+            for pixel in head[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
+                sum.iter_mut().zip(pixel).for_each(|(s, p)| *s += p);
+            }
+            sum.iter_mut().for_each(|s| *s /= (h * w) as f32);
+        }
+        pooled
+    }
+
+    /// Floats each thread needs for the fused blocks of a pass over h x w images.
+    fn fused_scratch(&self, h: usize, w: usize) -> usize {
+        let (mut h, mut w) = self.stem.output_hw(h, w);
+        let mut most = 0;
+        for block in &self.blocks {
+            if block.fused(w) {
+                most = most.max(block.fused_scratch(w));
+            }
+            (h, w) = block.depthwise.output_hw(h, w);
+        }
+        most
     }
 
     /// The buffers of a pass over `batch` images, each long enough for the tensors
     /// [`MobileNet::forward`] puts in it (found by walking the same assignment).
-    fn take_scratch(&self, batch: usize, h: usize, w: usize, alone: bool) -> [Vec<f32>; BUFFERS] {
+    fn take_scratch(&self, batch: usize, h: usize, w: usize, threads: usize) -> [Vec<f32>; BUFFERS] {
+        let alone = threads == 1;
         let mut buffers = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
         let mut lens = [0usize; BUFFERS];
+        lens[FUSED_BUFFER] = threads * self.fused_scratch(h, w);
         let mut need = |buffer: usize, len: usize| lens[buffer] = lens[buffer].max(batch * len);
         let (mut h, mut w) = self.stem.output_hw(h, w);
         let mut x = 0;
         need(x, h * w * self.stem.out_ch);
         for (i, block) in self.blocks.iter().enumerate() {
-            if block.expand.is_some() {
+            if block.expand.is_some() && !block.fused(w) {
                 need(expansion_buffer(alone, i, x), h * w * block.depthwise.in_ch);
             }
             (h, w) = block.depthwise.output_hw(h, w);
@@ -659,7 +761,7 @@ impl MobileNet {
     /// The network over `batch` images. Each thread of the team owns a band of rows of every
     /// layer's output and keeps it through the next layers that need only those rows (a
     /// projection, the next expansion); it waits for the others only where a depthwise
-    /// convolution reads the rows around its band. Thread 0 pools the head's output into
+    /// convolution reads the rows around its band (before a fused block, its expansion does). Thread 0 pools the head's output into
     /// `pooled`.
     #[allow(clippy::too_many_arguments)]
     fn forward(
@@ -679,6 +781,10 @@ impl MobileNet {
         // two buffers), by which time every thread has passed the next barrier; the block
         // outputs alternate between two buffers likewise. A thread alone needs none of that:
         // the block's expansion goes where its output will, which is free until the projection.
+        // A fused block reads all of its input after the barrier in front of it and writes its
+        // band of the other block buffer, which every thread has finished reading by then (it
+        // held the input of the block before, or of the one before that); its expansions and
+        // depthwise rows stay in the thread's own part of the fused buffer.
         let (mut x, d) = (0, DEPTHWISE_BUFFER);
         let alone = team.size == 1;
         let spare = |x: usize| 1 - x;
@@ -689,9 +795,22 @@ impl MobileNet {
         let row_len = w * self.stem.out_ch;
         self.stem.run_rows(input, batch, in_h, in_w, band.clone(), unsafe { buffers.rows(x, band.clone(), row_len) });
         let mut ch = self.stem.out_ch;
+        let fused_len = self.fused_scratch(in_h, in_w);
         for (i, block) in self.blocks.iter().enumerate() {
             let dw = &block.depthwise;
             let (oh, ow) = dw.output_hw(h, w);
+            let out_ch = block.project.out_ch;
+            if block.fused(w) {
+                // It reads the rows around its band of the block's input: wait for them.
+                team.wait();
+                band = team.share(batch * oh);
+                let scratch = unsafe { buffers.rows(FUSED_BUFFER, team.index..team.index + 1, fused_len) };
+                let out = unsafe { buffers.rows(spare(x), band.clone(), ow * out_ch) };
+                block.fused_rows(unsafe { buffers.all(x) }, h, w, band.clone(), out, scratch);
+                x = spare(x);
+                (h, w, ch) = (oh, ow, out_ch);
+                continue;
+            }
             // The band's pixels: its rows of every image, w pixels each.
             let pixels = band.start * w..band.end * w;
             let dw_input = match &block.expand {
@@ -708,7 +827,6 @@ impl MobileNet {
             band = team.share(batch * oh);
             let out = unsafe { buffers.rows(d, band.clone(), ow * dw.out_ch) };
             dw.run_rows(unsafe { buffers.all(dw_input) }, batch, h, w, band.clone(), out);
-            let out_ch = block.project.out_ch;
             let pixels = band.start * ow..band.end * ow;
             let residual =
                 block.residual.then(|| unsafe { &buffers.all(x)[pixels.start * out_ch..pixels.end * out_ch] });
@@ -737,9 +855,13 @@ impl MobileNet {
 }
 
 /// The buffers of one pass: block inputs and outputs in 0 and 1 by turns, expansions in 2 and 3
-/// by turns (a team) or in whichever of 0 and 1 is free (alone), depthwise outputs in 4.
-const BUFFERS: usize = 5;
+/// by turns (a team) or in whichever of 0 and 1 is free (alone), depthwise outputs in 4, and
+/// each thread's scratch for fused blocks in 5.
+const BUFFERS: usize = 6;
 const DEPTHWISE_BUFFER: usize = 4;
+const FUSED_BUFFER: usize = 5;
+/// Maps at least this wide run their blocks fused ([`InvertedResidual::fused`]).
+const FUSED_MIN_WIDTH: usize = 28;
 
 /// Where block `i`'s expansion goes, the block's input being in buffer `x`.
 fn expansion_buffer(alone: bool, i: usize, x: usize) -> usize {
@@ -892,11 +1014,11 @@ mod tests {
                     let (oh, ow) = dw.output_hw(h, w);
                     for oy in 0..oh {
                         let mut want = vec![0f32; ow * c];
-                        dw.depthwise_row(&x, h, w, oy, &mut want, Kernel::Plain);
+                        dw.depthwise_row(&x, Rows::Image, h, w, oy, &mut want, Kernel::Plain);
                         for kernel in [Kernel::Fastest, Kernel::Portable] {
                             // Values past the row must survive: the masked tiles write only theirs.
                             let mut got = vec![f32::NAN; ow * c + 3];
-                            dw.depthwise_row(&x, h, w, oy, &mut got, kernel);
+                            dw.depthwise_row(&x, Rows::Image, h, w, oy, &mut got, kernel);
                             assert!(got[ow * c..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the row");
                             let diff = max_diff(&got[..ow * c], &want);
                             assert!(diff < 1e-5, "{kernel:?} k{k} s{s} c{c} {h}x{w} row {oy}: max diff {diff}");
@@ -979,11 +1101,38 @@ mod tests {
         for (batch, h, w) in [(1, 37, 29), (1, 3, 2), (3, 16, 16)] {
             let input = numbers(batch * h * w * 3, (h * w) as u32);
             let pooled = net.pooled(&input, batch, h, w);
-            let mut buffers = net.take_scratch(batch, h, w, true);
+            let mut buffers = net.take_scratch(batch, h, w, 1);
             let mut alone = vec![0f32; pooled.len()];
             net.forward(&input, batch, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(&mut alone));
             assert!(max_diff(&pooled, &alone) < 1e-6, "{batch}x{h}x{w}: {pooled:?} vs {alone:?}");
             assert!(alone.iter().any(|v| *v != 0.0));
+        }
+    }
+
+    /// The banded pass (fused blocks on wide maps, three passes on narrow ones; a team at batch
+    /// 1, an image per thread for larger batches) against whole layers one after the other.
+    #[test]
+    fn a_pass_equals_its_layers_one_after_the_other() {
+        let block = |c_in: usize, expanded: usize, c_out: usize, k: usize, s: usize, seed: u32| InvertedResidual {
+            expand: Some(pointwise(expanded, c_in, true, seed)),
+            depthwise: conv(expanded, 1, k, s, true, true, seed + 2),
+            project: pointwise(c_out, expanded, false, seed + 4),
+            residual: c_in == c_out && s == 1,
+        };
+        let blocks = vec![
+            block(8, 24, 8, 3, 1, 10),
+            block(8, 24, 12, 3, 2, 20),
+            block(12, 36, 12, 5, 1, 30),
+            block(12, 36, 20, 5, 2, 40),
+            block(20, 40, 20, 3, 1, 50),
+        ];
+        let net = MobileNet::new(conv(8, 3, 3, 2, false, true, 1), blocks, pointwise(40, 20, true, 60)).unwrap();
+        // 130 wide: fused at 65 and 33 wide, not at 17 and 9; 57 wide: fused at 29 only.
+        for (batch, h, w) in [(1, 9, 130), (1, 61, 57), (3, 20, 130), (2, 3, 2)] {
+            let input = numbers(batch * h * w * 3, (h * w) as u32);
+            let want = net.observe_pointwise_inputs(&input, batch, h, w, &mut |_, _| {});
+            let got = net.pooled(&input, batch, h, w);
+            assert!(max_diff(&got, &want) < 1e-5, "{batch}x{h}x{w}: {got:?} vs {want:?}");
         }
     }
 
