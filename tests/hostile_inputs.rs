@@ -368,7 +368,41 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
     };
     let vit = "image-classification";
     let bert = "text-classification";
+    // efficientnet-lite0-int8's config and calibration, over the bundled float weights beside them.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let weights = |name: &str| std::fs::read(repo.join("weights").join(name)).unwrap();
+    let int8_config = |float_model: Option<&str>| {
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&weights("efficientnet-lite0-int8/config.json")).unwrap();
+        let quantization = config["quantization"].as_object_mut().unwrap();
+        match float_model {
+            Some(id) => quantization.insert("float_model".into(), id.into()),
+            None => quantization.remove("float_model"),
+        };
+        serde_json::to_vec(&config).unwrap()
+    };
+    let calibration = |inputs: usize, (min, max): (f32, f32)| {
+        let ranges: Vec<_> = (0..inputs).map(|_| serde_json::json!({"min": min, "max": max})).collect();
+        serde_json::to_vec(&serde_json::json!({"method": "test", "images": [], "inputs": ranges})).unwrap()
+    };
+    let int8_folder = |name, config: Vec<u8>, calibration: Vec<u8>| BadModel {
+        task: vit,
+        name,
+        files: vec![
+            ("config.json", config),
+            ("calibration.json", calibration),
+            ("model.safetensors", weights("efficientnet-lite0/model.safetensors")),
+        ],
+        input: photo.clone(),
+    };
     let cases = vec![
+        int8_folder("int8-calibration-for-another-network", int8_config(None), calibration(3, (0.0, 6.0))),
+        int8_folder("int8-calibration-range-backwards", int8_config(None), calibration(32, (6.0, -6.0))),
+        int8_folder(
+            "int8-float-model-not-required",
+            int8_config(Some("efficientnet-lite0")),
+            calibration(32, (0.0, 6.0)),
+        ),
         BadModel {
             task: vit,
             name: "offsets-out-of-range",

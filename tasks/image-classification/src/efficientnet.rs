@@ -190,7 +190,7 @@ impl EfficientNetLite {
         let classifier_bias = vb.get(num_classes, "classifier.bias")?;
         let layers = blocks.iter().map(|b| b.expand.iter().count() + 1).sum::<usize>() + 1;
         if let Some(inputs) = inputs.filter(|i| i.len() != layers) {
-            candle_core::bail!("{} quantized inputs given for a network of {layers} 1x1 convolutions", inputs.len())
+            candle_core::bail!("{} calibrated input ranges for a network of {layers} 1x1 convolutions", inputs.len())
         }
         let mut next_input = inputs.into_iter().flatten().copied();
         let mut pointwise = |conv: &Conv| conv.pointwise(next_input.next());
