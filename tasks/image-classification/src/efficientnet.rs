@@ -14,6 +14,8 @@ use candle_nn::VarBuilder;
 use zoo_runtime::cpu::nhwc::{self, ConvWeights, InvertedResidual, MobileNet, Pointwise};
 use zoo_runtime::cpu::quantized::Quantization;
 
+use crate::InputRange;
+
 const BN_EPS: f64 = 1e-3;
 /// Stride of the first block of each of the seven stages (the same for lite0..lite4); the block
 /// counts, kernel sizes and widths are read from the weights.
@@ -188,10 +190,6 @@ impl EfficientNetLite {
             candle_core::bail!("classifier takes {features} features, the head gives {}", head.weight.dim(0)?)
         }
         let classifier_bias = vb.get(num_classes, "classifier.bias")?;
-        let layers = blocks.iter().map(|b| b.expand.iter().count() + 1).sum::<usize>() + 1;
-        if let Some(inputs) = inputs.filter(|i| i.len() != layers) {
-            candle_core::bail!("{} calibrated input ranges for a network of {layers} 1x1 convolutions", inputs.len())
-        }
         let mut next_input = inputs.into_iter().flatten().copied();
         let mut pointwise = |conv: &Conv| conv.pointwise(next_input.next());
         // Refuses a checkpoint whose layers do not fit together here, not at the first image.
@@ -205,23 +203,29 @@ impl EfficientNetLite {
             });
         }
         let body = MobileNet::new(stem.spatial()?, body_blocks, pointwise(&head)?)?;
+        let layers = body.pointwise_layers().count();
+        if let Some(inputs) = inputs.filter(|i| i.len() != layers) {
+            candle_core::bail!("{} calibrated input ranges for a network of {layers} 1x1 convolutions", inputs.len())
+        }
         let cpu = CpuNet { body, classifier: Pointwise::new(&classifier, &classifier_bias, false)? };
         Ok(EfficientNetLite { stem, blocks, head, classifier, classifier_bias, cpu, num_classes })
     }
 
-    /// The smallest and largest value each 1x1 layer's input takes over a batch (x as for
-    /// [`Module::forward`]), in the order [`EfficientNetLite::load_int8`] takes them.
-    pub fn pointwise_input_ranges(&self, x: &Tensor) -> Result<Vec<(f32, f32)>> {
+    /// Widens `ranges` (one per 1x1 layer, in the order [`EfficientNetLite::load_int8`] takes
+    /// them; empty: made here) to hold every value each layer's input takes over a batch (x as
+    /// for [`Module::forward`]).
+    pub fn widen_pointwise_input_ranges(&self, x: &Tensor, ranges: &mut Vec<InputRange>) -> Result<()> {
         let (batch, h, w, _) = x.dims4()?;
         let input: Vec<f32> = x.to_device(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1()?;
-        let mut ranges = vec![(f32::INFINITY, f32::NEG_INFINITY); self.cpu.body.pointwise_layers().count()];
+        let empty = InputRange { min: f32::INFINITY, max: f32::NEG_INFINITY };
+        ranges.resize(self.cpu.body.pointwise_layers().count(), empty);
         self.cpu.body.observe_pointwise_inputs(&input, batch, h, w, &mut |layer, values| {
             let range = &mut ranges[layer];
             for &v in values {
-                *range = (range.0.min(v), range.1.max(v));
+                (range.min, range.max) = (range.min.min(v), range.max.max(v));
             }
         });
-        Ok(ranges)
+        Ok(())
     }
 
     /// The network in candle ops, on any device.

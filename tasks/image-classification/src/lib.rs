@@ -240,16 +240,10 @@ impl Classifier {
         let Network::Lite(net) = &self.network else {
             return Err(Error::model("calibration", "only EfficientNet-Lite networks have an int8 form"));
         };
-        let mut ranges: Vec<InputRange> = Vec::new();
+        let mut ranges = Vec::new();
         for input in inputs {
             let (x, _) = self.prepare(input)?;
-            let seen = net.pointwise_input_ranges(&x).map_err(|e| Error::model("calibration", e))?;
-            if ranges.is_empty() {
-                ranges = seen.iter().map(|&(min, max)| InputRange { min, max }).collect();
-            }
-            for (range, (min, max)) in ranges.iter_mut().zip(seen) {
-                *range = InputRange { min: range.min.min(min), max: range.max.max(max) };
-            }
+            net.widen_pointwise_input_ranges(&x, &mut ranges).map_err(|e| Error::model("calibration", e))?;
         }
         Ok(ranges)
     }

@@ -451,11 +451,6 @@ impl Pointwise {
         Pointwise { weights: Weights::F32(PackedMatrix::new(weights, in_ch, out_ch)), bias, in_ch, out_ch, relu6 }
     }
 
-    /// Whether the product runs in int8.
-    pub fn is_quantized(&self) -> bool {
-        matches!(self.weights, Weights::Int8(_))
-    }
-
     /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch). Split over
     /// `threads` by rows (1: on the calling thread).
     pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32], threads: usize) {
@@ -707,14 +702,8 @@ impl MobileNet {
             (h, w) = (oh, ow);
         }
         let head = pointwise(&self.head, &x, None, &mut layer);
-        let features = self.head.out_ch;
-        let mut pooled = vec![0f32; batch * features];
-        for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
-            for pixel in head[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
-                sum.iter_mut().zip(pixel).for_each(|(s, p)| *s += p);
-            }
-            sum.iter_mut().for_each(|s| *s /= (h * w) as f32);
-        }
+        let mut pooled = vec![0f32; batch * self.head.out_ch];
+        average_pool(&head, h * w, self.head.out_ch, &mut pooled);
         pooled
     }
 
@@ -761,8 +750,8 @@ impl MobileNet {
     /// The network over `batch` images. Each thread of the team owns a band of rows of every
     /// layer's output and keeps it through the next layers that need only those rows (a
     /// projection, the next expansion); it waits for the others only where a depthwise
-    /// convolution reads the rows around its band (before a fused block, its expansion does). Thread 0 pools the head's output into
-    /// `pooled`.
+    /// convolution reads the rows around its band (before a fused block, its expansion does).
+    /// Thread 0 pools the head's output into `pooled`.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -842,15 +831,20 @@ impl MobileNet {
         self.head.run(input, pixels.len(), None, unsafe { buffers.rows(head, pixels, features) }, 1);
         team.wait();
         let Some(pooled) = pooled else { return };
-        let head = unsafe { buffers.all(head) };
-        for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
-            sum.fill(0.0);
-            for pixel in head[b * h * w * features..(b + 1) * h * w * features].chunks_exact(features) {
-                sum.iter_mut().zip(pixel).for_each(|(s, p)| *s += p);
-            }
-            let n = (h * w) as f32;
-            sum.iter_mut().for_each(|s| *s /= n);
+        average_pool(unsafe { buffers.all(head) }, h * w, features, pooled);
+    }
+}
+
+/// Each image's mean over its `pixels` pixels of `x` (images one after the other, `features`
+/// channels last), into `pooled` (one row of features per image).
+fn average_pool(x: &[f32], pixels: usize, features: usize, pooled: &mut [f32]) {
+    for (b, sum) in pooled.chunks_exact_mut(features).enumerate() {
+        sum.fill(0.0);
+        for pixel in x[b * pixels * features..(b + 1) * pixels * features].chunks_exact(features) {
+            sum.iter_mut().zip(pixel).for_each(|(s, p)| *s += p);
         }
+        let n = pixels as f32;
+        sum.iter_mut().for_each(|s| *s /= n);
     }
 }
 

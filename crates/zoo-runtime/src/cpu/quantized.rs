@@ -27,6 +27,14 @@ const GROUP: usize = 4;
 /// the sum: arithmetic only, so the loops that quantize vectorise (a saturating cast would not).
 const ROUND: f32 = 12_582_912.0;
 
+thread_local! {
+    /// A tile's input codes, kept between calls: a fused block makes two products per row.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    static CODES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The input codes as floats, for [`QuantizedMatrix::multiply_float`].
+    static FLOAT_CODES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How floats map to 8-bit codes: x ≈ scale * (code - zero_point), code in 0..=255.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quantization {
@@ -51,8 +59,7 @@ impl Quantization {
     pub fn quantize(&self, x: &[f32], codes: &mut [u8]) {
         let (inv, zero) = (1.0 / self.scale, self.zero_point as f32);
         for (code, &v) in codes.iter_mut().zip(x) {
-            let v = v.mul_add(inv, zero).clamp(0.0, 255.0);
-            *code = (v + ROUND).to_bits() as u8;
+            *code = Self::code_plus_round(v, inv, zero).to_bits() as u8;
         }
     }
 
@@ -60,9 +67,14 @@ impl Quantization {
     pub fn quantize_to_floats(&self, x: &[f32], codes: &mut [f32]) {
         let (inv, zero) = (1.0 / self.scale, self.zero_point as f32);
         for (code, &v) in codes.iter_mut().zip(x) {
-            let v = v.mul_add(inv, zero).clamp(0.0, 255.0);
-            *code = (v + ROUND) - ROUND;
+            *code = Self::code_plus_round(v, inv, zero) - ROUND;
         }
+    }
+
+    /// v's code plus ROUND, which holds the code in its low bits.
+    #[inline(always)]
+    fn code_plus_round(v: f32, inv: f32, zero: f32) -> f32 {
+        v.mul_add(inv, zero).clamp(0.0, 255.0) + ROUND
     }
 
     pub fn dequantize(&self, code: u8) -> f32 {
@@ -95,8 +107,8 @@ pub struct QuantizedMatrix {
     unit: Vec<f32>,
     /// The bias less the zero point's share of the sum (zero point times the column's codes).
     offset: Vec<f32>,
-    /// The weights' codes as floats, for [`QuantizedMatrix::multiply_float`]: made the first
-    /// time it runs.
+    /// The weights' codes as floats, for [`QuantizedMatrix::multiply_float`]: made when the
+    /// matrix is where the build has no VNNI, else the first time a test asks for it.
     float_codes: OnceLock<PackedMatrix>,
 }
 
@@ -150,7 +162,18 @@ impl QuantizedMatrix {
                 bias[c] - unit[c] * (input.zero_point as i32 * codes) as f32
             })
             .collect();
-        QuantizedMatrix { panels, rows, cols, input, unit, offset, float_codes: OnceLock::new() }
+        let matrix = QuantizedMatrix { panels, rows, cols, input, unit, offset, float_codes: OnceLock::new() };
+        if !cfg!(all(target_arch = "x86_64", target_feature = "avx512vnni")) {
+            // The float codes are this build's only path: made when the model loads, not on
+            // its first image.
+            matrix.float_codes();
+        }
+        matrix
+    }
+
+    /// The weights' codes packed for the f32 product (made the first time they are needed).
+    fn float_codes(&self) -> &PackedMatrix {
+        self.float_codes.get_or_init(|| PackedMatrix::new(&self.weight_codes(), self.rows, self.cols))
     }
 
     /// Bytes per quantized input row: the rows padded to whole groups.
@@ -185,12 +208,13 @@ impl QuantizedMatrix {
         if m == 0 {
             return;
         }
-        let matrix = self.float_codes.get_or_init(|| PackedMatrix::new(&self.weight_codes(), k, n));
-        let mut codes = vec![0f32; m * k];
-        self.input.quantize_to_floats(&x[..m * k], &mut codes);
-        let lhs = Lhs { x: &codes, stride: k, m, k: 0..k };
-        let sums = packed::Epilogue { start: Start::Zero, residual: None, relu6: false };
-        matrix.multiply_with(&lhs, out, &sums, kernel);
+        FLOAT_CODES.with_borrow_mut(|codes| {
+            super::ensure(codes, m * k);
+            self.input.quantize_to_floats(&x[..m * k], &mut codes[..m * k]);
+            let lhs = Lhs { x: codes, stride: k, m, k: 0..k };
+            let sums = packed::Epilogue { start: Start::Zero, residual: None, relu6: false };
+            self.float_codes().multiply_with(&lhs, out, &sums, kernel);
+        });
         for (r, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
             for (c, o) in row.iter_mut().enumerate() {
                 let mut v = o.mul_add(self.unit[c], self.offset[c]);
@@ -221,52 +245,68 @@ impl QuantizedMatrix {
     fn multiply_vnni(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue) {
         let (k, n) = (self.rows, self.cols);
         let stride = self.row_bytes();
-        let mut codes = vec![0u8; TILE_ROWS * stride];
-        for r0 in (0..m).step_by(TILE_ROWS) {
-            let rows = TILE_ROWS.min(m - r0);
-            for r in 0..rows {
-                self.input.quantize(&x[(r0 + r) * k..(r0 + r + 1) * k], &mut codes[r * stride..r * stride + k]);
+        // Bytes past a row's `k` codes may hold anything: the weights there are zero.
+        CODES.with_borrow_mut(|codes| {
+            if codes.len() < TILE_ROWS * stride {
+                codes.resize(TILE_ROWS * stride, 0);
             }
-            let mut tile = Tile {
-                codes: &codes[..rows * stride],
-                stride,
-                residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
-                out: &mut out[r0 * n..(r0 + rows) * n],
-                relu6: epilogue.relu6,
-            };
-            for panel in &self.panels {
-                // SAFETY: VNNI is compiled in; the tile's slices hold `rows` rows of codes and
-                // of outputs (checked by multiply_with), the panel `groups` groups of whole
-                // registers, and the lane masks keep column accesses inside the panel.
-                unsafe { self.tile_vnni(panel, &mut tile) }
+            for r0 in (0..m).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(m - r0);
+                for r in 0..rows {
+                    self.input.quantize(&x[(r0 + r) * k..(r0 + r + 1) * k], &mut codes[r * stride..r * stride + k]);
+                }
+                let mut tile = Tile {
+                    codes: &codes[..rows * stride],
+                    stride,
+                    residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
+                    out: &mut out[r0 * n..(r0 + rows) * n],
+                    relu6: epilogue.relu6,
+                };
+                for panel in &self.panels {
+                    // SAFETY: VNNI is compiled in; the tile's slices hold `rows` rows of codes and
+                    // of outputs (checked by multiply_with), the panel `groups` groups of whole
+                    // registers, and the lane masks keep column accesses inside the panel.
+                    unsafe { self.tile_vnni(panel, &mut tile) }
+                }
             }
-        }
+        });
     }
 
+    /// The tile's rows in blocks of 8, then 4, then one at a time, times one panel.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
     unsafe fn tile_vnni(&self, panel: &Panel, tile: &mut Tile) {
         let rows = tile.codes.len() / tile.stride;
-        match (panel.registers(), rows) {
-            (1, 8) => self.tile_vnni_of::<1, 8>(panel, tile),
-            (2, 8) => self.tile_vnni_of::<2, 8>(panel, tile),
-            (_, 8) => self.tile_vnni_of::<3, 8>(panel, tile),
-            (1, 4..) => self.tile_vnni_of::<1, 4>(panel, tile),
-            (2, 4..) => self.tile_vnni_of::<2, 4>(panel, tile),
-            (_, 4..) => self.tile_vnni_of::<3, 4>(panel, tile),
-            (1, _) => self.tile_vnni_of::<1, 1>(panel, tile),
-            (2, _) => self.tile_vnni_of::<2, 1>(panel, tile),
-            (_, _) => self.tile_vnni_of::<3, 1>(panel, tile),
+        let mut r0 = 0;
+        while r0 < rows {
+            let block = match rows - r0 {
+                8.. => 8,
+                4..=7 => 4,
+                _ => 1,
+            };
+            match (panel.registers(), block) {
+                (1, 8) => self.tile_vnni_of::<1, 8>(panel, tile, r0),
+                (2, 8) => self.tile_vnni_of::<2, 8>(panel, tile, r0),
+                (_, 8) => self.tile_vnni_of::<3, 8>(panel, tile, r0),
+                (1, 4) => self.tile_vnni_of::<1, 4>(panel, tile, r0),
+                (2, 4) => self.tile_vnni_of::<2, 4>(panel, tile, r0),
+                (_, 4) => self.tile_vnni_of::<3, 4>(panel, tile, r0),
+                (1, _) => self.tile_vnni_of::<1, 1>(panel, tile, r0),
+                (2, _) => self.tile_vnni_of::<2, 1>(panel, tile, r0),
+                (_, _) => self.tile_vnni_of::<3, 1>(panel, tile, r0),
+            }
+            r0 += block;
         }
     }
 
-    /// `V` registers of columns times the tile's rows, `R` rows at a time.
+    /// Rows `r0..r0 + R` of the tile times `V` registers of the panel's columns.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
     #[inline(always)]
-    unsafe fn tile_vnni_of<const V: usize, const R: usize>(&self, panel: &Panel, tile: &mut Tile) {
+    unsafe fn tile_vnni_of<const V: usize, const R: usize>(&self, panel: &Panel, tile: &mut Tile, r0: usize) {
         use std::arch::x86_64::*;
         let (n, groups) = (self.cols, self.row_bytes() / GROUP);
-        let rows = tile.codes.len() / tile.stride;
-        assert!(panel.weights.len() >= groups * V * LANES * GROUP && tile.out.len() >= rows * n);
+        assert!(panel.weights.len() >= groups * V * LANES * GROUP);
+        assert!((r0 + R) * tile.stride <= tile.codes.len() && tile.out.len() >= (r0 + R) * n);
+        assert!(tile.residual.is_none_or(|res| res.len() >= (r0 + R) * n));
         let masks: [u16; V] = super::lane_masks(panel.width);
         let unit: [__m512; V] =
             std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], self.unit.as_ptr().add(panel.first + v * LANES)));
@@ -274,21 +314,7 @@ impl QuantizedMatrix {
             std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], self.offset.as_ptr().add(panel.first + v * LANES)));
         let wp = panel.weights.as_ptr() as *const __m512i;
         let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-        for r0 in (0..rows).step_by(R) {
-            if r0 + R > rows {
-                // Fewer than R rows left: one at a time.
-                for r in r0..rows {
-                    let mut one = Tile {
-                        codes: &tile.codes[r * tile.stride..(r + 1) * tile.stride],
-                        stride: tile.stride,
-                        residual: tile.residual.map(|res| &res[r * n..(r + 1) * n]),
-                        out: &mut tile.out[r * n..(r + 1) * n],
-                        relu6: tile.relu6,
-                    };
-                    self.tile_vnni_of::<V, 1>(panel, &mut one);
-                }
-                return;
-            }
+        {
             let cp = tile.codes.as_ptr().add(r0 * tile.stride);
             let mut acc = [[_mm512_setzero_si512(); V]; R];
             for g in 0..groups {
