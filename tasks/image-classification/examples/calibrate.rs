@@ -7,7 +7,7 @@
 //! Image names are written into the file relative to `--root`, so that the file says which
 //! images it was measured on without naming this machine's folders.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use candle_core::Device;
@@ -47,7 +47,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             images.len(),
             model.id
         ),
-        images: images.iter().map(|p| Path::new(p).display().to_string()).collect(),
+        images: images.iter().map(|p| p.display().to_string()).collect(),
         inputs: ranges,
     };
     println!("{}", serde_json::to_string_pretty(&calibration)?);
