@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use candle_core::{Result, Tensor};
 
-use super::packed::{Epilogue, Lhs, PackedMatrix, Start, TILE_ROWS};
+use super::packed::{Epilogue, Lhs, PackedMatrix, Start, ONE_TAP, TILE_ROWS};
 use super::quantized::{self, Quantization, QuantizedMatrix};
 use super::{ensure, Kernel, LANES};
 use rayon::prelude::*;
@@ -477,7 +477,7 @@ impl Pointwise {
             let residual = residual.map(|r| &r[r0 * cout..(r0 + nr) * cout]);
             match &self.weights {
                 Weights::F32(matrix) => {
-                    let lhs = Lhs { x, stride: cin, m: nr, k: 0..cin };
+                    let lhs = Lhs { x, stride: cin, m: nr, k: 0..cin, taps: ONE_TAP };
                     let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, relu6: self.relu6 };
                     matrix.multiply_with(&lhs, out, &epilogue, kernel);
                 }

@@ -3,8 +3,9 @@
 //! what the output holds) and get the residual and ReLU6 as they are stored, so nothing is
 //! packed per call and the output is written once; elsewhere the gemm crate, panel by panel,
 //! and a second pass. The left operand's rows may be any distance apart (also overlapping: a
-//! stride-1 convolution reads its padded input in place), and a product may use a range of the
-//! matrix's rows (one kernel row of a convolution's weights).
+//! convolution reads its padded input in place), a product may use a range of the matrix's rows,
+//! and a row may be several pieces of the input (taps: one per kernel row of a convolution), so
+//! that the accumulators stay in registers over the whole kernel.
 
 use std::ops::Range;
 
@@ -56,13 +57,32 @@ pub struct Epilogue<'a> {
     pub relu6: bool,
 }
 
-/// A product's left operand: `m` rows `stride` apart, each a row of the matrix's rows `k`.
+/// A product's left operand: `m` rows `stride` apart. Row r is the concatenation, over the
+/// taps t, of the `k.len()` values at `x[taps[t] + r * stride..]`, and it multiplies the
+/// matrix's rows `k.start..k.start + taps.len() * k.len()`.
 #[derive(Clone)]
 pub struct Lhs<'a> {
     pub x: &'a [f32],
     pub stride: usize,
     pub m: usize,
     pub k: Range<usize>,
+    pub taps: &'a [usize],
+}
+
+/// The taps of a left operand that is one piece of its input per row.
+pub const ONE_TAP: &[usize] = &[0];
+
+impl Lhs<'_> {
+    /// How many of the matrix's rows the product uses.
+    fn depth(&self) -> usize {
+        self.taps.len() * self.k.len()
+    }
+
+    /// The matrix's rows tap `t` multiplies.
+    fn tap_rows(&self, t: usize) -> Range<usize> {
+        let start = self.k.start + t * self.k.len();
+        start..start + self.k.len()
+    }
 }
 
 impl PackedMatrix {
@@ -95,8 +115,9 @@ impl PackedMatrix {
         if m == 0 {
             return;
         }
-        assert!(lhs.k.end <= self.rows && k > 0, "product rows out of range");
-        assert!(lhs.x.len() >= (m - 1) * lhs.stride + k, "product's left operand too short");
+        assert!(lhs.k.start + lhs.depth() <= self.rows && k > 0, "product rows out of range");
+        let last_tap = lhs.taps.iter().copied().max().expect("a product has at least one tap");
+        assert!(lhs.x.len() >= last_tap + (m - 1) * lhs.stride + k, "product's left operand too short");
         assert!(out.len() >= m * n, "product's output too short");
         assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "product's residual too short");
         if let Start::Bias(bias) = epilogue.start {
@@ -116,37 +137,40 @@ impl PackedMatrix {
     /// The gemm crate, panel by panel, then a pass for the bias, residual and ReLU6.
     fn multiply_portable(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
         let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
-        let accumulate = matches!(epilogue.start, Start::Output);
         let bias = match epilogue.start {
             Start::Bias(bias) => Some(bias),
             Start::Zero | Start::Output => None,
         };
         for panel in &self.panels {
-            // SAFETY: multiply_with checked the operands' lengths: the output is m rows of n
-            // (this panel's columns of them), the left operand m rows `stride` apart of k
-            // values, the panel's rows lhs.k of stride() floats; the output aliases neither.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    panel.width,
-                    k,
-                    out.as_mut_ptr().add(panel.first),
-                    1,
-                    n as isize,
-                    accumulate,
-                    lhs.x.as_ptr(),
-                    1,
-                    lhs.stride as isize,
-                    panel.weights.as_ptr().add(lhs.k.start * panel.stride()),
-                    1,
-                    panel.stride() as isize,
-                    if accumulate { 1.0 } else { 0.0 },
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+            for (t, &tap) in lhs.taps.iter().enumerate() {
+                let accumulate = t > 0 || matches!(epilogue.start, Start::Output);
+                // SAFETY: multiply_with checked the operands' lengths: the output is m rows of n
+                // (this panel's columns of them), each tap of the left operand m rows `stride`
+                // apart of k values, the panel's rows of this tap stride() floats each; the
+                // output aliases neither.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        panel.width,
+                        k,
+                        out.as_mut_ptr().add(panel.first),
+                        1,
+                        n as isize,
+                        accumulate,
+                        lhs.x.as_ptr().add(tap),
+                        1,
+                        lhs.stride as isize,
+                        panel.weights.as_ptr().add(lhs.tap_rows(t).start * panel.stride()),
+                        1,
+                        panel.stride() as isize,
+                        if accumulate { 1.0 } else { 0.0 },
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
         }
         if bias.is_none() && epilogue.residual.is_none() && !epilogue.relu6 {
@@ -166,12 +190,14 @@ impl PackedMatrix {
     fn multiply_avx512(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
         let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
         let whole = m / TILE_ROWS * TILE_ROWS;
+        let last_tap = lhs.taps.iter().copied().max().unwrap_or(0);
         for panel in &self.panels {
             for r0 in (0..whole).step_by(TILE_ROWS) {
                 let tile = Tile {
-                    x: &lhs.x[r0 * lhs.stride..(r0 + TILE_ROWS - 1) * lhs.stride + k],
+                    x: &lhs.x[r0 * lhs.stride..last_tap + (r0 + TILE_ROWS - 1) * lhs.stride + k],
                     stride: lhs.stride,
                     k: lhs.k.clone(),
+                    taps: lhs.taps,
                     residual: epilogue.residual.map(|r| &r[r0 * n..(r0 + TILE_ROWS) * n]),
                     out: &mut out[r0 * n..(r0 + TILE_ROWS) * n],
                 };
@@ -181,11 +207,14 @@ impl PackedMatrix {
         if whole == m {
             return;
         }
-        let tail = m - whole;
-        let mut xs = vec![0f32; TILE_ROWS * k];
+        // The short tile's rows, each with its taps side by side: one tap of the whole depth.
+        let (tail, depth) = (m - whole, lhs.depth());
+        let mut xs = vec![0f32; TILE_ROWS * depth];
         for r in 0..tail {
-            let at = (whole + r) * lhs.stride;
-            xs[r * k..(r + 1) * k].copy_from_slice(&lhs.x[at..at + k]);
+            for (t, &tap) in lhs.taps.iter().enumerate() {
+                let at = tap + (whole + r) * lhs.stride;
+                xs[r * depth + t * k..][..k].copy_from_slice(&lhs.x[at..at + k]);
+            }
         }
         let residual = epilogue.residual.map(|res| {
             let mut padded = vec![0f32; TILE_ROWS * n];
@@ -194,8 +223,16 @@ impl PackedMatrix {
         });
         let mut outs = vec![0f32; TILE_ROWS * n];
         outs[..tail * n].copy_from_slice(&out[whole * n..m * n]);
+        let rows = lhs.k.start..lhs.k.start + depth;
         for panel in &self.panels {
-            let tile = Tile { x: &xs, stride: k, k: lhs.k.clone(), residual: residual.as_deref(), out: &mut outs };
+            let tile = Tile {
+                x: &xs,
+                stride: depth,
+                k: rows.clone(),
+                taps: ONE_TAP,
+                residual: residual.as_deref(),
+                out: &mut outs,
+            };
             self.tile(panel, tile, epilogue);
         }
         out[whole * n..m * n].copy_from_slice(&outs[..tail * n]);
@@ -205,8 +242,10 @@ impl PackedMatrix {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     fn tile(&self, panel: &Panel, tile: Tile, epilogue: &Epilogue) {
         let n = self.cols;
-        assert!(tile.x.len() >= (TILE_ROWS - 1) * tile.stride + tile.k.len() && tile.out.len() >= TILE_ROWS * n);
-        assert!(tile.residual.is_none_or(|r| r.len() >= TILE_ROWS * n) && tile.k.end <= self.rows);
+        let last_tap = tile.taps.iter().copied().max().unwrap_or(0);
+        assert!(tile.x.len() >= last_tap + (TILE_ROWS - 1) * tile.stride + tile.k.len());
+        assert!(tile.out.len() >= TILE_ROWS * n && tile.k.start + tile.taps.len() * tile.k.len() <= self.rows);
+        assert!(tile.residual.is_none_or(|r| r.len() >= TILE_ROWS * n));
         assert!(panel.first + panel.width <= n && panel.width <= PANEL_LANES);
         // SAFETY: AVX-512F is compiled in; the asserts bound the rows read and written, and the
         // lane masks keep every load and store of the output, bias and residual inside the
@@ -221,13 +260,14 @@ impl PackedMatrix {
     }
 }
 
-/// TILE_ROWS rows of a product: of x (`stride` apart, each the matrix's rows `k`), of the
-/// residual and of the output.
+/// TILE_ROWS rows of a product: of x (`stride` apart, each its taps of `k.len()` values, the
+/// matrix's rows from `k.start`), of the residual and of the output.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 struct Tile<'a> {
     x: &'a [f32],
     stride: usize,
     k: Range<usize>,
+    taps: &'a [usize],
     residual: Option<&'a [f32]>,
     out: &'a mut [f32],
 }
@@ -236,7 +276,7 @@ struct Tile<'a> {
 #[inline(always)]
 unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilogue: &Epilogue) {
     use std::arch::x86_64::*;
-    let Tile { x, stride, k, residual, out } = tile;
+    let Tile { x, stride, k, taps, residual, out } = tile;
     debug_assert_eq!(panel.stride(), V * LANES);
     let masks: [u16; V] = super::lane_masks(panel.width);
     let op = out.as_mut_ptr().add(panel.first);
@@ -251,13 +291,16 @@ unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilo
             std::array::from_fn(|r| std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], op.add(r * n + v * LANES))))
         }
     };
-    let (xp, wp) = (x.as_ptr(), panel.weights.as_ptr().add(k.start * V * LANES));
-    for i in 0..k.len() {
-        let wt: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(i * V * LANES + v * LANES)));
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let xv = _mm512_set1_ps(*xp.add(r * stride + i));
-            for v in 0..V {
-                acc[v] = _mm512_fmadd_ps(xv, wt[v], acc[v]);
+    for (t, &tap) in taps.iter().enumerate() {
+        let xp = x.as_ptr().add(tap);
+        let wp = panel.weights.as_ptr().add((k.start + t * k.len()) * V * LANES);
+        for i in 0..k.len() {
+            let wt: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(i * V * LANES + v * LANES)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*xp.add(r * stride + i));
+                for v in 0..V {
+                    acc[v] = _mm512_fmadd_ps(xv, wt[v], acc[v]);
+                }
             }
         }
     }
@@ -314,7 +357,7 @@ mod tests {
                     for kernel in [Kernel::Fastest, Kernel::Portable] {
                         let mut got = before.clone();
                         got.push(f32::NAN);
-                        let lhs = Lhs { x: &x, stride, m, k: k.clone() };
+                        let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps: ONE_TAP };
                         matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
                         assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
                         let diff = got[..m * cols].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -325,6 +368,45 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Several taps per row (a convolution's kernel rows, read in place) against the definition:
+    /// taps out of order and overlapping, rows that leave a short tile, widths past a panel,
+    /// on both paths.
+    #[test]
+    fn tapped_products_match_the_definition() {
+        for (cols, taps, k, m, stride) in [
+            (16, &[0usize][..], 3..7, 9, 2),
+            (32, &[0, 40, 80][..], 0..27, 16, 3),
+            (8, &[5, 0][..], 2..12, 13, 1),
+            (47, &[0, 11, 22, 33][..], 1..10, 7, 6),
+            (100, &[64, 0, 32][..], 0..32, 21, 64),
+        ] {
+            let rows = k.start + taps.len() * k.len() + 2;
+            let weights = numbers(rows * cols, (rows + cols) as u32);
+            let matrix = PackedMatrix::new(&weights, rows, cols);
+            let last = taps.iter().max().unwrap();
+            let x = numbers(last + (m - 1) * stride + k.len(), m as u32);
+            let before = numbers(m * cols, 9);
+            let mut want = before.clone();
+            for (r, c) in (0..m).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+                let mut dot = 0f32;
+                for (t, &tap) in taps.iter().enumerate() {
+                    for i in 0..k.len() {
+                        dot += x[tap + r * stride + i] * weights[(k.start + t * k.len() + i) * cols + c];
+                    }
+                }
+                want[r * cols + c] += dot;
+            }
+            let epilogue = Epilogue { start: Start::Output, residual: None, relu6: false };
+            for kernel in [Kernel::Fastest, Kernel::Portable] {
+                let mut got = before.clone();
+                let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps };
+                matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{kernel:?} {m} rows, taps {taps:?} of {k:?}, {cols} columns: max diff {diff}");
             }
         }
     }

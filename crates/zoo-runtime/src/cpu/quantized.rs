@@ -211,7 +211,7 @@ impl QuantizedMatrix {
         FLOAT_CODES.with_borrow_mut(|codes| {
             super::ensure(codes, m * k);
             self.input.quantize_to_floats(&x[..m * k], &mut codes[..m * k]);
-            let lhs = Lhs { x: codes, stride: k, m, k: 0..k };
+            let lhs = Lhs { x: codes, stride: k, m, k: 0..k, taps: packed::ONE_TAP };
             let sums = packed::Epilogue { start: Start::Zero, residual: None, relu6: false };
             self.float_codes().multiply_with(&lhs, out, &sums, kernel);
         });
