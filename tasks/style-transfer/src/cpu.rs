@@ -1,14 +1,17 @@
 //! The style networks on the CPU over plain NHWC buffers. candle's path pads, upsamples, normalises
 //! and activates in separate full passes over memory (each with a round of thread synchronisation)
 //! and builds a full patch matrix for every convolution (a 9x9 one over a 2048x2048 picture would
-//! be 4 GB). Here upsampling and reflection padding are one gather through index tables; stride-1
-//! convolutions multiply bands of output rows by weights packed once, reading the padded input in place, strided
-//! ones gather cache-sized tiles of patches; the instance-norm sums are taken while each band is
-//! still in cache, and one more pass normalises, activates and adds the residual.
+//! be 4 GB). Here a convolution multiplies each output row by weights packed once, reading its
+//! input rows in place (reflection at the top and bottom is a choice of rows, at the left and right
+//! a few gathered patches), so nothing is padded or copied; the instance-norm sums are taken while
+//! each band of rows is still in cache, and one more pass normalises, activates and adds the
+//! residual. A run's buffers are kept for the next run.
+
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use zoo_runtime::cpu::packed::{Epilogue, Lhs, PackedMatrix, Start};
+use zoo_runtime::cpu::packed::{Epilogue, Lhs, PackedMatrix, Start, ONE_TAP};
 use zoo_runtime::cpu::{ensure, LANES};
 
 use crate::layers::{reflect_index, NORM_EPS};
@@ -164,23 +167,28 @@ impl CpuLayer {
     /// The convolution of `x` (h, w, cin) into `out` (oh, ow, cout). With `norm`, returns each
     /// channel's (sum, sum of squares) for the instance norm and leaves the bias out (the norm's
     /// mean removes it); without, adds the bias and applies the activation.
-    fn conv(&self, x: &[f32], h: usize, w: usize, out: &mut [f32], norm: bool) -> Option<Vec<(f64, f64)>> {
+    /// `staging` holds what a layer makes of its input first (upsampled, or planar), kept
+    /// between layers and runs.
+    fn conv(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        out: &mut [f32],
+        norm: bool,
+        staging: &mut Vec<f32>,
+    ) -> Option<Vec<(f64, f64)>> {
         let (oh, ow) = self.output_hw(h, w);
         let out = &mut out[..oh * ow * self.cout];
-        // Reading strided windows in place would compute every skipped output too, so strided
-        // layers gather patches instead (measured: the in-place products are 1.4x faster at stride 1).
         let partial: Vec<Vec<(f64, f64)>> = if let Some(weights) = &self.narrow {
             match narrow_width(self.cout) {
-                1 => self.conv_narrow::<1>(weights, x, h, w, out, norm),
-                2 => self.conv_narrow::<2>(weights, x, h, w, out, norm),
-                3 => self.conv_narrow::<3>(weights, x, h, w, out, norm),
-                4 => self.conv_narrow::<4>(weights, x, h, w, out, norm),
-                _ => self.conv_narrow::<NARROW>(weights, x, h, w, out, norm),
+                1 => self.conv_narrow::<1>(weights, x, h, w, out, norm, staging),
+                2 => self.conv_narrow::<2>(weights, x, h, w, out, norm, staging),
+                3 => self.conv_narrow::<3>(weights, x, h, w, out, norm, staging),
+                4 => self.conv_narrow::<4>(weights, x, h, w, out, norm, staging),
+                _ => self.conv_narrow::<NARROW>(weights, x, h, w, out, norm, staging),
             }
-        } else if self.stride == 1 {
-            self.conv_stride1(x, h, w, out, norm)
         } else {
-            self.conv_patches(x, h, w, out, norm)
+            self.conv_rows(x, h, w, out, norm, staging)
         };
         norm.then(|| {
             let mut total = vec![(0f64, 0f64); self.cout];
@@ -214,55 +222,74 @@ impl CpuLayer {
         Vec::new()
     }
 
-    /// The padded (and upsampled) input, (rows, cols, cin), and its width.
-    fn pad_input(&self, x: &[f32], h: usize, w: usize) -> (Vec<f32>, usize) {
-        let cin = self.cin;
-        let rows = self.source_table(h);
-        let cols = self.source_table(w);
-        let pw = cols.len();
-        let mut padded = vec![0f32; rows.len() * pw * cin];
-        padded.par_chunks_mut(pw * cin).zip(rows.par_iter()).for_each(|(dst, &row)| {
-            for (px, &col) in dst.chunks_exact_mut(cin).zip(&cols) {
-                let src = (row * w + col) * cin;
-                px.copy_from_slice(&x[src..src + cin]);
-            }
-        });
-        (padded, pw)
-    }
-
-    /// Stride 1 without a patch matrix: the padded (and upsampled) input is materialised once;
-    /// then, numbering outputs along the padded width (the k - 1 extra columns per row are computed
-    /// and dropped), the inputs of kernel row ky for consecutive outputs are consecutive windows of
-    /// k * cin floats cin apart, which is a matrix the product reads in place with a row stride of cin.
-    /// So each band of output rows is k products accumulated, and no patch is ever copied.
-    fn conv_stride1(&self, x: &[f32], h: usize, w: usize, out: &mut [f32], norm: bool) -> Vec<Vec<(f64, f64)>> {
+    /// Without a patch matrix or a padded copy: for the outputs whose windows lie inside the
+    /// input, the inputs of kernel row ky for consecutive outputs of a row are consecutive
+    /// windows of k * cin floats, stride * cin apart, in the input row that ky reads (reflected
+    /// at the top and bottom), so the product reads them in place, one tap per kernel row, with
+    /// the accumulators in registers over the whole kernel and each output row written once
+    /// where it belongs. The few outputs at the left and right edges, whose windows reflect,
+    /// are gathered into a small patch matrix. An upsampled layer's input is upsampled first.
+    fn conv_rows(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+        norm: bool,
+        staging: &mut Vec<f32>,
+    ) -> Vec<Vec<(f64, f64)>> {
         let (oh, ow) = self.output_hw(h, w);
-        let (k, cin, cout) = (self.kernel, self.cin, self.cout);
-        let (padded, pw) = self.pad_input(x, h, w);
-        debug_assert_eq!(pw, ow + k - 1);
-        let band = (TILE_FLOATS / (pw * cout)).clamp(1, oh);
-        let span = k * cin;
+        let (x, h, w) = if self.upsample {
+            ensure(staging, 4 * h * w * self.cin);
+            upsample2_nhwc(x, h, w, self.cin, staging);
+            (&staging[..4 * h * w * self.cin], 2 * h, 2 * w)
+        } else {
+            (x, h, w)
+        };
+        let (k, s, cin, cout) = (self.kernel, self.stride, self.cin, self.cout);
+        let (p, depth) = (k / 2, k * k * cin);
+        // Outputs first..last read columns first * s - p.. last * s - p + k - 1 of the input.
+        let first = p.div_ceil(s).min(ow);
+        let last = if w + p >= k { ((w + p - k) / s + 1).clamp(first, ow) } else { first };
+        let edges: Vec<usize> = (0..first).chain(last..ow).collect();
+        let band = (TILE_FLOATS / (ow * cout)).clamp(1, oh);
+        let sums = Epilogue { start: Start::Zero, residual: None, relu6: false };
         out.par_chunks_mut(band * ow * cout)
             .enumerate()
             .map_init(
-                || vec![0f32; band * pw * cout],
-                |tmp, (t, out_band)| {
-                    let first_row = t * band;
-                    let band_rows = out_band.len() / (ow * cout);
-                    // The last row's dropped columns are not computed: they would read past the input.
-                    let m = band_rows * pw - (pw - ow);
-                    for ky in 0..k {
-                        let lhs = Lhs {
-                            x: &padded[(first_row + ky) * pw * cin..],
-                            stride: cin,
-                            m,
-                            k: ky * span..(ky + 1) * span,
-                        };
-                        let start = if ky > 0 { Start::Output } else { Start::Zero };
-                        self.weights.multiply(&lhs, tmp, &Epilogue { start, residual: None, relu6: false });
-                    }
-                    for (r, dst) in out_band.chunks_exact_mut(ow * cout).enumerate() {
-                        dst.copy_from_slice(&tmp[r * pw * cout..(r * pw + ow) * cout]);
+                || (vec![0usize; k], vec![0f32; edges.len() * depth], vec![0f32; edges.len() * cout]),
+                |(taps, patches, edge_out), (b, out_band)| {
+                    for (r, out_row) in out_band.chunks_exact_mut(ow * cout).enumerate() {
+                        let oy = b * band + r;
+                        for (ky, tap) in taps.iter_mut().enumerate() {
+                            *tap = reflect_index((oy * s + ky) as isize - p as isize, h) * w * cin;
+                        }
+                        if last > first {
+                            let lhs = Lhs {
+                                x: &x[(first * s - p) * cin..],
+                                stride: s * cin,
+                                m: last - first,
+                                k: 0..k * cin,
+                                taps,
+                            };
+                            self.weights.multiply(&lhs, &mut out_row[first * cout..last * cout], &sums);
+                        }
+                        if edges.is_empty() {
+                            continue;
+                        }
+                        for (patch, &ox) in patches.chunks_exact_mut(depth).zip(&edges) {
+                            for (ky, &row) in taps.iter().enumerate() {
+                                for kx in 0..k {
+                                    let col = reflect_index((ox * s + kx) as isize - p as isize, w);
+                                    patch[(ky * k + kx) * cin..][..cin].copy_from_slice(&x[row + col * cin..][..cin]);
+                                }
+                            }
+                        }
+                        let lhs = Lhs { x: patches, stride: depth, m: edges.len(), k: 0..depth, taps: ONE_TAP };
+                        self.weights.multiply(&lhs, edge_out, &sums);
+                        for (got, &ox) in edge_out.chunks_exact(cout).zip(&edges) {
+                            out_row[ox * cout..][..cout].copy_from_slice(got);
+                        }
                     }
                     self.epilogue(out_band, norm)
                 },
@@ -285,6 +312,7 @@ impl CpuLayer {
         w: usize,
         out: &mut [f32],
         norm: bool,
+        staging: &mut Vec<f32>,
     ) -> Vec<Vec<(f64, f64)>> {
         let (oh, ow) = self.output_hw(h, w);
         let (k, cin) = (self.kernel, self.cin);
@@ -294,13 +322,16 @@ impl CpuLayer {
         let ph = rows.len();
         let tiles = ow.div_ceil(NARROW_PIXELS);
         let plane_w = tiles * NARROW_PIXELS + k - 1;
-        let mut planes = vec![0f32; cin * ph * plane_w];
+        ensure(staging, cin * ph * plane_w);
+        let planes = &mut staging[..cin * ph * plane_w];
         planes.par_chunks_mut(plane_w).enumerate().for_each(|(i, dst)| {
             let (ci, r) = (i / ph, i % ph);
             let src = rows[r] * w;
             for (d, &col) in dst.iter_mut().zip(&cols) {
                 *d = x[(src + col) * cin + ci];
             }
+            // The widening feeds only outputs that are dropped; zeros keep them finite.
+            dst[cols.len()..].fill(0.0);
         });
         let band = (TILE_FLOATS / (ow * cout)).clamp(1, oh);
         out.par_chunks_mut(band * ow * cout)
@@ -309,7 +340,7 @@ impl CpuLayer {
                 for (r, out_row) in out_band.chunks_exact_mut(ow * cout).enumerate() {
                     let oy = b * band + r;
                     for t in 0..tiles {
-                        let tile = NarrowTile { planes: &planes, plane_w, ph, k, cin, weights };
+                        let tile = NarrowTile { planes, plane_w, ph, k, cin, weights };
                         let acc = tile.compute::<C>(oy, t * NARROW_PIXELS);
                         let first = t * NARROW_PIXELS;
                         for p in 0..NARROW_PIXELS.min(ow - first) {
@@ -323,45 +354,17 @@ impl CpuLayer {
             })
             .collect()
     }
+}
 
-    /// Strided convolutions (the two downsampling layers, 32 channels in): tiles of a patch matrix
-    /// gathered through the reflection tables, each multiplied while in cache.
-    fn conv_patches(&self, x: &[f32], h: usize, w: usize, out: &mut [f32], norm: bool) -> Vec<Vec<(f64, f64)>> {
-        let (_, ow) = self.output_hw(h, w);
-        let (k, s, cin, cout) = (self.kernel, self.stride, self.cin, self.cout);
-        let patch = k * k * cin;
-        let tile = (TILE_FLOATS / patch).max(16);
-        let rows = self.source_table(h);
-        let cols = self.source_table(w);
-        out.par_chunks_mut(tile * cout)
-            .enumerate()
-            .map_init(
-                || vec![0f32; tile * patch],
-                |patches, (t, out_tile)| {
-                    let first = t * tile;
-                    let count = out_tile.len() / cout;
-                    for (i, dst) in patches.chunks_exact_mut(patch).take(count).enumerate() {
-                        let (oy, ox) = ((first + i) / ow, (first + i) % ow);
-                        for ky in 0..k {
-                            let row = rows[oy * s + ky] * w;
-                            for kx in 0..k {
-                                let src = (row + cols[ox * s + kx]) * cin;
-                                let at = (ky * k + kx) * cin;
-                                dst[at..at + cin].copy_from_slice(&x[src..src + cin]);
-                            }
-                        }
-                    }
-                    let lhs = Lhs { x: &patches[..count * patch], stride: patch, m: count, k: 0..patch };
-                    self.weights.multiply(
-                        &lhs,
-                        out_tile,
-                        &Epilogue { start: Start::Zero, residual: None, relu6: false },
-                    );
-                    self.epilogue(out_tile, norm)
-                },
-            )
-            .collect()
-    }
+/// Nearest-neighbour 2x upsampling of an NHWC image of `c` channels into `up`.
+fn upsample2_nhwc(x: &[f32], h: usize, w: usize, c: usize, up: &mut [f32]) {
+    up[..4 * h * w * c].par_chunks_mut(2 * w * c).enumerate().for_each(|(row, dst)| {
+        let src = &x[row / 2 * w * c..][..w * c];
+        for (pair, px) in dst.chunks_exact_mut(2 * c).zip(src.chunks_exact(c)) {
+            pair[..c].copy_from_slice(px);
+            pair[c..].copy_from_slice(px);
+        }
+    });
 }
 
 #[inline(always)]
@@ -431,19 +434,32 @@ fn normalise_with(
     }
 }
 
+/// A run's buffers: two for the layers' inputs and outputs in turn, one for the residual
+/// blocks' inner maps, one for what a layer stages from its input.
+type Buffers = [Vec<f32>; 4];
+
+/// Runs keep their buffers for the next one up to this many floats in all (256 MB), so that
+/// pictures up to 1024x1024 reuse memory rather than fault in fresh pages on every run (the
+/// faults and zeroing cost multistyle26 a third of its time at 512x512); larger ones give
+/// theirs back to the system.
+const KEPT_FLOATS: usize = 64 << 20;
+
 pub struct CpuNet {
     layers: Vec<CpuLayer>,
     contract: usize,
     blocks: usize,
+    /// The buffers of finished runs, one set per run that was in flight at once.
+    kept: Mutex<Vec<Buffers>>,
 }
 
 impl CpuNet {
     pub fn new(net: &StyleNet) -> candle_core::Result<Self> {
         let layers = net.layers.iter().map(CpuLayer::new).collect::<candle_core::Result<_>>()?;
-        Ok(CpuNet { layers, contract: net.contract, blocks: net.residual_blocks })
+        Ok(CpuNet { layers, contract: net.contract, blocks: net.residual_blocks, kept: Mutex::new(Vec::new()) })
     }
 
     /// One layer from `x` (h, w, cin) into `out`; with `residual`, the result is added there instead.
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         i: usize,
@@ -452,12 +468,13 @@ impl CpuNet {
         (h, w): (usize, usize),
         out: &mut Vec<f32>,
         residual: Option<&mut [f32]>,
+        staging: &mut Vec<f32>,
     ) -> (usize, usize) {
         let layer = &self.layers[i];
         let (oh, ow) = layer.output_hw(h, w);
         ensure(out, oh * ow * layer.cout);
         let norm = norms[i].as_ref();
-        let stats = layer.conv(x, h, w, out, norm.is_some());
+        let stats = layer.conv(x, (h, w), out, norm.is_some(), staging);
         if let (Some(stats), Some((gamma, beta))) = (stats, norm) {
             normalise(out, &stats, oh * ow, (gamma, beta), layer.activation, residual);
         } else if let Some(res) = residual {
@@ -468,26 +485,36 @@ impl CpuNet {
 
     /// x: (h, w, 3) NHWC in the network's pixel scale; returns (h, w, 3).
     pub fn forward(&self, x: &[f32], h: usize, w: usize, norms: &Norms) -> Vec<f32> {
-        let (mut a, mut b, mut t) = (Vec::new(), Vec::new(), Vec::new());
-        let mut hw = self.layer(0, norms, x, (h, w), &mut a, None);
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let [mut a, mut b, mut t, mut staging] = kept.unwrap_or_default();
+        // The first layer's output, in `a`, is the largest map; a run ends with `a` and `b` the
+        // other way round when it has an odd number of layers outside the residual blocks.
+        if a.len() < b.len() {
+            std::mem::swap(&mut a, &mut b);
+        }
+        let mut hw = self.layer(0, norms, x, (h, w), &mut a, None, &mut staging);
         for i in 1..self.contract {
-            hw = self.layer(i, norms, &a, hw, &mut b, None);
+            hw = self.layer(i, norms, &a, hw, &mut b, None, &mut staging);
             std::mem::swap(&mut a, &mut b);
         }
         for r in 0..self.blocks {
             let first = self.contract + 2 * r;
-            let inner = self.layer(first, norms, &a, hw, &mut b, None);
+            let inner = self.layer(first, norms, &a, hw, &mut b, None, &mut staging);
             let c = self.layers[first + 1].cout;
             ensure(&mut t, inner.0 * inner.1 * c);
             // The block's input (in `a`) takes the second convolution's normalised output in place.
-            self.layer(first + 1, norms, &b, inner, &mut t, Some(&mut a[..hw.0 * hw.1 * c]));
+            self.layer(first + 1, norms, &b, inner, &mut t, Some(&mut a[..hw.0 * hw.1 * c]), &mut staging);
         }
         for i in self.contract + 2 * self.blocks..self.layers.len() {
-            hw = self.layer(i, norms, &a, hw, &mut b, None);
+            hw = self.layer(i, norms, &a, hw, &mut b, None, &mut staging);
             std::mem::swap(&mut a, &mut b);
         }
-        a.truncate(hw.0 * hw.1 * 3);
-        a
+        let image = a[..hw.0 * hw.1 * 3].to_vec();
+        let buffers = [a, b, t, staging];
+        if buffers.iter().map(Vec::len).sum::<usize>() <= KEPT_FLOATS {
+            self.kept.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
+        }
+        image
     }
 }
 
@@ -524,8 +551,8 @@ mod tests {
             let (oh, ow) = layer.output_hw(h, w);
             for norm in [false, true] {
                 let (mut got, mut want) = (vec![0f32; oh * ow * cout], vec![0f32; oh * ow * cout]);
-                let got_stats = layer.conv(&x, h, w, &mut got, norm);
-                let want_stats = product.conv(&x, h, w, &mut want, norm);
+                let got_stats = layer.conv(&x, (h, w), &mut got, norm, &mut Vec::new());
+                let want_stats = product.conv(&x, (h, w), &mut want, norm, &mut Vec::new());
                 let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-4, "{cin}->{cout} k{k} {h}x{w} upsample {upsample} norm {norm}: max diff {diff}");
                 for ((a, b), (c, d)) in got_stats.unwrap_or_default().iter().zip(want_stats.unwrap_or_default()) {
@@ -534,6 +561,64 @@ mod tests {
                     assert!(close(*a, c) && close(*b, d), "{cin}->{cout}: norm sums {a}, {b} vs {c}, {d}");
                 }
             }
+        }
+    }
+
+    /// The in-place row products against candle's pad, upsample and convolution, one layer at a
+    /// time, on shapes that reach every edge case: strides 1 and 2 on odd sides, a kernel wider
+    /// than the picture (every output an edge), a width of 1, channels off the register width,
+    /// upsampled or not.
+    #[test]
+    fn row_products_match_candle_on_odd_shapes() {
+        use crate::layers::{reflect_pad, upsample2};
+        let dev = Device::Cpu;
+        let numbers = zoo_runtime::test_support::pseudo_random;
+        for (cin, cout, k, stride, upsample, h, w) in [
+            (3, 32, 9, 1, false, 13, 21),
+            (32, 32, 3, 2, false, 9, 15),
+            (5, 17, 3, 2, false, 6, 1),
+            (4, 40, 9, 1, false, 5, 3),
+            (16, 24, 3, 1, true, 5, 7),
+            (7, 9, 5, 2, true, 3, 4),
+            (2, 3, 3, 1, false, 1, 1),
+        ] {
+            let seed = (cin * 1000 + cout * 10 + k) as u32;
+            let weight = Tensor::from_vec(numbers(cout * cin * k * k, seed), (cout, cin, k, k), &dev).unwrap();
+            let bias = Tensor::from_vec(numbers(cout, seed + 1), cout, &dev).unwrap();
+            let conv = ConvLayer {
+                weight: weight.clone(),
+                bias: Some(bias.clone()),
+                stride,
+                upsample,
+                norm: None,
+                activation: Activation::None,
+            };
+            let mut layer = CpuLayer::new(&conv).unwrap();
+            layer.narrow = None;
+            let x = numbers(h * w * cin, seed + 2);
+            let (oh, ow) = layer.output_hw(h, w);
+            let mut got = vec![f32::NAN; oh * ow * cout];
+            layer.conv(&x, (h, w), &mut got, false, &mut vec![f32::NAN; 7]);
+
+            let image =
+                Tensor::from_vec(x, (1, h, w, cin), &dev).unwrap().permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
+            let image = if upsample { upsample2(&image).unwrap() } else { image };
+            let p = k / 2;
+            let want = reflect_pad(&image, p, p, p, p)
+                .unwrap()
+                .conv2d(&weight, 0, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap()
+                .permute((0, 2, 3, 1))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(want.len(), got.len(), "{cin}->{cout} k{k} s{stride}: output size");
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{cin}->{cout} k{k} stride {stride} upsample {upsample} {h}x{w}: max diff {diff}");
         }
     }
 
