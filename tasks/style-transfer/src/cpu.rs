@@ -438,11 +438,11 @@ fn normalise_with(
 /// blocks' inner maps, one for what a layer stages from its input.
 type Buffers = [Vec<f32>; 4];
 
-/// Runs keep their buffers for the next one up to this many floats in all (256 MB), so that
-/// pictures up to 1024x1024 reuse memory rather than fault in fresh pages on every run (the
-/// faults and zeroing cost multistyle26 a third of its time at 512x512); larger ones give
-/// theirs back to the system.
-const KEPT_FLOATS: usize = 64 << 20;
+/// Runs keep their buffers for the next one up to this many floats in all (1 GiB, about what
+/// multistyle26 takes at 2048x2048), so that a folder of pictures reuses memory rather than
+/// faulting in fresh pages for each (measured: the faults and zeroing cost a third of the run
+/// at 512x512 and at 2048x2048); a larger picture's buffers go back to the system.
+const KEPT_FLOATS: usize = 256 << 20;
 
 pub struct CpuNet {
     layers: Vec<CpuLayer>,
