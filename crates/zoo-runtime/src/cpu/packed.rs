@@ -85,6 +85,12 @@ impl Lhs<'_> {
     }
 }
 
+/// How many values of the input `rows` rows of a left operand span: from the first row's start
+/// to the end of the last row's last tap.
+fn reach(taps: &[usize], rows: usize, stride: usize, k: usize) -> usize {
+    taps.iter().copied().max().unwrap_or(0) + (rows - 1) * stride + k
+}
+
 impl PackedMatrix {
     /// `weights`: (rows, cols) row-major.
     pub fn new(weights: &[f32], rows: usize, cols: usize) -> Self {
@@ -116,8 +122,8 @@ impl PackedMatrix {
             return;
         }
         assert!(lhs.k.start + lhs.depth() <= self.rows && k > 0, "product rows out of range");
-        let last_tap = lhs.taps.iter().copied().max().expect("a product has at least one tap");
-        assert!(lhs.x.len() >= last_tap + (m - 1) * lhs.stride + k, "product's left operand too short");
+        assert!(!lhs.taps.is_empty(), "a product has at least one tap");
+        assert!(lhs.x.len() >= reach(lhs.taps, m, lhs.stride, k), "product's left operand too short");
         assert!(out.len() >= m * n, "product's output too short");
         assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "product's residual too short");
         if let Start::Bias(bias) = epilogue.start {
@@ -190,11 +196,11 @@ impl PackedMatrix {
     fn multiply_avx512(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
         let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
         let whole = m / TILE_ROWS * TILE_ROWS;
-        let last_tap = lhs.taps.iter().copied().max().unwrap_or(0);
+        let tile_reach = reach(lhs.taps, TILE_ROWS, lhs.stride, k);
         for panel in &self.panels {
             for r0 in (0..whole).step_by(TILE_ROWS) {
                 let tile = Tile {
-                    x: &lhs.x[r0 * lhs.stride..last_tap + (r0 + TILE_ROWS - 1) * lhs.stride + k],
+                    x: &lhs.x[r0 * lhs.stride..][..tile_reach],
                     stride: lhs.stride,
                     k: lhs.k.clone(),
                     taps: lhs.taps,
@@ -242,8 +248,7 @@ impl PackedMatrix {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     fn tile(&self, panel: &Panel, tile: Tile, epilogue: &Epilogue) {
         let n = self.cols;
-        let last_tap = tile.taps.iter().copied().max().unwrap_or(0);
-        assert!(tile.x.len() >= last_tap + (TILE_ROWS - 1) * tile.stride + tile.k.len());
+        assert!(tile.x.len() >= reach(tile.taps, TILE_ROWS, tile.stride, tile.k.len()));
         assert!(tile.out.len() >= TILE_ROWS * n && tile.k.start + tile.taps.len() * tile.k.len() <= self.rows);
         assert!(tile.residual.is_none_or(|r| r.len() >= TILE_ROWS * n));
         assert!(panel.first + panel.width <= n && panel.width <= PANEL_LANES);
