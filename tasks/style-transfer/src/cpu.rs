@@ -240,6 +240,11 @@ impl CpuLayer {
         let first = p.div_ceil(s).min(ow);
         let last = if w + p >= k { ((w + p - k) / s + 1).clamp(first, ow) } else { first };
         let edges: Vec<usize> = (0..first).chain(last..ow).collect();
+        // Each edge output's k input columns, reflected: the same on every row.
+        let edge_cols: Vec<usize> = edges
+            .iter()
+            .flat_map(|&ox| (0..k).map(move |kx| reflect_index((ox * s + kx) as isize - p as isize, w)))
+            .collect();
         let band = (TILE_FLOATS / (ow * cout)).clamp(1, oh);
         let sums = Epilogue { start: Start::Zero, residual: None, relu6: false };
         out.par_chunks_mut(band * ow * cout)
@@ -265,10 +270,9 @@ impl CpuLayer {
                         if edges.is_empty() {
                             continue;
                         }
-                        for (patch, &ox) in patches.chunks_exact_mut(depth).zip(&edges) {
+                        for (patch, cols) in patches.chunks_exact_mut(depth).zip(edge_cols.chunks_exact(k)) {
                             for (ky, &row) in taps.iter().enumerate() {
-                                for kx in 0..k {
-                                    let col = reflect_index((ox * s + kx) as isize - p as isize, w);
+                                for (kx, &col) in cols.iter().enumerate() {
                                     patch[(ky * k + kx) * cin..][..cin].copy_from_slice(&x[row + col * cin..][..cin]);
                                 }
                             }
