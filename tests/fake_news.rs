@@ -67,6 +67,35 @@ fn classifies_files_stdin_text_and_table_rows_in_order() {
     assert_eq!(out[1]["label"], "real", "{}", out[1]);
 }
 
+/// The bundled head knows the texts it was trained on: a recipe and a line of code are far from
+/// them and carry the warning, in JSON and in the human output; a news claim does not.
+#[test]
+fn texts_unlike_the_training_data_carry_a_warning() {
+    let Some(cache) = shared_hub_cache("fake-news domain warning") else { return };
+    let far = [
+        "Preheat the oven to 180C, mix the flour with two eggs and bake for 25 minutes.",
+        "for i in range(10): print(i)",
+    ];
+    let near = "Drinking hot water with lemon kills the coronavirus, a viral post claims.";
+    let run = zoo(&cache, &["run", "fake-news", "--text", far[0], "--json"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = lines(&run);
+    assert_eq!(out[0]["in_domain"], false, "{}", out[0]);
+    let warning = out[0]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("unlike the texts this model was trained on"), "{warning}");
+    assert!(out[0]["domain_percentile"].as_f64().unwrap() > 99.0);
+    for (text, in_domain) in [(far[1], false), (near, true)] {
+        let run = zoo(&cache, &["run", "fake-news", "--text", text, "--json"], None);
+        let out = lines(&run);
+        assert_eq!(out[0]["in_domain"], in_domain, "{text}: {}", out[0]);
+        assert_eq!(out[0]["warnings"].as_array().unwrap().is_empty(), in_domain, "{}", out[0]);
+    }
+    let human = zoo(&cache, &["run", "fake-news", "--text", far[0]], None);
+    assert!(human.stdout.contains("warning: unlike the texts this model was trained on"), "{}", human.stdout);
+    let human = zoo(&cache, &["run", "fake-news", "--text", near], None);
+    assert!(!human.stdout.contains("warning"), "{}", human.stdout);
+}
+
 #[test]
 fn bad_text_gets_one_line_errors_and_the_rest_still_runs() {
     let Some(cache) = shared_hub_cache("fake-news bad inputs") else { return };
@@ -99,6 +128,12 @@ fn bad_text_gets_one_line_errors_and_the_rest_still_runs() {
         (vec!["run", "fake-news"], "no text given"),
         (vec!["run", "fake-news", "x.csv", "--text-column", "tweet"], "x.csv"),
         (vec!["train", "fake-news", "--out", "/tmp/x"], "--train"),
+        (vec!["train", "fake-news", "--out", "/tmp/x", "--train", "a.csv", "--recipe", "r.toml"], "not both"),
+        (vec!["train", "fake-news", "--out", "/tmp/x", "--recipe", "missing.toml"], "missing.toml"),
+        (
+            vec!["train", "fake-news", "--out", "/tmp/x", "--train", "a.csv", "--weighting", "most"],
+            "sqrt, equal or rows",
+        ),
     ] {
         let run = zoo(&cache, &args, None);
         assert_ne!(run.code, 0, "{args:?}");

@@ -54,7 +54,7 @@ fn main() {
     let plain_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for (text, result) in sample.iter().zip(plain) {
-        let (p, _) = result.unwrap();
+        let p = result.unwrap().probabilities;
         let label = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         zoo_fake_news::explain::attribute(&classifier, text, label, p[label], 32);
     }

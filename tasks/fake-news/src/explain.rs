@@ -75,7 +75,7 @@ pub fn attribute(classifier: &Classifier, text: &str, label: usize, p: f32, batc
             start,
             end,
             // A text that is nothing without this word (its only word) cannot be scored again.
-            score: r.map(|(probs, _)| p - probs[label]).unwrap_or(0.0),
+            score: r.map(|c| p - c.probabilities[label]).unwrap_or(0.0),
         })
         .collect();
     Attribution {

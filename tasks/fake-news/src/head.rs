@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
-use candle_nn::{loss, Linear, Optimizer};
+use candle_nn::{Linear, Optimizer};
 use serde::{Deserialize, Serialize};
 use zoo_runtime::{Error, Model, Result};
+
+use crate::domain::{self, DomainInfo};
 
 /// What `head.json` records beside the weights.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,17 +19,34 @@ pub struct HeadInfo {
     pub encoder: String,
     pub window: usize,
     pub overlap: usize,
+    /// Divides the logits before the softmax; fitted on validation data (1 for heads trained
+    /// before zoo calibrated them).
+    #[serde(default = "one")]
+    pub temperature: f32,
+    /// The training data's domain, for telling texts unlike it; heads trained before zoo kept it
+    /// have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainInfo>,
     /// How it was trained and what it scored, for `zoo info` and the catalogue.
     #[serde(default)]
     pub training: serde_json::Value,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 pub struct Head {
     /// The hidden layer of an MLP head (ReLU after it); none for logistic regression.
     hidden: Option<Linear>,
     linear: Linear,
+    /// The training windows' centroids (rows x dim), when head.json has a domain.
+    pub centroids: Option<Vec<f32>>,
     pub info: HeadInfo,
 }
+
+/// The name of the centroids in head.safetensors.
+pub const CENTROIDS: &str = "domain.centroids";
 
 impl Head {
     pub fn load(model: &Model, device: &Device) -> Result<Self> {
@@ -56,7 +75,23 @@ impl Head {
         } else {
             None
         };
-        Ok(Head { hidden, linear: Linear::new(weight, Some(bias)), info })
+        if !(info.temperature.is_finite() && info.temperature > 0.0) {
+            return Err(Error::model(
+                &model.id,
+                format!("head.json: temperature {} is not positive", info.temperature),
+            ));
+        }
+        let centroids = match &info.domain {
+            Some(domain) => {
+                let c = vb.get((domain.centroids, inner_dim(&hidden, inner)), CENTROIDS).map_err(bad)?;
+                if domain.quantiles.len() < 2 {
+                    return Err(Error::model(&model.id, "head.json: the domain has no distance quantiles"));
+                }
+                Some(c.flatten_all().and_then(|c| c.to_vec1::<f32>()).map_err(bad)?)
+            }
+            None => None,
+        };
+        Ok(Head { hidden, linear: Linear::new(weight, Some(bias)), centroids, info })
     }
 
     /// The length of the embeddings the head takes.
@@ -64,14 +99,31 @@ impl Head {
         self.hidden.as_ref().unwrap_or(&self.linear).weight().dim(1).unwrap_or(0)
     }
 
-    /// Class probabilities for each row of `embeddings` (rows x dim).
-    pub fn probabilities(&self, embeddings: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    /// Logits, before the temperature, for each row of `embeddings` (rows x dim).
+    pub fn logits(&self, embeddings: &Tensor) -> candle_core::Result<Tensor> {
         let x = match &self.hidden {
             Some(hidden) => hidden.forward(embeddings)?.relu()?,
             None => embeddings.clone(),
         };
-        candle_nn::ops::softmax_last_dim(&self.linear.forward(&x)?)?.to_vec2()
+        self.linear.forward(&x)
     }
+
+    /// Calibrated class probabilities for each row of `embeddings`.
+    pub fn probabilities(&self, embeddings: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+        let logits = (self.logits(embeddings)? / self.info.temperature as f64)?;
+        candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()
+    }
+
+    /// Each embedding's distance to the nearest training centroid, when the head has them.
+    pub fn distances(&self, embeddings: &[f32]) -> Option<Vec<f32>> {
+        let centroids = self.centroids.as_ref()?;
+        Some(domain::distances(centroids, embeddings, self.dim()))
+    }
+}
+
+/// The embedding length a head takes: the hidden layer's input, or the output layer's.
+fn inner_dim(hidden: &Option<Linear>, output_inputs: usize) -> usize {
+    hidden.as_ref().map(|h| h.weight().dims()[1]).unwrap_or(output_inputs)
 }
 
 /// Accuracy and macro-averaged F1.
@@ -116,20 +168,25 @@ pub struct Trained {
     pub tensors: HashMap<String, Tensor>,
     pub epochs_run: usize,
     pub best_epoch: usize,
-    pub train: Scores,
-    pub val: Option<Scores>,
+    /// The weighted loss early stopping watched (validation, or training without it), at the best epoch.
+    pub best_loss: f32,
+}
+
+/// Examples to train on or validate with: embeddings (rows x dim), a class per row, and a weight
+/// per row (the loss is the weighted mean).
+#[derive(Clone, Copy)]
+pub struct Examples<'a> {
+    pub x: &'a Tensor,
+    pub y: &'a [usize],
+    pub weights: &'a [f32],
 }
 
 /// Uniform numbers in (-bound, bound) from a SplitMix64 stream: the same seed gives the same head on
-/// every machine, which candle's CPU generator does not promise.
+/// every machine.
 fn uniform(shape: (usize, usize), bound: f32, state: &mut u64, device: &Device) -> candle_core::Result<Var> {
     let values: Vec<f32> = (0..shape.0 * shape.1)
         .map(|_| {
-            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let unit = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
+            let unit = (crate::splitmix64(state) >> 40) as f32 / (1u64 << 24) as f32;
             (2.0 * unit - 1.0) * bound
         })
         .collect();
@@ -148,20 +205,42 @@ fn forward(layers: &[(Tensor, Tensor)], x: &Tensor) -> candle_core::Result<Tenso
     Ok(h)
 }
 
-/// Full-batch AdamW on the cross-entropy, keeping the weights of the epoch with the lowest
+/// Logits of `x` under a trained head's tensors, as [`Head::logits`] computes them.
+pub fn logits(tensors: &HashMap<String, Tensor>, x: &Tensor) -> candle_core::Result<Tensor> {
+    let layer = |prefix: &str| -> candle_core::Result<(Tensor, Tensor)> {
+        let get = |name: String| {
+            tensors.get(&name).cloned().ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}")))
+        };
+        Ok((get(format!("{prefix}weight"))?, get(format!("{prefix}bias"))?))
+    };
+    let mut layers = Vec::new();
+    if tensors.contains_key("hidden.weight") {
+        layers.push(layer("hidden.")?);
+    }
+    layers.push(layer("")?);
+    forward(&layers, x)
+}
+
+/// The weighted mean cross-entropy of `logits` against `targets`.
+fn weighted_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    picked.mul(weights)?.sum_all()? / -(weights.sum_all()?.to_scalar::<f32>()? as f64)
+}
+
+/// Full-batch AdamW on the weighted cross-entropy, keeping the weights of the epoch with the lowest
 /// validation loss. Logistic regression starts from zero weights: the problem is convex, so the
 /// result depends on the data and settings alone. An MLP starts from seeded uniform weights
 /// (PyTorch's default bounds, 1/sqrt(fan-in)); no shuffling either way.
 pub fn train(
-    x: &Tensor,
-    y: &[usize],
-    val: Option<(&Tensor, &[usize])>,
+    data: Examples,
+    val: Option<Examples>,
     classes: usize,
     settings: &TrainSettings,
     mut on_epoch: impl FnMut(usize, f32),
 ) -> candle_core::Result<Trained> {
-    let device = x.device();
-    let dim = x.dim(1)?;
+    let device = data.x.device();
+    let dim = data.x.dim(1)?;
     let mut state = settings.seed;
     // (name prefix, weight, bias), input side first.
     let vars: Vec<(&str, Var, Var)> = if settings.hidden == 0 {
@@ -187,10 +266,17 @@ pub fn train(
         ..Default::default()
     };
     let mut opt = candle_nn::AdamW::new(vars.iter().flat_map(|(_, w, b)| [w.clone(), b.clone()]).collect(), params)?;
-    let targets = Tensor::from_vec(y.iter().map(|&v| v as u32).collect::<Vec<_>>(), y.len(), device)?;
-    let val_targets = match val {
-        Some((_, vy)) => Some(Tensor::from_vec(vy.iter().map(|&v| v as u32).collect::<Vec<_>>(), vy.len(), device)?),
-        None => None,
+    let tensors = |e: Examples| -> candle_core::Result<(Tensor, Tensor)> {
+        let y = Tensor::from_vec(e.y.iter().map(|&v| v as u32).collect::<Vec<_>>(), e.y.len(), device)?;
+        Ok((y, Tensor::from_slice(e.weights, e.weights.len(), device)?))
+    };
+    let (targets, weights) = tensors(data)?;
+    let watched_set = match val {
+        Some(v) => {
+            let (y, w) = tensors(v)?;
+            (v.x.clone(), y, w)
+        }
+        None => (data.x.clone(), targets.clone(), weights.clone()),
     };
     let live: Vec<(Tensor, Tensor)> =
         vars.iter().map(|(_, w, b)| (w.as_tensor().clone(), b.as_tensor().clone())).collect();
@@ -200,14 +286,12 @@ pub fn train(
     let mut best = (f32::INFINITY, 0usize, snapshot()?);
     let mut epochs_run = 0;
     for epoch in 1..=settings.epochs {
-        let loss = loss::cross_entropy(&forward(&live, x)?, &targets)?;
+        let loss = weighted_cross_entropy(&forward(&live, data.x)?, &targets, &weights)?;
         opt.backward_step(&loss)?;
         epochs_run = epoch;
         // The loss of the weights as they are after this step, which are the ones kept if best.
-        let watched = match (val, &val_targets) {
-            (Some((vx, _)), Some(vt)) => loss::cross_entropy(&forward(&live, vx)?, vt)?.to_scalar::<f32>()?,
-            _ => loss::cross_entropy(&forward(&live, x)?, &targets)?.to_scalar::<f32>()?,
-        };
+        let (vx, vy, vw) = &watched_set;
+        let watched = weighted_cross_entropy(&forward(&live, vx)?, vy, vw)?.to_scalar::<f32>()?;
         if !watched.is_finite() {
             candle_core::bail!("the loss became {watched} at epoch {epoch}; try a smaller learning rate")
         }
@@ -218,21 +302,13 @@ pub fn train(
             break;
         }
     }
-    let (_, best_epoch, layers) = best;
-    let predict = |x: &Tensor| -> candle_core::Result<Vec<usize>> {
-        Ok(forward(&layers, x)?.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|v| v as usize).collect())
-    };
-    let train_scores = score(&predict(x)?, y, classes);
-    let val_scores = match val {
-        Some((vx, vy)) => Some(score(&predict(vx)?, vy, classes)),
-        None => None,
-    };
+    let (best_loss, best_epoch, layers) = best;
     let mut tensors = HashMap::new();
     for ((prefix, _, _), (w, b)) in vars.iter().zip(layers) {
         tensors.insert(format!("{prefix}weight"), w);
         tensors.insert(format!("{prefix}bias"), b);
     }
-    Ok(Trained { tensors, epochs_run, best_epoch, train: train_scores, val: val_scores })
+    Ok(Trained { tensors, epochs_run, best_epoch, best_loss })
 }
 
 #[cfg(test)]
@@ -247,6 +323,21 @@ mod tests {
         assert!((s.macro_f1 - (2.0 / 3.0 + 0.8) / 2.0).abs() < 1e-6);
     }
 
+    /// The same point labelled both ways, one label weighted three times the other: the loss's
+    /// minimum gives that label probability 3/4, which only a weighted loss reaches.
+    #[test]
+    fn weights_set_each_example_s_pull() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1f32, 0.5], [1.0, 0.5]], &dev).unwrap();
+        let settings =
+            TrainSettings { epochs: 3000, learning_rate: 0.05, weight_decay: 0.0, patience: 3000, hidden: 0, seed: 0 };
+        let data = Examples { x: &x, y: &[0, 1], weights: &[1.5, 0.5] };
+        let trained = train(data, None, 2, &settings, |_, _| {}).unwrap();
+        let z: Vec<Vec<f32>> = logits(&trained.tensors, &x).unwrap().to_vec2().unwrap();
+        let p = crate::calibration::softmax(&z[0], 1.0);
+        assert!((p[0] - 0.75).abs() < 1e-3, "{p:?}");
+    }
+
     #[test]
     fn learns_a_separable_problem_deterministically() {
         let dev = Device::Cpu;
@@ -255,9 +346,11 @@ mod tests {
         for hidden in [0, 8] {
             let settings =
                 TrainSettings { epochs: 200, learning_rate: 0.1, weight_decay: 0.0, patience: 50, hidden, seed: 3 };
-            let a = train(&x, &y, None, 2, &settings, |_, _| {}).unwrap();
-            let b = train(&x, &y, None, 2, &settings, |_, _| {}).unwrap();
-            assert_eq!(a.train.accuracy, 1.0, "hidden {hidden}");
+            let data = Examples { x: &x, y: &y, weights: &[1.0; 4] };
+            let a = train(data, None, 2, &settings, |_, _| {}).unwrap();
+            let b = train(data, None, 2, &settings, |_, _| {}).unwrap();
+            let predicted: Vec<u32> = logits(&a.tensors, &x).unwrap().argmax(1).unwrap().to_vec1().unwrap();
+            assert_eq!(predicted, [0, 0, 1, 1], "hidden {hidden}");
             let mut names: Vec<&String> = a.tensors.keys().collect();
             names.sort();
             let want: &[&str] =

@@ -7,16 +7,19 @@
 //! windows; a text's label probabilities are the windows' probabilities averaged, weighted by
 //! their token counts.
 
+pub mod calibration;
 pub mod cpu;
+pub mod domain;
 pub mod encoder;
 pub mod explain;
 pub mod head;
 pub mod hub;
 pub mod kernels;
+pub mod recipe;
 pub mod table;
 pub mod windows;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -32,6 +35,16 @@ use crate::hub::HubClassifier;
 use crate::windows::Windows;
 
 pub struct FakeNews;
+
+/// The next number of a SplitMix64 stream: seeded randomness that is the same on every machine,
+/// which candle's CPU generator does not promise.
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 const RUN_OPTIONS: &[TaskOption] = &[
     TaskOption {
@@ -65,8 +78,26 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
     TaskOption {
         name: "val",
         value_name: Some("FILE"),
-        help: "Labelled validation data, for early stopping and the report",
+        help: "Labelled validation data, for early stopping, calibration, the domain's scale and the report",
         default: None,
+    },
+    TaskOption {
+        name: "recipe",
+        value_name: Some("TOML"),
+        help: "Train on several sources at once instead of --train/--val: a file of [[source]] tables (name, train, val, text_column, label_column, columns, quoting, labels); see tasks/fake-news/recipes/",
+        default: None,
+    },
+    TaskOption {
+        name: "data-root",
+        value_name: Some("DIR"),
+        help: "The folder a recipe's paths are relative to, instead of the recipe's own root",
+        default: None,
+    },
+    TaskOption {
+        name: "weighting",
+        value_name: Some("HOW"),
+        help: "Each source's share of the loss: sqrt (of its rows), equal, or rows (every row the same)",
+        default: Some("sqrt"),
     },
     TaskOption {
         name: "text-column",
@@ -98,12 +129,12 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
         help: "At most this many passes over the data",
         default: Some("2000"),
     },
-    TaskOption { name: "learning-rate", value_name: Some("LR"), help: "AdamW learning rate", default: Some("0.05") },
+    TaskOption { name: "learning-rate", value_name: Some("LR"), help: "AdamW learning rate", default: Some("0.005") },
     TaskOption {
         name: "weight-decay",
         value_name: Some("W"),
         help: "AdamW weight decay (regularisation)",
-        default: Some("0.0001"),
+        default: Some("0.001"),
     },
     TaskOption {
         name: "patience",
@@ -114,8 +145,8 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
     TaskOption {
         name: "hidden",
         value_name: Some("UNITS"),
-        help: "Train a one-hidden-layer MLP (ReLU) of this many units instead of logistic regression (0)",
-        default: Some("0"),
+        help: "Units of the head's hidden layer (ReLU); 0 trains logistic regression",
+        default: Some("256"),
     },
     TaskOption {
         name: "seed",
@@ -127,6 +158,18 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
         name: "limit",
         value_name: Some("N"),
         help: "Use only the first N rows of each file (quick runs)",
+        default: None,
+    },
+    TaskOption {
+        name: "warn-percentile",
+        value_name: Some("PCT"),
+        help: "Warn on texts farther from the training data than this percentile of the val texts",
+        default: Some("99"),
+    },
+    TaskOption {
+        name: "embedding-cache",
+        value_name: Some("DIR"),
+        help: "Keep the encoder's output for each file here, so that a second run with other settings skips encoding",
         default: None,
     },
     TaskOption { name: "force", value_name: None, help: "Overwrite a head already in --out", default: None },
@@ -144,7 +187,7 @@ impl Task for FakeNews {
     }
 
     fn summary(&self) -> &'static str {
-        "Tell fake from real news texts (COVID-19 claims by default); train your own head, or run a Hub BERT/RoBERTa classifier"
+        "Tell fake from real news texts (claims, headlines, articles), with a warning on texts unlike the training data; train your own head, or run a Hub BERT/RoBERTa classifier"
     }
 
     fn warmup_input(&self) -> Option<Input> {
@@ -172,6 +215,7 @@ impl Task for FakeNews {
             "zoo run fake-news claims.csv --text-column tweet --json",
             "zoo run text-classification article.txt --model ./my-finetuned-bert   # a Transformers classifier",
             "zoo train fake-news --train train.csv --val val.csv --text-column tweet --out my-head",
+            "zoo train fake-news --recipe tasks/fake-news/recipes/general.toml --out my-head   # several sources",
         ]
     }
 
@@ -292,50 +336,88 @@ impl Classifier {
         }
     }
 
-    fn window_probabilities(&self, windows: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
+    /// Probabilities for each window, and each window's distance to the training data where the
+    /// model knows it.
+    fn window_scores(&self, windows: &[&[u32]]) -> candle_core::Result<WindowScores> {
         match &self.network {
             Network::Head { encoder, head } => {
-                let e = encoder.embed(windows)?;
-                let x = Tensor::from_vec(
-                    e.into_iter().flatten().collect::<Vec<_>>(),
-                    (windows.len(), encoder.dim),
-                    &Device::Cpu,
-                )?;
-                head.probabilities(&x)
+                let e: Vec<f32> = encoder.embed(windows)?.into_iter().flatten().collect();
+                let distances = head.distances(&e);
+                let x = Tensor::from_vec(e, (windows.len(), encoder.dim), &Device::Cpu)?;
+                Ok((head.probabilities(&x)?, distances))
             }
-            Network::Hub(hub) => hub.probabilities(windows),
+            Network::Hub(hub) => Ok((hub.probabilities(windows)?, None)),
         }
     }
 
-    /// Label probabilities for each text, and how many windows it took.
-    pub fn classify(&self, texts: &[&str], batch_size: usize) -> Vec<std::result::Result<(Vec<f32>, usize), String>> {
+    /// The training data's domain, for heads that zoo trained and that recorded it.
+    pub fn domain(&self) -> Option<&domain::DomainInfo> {
+        match &self.network {
+            Network::Head { head, .. } => head.info.domain.as_ref(),
+            Network::Hub(_) => None,
+        }
+    }
+
+    /// Label probabilities for each text, how many windows it took and its distance to the
+    /// training data.
+    pub fn classify(&self, texts: &[&str], batch_size: usize) -> Vec<std::result::Result<Classified, String>> {
         let windows: Vec<std::result::Result<Windows, String>> = texts.iter().map(|t| self.windows(t)).collect();
         let flat: Vec<&[u32]> = windows.iter().flatten().flat_map(|w| w.0.iter().map(Vec::as_slice)).collect();
         let mut probs = Vec::with_capacity(flat.len());
+        let mut distances = Vec::with_capacity(flat.len());
         for chunk in flat.chunks(batch_size) {
-            match self.window_probabilities(chunk) {
-                Ok(p) => probs.extend(p),
+            match self.window_scores(chunk) {
+                Ok((p, d)) => {
+                    probs.extend(p);
+                    distances.extend(d.unwrap_or_default());
+                }
                 Err(e) => return texts.iter().map(|_| Err(format!("classification failed: {e}"))).collect(),
             }
         }
-        let mut next = probs.into_iter();
+        let known = distances.len() == probs.len();
+        let mut at = 0;
         windows
             .into_iter()
             .map(|w| {
                 let w = w?;
-                let mut total = vec![0f32; self.labels().len()];
-                let mut weight = 0f32;
-                for window in &w.0 {
-                    let p = next.next().expect("one probability row per window");
-                    let tokens = window.len() as f32;
-                    total.iter_mut().zip(&p).for_each(|(t, p)| *t += p * tokens);
-                    weight += tokens;
-                }
-                total.iter_mut().for_each(|t| *t /= weight);
-                Ok((total, w.0.len()))
+                let n = w.0.len();
+                let tokens: Vec<usize> = w.0.iter().map(Vec::len).collect();
+                let probabilities = pool_by_tokens(&probs[at..at + n], &tokens);
+                let distance = known.then(|| {
+                    let d: Vec<Vec<f32>> = distances[at..at + n].iter().map(|&d| vec![d]).collect();
+                    pool_by_tokens(&d, &tokens)[0]
+                });
+                at += n;
+                Ok(Classified { probabilities, windows: n, distance })
             })
             .collect()
     }
+}
+
+/// Each window's label probabilities, and its distance to the training data where that is known.
+type WindowScores = (Vec<Vec<f32>>, Option<Vec<f32>>);
+
+/// What [`Classifier::classify`] finds for one text.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    /// Label probabilities, in the order of [`Classifier::labels`].
+    pub probabilities: Vec<f32>,
+    pub windows: usize,
+    /// Cosine distance of the text to the nearest training centroid (its windows' distances
+    /// averaged by tokens), for heads that recorded their training data's domain.
+    pub distance: Option<f32>,
+}
+
+/// The mean of a text's window rows, each weighted by its tokens: how a text's windows add up.
+pub fn pool_by_tokens(rows: &[Vec<f32>], tokens: &[usize]) -> Vec<f32> {
+    let mut total = vec![0f32; rows.first().map_or(0, Vec::len)];
+    let mut weight = 0f32;
+    for (row, &n) in rows.iter().zip(tokens) {
+        total.iter_mut().zip(row).for_each(|(t, v)| *t += v * n as f32);
+        weight += n as f32;
+    }
+    total.iter_mut().for_each(|t| *t /= weight);
+    total
 }
 
 fn load_encoder(reference: &str, ctx: &Context) -> Result<SentenceEncoder> {
@@ -395,10 +477,14 @@ impl Runner for ClassifierRunner {
             .zip(batch)
             .map(|(text, input)| {
                 let text = text?;
-                let (scores, windows) = results
+                let Classified { probabilities: scores, windows, distance } = results
                     .next()
                     .expect("one result per text")
                     .map_err(|reason| Error::input(input.path(), reason))?;
+                let domain = self.classifier.domain().zip(distance).map(|(info, distance)| {
+                    let percentile = info.percentile(distance);
+                    Domain { distance, percentile, in_domain: percentile <= info.warn_percentile }
+                });
                 let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
                 let explanation = self
                     .explain
@@ -408,6 +494,7 @@ impl Runner for ClassifierRunner {
                     label: labels[best].clone(),
                     scores: labels.iter().cloned().zip(scores).collect(),
                     windows,
+                    domain,
                     explanation,
                 }) as Box<dyn Prediction>)
             })
@@ -420,8 +507,36 @@ pub struct Verdict {
     pub label: String,
     pub scores: BTreeMap<String, f32>,
     pub windows: usize,
+    /// How close the text is to the training data, for heads that recorded it.
+    pub domain: Option<Domain>,
     /// With `--explain`: the text and its words' scores.
     pub explanation: Option<(String, explain::Attribution)>,
+}
+
+/// A text's place against the training data.
+#[derive(Debug, Clone, Copy)]
+pub struct Domain {
+    /// Cosine distance to the nearest training centroid.
+    pub distance: f32,
+    /// Where that distance falls among the validation texts' (0-100).
+    pub percentile: f32,
+    /// Whether the percentile is within the head's threshold.
+    pub in_domain: bool,
+}
+
+/// The warning on a text out of the training data's domain.
+pub const OUT_OF_DOMAIN: &str = "unlike the texts this model was trained on; treat the label with care";
+
+impl Verdict {
+    pub fn warnings(&self) -> Vec<String> {
+        match self.domain {
+            Some(d) if !d.in_domain => vec![format!(
+                "{OUT_OF_DOMAIN} (farther from the training data than {:.1}% of the validation texts)",
+                d.percentile.min(99.9)
+            )],
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Prediction for Verdict {
@@ -434,6 +549,12 @@ impl Prediction for Verdict {
         map.insert("label".into(), self.label.clone().into());
         map.insert("scores".into(), json!(self.scores));
         map.insert("windows".into(), self.windows.into());
+        if let Some(d) = self.domain {
+            map.insert("in_domain".into(), d.in_domain.into());
+            map.insert("domain_distance".into(), json!(d.distance));
+            map.insert("domain_percentile".into(), json!(d.percentile));
+        }
+        map.insert("warnings".into(), json!(self.warnings()));
         if let Some((_, attribution)) = &self.explanation {
             map.insert(zoo_runtime::explain::JSON_FIELD.into(), json!(attribution));
         }
@@ -444,6 +565,9 @@ impl Prediction for Verdict {
         let scores: Vec<String> = self.scores.iter().map(|(l, p)| format!("{l} {:.1}%", p * 100.0)).collect();
         let windows = if self.windows > 1 { format!(" ({} windows)", self.windows) } else { String::new() };
         let mut text = format!("{}  [{}]{windows}", self.label, scores.join(", "));
+        for warning in self.warnings() {
+            text.push_str(&format!("\nwarning: {warning}"));
+        }
         if let Some((input, attribution)) = &self.explanation {
             let color = zoo_runtime::explain::color();
             let how = if color { "the redder, the more" } else { "[[marked]]: the words that most" };
@@ -464,6 +588,10 @@ impl Prediction for Verdict {
 /// The report of `zoo train fake-news`.
 struct TrainReport(Value);
 
+fn fixed(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
 impl Prediction for TrainReport {
     fn json(&self) -> Map<String, Value> {
         self.0.as_object().cloned().unwrap_or_default()
@@ -472,23 +600,58 @@ impl Prediction for TrainReport {
     fn human(&self) -> String {
         let r = &self.0;
         let mut text = format!(
-            "wrote {} (labels {}, {} training windows, best epoch {} of {})\ntrain: accuracy {:.4}, macro-F1 {:.4}",
+            "wrote {} (labels {}, {} training windows, best epoch {} of {})\n",
             r["out"].as_str().unwrap_or_default(),
             r["labels"],
             r["examples"],
             r["best_epoch"],
             r["epochs_run"],
-            r["train"]["accuracy"].as_f64().unwrap_or_default(),
-            r["train"]["macro_f1"].as_f64().unwrap_or_default()
         );
-        if let Some(val) = r.get("val").filter(|v| !v.is_null()) {
+        text.push_str(&format!(
+            "{:<28} {:>6} {:>6}  {:>8} {:>8} {:>8} {:>8}\n",
+            "source", "share", "texts", "train", "val", "val F1", "majority"
+        ));
+        for source in r["sources"].as_array().into_iter().flatten() {
             text.push_str(&format!(
-                "\nval:   accuracy {:.4}, macro-F1 {:.4}",
-                val["accuracy"].as_f64().unwrap_or_default(),
-                val["macro_f1"].as_f64().unwrap_or_default()
+                "{:<28} {:>6} {:>6}  {:>8} {:>8} {:>8} {:>8}\n",
+                source["name"].as_str().unwrap_or_default(),
+                fixed(&source["share"]),
+                source["val"]["texts"].as_u64().map_or("-".into(), |n| n.to_string()),
+                fixed(&source["train"]["accuracy"]),
+                fixed(&source["val"]["accuracy"]),
+                fixed(&source["val"]["macro_f1"]),
+                fixed(&source["val"]["majority"]),
             ));
         }
-        text
+        text.push_str(&format!(
+            "{:<28} {:>6} {:>6}  {:>8} {:>8} {:>8}\n",
+            "all texts",
+            "",
+            r["val"]["texts"].as_u64().map_or("-".into(), |n| n.to_string()),
+            fixed(&r["train"]["accuracy"]),
+            fixed(&r["val"]["accuracy"]),
+            fixed(&r["val"]["macro_f1"]),
+        ));
+        let c = &r["calibration"];
+        if !c["temperature"].is_null() {
+            text.push_str(&format!(
+                "calibration: temperature {}, expected calibration error on val {} before, {} after\n",
+                fixed(&c["temperature"]),
+                fixed(&c["ece_before"]),
+                fixed(&c["ece_after"])
+            ));
+        }
+        let d = &r["domain"];
+        if !d["warned"].is_null() {
+            text.push_str(&format!(
+                "out-of-domain warning past the {}th percentile: {} of val texts warned, error rate {} warned against {} not\n",
+                d["warn_percentile"],
+                fixed(&d["warned"]),
+                fixed(&d["error_warned"]),
+                fixed(&d["error_unwarned"])
+            ));
+        }
+        text.trim_end().to_string()
     }
 }
 
@@ -496,30 +659,65 @@ fn required<'a>(args: &'a TaskArgs, name: &str) -> Result<&'a str> {
     args.value(name).ok_or_else(|| Error::Usage(format!("--{name} is required")))
 }
 
-/// Embeds every row's windows; each window is one training example carrying its row's label.
-fn embed_rows(
+/// A split's texts after the encoder: window embeddings (windows x dim, in text order), the
+/// windows of each text and the tokens of each window.
+struct Embedded {
+    rows: Vec<f32>,
+    windows: Vec<usize>,
+    tokens: Vec<usize>,
+}
+
+impl Embedded {
+    fn window_count(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// What the embedding cache is keyed by: the encoder, the windowing and every text.
+fn cache_key(encoder_ref: &str, texts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(format!("{encoder_ref}\n{WINDOW}\n{OVERLAP}\n"));
+    for text in texts {
+        hash.update((text.len() as u64).to_le_bytes());
+        hash.update(text.as_bytes());
+    }
+    hash.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_cached(path: &Path, dim: usize, texts: usize) -> Option<Embedded> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
+    let rows: Vec<f32> = tensors.get("embeddings")?.flatten_all().ok()?.to_vec1().ok()?;
+    let as_counts = |name: &str| -> Option<Vec<usize>> {
+        Some(tensors.get(name)?.to_vec1::<u32>().ok()?.into_iter().map(|v| v as usize).collect())
+    };
+    let (windows, tokens) = (as_counts("windows")?, as_counts("tokens")?);
+    let consistent =
+        windows.len() == texts && windows.iter().sum::<usize>() == tokens.len() && rows.len() == tokens.len() * dim;
+    consistent.then_some(Embedded { rows, windows, tokens })
+}
+
+/// Embeds every text's windows, or reads them from `cache` where an earlier run left them.
+fn embed_texts(
     encoder: &SentenceEncoder,
+    encoder_ref: &str,
     rows: &[table::Row],
-    labels: &[String],
     path: &Path,
     what: &str,
-) -> Result<(Tensor, Vec<usize>)> {
+    cache: Option<&Path>,
+) -> Result<Embedded> {
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let cached = cache.map(|dir| dir.join(format!("{}.safetensors", cache_key(encoder_ref, &texts))));
+    if let Some(found) = cached.as_deref().and_then(|c| read_cached(c, encoder.dim, texts.len())) {
+        return Ok(found);
+    }
     let mut windows = Vec::new();
-    let mut targets = Vec::new();
+    let mut per_text = Vec::with_capacity(rows.len());
     for row in rows {
-        let label = row.label.as_deref().unwrap_or_default();
-        let Some(index) = labels.iter().position(|l| l == label) else {
-            return Err(Error::input(
-                path,
-                format!("row {}: label '{label}' is not one of the training labels {labels:?}", row.number),
-            ));
-        };
         let w =
             encoder.windows(&row.text).map_err(|reason| Error::input(path, format!("row {}: {reason}", row.number)))?;
-        for window in w.0 {
-            windows.push(window);
-            targets.push(index);
-        }
+        per_text.push(w.0.len());
+        windows.extend(w.0);
     }
     let bar = progress::items(windows.len() as u64, what, true);
     let mut embeddings = Vec::with_capacity(windows.len() * encoder.dim);
@@ -529,23 +727,152 @@ fn embed_rows(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    Ok((Tensor::from_vec(embeddings, (targets.len(), encoder.dim), &Device::Cpu)?, targets))
+    let embedded = Embedded { rows: embeddings, windows: per_text, tokens: windows.iter().map(Vec::len).collect() };
+    if let (Some(file), Some(dir)) = (cached, cache) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let counts = |v: &[usize]| Tensor::new(v.iter().map(|&n| n as u32).collect::<Vec<_>>(), &Device::Cpu);
+        let tensors = HashMap::from([
+            (
+                "embeddings".to_string(),
+                Tensor::from_slice(&embedded.rows, (embedded.window_count(), encoder.dim), &Device::Cpu)?,
+            ),
+            ("windows".to_string(), counts(&embedded.windows)?),
+            ("tokens".to_string(), counts(&embedded.tokens)?),
+        ]);
+        let tmp = file.with_extension("tmp");
+        candle_core::safetensors::save(&tensors, &tmp)?;
+        std::fs::rename(&tmp, &file).map_err(|e| Error::io(&file, e))?;
+    }
+    Ok(embedded)
 }
 
+/// The class of each row, by its (mapped) label.
+fn classes_of(rows: &[table::Row], labels: &[String], path: &Path) -> Result<Vec<usize>> {
+    rows.iter()
+        .map(|row| {
+            let label = row.label.as_deref().unwrap_or_default();
+            labels.iter().position(|l| l == label).ok_or_else(|| {
+                Error::input(
+                    path,
+                    format!("row {}: label '{label}' is not one of the training labels {labels:?}", row.number),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Several sources' texts as one set of examples.
+#[derive(Default)]
+struct Split {
+    rows: Vec<f32>,
+    /// Per text: its class, its source, its windows.
+    classes: Vec<usize>,
+    sources: Vec<usize>,
+    windows: Vec<usize>,
+    /// Per window.
+    tokens: Vec<usize>,
+    /// The windows of each source, as a range of window indices.
+    source_windows: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl Split {
+    fn add(&mut self, source: usize, embedded: Embedded, classes: Vec<usize>) {
+        let start = self.tokens.len();
+        self.rows.extend(embedded.rows);
+        self.sources.extend(std::iter::repeat_n(source, classes.len()));
+        self.classes.extend(classes);
+        self.windows.extend(embedded.windows);
+        self.tokens.extend(embedded.tokens);
+        self.source_windows.push((source, start..self.tokens.len()));
+    }
+
+    fn window_classes(&self) -> Vec<usize> {
+        self.classes.iter().zip(&self.windows).flat_map(|(&c, &n)| std::iter::repeat_n(c, n)).collect()
+    }
+
+    fn tensor(&self, dim: usize) -> Result<Tensor> {
+        Ok(Tensor::from_slice(&self.rows, (self.tokens.len(), dim), &Device::Cpu)?)
+    }
+
+    /// Pools per-window rows into per-text rows, by tokens.
+    fn per_text(&self, window_rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let mut at = 0;
+        self.windows
+            .iter()
+            .map(|&n| {
+                let pooled = pool_by_tokens(&window_rows[at..at + n], &self.tokens[at..at + n]);
+                at += n;
+                pooled
+            })
+            .collect()
+    }
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+}
+
+/// Accuracy, macro-F1, the majority class's accuracy and the share given each label, over texts.
+fn text_scores(probabilities: &[Vec<f32>], truth: &[usize], labels: &[String]) -> Value {
+    let predicted: Vec<usize> = probabilities.iter().map(|p| argmax(p)).collect();
+    let s = head::score(&predicted, truth, labels.len());
+    let share = |c: usize, of: &[usize]| of.iter().filter(|&&v| v == c).count() as f32 / of.len().max(1) as f32;
+    let majority = (0..labels.len()).map(|c| share(c, truth)).fold(0f32, f32::max);
+    let predicted_share: Map<String, Value> =
+        labels.iter().enumerate().map(|(c, l)| (l.clone(), json!(share(c, &predicted)))).collect();
+    json!({"texts": truth.len(), "accuracy": s.accuracy, "macro_f1": s.macro_f1, "majority": majority,
+           "predicted": predicted_share})
+}
+
+/// The labelled data a run trains on: a recipe's sources, or `--train`/`--val` as one source.
+fn training_sources(args: &TaskArgs) -> Result<Vec<recipe::SourceFiles>> {
+    match (args.value("recipe"), args.value("train")) {
+        (Some(_), Some(_)) => Err(Error::Usage("give --recipe or --train, not both".into())),
+        (Some(path), None) => {
+            if args.value("val").is_some() {
+                return Err(Error::Usage("--val goes with --train; a recipe names each source's val file".into()));
+            }
+            recipe::parse(Path::new(path), args.value("data-root").map(Path::new))
+        }
+        (None, Some(train)) => {
+            let train = PathBuf::from(train);
+            Ok(vec![recipe::SourceFiles {
+                name: train.file_stem().map_or_else(|| "train".into(), |s| s.to_string_lossy().into_owned()),
+                val: args.value("val").map(PathBuf::from),
+                train,
+                text_column: args.value("text-column").unwrap_or("text").into(),
+                label_column: args.value("label-column").unwrap_or("label").into(),
+                layout: table::Layout::default(),
+                labels: Default::default(),
+            }])
+        }
+        (None, None) => Err(Error::Usage("--train (a labelled file) or --recipe (several) is required".into())),
+    }
+}
+
+/// Centroids shared out over the sources when the head records its domain.
+const DOMAIN_CENTROIDS: usize = 256;
+
 fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
-    let train_path = PathBuf::from(required(args, "train")?);
     let out = PathBuf::from(required(args, "out")?);
-    let text_column = args.value("text-column").unwrap_or("text");
-    let label_column = args.value("label-column").unwrap_or("label");
     let limit: Option<usize> = args.parse("limit")?;
     let settings = TrainSettings {
         epochs: args.parse("epochs")?.unwrap_or(2000),
-        learning_rate: args.parse("learning-rate")?.unwrap_or(0.05),
-        weight_decay: args.parse("weight-decay")?.unwrap_or(1e-4),
+        learning_rate: args.parse("learning-rate")?.unwrap_or(0.005),
+        weight_decay: args.parse("weight-decay")?.unwrap_or(1e-3),
         patience: args.parse("patience")?.unwrap_or(100),
-        hidden: args.parse("hidden")?.unwrap_or(0),
+        hidden: args.parse("hidden")?.unwrap_or(256),
         seed: args.parse("seed")?.unwrap_or(0),
     };
+    let weighting: recipe::Weighting = args.parse("weighting")?.unwrap_or(recipe::Weighting::Sqrt);
+    let warn_percentile: f32 = args.parse("warn-percentile")?.unwrap_or(DEFAULT_WARN_PERCENTILE);
+    if !(warn_percentile > 0.0 && warn_percentile <= 100.0) {
+        return Err(Error::InvalidOption {
+            option: "warn-percentile".into(),
+            value: warn_percentile.to_string(),
+            reason: "must be a percentile above 0 and at most 100".into(),
+        });
+    }
     if settings.epochs == 0 || settings.patience == 0 {
         return Err(Error::Usage("--epochs and --patience must be at least 1".into()));
     }
@@ -564,44 +891,50 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
             return Err(Error::input(out.join(file), "already exists (use --force to overwrite it)"));
         }
     }
-    let take = |mut rows: Vec<table::Row>| {
-        if let Some(n) = limit {
-            rows.truncate(n);
-        }
-        rows
-    };
-    let train_rows = take(table::read(&train_path, text_column, Some(label_column))?);
-    if train_rows.is_empty() {
-        return Err(Error::input(&train_path, "no rows"));
-    }
-    let mut labels: Vec<String> = train_rows.iter().filter_map(|r| r.label.clone()).collect();
+    let sources: Vec<recipe::Source> =
+        training_sources(args)?.into_iter().map(|s| s.read(limit)).collect::<Result<_>>()?;
+    let mut labels: Vec<String> = sources.iter().flat_map(|s| s.train.iter().filter_map(|r| r.label.clone())).collect();
     labels.sort();
     labels.dedup();
     if labels.len() < 2 {
+        let first = &sources[0].files;
         return Err(Error::input(
-            &train_path,
-            format!("needs at least two labels in '{label_column}', found {labels:?}"),
+            &first.train,
+            format!("needs at least two labels in '{}', found {labels:?}", first.label_column),
         ));
     }
     let encoder_ref = args.value("encoder").unwrap_or(DEFAULT_ENCODER);
     let encoder = load_encoder(encoder_ref, ctx)?;
-    let (x, y) = embed_rows(&encoder, &train_rows, &labels, &train_path, "encoding train")?;
-    let val = match args.value("val") {
-        Some(path) => {
-            let path = PathBuf::from(path);
-            let rows = take(table::read(&path, text_column, Some(label_column))?);
-            if rows.is_empty() {
-                return Err(Error::input(&path, "no rows"));
-            }
-            Some(embed_rows(&encoder, &rows, &labels, &path, "encoding val")?)
+    let cache = args.value("embedding-cache").map(PathBuf::from);
+    let (mut train_split, mut val_split) = (Split::default(), Split::default());
+    for (i, source) in sources.iter().enumerate() {
+        let f = &source.files;
+        let classes = classes_of(&source.train, &labels, &f.train)?;
+        let what = format!("encoding {} train", f.name);
+        let embedded = embed_texts(&encoder, encoder_ref, &source.train, &f.train, &what, cache.as_deref())?;
+        train_split.add(i, embedded, classes);
+        if let (Some(rows), Some(path)) = (&source.val, &f.val) {
+            let classes = classes_of(rows, &labels, path)?;
+            let what = format!("encoding {} val", f.name);
+            val_split.add(i, embed_texts(&encoder, encoder_ref, rows, path, &what, cache.as_deref())?, classes);
         }
-        None => None,
-    };
+    }
+    let shares = weighting.shares(&sources.iter().map(|s| s.train.len()).collect::<Vec<_>>());
+    let dim = encoder.dim;
+    let x = train_split.tensor(dim)?;
+    let y = train_split.window_classes();
+    let weights = recipe::window_weights(&shares, &train_split.sources, &train_split.windows);
+    let has_val = !val_split.classes.is_empty();
+    let (vx, vy) = (val_split.tensor(dim)?, val_split.window_classes());
+    let val_weights = recipe::window_weights(&shares, &val_split.sources, &val_split.windows);
     let bar = progress::items(settings.epochs as u64, "training", true);
-    let trained =
-        head::train(&x, &y, val.as_ref().map(|(vx, vy)| (vx, vy.as_slice())), labels.len(), &settings, |_, _| {
-            bar.inc(1)
-        })?;
+    let trained = head::train(
+        head::Examples { x: &x, y: &y, weights: &weights },
+        has_val.then_some(head::Examples { x: &vx, y: &vy, weights: &val_weights }),
+        labels.len(),
+        &settings,
+        |_, _| bar.inc(1),
+    )?;
     bar.finish_and_clear();
     if trained.best_epoch == 0 {
         return Err(Error::Usage(
@@ -610,24 +943,106 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         ));
     }
 
+    // Calibration: one temperature on the val windows, each text counting once.
+    let train_logits: Vec<Vec<f32>> = head::logits(&trained.tensors, &x)?.to_vec2()?;
+    let val_logits: Vec<Vec<f32>> = if has_val { head::logits(&trained.tensors, &vx)?.to_vec2()? } else { Vec::new() };
+    let per_text_weight: Vec<f32> =
+        val_split.windows.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect();
+    let temperature = if has_val { calibration::fit_temperature(&val_logits, &vy, &per_text_weight) } else { 1.0 };
+    let probabilities =
+        |logits: &[Vec<f32>], t: f32| -> Vec<Vec<f32>> { logits.iter().map(|z| calibration::softmax(z, t)).collect() };
+    let train_text = train_split.per_text(&probabilities(&train_logits, temperature));
+    let val_raw = val_split.per_text(&probabilities(&val_logits, 1.0));
+    let val_text = val_split.per_text(&probabilities(&val_logits, temperature));
+    let ece =
+        |p: &[Vec<f32>], truth: &[usize]| calibration::expected_calibration_error(p, truth, calibration::ECE_BINS);
+
+    // The domain: centroids of the training windows, and where the val texts fall from them.
+    let ranges: Vec<std::ops::Range<usize>> = train_split.source_windows.iter().map(|(_, r)| r.clone()).collect();
+    let centroids = domain::centroids_by_source(&train_split.rows, dim, &ranges, DOMAIN_CENTROIDS);
+    let text_distances = |split: &Split| -> Vec<f32> {
+        let d: Vec<Vec<f32>> = domain::distances(&centroids, &split.rows, dim).into_iter().map(|d| vec![d]).collect();
+        split.per_text(&d).into_iter().map(|d| d[0]).collect()
+    };
+    // Without val texts the training texts set the scale, though they sit closer to their own centroids.
+    let reference = if has_val { &val_split } else { &train_split };
+    let reference_distances = text_distances(reference);
+    let domain_info = domain::DomainInfo {
+        centroids: centroids.len() / dim,
+        quantiles: domain::quantiles(&reference_distances),
+        warn_percentile,
+    };
+    let threshold = domain_info.threshold();
+    let mut warned = (0usize, 0usize);
+    let mut unwarned = (0usize, 0usize);
+    if has_val {
+        for ((d, p), &truth) in reference_distances.iter().zip(&val_text).zip(&val_split.classes) {
+            let slot = if *d > threshold { &mut warned } else { &mut unwarned };
+            slot.0 += 1;
+            slot.1 += usize::from(argmax(p) != truth);
+        }
+    }
+    let rate = |(n, wrong): (usize, usize)| (n > 0).then(|| wrong as f32 / n as f32);
+
+    let pick = |split: &Split, rows: &[Vec<f32>], source: usize| -> (Vec<Vec<f32>>, Vec<usize>) {
+        split
+            .sources
+            .iter()
+            .zip(rows.iter().zip(&split.classes))
+            .filter(|(&s, _)| s == source)
+            .map(|(_, (p, &c))| (p.clone(), c))
+            .unzip()
+    };
+    let per_source: Vec<Value> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (tp, tc) = pick(&train_split, &train_text, i);
+            let val = s.val.as_ref().map(|_| {
+                let (vp, vc) = pick(&val_split, &val_text, i);
+                let mut v = text_scores(&vp, &vc, &labels);
+                v["ece"] = json!(ece(&vp, &vc));
+                v
+            });
+            json!({"name": s.files.name, "train_file": s.files.train.display().to_string(),
+                   "val_file": s.files.val.as_ref().map(|p| p.display().to_string()),
+                   "share": shares[i], "train": text_scores(&tp, &tc, &labels), "val": val})
+        })
+        .collect();
+    let val_report = has_val.then(|| text_scores(&val_text, &val_split.classes, &labels));
     let training = json!({
-        "train_file": train_path.display().to_string(),
-        "val_file": args.value("val"),
-        "text_column": text_column, "label_column": label_column, "limit": limit,
+        "sources": per_source,
+        "weighting": weighting.name(),
+        "limit": limit,
         "examples": y.len(), "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+        "best_loss": trained.best_loss,
         "learning_rate": settings.learning_rate, "weight_decay": settings.weight_decay,
         "hidden": settings.hidden, "seed": settings.seed,
-        "train": trained.train, "val": trained.val,
+        "train": text_scores(&train_text, &train_split.classes, &labels),
+        "val": val_report,
+        "calibration": if has_val {
+            json!({"temperature": temperature, "bins": calibration::ECE_BINS,
+                   "ece_before": ece(&val_raw, &val_split.classes), "ece_after": ece(&val_text, &val_split.classes)})
+        } else {
+            json!({"temperature": null, "note": "no val data: not calibrated"})
+        },
+        "domain": {"centroids": domain_info.centroids, "warn_percentile": warn_percentile, "threshold": threshold,
+                   "warned": has_val.then(|| warned.0 as f32 / reference_distances.len().max(1) as f32),
+                   "error_warned": rate(warned), "error_unwarned": rate(unwarned)},
     });
     let info = HeadInfo {
         labels: labels.clone(),
         encoder: encoder_ref.to_string(),
         window: WINDOW,
         overlap: OVERLAP,
+        temperature,
+        domain: Some(domain_info),
         training: training.clone(),
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let tensors = trained.tensors;
+    let mut tensors = trained.tensors;
+    let k = centroids.len() / dim;
+    tensors.insert(head::CENTROIDS.into(), Tensor::from_vec(centroids, (k, dim), &Device::Cpu)?);
     // Written beside the final name and renamed, so an interrupted run leaves no half file.
     let tmp = out.join(".head.safetensors.tmp");
     candle_core::safetensors::save(&tensors, &tmp)?;
@@ -640,3 +1055,6 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     report["labels"] = json!(labels);
     Ok(Box::new(TrainReport(report)))
 }
+
+/// The default of `--warn-percentile`.
+const DEFAULT_WARN_PERCENTILE: f32 = 99.0;

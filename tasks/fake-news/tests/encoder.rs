@@ -141,41 +141,6 @@ fn a_small_training_run_reaches_the_stated_accuracy() {
     let claim = "Drinking bleach cures COVID-19, doctors confirm.";
     let first = classifier.classify(&[claim], 8).remove(0).unwrap();
     let again = classifier.classify(&[claim], 1).remove(0).unwrap();
-    assert!((first.0.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-    assert!(max_diff(&first.0, &again.0) < 1e-5, "batch size does not change the result");
-}
-
-/// The bundled head on Constraint val: at least the frozen-encoder logistic-regression baseline
-/// recorded in the data's README (accuracy 0.9178, macro-F1 0.9175), and the figures its
-/// head.json (and so the catalogue) states.
-#[test]
-fn the_bundled_head_beats_the_baseline_on_constraint_val() {
-    let (Some(assets), Some(cache)) =
-        (shared_assets("bundled head accuracy"), shared_hub_cache("bundled head accuracy"))
-    else {
-        return;
-    };
-    let ctx = Context { device: Device::Cpu, hub: offline_hub(&cache), progress: false, outputs: Default::default() };
-    let model = Model::resolve(&ModelRef::parse("minilm-fake-news").unwrap(), &ctx.hub);
-    let classifier = zoo_fake_news::Classifier::load(&model, &ctx).unwrap();
-    let path = assets.join("data/fake-news/constraint_covid19/Constraint_Val.csv");
-    let rows = zoo_fake_news::table::read(&path, "tweet", Some("label")).unwrap();
-    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-    let labels = classifier.labels().to_vec();
-    let truth: Vec<usize> =
-        rows.iter().map(|r| labels.iter().position(|l| Some(l) == r.label.as_ref()).unwrap()).collect();
-    let predicted: Vec<usize> = classifier
-        .classify(&texts, 32)
-        .into_iter()
-        .map(|r| {
-            let (p, _) = r.unwrap();
-            p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
-        })
-        .collect();
-    let scores = zoo_fake_news::head::score(&predicted, &truth, labels.len());
-    eprintln!("bundled head on Constraint val: accuracy {:.4}, macro-F1 {:.4}", scores.accuracy, scores.macro_f1);
-    assert!(scores.accuracy >= 0.9178 && scores.macro_f1 >= 0.9175, "{scores:?}");
-    let info: Value = model.json("head.json").unwrap();
-    let stated = info["training"]["val"]["accuracy"].as_f64().unwrap() as f32;
-    assert!((scores.accuracy - stated).abs() < 1e-3, "head.json states {stated}, measured {}", scores.accuracy);
+    assert!((first.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    assert!(max_diff(&first.probabilities, &again.probabilities) < 1e-5, "batch size does not change the result");
 }

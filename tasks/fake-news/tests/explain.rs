@@ -58,7 +58,7 @@ fn deleting_the_top_scored_words_moves_the_label_more_than_deleting_random_words
     let (mut top_drop, mut random_drop, mut texts) = (0f64, 0f64, 0usize);
     for row in rows.iter().step_by(STRIDE) {
         let text = row.text.as_str();
-        let (probs, _) = classifier.classify(&[text], 32).remove(0).unwrap();
+        let probs = classifier.classify(&[text], 32).remove(0).unwrap().probabilities;
         let label = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         let attribution = attribute(&classifier, text, label, probs[label], 32);
         let spans = &attribution.words;
@@ -79,7 +79,7 @@ fn deleting_the_top_scored_words_moves_the_label_more_than_deleting_random_words
             chosen.sort_unstable();
             let ranges: Vec<(usize, usize)> = chosen.iter().map(|&i| (spans[i].start, spans[i].end)).collect();
             let cut = without(text, &ranges);
-            let (p, _) = classifier.classify(&[cut.as_str()], 32).remove(0).unwrap();
+            let p = classifier.classify(&[cut.as_str()], 32).remove(0).unwrap().probabilities;
             (probs[label] - p[label]) as f64
         };
         top_drop += drop(&best[..DELETED]);
@@ -92,7 +92,7 @@ fn deleting_the_top_scored_words_moves_the_label_more_than_deleting_random_words
         let random: f64 = classifier
             .classify(&refs, 32)
             .into_iter()
-            .map(|r| (probs[label] - r.unwrap().0[label]) as f64)
+            .map(|r| (probs[label] - r.unwrap().probabilities[label]) as f64)
             .sum::<f64>()
             / DRAWS as f64;
         random_drop += random;
@@ -116,7 +116,7 @@ fn a_text_of_one_word_is_explained_without_failing() {
     let ctx = Context { device: Device::Cpu, hub, progress: false, outputs: Default::default() };
     let classifier = Classifier::load(&model, &ctx).unwrap();
     let text = "  vaccines ";
-    let (probs, _) = classifier.classify(&[text], 1).remove(0).unwrap();
+    let probs = classifier.classify(&[text], 1).remove(0).unwrap().probabilities;
     let attribution = attribute(&classifier, text, 0, probs[0], 1);
     assert_eq!(attribution.words.len(), 1);
     assert_eq!(attribution.words[0].text, "vaccines");

@@ -262,7 +262,7 @@ fn check_architecture(arch: Arch, labels: &[&str], problem_type: Option<&str>) {
     let results = classifier.classify(&TEXTS, 8);
     let one_by_one = classifier.classify(&TEXTS, 1);
     for ((text_windows, result), alone) in windows.iter().zip(results).zip(one_by_one) {
-        let (scores, n) = result.unwrap();
+        let zoo_fake_news::Classified { probabilities: scores, windows: n, .. } = result.unwrap();
         assert_eq!(n, text_windows.len(), "{arch:?}: windows used");
         let mut expected = vec![0f64; labels.len()];
         let tokens: usize = text_windows.iter().map(Vec::len).sum();
@@ -270,7 +270,7 @@ fn check_architecture(arch: Arch, labels: &[&str], problem_type: Option<&str>) {
             let p = reference.probabilities(&reference.logits(w), sigmoid);
             expected.iter_mut().zip(p).for_each(|(e, p)| *e += p * w.len() as f64 / tokens as f64);
         }
-        for ((s, e), a) in scores.iter().zip(&expected).zip(alone.unwrap().0) {
+        for ((s, e), a) in scores.iter().zip(&expected).zip(alone.unwrap().probabilities) {
             worst_p = worst_p.max((*s as f64 - e).abs()).max((s - a).abs() as f64);
         }
         if !sigmoid {
@@ -308,7 +308,7 @@ fn without_id2label_labels_are_transformers_defaults() {
     tiny::write(dir.path(), Arch::Bert, 3, None, None, 1);
     let classifier = load(dir.path()).unwrap();
     assert_eq!(classifier.labels(), ["LABEL_0", "LABEL_1", "LABEL_2"]);
-    let (scores, _) = classifier.classify(&["the virus"], 4).remove(0).unwrap();
+    let scores = classifier.classify(&["the virus"], 4).remove(0).unwrap().probabilities;
     assert_eq!(scores.len(), 3);
 }
 
