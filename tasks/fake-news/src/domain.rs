@@ -41,7 +41,7 @@ impl DomainInfo {
     }
 }
 
-/// The value at `percentile` of the quantile table (linear between entries).
+/// The value at `percentile` of sorted values or a quantile table (linear between entries).
 fn quantile(quantiles: &[f32], percentile: f32) -> f32 {
     let at = percentile.clamp(0.0, 100.0) / 100.0 * (quantiles.len() - 1) as f32;
     let (lo, frac) = (at.floor() as usize, at.fract());
@@ -53,14 +53,7 @@ fn quantile(quantiles: &[f32], percentile: f32) -> f32 {
 pub fn quantiles(values: &[f32]) -> Vec<f32> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f32::total_cmp);
-    (0..=100)
-        .map(|p| {
-            let at = p as f32 / 100.0 * (sorted.len() - 1) as f32;
-            let (lo, frac) = (at.floor() as usize, at.fract());
-            let hi = (lo + 1).min(sorted.len() - 1);
-            sorted[lo] + frac * (sorted[hi] - sorted[lo])
-        })
-        .collect()
+    (0..=100).map(|p| quantile(&sorted, p as f32)).collect()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
