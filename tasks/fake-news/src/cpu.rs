@@ -118,6 +118,18 @@ impl CpuBert {
 
     /// The last hidden state of every real token: (tokens, hidden), the windows one after another.
     pub fn forward(&self, windows: &[&[u32]]) -> candle_core::Result<Vec<f32>> {
+        self.forward_through(windows, self.layers.len())
+    }
+
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The hidden state of every real token after the first `layers` layers (0: the embeddings).
+    pub fn forward_through(&self, windows: &[&[u32]], layers: usize) -> candle_core::Result<Vec<f32>> {
+        if layers > self.layers.len() {
+            candle_core::bail!("the encoder has {} layers, not {layers}", self.layers.len())
+        }
         for w in windows {
             if w.is_empty() || w.len() > self.max_positions {
                 candle_core::bail!("a window of {} tokens (the model takes 1 to {})", w.len(), self.max_positions)
@@ -128,10 +140,10 @@ impl CpuBert {
         }
         // Run from a pool thread: the parallel passes then share work by stealing, instead of each
         // one queueing into the pool and putting the calling thread to sleep until it is done.
-        Ok(rayon::scope(|_| self.encode(windows)))
+        Ok(rayon::scope(|_| self.encode(windows, layers)))
     }
 
-    fn encode(&self, windows: &[&[u32]]) -> Vec<f32> {
+    fn encode(&self, windows: &[&[u32]], layers: usize) -> Vec<f32> {
         let h = self.hidden;
         let spans: Vec<(usize, usize)> = windows
             .iter()
@@ -158,7 +170,7 @@ impl CpuBert {
         let mut context = vec![0f32; rows * h];
         let mut projected = vec![0f32; rows * h];
         let mut intermediate = vec![0f32; rows * inter];
-        for layer in &self.layers {
+        for layer in &self.layers[..layers] {
             layer.qkv.forward(&x, rows, &mut qkv, Act::None);
             self.attention(&qkv, &spans, &mut context);
             layer.output.forward(&context, rows, &mut projected, Act::None);

@@ -2,6 +2,8 @@
 //! pooling over real tokens and L2 normalisation, as sentence-transformers does it. Texts longer
 //! than the window are split into overlapping windows, each encoded on its own.
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{BertModel, Config};
 use zoo_runtime::{Error, Model, Result};
@@ -31,6 +33,7 @@ enum Bert {
 
 pub struct SentenceEncoder {
     bert: Bert,
+    pub config: Config,
     windowing: Windowing,
     pad: u32,
     pub dim: usize,
@@ -43,12 +46,38 @@ impl SentenceEncoder {
     }
 
     pub fn load_with(model: &Model, device: &Device, backend: Backend) -> Result<Self> {
+        Self::load_tuned(model, device, backend, None)
+    }
+
+    /// The encoder with some of its tensors replaced (by name): the layers `zoo train --fine-tune`
+    /// trained, kept beside the head.
+    pub fn load_tuned(
+        model: &Model,
+        device: &Device,
+        backend: Backend,
+        replaced: Option<HashMap<String, Tensor>>,
+    ) -> Result<Self> {
         let raw: serde_json::Value = model.json("config.json")?;
         let config: Config =
             serde_json::from_value(raw.clone()).map_err(|e| Error::model(&model.id, format!("config.json: {e}")))?;
         let dim = raw.get("hidden_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
         let bad = |e: candle_core::Error| Error::model(&model.id, e);
-        let vb = model.var_builder("model.safetensors", DType::F32, device)?;
+        let vb = match replaced {
+            None => model.var_builder("model.safetensors", DType::F32, device)?,
+            Some(replaced) => {
+                let bytes = model.file("model.safetensors")?.bytes()?;
+                let mut tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(bad)?;
+                for (name, tensor) in replaced {
+                    match tensors.get(&name) {
+                        Some(old) if old.shape() == tensor.shape() => {
+                            tensors.insert(name, tensor.to_dtype(DType::F32).map_err(bad)?);
+                        }
+                        _ => return Err(Error::model(&model.id, format!("no tensor '{name}' of that shape to replace"))),
+                    }
+                }
+                candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device)
+            }
+        };
         let bert = match backend {
             Backend::Cpu if device.is_cpu() => Bert::Cpu(CpuBert::load(vb, &config).map_err(bad)?),
             Backend::Cpu => return Err(Error::model(&model.id, "the CPU encoder runs on the CPU only")),
@@ -57,7 +86,16 @@ impl SentenceEncoder {
         // The file pads every input to 128 and truncates there; Windowing turns both off.
         let windowing = Windowing::new(&model.id, &model.file("tokenizer.json")?.bytes()?, WINDOW, OVERLAP)?;
         let pad = windowing.token_id("[PAD]").ok_or_else(|| Error::model(&model.id, "the vocabulary has no [PAD]"))?;
-        Ok(SentenceEncoder { bert, windowing, pad, dim, device: device.clone() })
+        Ok(SentenceEncoder { bert, config, windowing, pad, dim, device: device.clone() })
+    }
+
+    /// Every real token's hidden state after the first `layers` layers, windows one after another
+    /// (CPU path only): where fine-tuning starts.
+    pub fn hidden_states(&self, windows: &[&[u32]], layers: usize) -> candle_core::Result<Vec<f32>> {
+        match &self.bert {
+            Bert::Cpu(bert) => bert.forward_through(windows, layers),
+            Bert::Candle(_) => candle_core::bail!("fine-tuning runs on the CPU encoder"),
+        }
     }
 
     /// Splits a text into windows of at most WINDOW tokens.
