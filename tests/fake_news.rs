@@ -134,8 +134,94 @@ fn bad_text_gets_one_line_errors_and_the_rest_still_runs() {
             vec!["train", "fake-news", "--out", "/tmp/x", "--train", "a.csv", "--weighting", "most"],
             "sqrt, equal or rows",
         ),
+        (vec!["train", "fake-news", "--out", "/tmp/x", "--train", "a.csv", "--fine-tune", "2"], "needs val data"),
+        (vec!["train", "fake-news", "--out", "/tmp/x", "--train", "a.csv", "--fine-tune", "0"], "at least 1"),
+        (vec!["train", "fake-news", "--out", "/tmp/x", "--train", "a.csv", "--fine-tune", "two"], "fine-tune"),
     ] {
         let run = zoo(&cache, &args, None);
+        assert_ne!(run.code, 0, "{args:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+    }
+}
+
+/// `zoo train --calibrate` on a Transformers classifier: a temperature fitted on labelled val texts
+/// that lowers the calibration error, and a folder that `--model` runs with it. The tiny random
+/// classifier's val labels agree with its own predictions on 7 texts in 10, so its scores (near
+/// 0.5) are underconfident; each calibrated score must be the uncalibrated one with the logit
+/// divided by the temperature, the label unchanged.
+#[test]
+fn a_calibrated_transformers_classifier_runs_with_its_temperature() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-bert");
+    std::fs::create_dir(&model).unwrap();
+    tiny::write(&model, tiny::Arch::Bert, 2, Some(&["real", "fake"]), None, 11);
+    let words = ["the", "virus", "news", "vaccine", "cure", "covid", "towers", "spread", "5g"];
+    let texts: Vec<String> = (0..80)
+        .map(|i| (0..4 + i % 5).map(|j| words[(i * 7 + j * j * 3 + i / 9) % words.len()]).collect::<Vec<_>>().join(" "))
+        .collect();
+    let csv = |labels: &[String]| -> String {
+        let mut s = String::from("text,label\n");
+        for (t, l) in texts.iter().zip(labels) {
+            s.push_str(&format!("{t},{l}\n"));
+        }
+        s
+    };
+    let unlabelled = dir.path().join("texts.csv");
+    std::fs::write(&unlabelled, csv(&vec![String::new(); texts.len()])).unwrap();
+    let (model_arg, texts_arg) = (model.to_str().unwrap(), unlabelled.to_str().unwrap());
+    let run = zoo_with(
+        None,
+        &["run", "text-classification", "--model", model_arg, texts_arg, "--text-column", "text", "--json"],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let plain = lines(&run);
+    let label = |o: &Value| o["label"].as_str().unwrap().to_string();
+    let flip = |l: String| if l == "real" { "fake".to_string() } else { "real".to_string() };
+    let truth: Vec<String> =
+        plain.iter().enumerate().map(|(i, o)| if i % 10 < 7 { label(o) } else { flip(label(o)) }).collect();
+    let val = dir.path().join("val.csv");
+    std::fs::write(&val, csv(&truth)).unwrap();
+
+    let calibrated = dir.path().join("calibrated");
+    let cal_arg = calibrated.to_str().unwrap();
+    let args = ["train", "fake-news", "--calibrate", model_arg, "--val", val.to_str().unwrap(), "--out", cal_arg];
+    let run = zoo_with(None, &[&args[..], &["--json"]].concat(), None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = &lines(&run)[0];
+    let t = report["temperature"].as_f64().unwrap();
+    let (before, after) = (report["ece_before"].as_f64().unwrap(), report["ece_after"].as_f64().unwrap());
+    assert!(after < before, "calibration error {before} before, {after} after");
+    assert!((report["val"]["accuracy"].as_f64().unwrap() - 0.7).abs() < 1e-6, "{report}");
+    let again = zoo_with(None, &args, None);
+    assert_ne!(again.code, 0, "an existing calibration is not overwritten without --force");
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+
+    let run = zoo_with(
+        None,
+        &["run", "text-classification", "--model", cal_arg, texts_arg, "--text-column", "text", "--json"],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for (c, p) in lines(&run).iter().zip(&plain) {
+        assert_eq!(c["label"], p["label"]);
+        let fake = |o: &Value| o["scores"]["fake"].as_f64().unwrap();
+        let logit = (fake(p) / (1.0 - fake(p))).ln();
+        let want = 1.0 / (1.0 + (-logit / t).exp());
+        assert!((fake(c) - want).abs() < 1e-4, "{} against {want} at temperature {t}", fake(c));
+    }
+
+    let elsewhere = dir.path().join("elsewhere");
+    let elsewhere = elsewhere.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["train", "fake-news", "--calibrate", model_arg, "--out", elsewhere], "needs --val"),
+        (
+            vec!["train", "fake-news", "--calibrate", "minilm-fake-news", "--val", "v.csv", "--out", elsewhere],
+            "zoo trained",
+        ),
+    ] {
+        let run = zoo_with(None, &args, None);
         assert_ne!(run.code, 0, "{args:?}");
         assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
         assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);

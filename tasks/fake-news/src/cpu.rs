@@ -143,16 +143,20 @@ impl CpuBert {
         Ok(rayon::scope(|_| self.encode(windows, layers)))
     }
 
+    /// Continues from hidden states after the first `from` layers (windows of `lengths` tokens one
+    /// after another, as [`CpuBert::forward_through`] gives them) through the remaining layers.
+    pub fn forward_from(&self, mut states: Vec<f32>, lengths: &[usize], from: usize) -> candle_core::Result<Vec<f32>> {
+        if from > self.layers.len() || states.len() != lengths.iter().sum::<usize>() * self.hidden {
+            candle_core::bail!("hidden states that do not fit {} windows after layer {from}", lengths.len())
+        }
+        let spans = spans(lengths.iter().copied());
+        rayon::scope(|_| self.run_layers(&mut states, &spans, from..self.layers.len()));
+        Ok(states)
+    }
+
     fn encode(&self, windows: &[&[u32]], layers: usize) -> Vec<f32> {
         let h = self.hidden;
-        let spans: Vec<(usize, usize)> = windows
-            .iter()
-            .scan(0, |start, w| {
-                let span = (*start, w.len());
-                *start += w.len();
-                Some(span)
-            })
-            .collect();
+        let spans = spans(windows.iter().map(|w| w.len()));
         let tokens: Vec<(u32, usize)> =
             windows.iter().flat_map(|w| w.iter().enumerate().map(|(pos, &id)| (id, pos))).collect();
         let rows = tokens.len();
@@ -165,21 +169,26 @@ impl CpuBert {
             }
             cpu::layer_norm(row, &self.embedding_norm.gamma, &self.embedding_norm.beta, self.eps);
         });
+        self.run_layers(&mut x, &spans, 0..layers);
+        x
+    }
+
+    fn run_layers(&self, x: &mut [f32], spans: &[(usize, usize)], layers: std::ops::Range<usize>) {
+        let (h, rows) = (self.hidden, x.len() / self.hidden);
         let inter = self.layers.first().map_or(0, |l| l.up.cout);
         let mut qkv = vec![0f32; rows * 3 * h];
         let mut context = vec![0f32; rows * h];
         let mut projected = vec![0f32; rows * h];
         let mut intermediate = vec![0f32; rows * inter];
-        for layer in &self.layers[..layers] {
-            layer.qkv.forward(&x, rows, &mut qkv, Act::None);
-            self.attention(&qkv, &spans, &mut context);
+        for layer in &self.layers[layers] {
+            layer.qkv.forward(x, rows, &mut qkv, Act::None);
+            self.attention(&qkv, spans, &mut context);
             layer.output.forward(&context, rows, &mut projected, Act::None);
-            self.add_norm(&mut x, &projected, &layer.attention_norm);
-            layer.up.forward(&x, rows, &mut intermediate, self.act);
+            self.add_norm(x, &projected, &layer.attention_norm);
+            layer.up.forward(x, rows, &mut intermediate, self.act);
             layer.down.forward(&intermediate, rows, &mut projected, Act::None);
-            self.add_norm(&mut x, &projected, &layer.output_norm);
+            self.add_norm(x, &projected, &layer.output_norm);
         }
-        x
     }
 
     /// x = LayerNorm(x + y), row by row.
@@ -203,6 +212,17 @@ impl CpuBert {
             attend(qkv, h, d, span, head, scale, out);
         });
     }
+}
+
+/// Each window's (first row, rows) when windows of these lengths lie one after another.
+fn spans(lengths: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
+    lengths
+        .scan(0, |start, len| {
+            let span = (*start, len);
+            *start += len;
+            Some(span)
+        })
+        .collect()
 }
 
 /// One head of attention for one window's `(start, len)` rows of `qkv`, into `out`'s rows. Both
@@ -245,7 +265,7 @@ fn attend(qkv: &[f32], h: usize, d: usize, (start, len): (usize, usize), head: u
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use candle_core::{DType, Device, Tensor};
@@ -254,7 +274,7 @@ mod tests {
     use super::*;
     use crate::windows::pad_batch;
 
-    fn config(act: &str) -> Config {
+    pub(crate) fn config(act: &str) -> Config {
         serde_json::from_value(serde_json::json!({
             "vocab_size": 50, "hidden_size": 80, "num_hidden_layers": 2, "num_attention_heads": 4,
             "intermediate_size": 150, "hidden_act": act, "hidden_dropout_prob": 0.0,
@@ -266,6 +286,10 @@ mod tests {
 
     /// Random weights under BertModel's names, through which both implementations load.
     fn weights(config: &Config) -> VarBuilder<'static> {
+        VarBuilder::from_tensors(random_tensors(config), DType::F32, &Device::Cpu)
+    }
+
+    pub(crate) fn random_tensors(config: &Config) -> HashMap<String, Tensor> {
         let dev = Device::Cpu;
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let mut t = HashMap::new();
@@ -295,7 +319,7 @@ mod tests {
                 add(format!("{p}.{name}.bias"), &[h], 0.1, 0.0);
             }
         }
-        VarBuilder::from_tensors(t, DType::F32, &dev)
+        t
     }
 
     /// candle's BertModel is the reference: the same hidden states for every real token of a padded

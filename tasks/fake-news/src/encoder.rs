@@ -42,16 +42,20 @@ pub struct SentenceEncoder {
 
 impl SentenceEncoder {
     pub fn load(model: &Model, device: &Device) -> Result<Self> {
-        Self::load_with(model, device, if device.is_cpu() { Backend::Cpu } else { Backend::Candle })
+        Self::load_tuned(model, device, None)
     }
 
     pub fn load_with(model: &Model, device: &Device, backend: Backend) -> Result<Self> {
-        Self::load_tuned(model, device, backend, None)
+        Self::load_parts(model, device, backend, None)
     }
 
     /// The encoder with some of its tensors replaced (by name): the layers `zoo train --fine-tune`
     /// trained, kept beside the head.
-    pub fn load_tuned(
+    pub fn load_tuned(model: &Model, device: &Device, replaced: Option<HashMap<String, Tensor>>) -> Result<Self> {
+        Self::load_parts(model, device, if device.is_cpu() { Backend::Cpu } else { Backend::Candle }, replaced)
+    }
+
+    fn load_parts(
         model: &Model,
         device: &Device,
         backend: Backend,
@@ -65,14 +69,15 @@ impl SentenceEncoder {
         let vb = match replaced {
             None => model.var_builder("model.safetensors", DType::F32, device)?,
             Some(replaced) => {
-                let bytes = model.file("model.safetensors")?.bytes()?;
-                let mut tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(bad)?;
+                let mut tensors = tensors(model, device)?;
                 for (name, tensor) in replaced {
                     match tensors.get(&name) {
                         Some(old) if old.shape() == tensor.shape() => {
                             tensors.insert(name, tensor.to_dtype(DType::F32).map_err(bad)?);
                         }
-                        _ => return Err(Error::model(&model.id, format!("no tensor '{name}' of that shape to replace"))),
+                        _ => {
+                            return Err(Error::model(&model.id, format!("no tensor '{name}' of that shape to replace")))
+                        }
                     }
                 }
                 candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device)
@@ -89,15 +94,6 @@ impl SentenceEncoder {
         Ok(SentenceEncoder { bert, config, windowing, pad, dim, device: device.clone() })
     }
 
-    /// Every real token's hidden state after the first `layers` layers, windows one after another
-    /// (CPU path only): where fine-tuning starts.
-    pub fn hidden_states(&self, windows: &[&[u32]], layers: usize) -> candle_core::Result<Vec<f32>> {
-        match &self.bert {
-            Bert::Cpu(bert) => bert.forward_through(windows, layers),
-            Bert::Candle(_) => candle_core::bail!("fine-tuning runs on the CPU encoder"),
-        }
-    }
-
     /// Splits a text into windows of at most WINDOW tokens.
     pub fn windows(&self, text: &str) -> std::result::Result<Windows, String> {
         self.windowing.windows(text)
@@ -109,7 +105,10 @@ impl SentenceEncoder {
             return Ok(Vec::new());
         }
         let bert = match &self.bert {
-            Bert::Cpu(bert) => return Ok(pooled(&bert.forward(windows)?, windows, bert.hidden())),
+            Bert::Cpu(bert) => {
+                let lengths: Vec<usize> = windows.iter().map(|w| w.len()).collect();
+                return Ok(pooled(&bert.forward(windows)?, &lengths, bert.hidden()));
+            }
             Bert::Candle(bert) => bert,
         };
         let (ids, mask) = pad_batch(windows, self.pad, &self.device)?;
@@ -142,18 +141,26 @@ impl SentenceEncoder {
     }
 }
 
-/// Mean pooling of each window's rows of `hidden` (its tokens, one after another) and L2
-/// normalisation, as `embed` does on candle's padded batch.
-fn pooled(hidden: &[f32], windows: &[&[u32]], dim: usize) -> Vec<Vec<f32>> {
+/// Every tensor of the encoder's weights, by name, in f32.
+pub fn tensors(model: &Model, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = model.file("model.safetensors")?.bytes()?;
+    let bad = |e: candle_core::Error| Error::model(&model.id, format!("model.safetensors: {e}"));
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(bad)?;
+    tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32).map_err(bad)?))).collect()
+}
+
+/// Mean pooling of each window's rows of `hidden` (windows of `lengths` tokens, one after another)
+/// and L2 normalisation, as `embed` does on candle's padded batch.
+pub(crate) fn pooled(hidden: &[f32], lengths: &[usize], dim: usize) -> Vec<Vec<f32>> {
     let mut rows = hidden.chunks_exact(dim);
-    windows
+    lengths
         .iter()
-        .map(|w| {
+        .map(|&len| {
             let mut sum = vec![0f32; dim];
-            for row in rows.by_ref().take(w.len()) {
+            for row in rows.by_ref().take(len) {
                 sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }
-            let n = w.len() as f32;
+            let n = len as f32;
             sum.iter_mut().for_each(|s| *s /= n);
             let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
             sum.iter_mut().for_each(|s| *s /= norm);

@@ -27,6 +27,10 @@ pub struct HeadInfo {
     /// have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<DomainInfo>,
+    /// A file in the model folder with encoder tensors that replace the encoder's own (the layers
+    /// `zoo train --fine-tune` trained), by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_tensors: Option<String>,
     /// How it was trained and what it scored, for `zoo info` and the catalogue.
     #[serde(default)]
     pub training: serde_json::Value,
@@ -194,7 +198,7 @@ fn uniform(shape: (usize, usize), bound: f32, state: &mut u64, device: &Device) 
 }
 
 /// Logits of `x` through layers given as (weight, bias) pairs, ReLU between them.
-fn forward(layers: &[(Tensor, Tensor)], x: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn forward(layers: &[(Tensor, Tensor)], x: &Tensor) -> candle_core::Result<Tensor> {
     let mut h = x.clone();
     for (i, (w, b)) in layers.iter().enumerate() {
         if i > 0 {
@@ -222,7 +226,11 @@ pub fn logits(tensors: &HashMap<String, Tensor>, x: &Tensor) -> candle_core::Res
 }
 
 /// The weighted mean cross-entropy of `logits` against `targets`.
-fn weighted_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn weighted_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
     let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
     picked.mul(weights)?.sum_all()? / -(weights.sum_all()?.to_scalar::<f32>()? as f64)

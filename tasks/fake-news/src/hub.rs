@@ -16,6 +16,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::bert::{self, BertModel};
 use candle_transformers::models::xlm_roberta::{self, XLMRobertaForSequenceClassification};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use zoo_runtime::model::TransformerSizes;
 use zoo_runtime::{Error, Model, Result};
@@ -56,6 +57,8 @@ pub struct HubClassifier {
     /// Independent per-label sigmoids instead of one softmax, as transformers' pipeline does for
     /// `multi_label_classification` and single-output models.
     sigmoid: bool,
+    /// Divides the logits before the softmax: 1, or what `zoo train --calibrate` fitted.
+    temperature: f32,
     pad: u32,
     device: Device,
 }
@@ -339,6 +342,7 @@ impl HubClassifier {
             windowing,
             labels,
             sigmoid: sigmoid || classes == 1,
+            temperature: 1.0,
             pad: pad as u32,
             device: device.clone(),
         })
@@ -380,14 +384,40 @@ impl HubClassifier {
         self.logits_tensor(windows)?.to_vec2()
     }
 
+    /// Whether the labels are independent sigmoids rather than one softmax.
+    pub fn multi_label(&self) -> bool {
+        self.sigmoid
+    }
+
+    /// Applies a temperature fitted on validation data (see [`Calibration`]).
+    pub fn calibrate(&mut self, temperature: f32) {
+        self.temperature = temperature;
+    }
+
     /// Label probabilities for each window: a softmax over the labels, or a sigmoid per label.
     pub fn probabilities(&self, windows: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let logits = self.logits_tensor(windows)?;
+        let logits = (self.logits_tensor(windows)? / self.temperature as f64)?;
         let p =
             if self.sigmoid { candle_nn::ops::sigmoid(&logits)? } else { candle_nn::ops::softmax_last_dim(&logits)? };
         p.to_vec2()
     }
 }
+
+/// What `zoo train fake-news --calibrate MODEL` writes: a folder that `--model` runs as MODEL with
+/// its logits divided by a temperature fitted on labelled val texts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The classifier: a Hub id or catalogue name as given, or a folder's absolute path.
+    pub model: String,
+    pub labels: Vec<String>,
+    pub temperature: f32,
+    /// The val data and what calibration did on it, for the record.
+    #[serde(default)]
+    pub report: Value,
+}
+
+/// The file [`Calibration`] is kept in.
+pub const CALIBRATION: &str = "calibration.json";
 
 #[cfg(test)]
 mod tests {

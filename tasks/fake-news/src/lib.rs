@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod domain;
 pub mod encoder;
 pub mod explain;
+pub mod finetune;
 pub mod head;
 pub mod hub;
 pub mod kernels;
@@ -172,6 +173,30 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
         help: "Keep the encoder's output for each file here, so that a second run with other settings skips encoding",
         default: None,
     },
+    TaskOption {
+        name: "fine-tune",
+        value_name: Some("LAYERS"),
+        help: "Also train the encoder's top LAYERS layers with the head (2 is a good start; the lower layers stay frozen). Needs val data; the run checkpoints into <out>/.fine-tune and the same command resumes it after an interrupt",
+        default: None,
+    },
+    TaskOption {
+        name: "fine-tune-epochs",
+        value_name: Some("N"),
+        help: "At most this many passes over the data while fine-tuning (it stops when the val loss stops falling)",
+        default: Some("3"),
+    },
+    TaskOption {
+        name: "fine-tune-learning-rate",
+        value_name: Some("LR"),
+        help: "Peak learning rate of the encoder's layers while fine-tuning (the head's is 20 times it)",
+        default: Some("0.00005"),
+    },
+    TaskOption {
+        name: "calibrate",
+        value_name: Some("MODEL"),
+        help: "Instead of training a head: fit a temperature to a Transformers classifier (a Hub id or a folder) on --val, into --out, a folder that --model then runs calibrated",
+        default: None,
+    },
     TaskOption { name: "force", value_name: None, help: "Overwrite a head already in --out", default: None },
 ];
 
@@ -273,7 +298,7 @@ impl Task for FakeNews {
 
 /// What scores a window: an encoder and the head trained on it, or a Transformers classifier.
 enum Network {
-    Head { encoder: Box<SentenceEncoder>, head: Head },
+    Head { encoder: Box<SentenceEncoder>, head: Box<Head> },
     Hub(Box<HubClassifier>),
 }
 
@@ -286,6 +311,31 @@ impl Classifier {
     /// sequence classifier.
     pub fn load(model: &Model, ctx: &Context) -> Result<Self> {
         if model.optional_file("head.json")?.is_none() {
+            if model.optional_file(hub::CALIBRATION)?.is_some() {
+                let calibration: hub::Calibration = model.json(hub::CALIBRATION)?;
+                let t = calibration.temperature;
+                if !(t.is_finite() && t > 0.0) {
+                    return Err(Error::model(
+                        &model.id,
+                        format!("{}: temperature {t} is not positive", hub::CALIBRATION),
+                    ));
+                }
+                let inner = Model::resolve(&ModelRef::parse(&calibration.model)?, &ctx.hub);
+                let mut hub = HubClassifier::load(&inner, &ctx.device)?;
+                if hub.labels() != calibration.labels.as_slice() {
+                    return Err(Error::model(
+                        &model.id,
+                        format!(
+                            "calibrated for the labels {:?}, but {} has {:?}",
+                            calibration.labels,
+                            calibration.model,
+                            hub.labels()
+                        ),
+                    ));
+                }
+                hub.calibrate(t);
+                return Ok(Classifier { network: Network::Hub(Box::new(hub)) });
+            }
             if model.optional_file("config.json")?.is_some() {
                 let hub = HubClassifier::load(model, &ctx.device)?;
                 return Ok(Classifier { network: Network::Hub(Box::new(hub)) });
@@ -296,14 +346,24 @@ impl Classifier {
             ));
         }
         let head = Head::load(model, &ctx.device)?;
-        let encoder = load_encoder(&head.info.encoder, ctx)?;
+        let replaced = match &head.info.encoder_tensors {
+            Some(file) => {
+                let bytes = model.file(file)?.bytes()?;
+                let tensors = candle_core::safetensors::load_buffer(&bytes, &ctx.device)
+                    .map_err(|e| Error::model(&model.id, format!("{file}: {e}")))?;
+                Some(tensors)
+            }
+            None => None,
+        };
+        let encoder_model = Model::resolve(&ModelRef::parse(&head.info.encoder)?, &ctx.hub);
+        let encoder = SentenceEncoder::load_tuned(&encoder_model, &ctx.device, replaced)?;
         if encoder.dim != head.dim() {
             return Err(Error::model(
                 &model.id,
                 format!("the head takes {} features, the encoder gives {}", head.dim(), encoder.dim),
             ));
         }
-        Ok(Classifier { network: Network::Head { encoder: Box::new(encoder), head } })
+        Ok(Classifier { network: Network::Head { encoder: Box::new(encoder), head: Box::new(head) } })
     }
 
     pub fn labels(&self) -> &[String] {
@@ -418,11 +478,6 @@ pub fn pool_by_tokens(rows: &[Vec<f32>], tokens: &[usize]) -> Vec<f32> {
     }
     total.iter_mut().for_each(|t| *t /= weight);
     total
-}
-
-fn load_encoder(reference: &str, ctx: &Context) -> Result<SentenceEncoder> {
-    let model = Model::resolve(&ModelRef::parse(reference)?, &ctx.hub);
-    SentenceEncoder::load(&model, &ctx.device)
 }
 
 struct ClassifierRunner {
@@ -632,6 +687,18 @@ impl Prediction for TrainReport {
             fixed(&r["val"]["accuracy"]),
             fixed(&r["val"]["macro_f1"]),
         ));
+        let f = &r["fine_tune"];
+        if !f.is_null() {
+            let frozen = &r["frozen_val"];
+            text.push_str(&format!(
+                "fine-tuning {} layers: best epoch {} of {}; val accuracy {} with the frozen encoder; kept the {} one\n",
+                f["layers"],
+                f["best_epoch"],
+                f["epochs_run"],
+                fixed(&frozen["accuracy"]),
+                f["kept"].as_str().unwrap_or_default(),
+            ));
+        }
         let c = &r["calibration"];
         if !c["temperature"].is_null() {
             text.push_str(&format!(
@@ -854,6 +921,9 @@ fn training_sources(args: &TaskArgs) -> Result<Vec<recipe::SourceFiles>> {
 const DOMAIN_CENTROIDS: usize = 256;
 
 fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
+    if let Some(model) = args.value("calibrate") {
+        return calibrate(args, ctx, model);
+    }
     let out = PathBuf::from(required(args, "out")?);
     let limit: Option<usize> = args.parse("limit")?;
     let settings = TrainSettings {
@@ -885,14 +955,18 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
             });
         }
     }
+    let fine_tune = fine_tune_settings(args)?;
     let force = args.flag("force");
-    for file in ["head.safetensors", "head.json"] {
+    for file in ["head.safetensors", "head.json", TUNED_ENCODER] {
         if out.join(file).exists() && !force {
             return Err(Error::input(out.join(file), "already exists (use --force to overwrite it)"));
         }
     }
-    let sources: Vec<recipe::Source> =
-        training_sources(args)?.into_iter().map(|s| s.read(limit)).collect::<Result<_>>()?;
+    let files = training_sources(args)?;
+    if fine_tune.is_some() && files.iter().all(|f| f.val.is_none()) {
+        return Err(Error::Usage("--fine-tune needs val data (--val, or val files in the recipe) to stop on".into()));
+    }
+    let sources: Vec<recipe::Source> = files.into_iter().map(|s| s.read(limit)).collect::<Result<_>>()?;
     let mut labels: Vec<String> = sources.iter().flat_map(|s| s.train.iter().filter_map(|r| r.label.clone())).collect();
     labels.sort();
     labels.dedup();
@@ -904,7 +978,18 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         ));
     }
     let encoder_ref = args.value("encoder").unwrap_or(DEFAULT_ENCODER);
-    let encoder = load_encoder(encoder_ref, ctx)?;
+    let encoder_model = Model::resolve(&ModelRef::parse(encoder_ref)?, &ctx.hub);
+    let encoder = SentenceEncoder::load(&encoder_model, &ctx.device)?;
+    let layers = encoder.config.num_hidden_layers;
+    if let Some(f) = fine_tune.as_ref().filter(|f| f.layers > layers) {
+        return Err(Error::InvalidOption {
+            option: "fine-tune".into(),
+            value: f.layers.to_string(),
+            reason: format!("the encoder has {layers} layers"),
+        });
+    }
+    // The windows' tokens, for fine-tuning: in the same order as the splits' rows.
+    let (mut train_tokens, mut val_tokens) = (Vec::new(), Vec::new());
     let cache = args.value("embedding-cache").map(PathBuf::from);
     let (mut train_split, mut val_split) = (Split::default(), Split::default());
     for (i, source) in sources.iter().enumerate() {
@@ -913,19 +998,25 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         let what = format!("encoding {} train", f.name);
         let embedded = embed_texts(&encoder, encoder_ref, &source.train, &f.train, &what, cache.as_deref())?;
         train_split.add(i, embedded, classes);
+        if fine_tune.is_some() {
+            train_tokens.extend(window_tokens(&encoder, &source.train, &f.train)?);
+        }
         if let (Some(rows), Some(path)) = (&source.val, &f.val) {
             let classes = classes_of(rows, &labels, path)?;
+            if fine_tune.is_some() {
+                val_tokens.extend(window_tokens(&encoder, rows, path)?);
+            }
             let what = format!("encoding {} val", f.name);
             val_split.add(i, embed_texts(&encoder, encoder_ref, rows, path, &what, cache.as_deref())?, classes);
         }
     }
     let shares = weighting.shares(&sources.iter().map(|s| s.train.len()).collect::<Vec<_>>());
     let dim = encoder.dim;
-    let x = train_split.tensor(dim)?;
+    let mut x = train_split.tensor(dim)?;
     let y = train_split.window_classes();
     let weights = recipe::window_weights(&shares, &train_split.sources, &train_split.windows);
     let has_val = !val_split.classes.is_empty();
-    let (vx, vy) = (val_split.tensor(dim)?, val_split.window_classes());
+    let (mut vx, vy) = (val_split.tensor(dim)?, val_split.window_classes());
     let val_weights = recipe::window_weights(&shares, &val_split.sources, &val_split.windows);
     let bar = progress::items(settings.epochs as u64, "training", true);
     let trained = head::train(
@@ -943,9 +1034,41 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         ));
     }
 
+    let mut head_tensors = trained.tensors;
+    let mut tuned_encoder = HashMap::new();
+    let mut frozen_val_text = None;
+    let mut fine_tune_report = Value::Null;
+    if let Some(settings) = &fine_tune {
+        let frozen: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&head::logits(&head_tensors, &vx)?)?.to_vec2()?;
+        frozen_val_text = Some(val_split.per_text(&frozen));
+        let base = encoder::tensors(&encoder_model, &Device::Cpu)?;
+        let tuned = finetune::fine_tune(
+            &base,
+            &encoder.config,
+            finetune::Windows { tokens: &train_tokens, classes: &y, weights: &weights },
+            finetune::Windows { tokens: &val_tokens, classes: &vy, weights: &val_weights },
+            &head_tensors,
+            settings,
+            Some(&out.join(FINE_TUNE_CHECKPOINTS)),
+        )?
+        .expect("a run without a step limit runs to its end");
+        train_split.rows = tuned.train_embeddings;
+        val_split.rows = tuned.val_embeddings;
+        (x, vx) = (train_split.tensor(dim)?, val_split.tensor(dim)?);
+        head_tensors = tuned.head;
+        tuned_encoder = tuned.encoder;
+        fine_tune_report = json!({
+            "layers": settings.layers, "epochs_run": tuned.epochs_run, "best_epoch": tuned.best_epoch,
+            "val_losses": tuned.val_losses, "steps": tuned.steps, "resumed": tuned.resumed,
+            "learning_rate": settings.encoder_learning_rate, "head_learning_rate": settings.head_learning_rate,
+            "batch_tokens": settings.batch_tokens,
+            "kept": if tuned_encoder.is_empty() { "frozen" } else { "fine-tuned" },
+        });
+    }
+
     // Calibration: one temperature on the val windows, each text counting once.
-    let train_logits: Vec<Vec<f32>> = head::logits(&trained.tensors, &x)?.to_vec2()?;
-    let val_logits: Vec<Vec<f32>> = if has_val { head::logits(&trained.tensors, &vx)?.to_vec2()? } else { Vec::new() };
+    let train_logits: Vec<Vec<f32>> = head::logits(&head_tensors, &x)?.to_vec2()?;
+    let val_logits: Vec<Vec<f32>> = if has_val { head::logits(&head_tensors, &vx)?.to_vec2()? } else { Vec::new() };
     let per_text_weight: Vec<f32> =
         val_split.windows.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect();
     let temperature = if has_val { calibration::fit_temperature(&val_logits, &vy, &per_text_weight) } else { 1.0 };
@@ -1002,6 +1125,10 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
                 let (vp, vc) = pick(&val_split, &val_text, i);
                 let mut v = text_scores(&vp, &vc, &labels);
                 v["ece"] = json!(ece(&vp, &vc));
+                if let Some(frozen) = &frozen_val_text {
+                    let (fp, fc) = pick(&val_split, frozen, i);
+                    v["frozen"] = text_scores(&fp, &fc, &labels);
+                }
                 v
             });
             json!({"name": s.files.name, "train_file": s.files.train.display().to_string(),
@@ -1020,6 +1147,8 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         "hidden": settings.hidden, "seed": settings.seed,
         "train": text_scores(&train_text, &train_split.classes, &labels),
         "val": val_report,
+        "frozen_val": frozen_val_text.as_ref().map(|p| text_scores(p, &val_split.classes, &labels)),
+        "fine_tune": fine_tune_report,
         "calibration": if has_val {
             json!({"temperature": temperature, "bins": calibration::ECE_BINS,
                    "ece_before": ece(&val_raw, &val_split.classes), "ece_after": ece(&val_text, &val_split.classes)})
@@ -1037,10 +1166,22 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         overlap: OVERLAP,
         temperature,
         domain: Some(domain_info),
+        encoder_tensors: (!tuned_encoder.is_empty()).then(|| TUNED_ENCODER.to_string()),
         training: training.clone(),
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let mut tensors = trained.tensors;
+    let tuned_path = out.join(TUNED_ENCODER);
+    if tuned_encoder.is_empty() {
+        // A stale file from an earlier run would be unused, and misleading beside this head.
+        if tuned_path.exists() {
+            std::fs::remove_file(&tuned_path).map_err(|e| Error::io(&tuned_path, e))?;
+        }
+    } else {
+        let tmp = out.join(".encoder.safetensors.tmp");
+        candle_core::safetensors::save(&tuned_encoder, &tmp)?;
+        std::fs::rename(&tmp, &tuned_path).map_err(|e| Error::io(&tuned_path, e))?;
+    }
+    let mut tensors = head_tensors;
     let k = centroids.len() / dim;
     tensors.insert(head::CENTROIDS.into(), Tensor::from_vec(centroids, (k, dim), &Device::Cpu)?);
     // Written beside the final name and renamed, so an interrupted run leaves no half file.
@@ -1054,6 +1195,171 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     report["out"] = out.display().to_string().into();
     report["labels"] = json!(labels);
     Ok(Box::new(TrainReport(report)))
+}
+
+/// `--calibrate MODEL`: one temperature for a Transformers classifier's logits, fitted on the val
+/// windows (each text counting once) as for a trained head.
+fn calibrate(args: &TaskArgs, ctx: &Context, reference: &str) -> Result<Box<dyn Prediction>> {
+    let out = PathBuf::from(required(args, "out")?);
+    for other in ["train", "recipe", "fine-tune"] {
+        if args.value(other).is_some() {
+            return Err(Error::Usage(format!("--calibrate fits a temperature on --val alone; drop --{other}")));
+        }
+    }
+    let val_path = PathBuf::from(
+        args.value("val").ok_or_else(|| Error::Usage("--calibrate needs --val, labelled texts to fit on".into()))?,
+    );
+    let file = out.join(hub::CALIBRATION);
+    if file.exists() && !args.flag("force") {
+        return Err(Error::input(&file, "already exists (use --force to overwrite it)"));
+    }
+    let model_ref = ModelRef::parse(reference)?;
+    // A folder is recorded by its absolute path, so the calibrated folder runs from anywhere.
+    let recorded = match &model_ref {
+        ModelRef::Local(path) => std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?.display().to_string(),
+        _ => reference.to_string(),
+    };
+    let model = Model::resolve(&model_ref, &ctx.hub);
+    if model.optional_file("head.json")?.is_some() {
+        return Err(Error::Usage(format!(
+            "{reference} is a head zoo trained, calibrated when it was trained; --calibrate is for Transformers classifiers"
+        )));
+    }
+    let classifier = HubClassifier::load(&model, &ctx.device)?;
+    if classifier.multi_label() {
+        return Err(Error::Usage(format!(
+            "{reference} scores each label on its own (a sigmoid per label); --calibrate fits single-label classifiers"
+        )));
+    }
+    let labels = classifier.labels().to_vec();
+    let text_column = args.value("text-column").unwrap_or("text");
+    let label_column = args.value("label-column").unwrap_or("label");
+    let mut rows = table::read(&val_path, text_column, Some(label_column))?;
+    if let Some(limit) = args.parse::<usize>("limit")? {
+        rows.truncate(limit);
+    }
+    if rows.is_empty() {
+        return Err(Error::input(&val_path, "no labelled rows to calibrate on"));
+    }
+    let classes = classes_of(&rows, &labels, &val_path)?;
+    let tokens = window_tokens_with(&rows, &val_path, |t| classifier.windows(t))?;
+    let per_text: Vec<usize> = tokens.iter().map(|(n, _)| *n).collect();
+    let windows: Vec<Vec<u32>> = tokens.into_iter().flat_map(|(_, w)| w).collect();
+    let bar = progress::items(windows.len() as u64, "calibrating", true);
+    let mut logits = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(32) {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        logits.extend(classifier.logits(&refs)?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let window_classes: Vec<usize> =
+        classes.iter().zip(&per_text).flat_map(|(&c, &n)| std::iter::repeat_n(c, n)).collect();
+    let weights: Vec<f32> = per_text.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect();
+    let temperature = calibration::fit_temperature(&logits, &window_classes, &weights);
+    let window_lengths: Vec<usize> = windows.iter().map(Vec::len).collect();
+    let text_probabilities = |t: f32| -> Vec<Vec<f32>> {
+        let p: Vec<Vec<f32>> = logits.iter().map(|z| calibration::softmax(z, t)).collect();
+        let mut at = 0;
+        per_text
+            .iter()
+            .map(|&n| {
+                let pooled = pool_by_tokens(&p[at..at + n], &window_lengths[at..at + n]);
+                at += n;
+                pooled
+            })
+            .collect()
+    };
+    let (before, after) = (text_probabilities(1.0), text_probabilities(temperature));
+    let ece = |p: &[Vec<f32>]| calibration::expected_calibration_error(p, &classes, calibration::ECE_BINS);
+    let report = json!({
+        "val_file": val_path.display().to_string(), "limit": args.parse::<usize>("limit")?,
+        "temperature": temperature, "bins": calibration::ECE_BINS,
+        "ece_before": ece(&before), "ece_after": ece(&after),
+        "val": text_scores(&after, &classes, &labels),
+    });
+    let calibration = hub::Calibration { model: recorded, labels, temperature, report: report.clone() };
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    fsutil::write_atomic(&file, &serde_json::to_vec_pretty(&calibration).expect("calibration serialises"), true)?;
+    let mut report = report;
+    report["out"] = out.display().to_string().into();
+    report["model"] = calibration.model.into();
+    Ok(Box::new(CalibrationReport(report)))
+}
+
+struct CalibrationReport(Value);
+
+impl Prediction for CalibrationReport {
+    fn json(&self) -> Map<String, Value> {
+        self.0.as_object().cloned().unwrap_or_default()
+    }
+
+    fn human(&self) -> String {
+        let r = &self.0;
+        format!(
+            "wrote {}/{}: temperature {} for {}; expected calibration error on {} val texts {} before, {} after (accuracy {})",
+            r["out"].as_str().unwrap_or_default(),
+            hub::CALIBRATION,
+            fixed(&r["temperature"]),
+            r["model"].as_str().unwrap_or_default(),
+            r["val"]["texts"],
+            fixed(&r["ece_before"]),
+            fixed(&r["ece_after"]),
+            fixed(&r["val"]["accuracy"]),
+        )
+    }
+}
+
+/// The encoder layers `--fine-tune` trained, in the model folder beside the head.
+const TUNED_ENCODER: &str = "encoder.safetensors";
+/// Where `--fine-tune` keeps its checkpoint, inside `--out`.
+const FINE_TUNE_CHECKPOINTS: &str = ".fine-tune";
+
+fn fine_tune_settings(args: &TaskArgs) -> Result<Option<finetune::Settings>> {
+    let Some(layers) = args.parse::<usize>("fine-tune")? else { return Ok(None) };
+    let learning_rate: f64 = args.parse("fine-tune-learning-rate")?.unwrap_or(5e-5);
+    if !(learning_rate.is_finite() && learning_rate > 0.0) {
+        return Err(Error::InvalidOption {
+            option: "fine-tune-learning-rate".into(),
+            value: learning_rate.to_string(),
+            reason: "must be a positive number".into(),
+        });
+    }
+    let epochs: usize = args.parse("fine-tune-epochs")?.unwrap_or(3);
+    if epochs == 0 || layers == 0 {
+        return Err(Error::Usage("--fine-tune and --fine-tune-epochs must be at least 1".into()));
+    }
+    Ok(Some(finetune::Settings {
+        layers,
+        epochs,
+        patience: 1,
+        encoder_learning_rate: learning_rate,
+        head_learning_rate: 20.0 * learning_rate,
+        weight_decay: 0.01,
+        batch_tokens: 2048,
+        seed: args.parse("seed")?.unwrap_or(0),
+        checkpoint_every: 50,
+        max_steps: None,
+    }))
+}
+
+/// Every text's windows, one after another, as the encoder sees them.
+fn window_tokens(encoder: &SentenceEncoder, rows: &[table::Row], path: &Path) -> Result<Vec<Vec<u32>>> {
+    Ok(window_tokens_with(rows, path, |t| encoder.windows(t))?.into_iter().flat_map(|(_, w)| w).collect())
+}
+
+/// Each text's window count and windows, by `windows`.
+fn window_tokens_with(
+    rows: &[table::Row],
+    path: &Path,
+    windows: impl Fn(&str) -> std::result::Result<Windows, String>,
+) -> Result<Vec<(usize, Vec<Vec<u32>>)>> {
+    rows.iter()
+        .map(|row| {
+            let w = windows(&row.text).map_err(|reason| Error::input(path, format!("row {}: {reason}", row.number)))?;
+            Ok((w.0.len(), w.0))
+        })
+        .collect()
 }
 
 /// The default of `--warn-percentile`.

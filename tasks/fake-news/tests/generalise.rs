@@ -120,3 +120,53 @@ fn the_bundled_default_scores_what_it_states_on_every_source() {
     eprintln!("all val texts: calibration error {ece:.4} (states {stated_ece:.4})");
     assert!((ece - stated_ece).abs() < 0.005 && ece <= 0.05, "calibration error {ece}, stated {stated_ece}");
 }
+
+/// `--fine-tune 2` on a few hundred tweets: the two trained layers must beat the frozen encoder's
+/// head on the val split, and the model folder it writes must give, through `Classifier` (the path
+/// `zoo run` takes), the val accuracy the training report states.
+#[test]
+fn fine_tuning_two_layers_beats_the_frozen_head_on_its_val_split() {
+    let (Some(assets), Some(cache)) = (shared_assets("fine-tuning"), shared_hub_cache("fine-tuning")) else {
+        return;
+    };
+    let data = assets.join("data/fake-news/constraint_covid19");
+    let out = tempfile::tempdir().unwrap();
+    let mut args = TaskArgs::new();
+    args.set("train", data.join("Constraint_Train.csv").display().to_string())
+        .set("val", data.join("Constraint_Val.csv").display().to_string())
+        .set("text-column", "tweet")
+        .set("limit", "300")
+        .set("fine-tune", "2")
+        .set("out", out.path().display().to_string());
+    let ctx = context(&cache);
+    let report = zoo_fake_news::FakeNews.train(&args, &ctx).unwrap().json();
+    let (tuned, frozen) =
+        (report["val"]["accuracy"].as_f64().unwrap(), report["frozen_val"]["accuracy"].as_f64().unwrap());
+    let fine_tune = &report["fine_tune"];
+    eprintln!("300 tweets: val accuracy {frozen:.3} frozen, {tuned:.3} with two layers fine-tuned ({fine_tune})");
+    assert_eq!(fine_tune["kept"], "fine-tuned", "{fine_tune}");
+    assert!(tuned > frozen, "fine-tuned {tuned} against frozen {frozen}");
+    assert!(!out.path().join(".fine-tune").exists(), "the checkpoint is removed when the run ends");
+    let encoder = candle_core::safetensors::load(out.path().join("encoder.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(encoder.len(), 32, "two layers of 16 tensors");
+    assert!(encoder.keys().all(|k| k.starts_with("encoder.layer.4.") || k.starts_with("encoder.layer.5.")));
+
+    let model = Model::resolve(&ModelRef::Local(out.path().to_path_buf()), &ctx.hub);
+    let classifier = Classifier::load(&model, &ctx).unwrap();
+    let val = table::read(&data.join("Constraint_Val.csv"), "tweet", Some("label")).unwrap();
+    let val = &val[..300];
+    let texts: Vec<&str> = val.iter().map(|r| r.text.as_str()).collect();
+    let labels = classifier.labels().to_vec();
+    let correct = classifier
+        .classify(&texts, 32)
+        .into_iter()
+        .zip(val)
+        .filter(|(r, row)| {
+            let p = &r.as_ref().unwrap().probabilities;
+            let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+            Some(labels[best].as_str()) == row.label.as_deref()
+        })
+        .count();
+    let accuracy = correct as f64 / val.len() as f64;
+    assert!((accuracy - tuned).abs() <= 1.0 / 300.0 + 1e-6, "the model folder gives {accuracy}, the report {tuned}");
+}
