@@ -324,15 +324,17 @@ fn merged(base: &HashMap<String, Tensor>, params: &Params) -> HashMap<String, Te
 }
 
 /// Window embeddings through the fast path, from the frozen states, under the current weights.
+/// The layers run in place over `rows`: a caller that still needs the states passes a copy.
 fn embed(
     base: &HashMap<String, Tensor>,
     config: &Config,
     params: &Params,
+    rows: Vec<f32>,
     states: &States,
     first: usize,
 ) -> Result<Vec<f32>> {
     let bert = CpuBert::load(VarBuilder::from_tensors(merged(base, params), DType::F32, &Device::Cpu), config)?;
-    let hidden = bert.forward_from(states.rows.clone(), &states.lengths, first)?;
+    let hidden = bert.forward_from(rows, &states.lengths, first)?;
     Ok(pooled(&hidden, &states.lengths, config.hidden_size).into_iter().flatten().collect())
 }
 
@@ -501,8 +503,8 @@ pub fn fine_tune(
         .transpose()?;
 
     let frozen = CpuBert::load(VarBuilder::from_tensors(base.clone(), DType::F32, dev), config)?;
-    let train_states = States::compute(&frozen, train.tokens, first, "fine-tuning: frozen layers, train")?;
-    let val_states = States::compute(&frozen, val.tokens, first, "fine-tuning: frozen layers, val")?;
+    let mut train_states = States::compute(&frozen, train.tokens, first, "fine-tuning: frozen layers, train")?;
+    let mut val_states = States::compute(&frozen, val.tokens, first, "fine-tuning: frozen layers, val")?;
     drop(frozen);
 
     let network = Network { config, first };
@@ -526,7 +528,12 @@ pub fn fine_tune(
     let (mut best, mut val_losses, mut at) = match resumed {
         Some(found) => found,
         None => {
-            let frozen_loss = val_loss(&params, &embed(base, config, &params, &val_states, first)?, &val, h)?;
+            let frozen_loss = val_loss(
+                &params,
+                &embed(base, config, &params, val_states.rows.clone(), &val_states, first)?,
+                &val,
+                h,
+            )?;
             (params.snapshot()?, vec![frozen_loss], Progress { epochs_done: 0, batches_done: 0, best_epoch: 0 })
         }
     };
@@ -568,7 +575,8 @@ pub fn fine_tune(
                 return Ok(None);
             }
         }
-        let loss = val_loss(&params, &embed(base, config, &params, &val_states, first)?, &val, h)?;
+        let loss =
+            val_loss(&params, &embed(base, config, &params, val_states.rows.clone(), &val_states, first)?, &val, h)?;
         val_losses.push(loss);
         at = Progress { epochs_done: epoch, batches_done: 0, ..at };
         if loss < val_losses[at.best_epoch] - 1e-6 {
@@ -588,8 +596,8 @@ pub fn fine_tune(
     for (var, kept) in params.vars.iter().zip(&best) {
         var.set(kept)?;
     }
-    let val_embeddings = embed(base, config, &params, &val_states, first)?;
-    let train_embeddings = embed(base, config, &params, &train_states, first)?;
+    let val_embeddings = embed(base, config, &params, std::mem::take(&mut val_states.rows), &val_states, first)?;
+    let train_embeddings = embed(base, config, &params, std::mem::take(&mut train_states.rows), &train_states, first)?;
     let tensor = |i: usize| params.vars[i].as_tensor().clone();
     let encoder = if at.best_epoch == 0 {
         HashMap::new()
