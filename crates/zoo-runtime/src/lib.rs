@@ -13,6 +13,7 @@ pub mod image_io;
 pub mod inputs;
 pub mod model;
 pub mod progress;
+pub mod pth;
 pub mod task;
 #[doc(hidden)]
 pub mod test_support;

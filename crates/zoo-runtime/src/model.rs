@@ -360,18 +360,8 @@ pub fn read_weights(path: &Path, device: &Device, id: &str) -> Result<HashMap<St
     let head = &head[..read];
     let bad = |reason: String| Error::model(id, format!("{}: {reason}", path.display()));
     if head.starts_with(b"PK\x03\x04") {
-        let tensors = candle_core::pickle::read_all(path)
-            .map_err(|e| bad(format!("not a PyTorch zip checkpoint zoo can read: {e}")))?;
-        if tensors.is_empty() {
-            return Err(bad("a zip file with no tensors (zoo reads a state_dict saved with torch.save)".into()));
-        }
-        return tensors
-            .into_iter()
-            .map(|(name, t)| {
-                let name = name.strip_prefix("module.").map(str::to_string).unwrap_or(name);
-                Ok((name, t.to_device(device).map_err(|e| bad(e.to_string()))?))
-            })
-            .collect();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        return pth_tensors(&bytes, device).map_err(|e| Error::model(id, format!("{}: {e}", path.display())));
     }
     if head.first() == Some(&0x80) {
         return Err(bad(
@@ -383,6 +373,17 @@ pub fn read_weights(path: &Path, device: &Device, id: &str) -> Result<HashMap<St
     }
     candle_core::safetensors::load(path, device)
         .map_err(|e| bad(format!("neither safetensors nor a zip-format PyTorch checkpoint ({})", candle_reason(&e))))
+}
+
+/// The state dict of a zip-format PyTorch checkpoint held in memory (a bundled one, or a file's
+/// bytes); the reason is one line for an error naming the file.
+pub fn pth_tensors(bytes: &[u8], device: &Device) -> std::result::Result<HashMap<String, Tensor>, String> {
+    let tensors = crate::pth::read(bytes, device)
+        .map_err(|e| format!("not a PyTorch zip checkpoint zoo can read: {}", candle_reason(&e)))?;
+    if tensors.is_empty() {
+        return Err("a zip file with no tensors (zoo reads a state_dict saved with torch.save)".into());
+    }
+    Ok(tensors)
 }
 
 fn wanted_by_zoo(file: &str, has_safetensors: bool) -> bool {
