@@ -132,7 +132,7 @@ fn corpus(photo: &[u8], wav: &[u8], out_dir: &str) -> Vec<Case> {
     };
     let flags = |case: Case, flags: &[&str]| Case { extra: flags.iter().map(|f| f.to_string()).collect(), ..case };
     let mut cases = Vec::new();
-    for task in ["image-classification", "style-transfer"] {
+    for task in ["image-classification", "style-transfer", "object-detection"] {
         cases.push(case(task, "empty.png", Vec::new()));
         cases.push(case(task, "truncated.png", photo[..photo.len().min(200)].to_vec()));
         cases.push(case(task, "not-an-image.png", b"hello, I am text".to_vec()));

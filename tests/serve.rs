@@ -115,7 +115,11 @@ fn every_route_answers_what_the_cli_prints() {
     // Every task whose default model is bundled or cached is served.
     let health = get(&server.url("/health")).json();
     let served: Vec<&str> = health["models"].as_array().unwrap().iter().map(|m| m["task"].as_str().unwrap()).collect();
-    assert_eq!(served, ["image-classification", "fake-news", "style-transfer", "speech-recognition"], "{health}");
+    assert_eq!(
+        served,
+        ["image-classification", "fake-news", "style-transfer", "speech-recognition", "object-detection"],
+        "{health}"
+    );
     assert_eq!(get(&server.url("/v2/health/live")).status, 200);
     assert_eq!(get(&server.url("/v2/health/ready")).status, 200);
 
@@ -139,6 +143,16 @@ fn every_route_answers_what_the_cli_prints() {
         &[("file", Part::File("coffee.png", &coffee)), ("top_k", Part::Text("3"))],
         &[],
     );
+    assert_same(&results(&reply)[0], &cli[0], "");
+
+    // Object detection: the CLI's boxes, options by their snake_case names.
+    let reply = post_multipart(
+        &server.url("/v1/run/detect?min_score=0.3&classes=cup,bowl"),
+        &[("file", Part::File("coffee.png", &coffee))],
+        &[],
+    );
+    let cli = cli_json(cache, &["object-detection", coffee_arg, "--min-score", "0.3", "--classes", "cup,bowl"]);
+    assert!(cli[0]["objects"].as_array().unwrap().len() >= 2, "{}", cli[0]);
     assert_same(&results(&reply)[0], &cli[0], "");
 
     // Native JSON for text, with explain.

@@ -89,7 +89,13 @@ fn the_page_shows_what_the_cli_prints_in_a_real_browser() {
     assert_eq!(out["stored_key"], KEY);
     assert_eq!(
         out["tasks"],
-        serde_json::json!(["image-classification", "fake-news", "style-transfer", "speech-recognition"])
+        serde_json::json!([
+            "image-classification",
+            "fake-news",
+            "style-transfer",
+            "speech-recognition",
+            "object-detection"
+        ])
     );
 
     // Image classification: the CLI's labels, in order, with its percentages; the heatmap over

@@ -56,6 +56,14 @@ def test_image_classification_is_the_clis(classify):
     assert explained == cli("image-classification", photos[0], "--explain")[0]
 
 
+def test_object_detection_is_the_clis():
+    photo = str(DATA / "coffee.png")
+    detect = zoo.pipeline("detect", min_score=0.3, classes="cup,bowl")
+    expected = cli("object-detection", photo, "--min-score", "0.3", "--classes", "cup,bowl")[0]
+    assert len(expected["objects"]) >= 2
+    assert detect(photo) == expected
+
+
 def test_arrays_pil_images_and_bytes_are_the_files_pixels(classify):
     path = DATA / "chelsea.png"
     expected = classify(str(path))["predictions"]
@@ -153,5 +161,5 @@ def test_tasks_and_models_are_the_clis():
     assert zoo.models() == [json.loads(line) for line in listed.splitlines()]
     assert [m["model"] for m in zoo.models("style-transfer")] == ["multistyle26", "magenta-arbitrary"]
     names = [t["task"] for t in zoo.tasks()]
-    assert names == ["image-classification", "fake-news", "style-transfer", "speech-recognition"]
+    assert names == ["image-classification", "fake-news", "style-transfer", "speech-recognition", "object-detection"]
     assert zoo.__version__ == subprocess.run([ZOO, "--version"], capture_output=True, text=True).stdout.split()[-1]

@@ -14,5 +14,7 @@ pub(crate) fn build() -> Registry {
     registry.register(zoo_style_transfer::StyleTransfer);
     #[cfg(feature = "speech-recognition")]
     registry.register(zoo_speech_recognition::SpeechRecognition);
+    #[cfg(feature = "object-detection")]
+    registry.register(zoo_object_detection::ObjectDetection);
     registry
 }

@@ -6,13 +6,30 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use crate::error::{Error, Result};
-use crate::task::{Input, ReadLimit};
+use crate::task::{Input, InputKind, InputSpec, ReadLimit, TaskOption};
 
 /// The largest image zoo decodes by default: 100 megapixels (a 10000x10000 photo, ~400 MB as
 /// RGBA8). Larger headers are refused before decoding.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+
+/// What a task that reads pictures takes.
+pub const INPUT: InputSpec = InputSpec {
+    description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
+    extensions: IMAGE_EXTENSIONS,
+    stdin: true,
+    required: true,
+    kind: InputKind::Image,
+};
+
+/// The `--max-pixels` option of every task that reads pictures; [`decode`] takes its value.
+pub const MAX_PIXELS_OPTION: TaskOption = TaskOption {
+    name: "max-pixels",
+    value_name: Some("N"),
+    help: "Refuse images with more pixels than this (read from the header, before decoding)",
+    default: Some("100000000"),
+};
 
 /// A small grey PNG, for warming a vision model up.
 pub fn warmup_input() -> Input {

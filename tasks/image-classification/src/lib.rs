@@ -15,7 +15,7 @@ use candle_transformers::models::vit;
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
-use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
+use zoo_runtime::image_io;
 use zoo_runtime::model::TransformerSizes;
 use zoo_runtime::{
     Context, Error, Explains, Input, InputSpec, Model, Prediction, PredictionResult, ReadLimit, Result, Runner, Task,
@@ -37,12 +37,7 @@ const OPTIONS: &[TaskOption] = &[
         default: Some("5"),
     },
     TaskOption { name: "batch-size", value_name: Some("N"), help: "Images per forward pass", default: Some("8") },
-    TaskOption {
-        name: "max-pixels",
-        value_name: Some("N"),
-        help: "Refuse images with more pixels than this (read from the header, before decoding)",
-        default: Some("100000000"),
-    },
+    image_io::MAX_PIXELS_OPTION,
 ];
 
 impl Task for ImageClassification {
@@ -63,13 +58,7 @@ impl Task for ImageClassification {
     }
 
     fn input(&self) -> InputSpec {
-        InputSpec {
-            description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
-            extensions: IMAGE_EXTENSIONS,
-            stdin: true,
-            required: true,
-            kind: zoo_runtime::InputKind::Image,
-        }
+        image_io::INPUT
     }
 
     fn options(&self) -> &'static [TaskOption] {

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use image::{DynamicImage, RgbImage};
 use serde_json::{json, Map, Value};
-use zoo_runtime::image_io::{self, IMAGE_EXTENSIONS};
+use zoo_runtime::image_io;
 use zoo_runtime::{
     fsutil, Catalog, Context, Error, Explains, ImageFormat, Input, InputSpec, Model, ModelRef, Outputs, Prediction,
     PredictionResult, Result, Runner, Task, TaskArgs, TaskOption,
@@ -85,12 +85,7 @@ const OPTIONS: &[TaskOption] = &[
         default: Some("1024"),
     },
     TaskOption { name: "quality", value_name: Some("1-100"), help: "JPEG quality", default: Some("90") },
-    TaskOption {
-        name: "max-pixels",
-        value_name: Some("N"),
-        help: "Refuse pictures with more pixels than this (read from the header, before decoding)",
-        default: Some("100000000"),
-    },
+    image_io::MAX_PIXELS_OPTION,
 ];
 
 impl Task for StyleTransfer {
@@ -119,13 +114,7 @@ impl Task for StyleTransfer {
     }
 
     fn input(&self) -> InputSpec {
-        InputSpec {
-            description: "image files (JPEG, PNG, WebP, BMP, GIF), folders of them, globs, or - for stdin",
-            extensions: IMAGE_EXTENSIONS,
-            stdin: true,
-            required: true,
-            kind: zoo_runtime::InputKind::Image,
-        }
+        image_io::INPUT
     }
 
     fn options(&self) -> &'static [TaskOption] {

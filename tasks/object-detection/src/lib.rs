@@ -1,0 +1,400 @@
+//! zoo task: object detection.
+//!
+//! Finds the objects of COCO's 80 classes in a photo with FastestDet (bundled, 250 k parameters,
+//! read from its authors' PyTorch state dict), prepared and decoded as the authors' example does
+//! it: the picture stretched to 352x352 with OpenCV's area resize, one box per cell of a 22x22
+//! grid, greedy suppression of overlapping boxes. Boxes are reported in the picture's own pixels.
+
+pub mod decode;
+pub mod draw;
+pub mod fastestdet;
+pub mod resize;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use zoo_runtime::image_io;
+use zoo_runtime::{
+    Context, Error, Input, InputSpec, Model, Outputs, Prediction, PredictionResult, ReadLimit, Result, Runner, Task,
+    TaskArgs, TaskOption,
+};
+
+use crate::fastestdet::{FastestDet, INPUT};
+
+pub struct ObjectDetection;
+
+/// The reference's score threshold and suppression overlap (the authors' onnxruntime example).
+const DEFAULT_MIN_SCORE: f32 = 0.65;
+const DEFAULT_IOU: f64 = 0.45;
+
+const OPTIONS: &[TaskOption] = &[
+    TaskOption {
+        name: "min-score",
+        value_name: Some("S"),
+        help: "Report objects scoring above this (0..1; the score is objectness^0.6 x class probability^0.4)",
+        default: Some("0.65"),
+    },
+    TaskOption {
+        name: "iou",
+        value_name: Some("R"),
+        help: "Drop a box that overlaps a better one by more than this intersection over union (0..1)",
+        default: Some("0.45"),
+    },
+    TaskOption {
+        name: "classes",
+        value_name: Some("NAMES"),
+        help: "Look only for these classes, comma-separated (e.g. person,dog); `zoo list object-detection` names the model",
+        default: None,
+    },
+    TaskOption {
+        name: "output-dir",
+        value_name: Some("DIR"),
+        help: "Also write each picture with its boxes and labels drawn on it, as DIR/<name>.png",
+        default: None,
+    },
+    TaskOption { name: "force", value_name: None, help: "Overwrite pictures that exist in --output-dir", default: None },
+    TaskOption { name: "batch-size", value_name: Some("N"), help: "Images per forward pass", default: Some("8") },
+    image_io::MAX_PIXELS_OPTION,
+];
+
+impl Task for ObjectDetection {
+    fn name(&self) -> &'static str {
+        "object-detection"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["detect", "objects"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "Find and box the objects in a photo (COCO's 80 classes: people, animals, vehicles, ...)"
+    }
+
+    fn input(&self) -> InputSpec {
+        image_io::INPUT
+    }
+
+    fn options(&self) -> &'static [TaskOption] {
+        OPTIONS
+    }
+
+    fn examples(&self) -> &'static [&'static str] {
+        &[
+            "zoo run object-detection street.jpg",
+            "zoo run detect photos/ --classes person,dog --json",
+            "zoo run detect photo.jpg --min-score 0.5 --output-dir boxed/",
+        ]
+    }
+
+    fn warmup_input(&self) -> Option<Input> {
+        Some(image_io::warmup_input())
+    }
+
+    fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
+        let fraction = |name: &str, default: f64| -> Result<f64> {
+            let value: f64 = args.parse(name)?.unwrap_or(default);
+            match (0.0..=1.0).contains(&value) {
+                true => Ok(value),
+                false => Err(Error::InvalidOption {
+                    option: name.into(),
+                    value: args.value(name).unwrap_or_default().into(),
+                    reason: "must be between 0 and 1".into(),
+                }),
+            }
+        };
+        let min_score = fraction("min-score", f64::from(DEFAULT_MIN_SCORE))? as f32;
+        let iou = fraction("iou", DEFAULT_IOU)?;
+        let batch_size: usize = args.parse("batch-size")?.unwrap_or(8);
+        if batch_size == 0 {
+            return Err(Error::InvalidOption {
+                option: "batch-size".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let max_pixels: u64 = args.parse("max-pixels")?.unwrap_or(image_io::DEFAULT_MAX_PIXELS);
+        let drawn = match args.value("output-dir") {
+            Some(_) if ctx.outputs == Outputs::Memory => {
+                return Err(Error::Usage("--output-dir: results are kept in memory here, not written to files".into()))
+            }
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::InvalidOption {
+                    option: "output-dir".into(),
+                    value: dir.into(),
+                    reason: e.to_string(),
+                })?;
+                Some(PathBuf::from(dir))
+            }
+            None => None,
+        };
+        let mut detector = Detector::load(model, &ctx.device)?;
+        if let Some(names) = args.value("classes") {
+            detector.wanted = Some(detector.class_indices(names)?);
+        }
+        detector.min_score = min_score;
+        detector.iou = iou;
+        detector.batch_size = batch_size;
+        detector.max_pixels = max_pixels;
+        detector.drawn = drawn;
+        detector.force = args.flag("force");
+        Ok(Box::new(detector))
+    }
+}
+
+/// A loaded detector.
+pub struct Detector {
+    network: FastestDet,
+    labels: Vec<String>,
+    device: Device,
+    min_score: f32,
+    iou: f64,
+    /// With `--classes`: which classes to keep, by index.
+    wanted: Option<Vec<bool>>,
+    batch_size: usize,
+    max_pixels: u64,
+    /// With `--output-dir`: where the pictures with their boxes go, and whether they may replace files.
+    drawn: Option<PathBuf>,
+    force: bool,
+}
+
+impl Detector {
+    /// The network in the model's `fastestdet.pth` and the class names in its `coco.names`.
+    pub fn load(model: &Model, device: &Device) -> Result<Self> {
+        match model.architecture() {
+            Some("fastestdet") | None => {}
+            Some(other) => {
+                return Err(Error::model(
+                    &model.id,
+                    format!("unsupported architecture {other}; object detection runs fastestdet"),
+                ))
+            }
+        }
+        let file = model.file(WEIGHTS)?;
+        let bytes = file.bytes()?;
+        let tensors = zoo_runtime::model::pth_tensors(&bytes, device)
+            .map_err(|reason| Error::model(&model.id, format!("{WEIGHTS}: {reason}")))?;
+        let network =
+            FastestDet::load(&tensors, device).map_err(|e| Error::model(&model.id, format!("{WEIGHTS}: {e}")))?;
+        let labels: Vec<String> =
+            model.file(LABELS)?.text()?.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+        if labels.len() != network.classes {
+            return Err(Error::model(
+                &model.id,
+                format!("{LABELS} names {} classes but the network has {}", labels.len(), network.classes),
+            ));
+        }
+        Ok(Detector {
+            network,
+            labels,
+            device: device.clone(),
+            min_score: DEFAULT_MIN_SCORE,
+            iou: DEFAULT_IOU,
+            wanted: None,
+            batch_size: 8,
+            max_pixels: image_io::DEFAULT_MAX_PIXELS,
+            drawn: None,
+            force: false,
+        })
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    fn class_indices(&self, names: &str) -> Result<Vec<bool>> {
+        let mut wanted = vec![false; self.labels.len()];
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match self.labels.iter().position(|l| l.eq_ignore_ascii_case(name)) {
+                Some(i) => wanted[i] = true,
+                None => {
+                    let some: Vec<&str> = self.labels.iter().take(8).map(String::as_str).collect();
+                    return Err(Error::InvalidOption {
+                        option: "classes".into(),
+                        value: names.into(),
+                        reason: format!(
+                            "'{name}' is not one of the model's {} classes ({}, ...)",
+                            self.labels.len(),
+                            some.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        if !wanted.contains(&true) {
+            return Err(Error::InvalidOption {
+                option: "classes".into(),
+                value: names.into(),
+                reason: "names no class".into(),
+            });
+        }
+        Ok(wanted)
+    }
+
+    /// The network's input for one picture: stretched to 352x352 as the reference resizes, in
+    /// BGR order (the authors' OpenCV pipeline), scaled to 0..1, as a (1, 3, 352, 352) tensor.
+    pub fn tensor(&self, picture: &image::RgbImage) -> candle_core::Result<Tensor> {
+        let resized = resize::area(picture, INPUT as u32, INPUT as u32);
+        let plane = INPUT * INPUT;
+        let mut chw = vec![0f32; 3 * plane];
+        for (i, pixel) in resized.pixels().enumerate() {
+            for (c, &value) in pixel.0.iter().rev().enumerate() {
+                chw[c * plane + i] = f32::from(value) / 255.0;
+            }
+        }
+        Tensor::from_vec(chw, (1, 3, INPUT, INPUT), &self.device)
+    }
+
+    /// The output map for a batch of inputs made by [`Detector::tensor`].
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.network.forward(x)
+    }
+
+    /// The objects in one picture's output map (5 + classes, 22, 22), best first.
+    pub fn objects(&self, map: &Tensor, picture: (u32, u32)) -> candle_core::Result<Vec<Object>> {
+        let (cells, shape) = fastestdet::cell_vectors(map)?;
+        let wanted = |class: usize| self.wanted.as_ref().is_none_or(|w| w[class]);
+        let found = decode::candidates(&cells, shape, picture, self.min_score, wanted);
+        Ok(decode::suppress(found, self.iou)
+            .into_iter()
+            .map(|c| Object {
+                label: self.labels[c.class].clone(),
+                index: c.class,
+                score: c.score,
+                bbox: decode::clipped_box(c.corners, picture),
+            })
+            .collect())
+    }
+
+    /// The network's input, and the picture itself when it is to be drawn on.
+    fn prepare(&self, input: &Input) -> Result<(Tensor, (u32, u32), Option<image::RgbImage>)> {
+        let picture = image_io::decode(input, self.max_pixels)?.to_rgb8();
+        let size = picture.dimensions();
+        let x = self.tensor(&picture).map_err(|e| Error::input(input.path(), format!("detection failed: {e}")))?;
+        Ok((x, size, self.drawn.is_some().then_some(picture)))
+    }
+
+    /// `DIR/<name>.png` for an input (`stdin.png` for `-`).
+    fn drawn_path(dir: &Path, input: &Input) -> PathBuf {
+        let stem = match input.path().file_stem() {
+            Some(stem) if input.name != "-" => stem.to_string_lossy().to_string(),
+            _ => "stdin".to_string(),
+        };
+        dir.join(format!("{stem}.png"))
+    }
+
+    fn write_drawn(
+        &self,
+        dir: &Path,
+        input: &Input,
+        mut picture: image::RgbImage,
+        objects: &[Object],
+    ) -> Result<PathBuf> {
+        let path = Self::drawn_path(dir, input);
+        draw::boxes(&mut picture, objects);
+        let mut png = Vec::new();
+        picture
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| Error::input(&path, format!("could not encode the picture: {e}")))?;
+        zoo_runtime::fsutil::write_atomic(&path, &png, self.force)?;
+        Ok(path)
+    }
+}
+
+impl Runner for Detector {
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn read_limit(&self) -> ReadLimit {
+        image_io::read_limit(self.max_pixels)
+    }
+
+    fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
+        type Prepared = Result<(Tensor, (u32, u32), Option<image::RgbImage>)>;
+        let prepared: Vec<Prepared> = batch.par_iter().map(|input| self.prepare(input)).collect();
+        let ready: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok().map(|(x, ..)| x)).collect();
+        let maps = match ready.is_empty() {
+            true => Ok(None),
+            false => Tensor::cat(&ready, 0).and_then(|x| self.forward(&x)).map(Some),
+        };
+        let mut at = 0;
+        prepared
+            .into_iter()
+            .zip(batch)
+            .map(|(p, input)| {
+                let (_, size, picture) = p?;
+                let failed = |e: &dyn std::fmt::Display| Error::input(input.path(), format!("detection failed: {e}"));
+                let map = match &maps {
+                    Ok(Some(maps)) => maps.get(at).map_err(|e| failed(&e))?,
+                    Ok(None) => unreachable!("a prepared input makes a batch"),
+                    Err(e) => return Err(failed(e)),
+                };
+                at += 1;
+                let objects = self.objects(&map, size).map_err(|e| failed(&e))?;
+                let output = match (&self.drawn, picture) {
+                    (Some(dir), Some(picture)) => Some(self.write_drawn(dir, input, picture, &objects)?),
+                    _ => None,
+                };
+                Ok(Box::new(Detections { objects, picture: size, output }) as Box<dyn Prediction>)
+            })
+            .collect()
+    }
+}
+
+const WEIGHTS: &str = "fastestdet.pth";
+const LABELS: &str = "coco.names";
+
+/// One object found: its class, the score, and its box `[x, y, width, height]` in the picture's
+/// pixels (clipped to the picture).
+#[derive(Debug, Clone, Serialize)]
+pub struct Object {
+    pub label: String,
+    pub index: usize,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [u32; 4],
+}
+
+/// The objects of one picture, best first.
+#[derive(Debug, Clone)]
+pub struct Detections {
+    pub objects: Vec<Object>,
+    /// The picture's width and height, after its EXIF orientation.
+    pub picture: (u32, u32),
+    /// The picture with the boxes drawn on it, when `--output-dir` asked for one.
+    pub output: Option<PathBuf>,
+}
+
+impl Prediction for Detections {
+    fn json(&self) -> serde_json::Map<String, Value> {
+        let mut map = serde_json::Map::new();
+        map.insert("objects".into(), serde_json::to_value(&self.objects).expect("objects serialise"));
+        map.insert("width".into(), self.picture.0.into());
+        map.insert("height".into(), self.picture.1.into());
+        if let Some(path) = &self.output {
+            map.insert("output".into(), path.display().to_string().into());
+        }
+        map
+    }
+
+    fn human(&self) -> String {
+        let mut lines: Vec<String> = self
+            .objects
+            .iter()
+            .map(|o| {
+                let [x, y, w, h] = o.bbox;
+                format!("{:>6.2}%  {} ({})  at x {x}, y {y}, {w}x{h}", o.score * 100.0, o.label, o.index)
+            })
+            .collect();
+        if lines.is_empty() {
+            lines.push("no objects found".into());
+        }
+        if let Some(path) = &self.output {
+            lines.push(format!("drawn: {}", path.display()));
+        }
+        lines.join("\n")
+    }
+}

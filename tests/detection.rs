@@ -1,0 +1,137 @@
+//! End-to-end tests of `zoo run object-detection`: what a user types, what it prints and writes,
+//! the exit codes. Every run gets an empty Hugging Face cache and no reachable Hub, which also
+//! proves the bundled detector needs no download. The detections themselves are checked against
+//! the independent reference in `tasks/object-detection/tests/reference.rs`.
+
+use std::path::Path;
+
+use serde_json::Value;
+use zoo_bin::{data, zoo};
+
+#[allow(dead_code)]
+#[path = "support/zoo_bin.rs"]
+mod zoo_bin;
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn objects(line: &Value) -> Vec<(String, f64, Vec<u64>)> {
+    line["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let bbox = o["box"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            (o["label"].as_str().unwrap().to_string(), o["score"].as_f64().unwrap(), bbox)
+        })
+        .collect()
+}
+
+#[test]
+fn the_bundled_detector_finds_the_cat_and_the_cups_offline() {
+    let (cat, cups) = (data("chelsea.png"), data("coffee.png"));
+    let run = zoo(&["run", "detect", s(&cat), s(&cups), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    assert_eq!(run.stderr, "");
+    let lines = run.json_lines();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["model"], "fastestdet");
+    assert_eq!((lines[0]["width"].as_u64(), lines[0]["height"].as_u64()), (Some(451), Some(300)));
+    let found = objects(&lines[0]);
+    assert_eq!(found.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(), ["cat"], "{found:?}");
+    let [x, y, w, h] = found[0].2[..] else { panic!() };
+    assert!(x + w <= 451 && y + h <= 300 && w > 300 && h > 200, "the cat fills the photo: {found:?}");
+    assert!(objects(&lines[1]).iter().any(|o| o.0 == "cup"), "{:?}", lines[1]);
+
+    // The same run for people: one block per picture, an object per line.
+    let human = zoo(&["run", "objects", s(&cat)]);
+    assert_eq!(human.code, 0, "{}", human.describe());
+    assert!(human.stdout.contains("cat (15)  at x "), "{}", human.stdout);
+}
+
+#[test]
+fn options_filter_and_lower_the_threshold() {
+    let cups = data("coffee.png");
+    let all = objects(&zoo(&["run", "detect", s(&cups), "--json", "--min-score", "0.3"]).json_lines()[0]);
+    let default = objects(&zoo(&["run", "detect", s(&cups), "--json"]).json_lines()[0]);
+    assert!(all.len() > default.len(), "a lower threshold finds more: {all:?} / {default:?}");
+    assert!(default.iter().all(|o| o.1 > 0.65 && all.contains(o)), "{default:?} within {all:?}");
+    assert!(all.windows(2).all(|w| w[0].1 >= w[1].1), "best first: {all:?}");
+
+    // --classes keeps only the named classes (case as the user types it).
+    let cups_only =
+        objects(&zoo(&["run", "detect", s(&cups), "--json", "--min-score", "0.3", "--classes", "Cup"]).json_lines()[0]);
+    assert!(!cups_only.is_empty() && cups_only.iter().all(|o| o.0 == "cup"), "{cups_only:?}");
+    let all_cups: Vec<_> = all.iter().filter(|o| o.0 == "cup").cloned().collect();
+    assert!(all_cups.iter().all(|o| cups_only.contains(o)), "{all_cups:?} within {cups_only:?}");
+
+    // --iou 0 lets no two boxes overlap.
+    let apart =
+        objects(&zoo(&["run", "detect", s(&cups), "--json", "--min-score", "0.3", "--iou", "0"]).json_lines()[0]);
+    for (i, a) in apart.iter().enumerate() {
+        for b in &apart[i + 1..] {
+            let overlap_x = a.2[0] < b.2[0] + b.2[2] && b.2[0] < a.2[0] + a.2[2];
+            let overlap_y = a.2[1] < b.2[1] + b.2[3] && b.2[1] < a.2[1] + a.2[3];
+            assert!(!(overlap_x && overlap_y), "{a:?} overlaps {b:?}");
+        }
+    }
+}
+
+#[test]
+fn output_dir_draws_the_boxes_and_keeps_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("boxed");
+    let cat = data("chelsea.png");
+    let run = zoo(&["run", "detect", s(&cat), "--output-dir", s(&out), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let line = &run.json_lines()[0];
+    let written = out.join("chelsea.png");
+    assert_eq!(line["output"], s(&written));
+    let drawn = image::open(&written).unwrap().to_rgb8();
+    let original = image::open(&cat).unwrap().to_rgb8();
+    assert_eq!(drawn.dimensions(), original.dimensions());
+    // The box's left edge is drawn; the middle of the picture is as it was.
+    let [x, y, _, h] = objects(line)[0].2[..] else { panic!() };
+    let edge = (x as u32, (y + h / 2) as u32);
+    assert_ne!(drawn.get_pixel(edge.0, edge.1), original.get_pixel(edge.0, edge.1));
+    assert_eq!(drawn.get_pixel(225, 150), original.get_pixel(225, 150));
+
+    // A second run does not replace the picture unless told to.
+    let again = zoo(&["run", "detect", s(&cat), "--output-dir", s(&out)]);
+    assert_eq!(again.code, 1, "{}", again.describe());
+    assert!(again.error_line().contains("chelsea.png: already exists (use --force"), "{}", again.stderr);
+    let forced = zoo(&["run", "detect", s(&cat), "--output-dir", s(&out), "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.describe());
+}
+
+#[test]
+fn bad_options_and_inputs_get_one_line_errors() {
+    let cat = data("chelsea.png");
+    for (args, says) in [
+        (vec!["--classes", "unicorn"], "'unicorn' is not one of the model's 80 classes (person, bicycle"),
+        (vec!["--classes", ","], "names no class"),
+        (vec!["--min-score", "1.5"], "--min-score: must be between 0 and 1"),
+        (vec!["--iou", "1.5"], "--iou: must be between 0 and 1"),
+        (vec!["--batch-size", "0"], "--batch-size: must be at least 1"),
+    ] {
+        let mut all = vec!["run", "detect", s(&cat)];
+        all.extend(&args);
+        let run = zoo(&all);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.describe());
+        let line = run.error_line();
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "not a picture").unwrap();
+    let run = zoo(&["run", "detect", s(&text), s(&cat), "--json"]);
+    assert_eq!(run.code, 1, "{}", run.describe());
+    assert!(run.stderr.starts_with("zoo: error: ") && run.stderr.contains("notes.jpg: not an image zoo can read"));
+    let lines = run.json_lines();
+    assert!(lines[0]["error"]
+        .as_str()
+        .unwrap()
+        .ends_with("notes.jpg: not an image zoo can read (JPEG, PNG, WebP, BMP or GIF)"));
+    assert_eq!(lines[1]["objects"][0]["label"], "cat", "the good input still ran");
+}
