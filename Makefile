@@ -41,6 +41,13 @@ bench:
 			--sizes-ms26 256,512,1024,2048 --sizes-magenta 256,384,512 | tee $(BENCH_OUT)/peer-style.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-style.jsonl $(BENCH_OUT)/peer-style.jsonl; \
 	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
+	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-object-detection --bench detect | tee $(BENCH_OUT)/zoo-detection.jsonl
+	@if [ -d "$(SHARED)/bench" ]; then \
+		scripts/bench-venv.sh "$(SHARED)/bench" && \
+		/tmp/bench-venv/bin/python scripts/detection_ort.py "$(SHARED)/bench" --threads $(THREADS) --min-time 5 \
+			| tee $(BENCH_OUT)/peer-detection.jsonl && \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-detection.jsonl $(BENCH_OUT)/peer-detection.jsonl; \
+	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
 	RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_TEXTS=$(BENCH_TEXTS) $(CARGO) bench --locked -p zoo-fake-news --bench encode | tee $(BENCH_OUT)/zoo-text.jsonl
 	@if [ -d "$(SHARED)/bench" ]; then \
 		eval "$$($(SHARED)/bin/test-assets --env)" && \

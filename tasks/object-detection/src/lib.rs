@@ -176,8 +176,7 @@ impl Detector {
         let bytes = file.bytes()?;
         let tensors = zoo_runtime::model::pth_tensors(&bytes, device)
             .map_err(|reason| Error::model(&model.id, format!("{WEIGHTS}: {reason}")))?;
-        let network =
-            FastestDet::load(&tensors, device).map_err(|e| Error::model(&model.id, format!("{WEIGHTS}: {e}")))?;
+        let network = FastestDet::load(&tensors).map_err(|e| Error::model(&model.id, format!("{WEIGHTS}: {e}")))?;
         let labels: Vec<String> =
             model.file(LABELS)?.text()?.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
         if labels.len() != network.classes {
