@@ -97,3 +97,17 @@ pub fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// For `make bench`: runs `f` for at least `min` (and 3 times), after one warm-up call; returns
+/// (calls, wall seconds, CPU seconds of the whole process).
+pub fn time_loop(min: std::time::Duration, mut f: impl FnMut()) -> (u32, f64, f64) {
+    f();
+    let start = std::time::Instant::now();
+    let cpu = process_cpu_s();
+    let mut n = 0;
+    while n < 3 || start.elapsed() < min {
+        f();
+        n += 1;
+    }
+    (n, start.elapsed().as_secs_f64(), process_cpu_s() - cpu)
+}

@@ -8,22 +8,8 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use zoo_image_classification::Classifier;
-use zoo_runtime::test_support::{peak_rss_mb, process_cpu_s};
+use zoo_runtime::test_support::{peak_rss_mb, time_loop};
 use zoo_runtime::{HubSettings, Input, Model, ModelRef};
-
-/// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, wall
-/// seconds, CPU seconds).
-fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64, f64) {
-    f();
-    let start = Instant::now();
-    let cpu = process_cpu_s();
-    let mut n = 0;
-    while n < 3 || start.elapsed() < min {
-        f();
-        n += 1;
-    }
-    (n, start.elapsed().as_secs_f64(), process_cpu_s() - cpu)
-}
 
 fn main() {
     let min =

@@ -3,27 +3,15 @@
 //! (decode, area resize, network, decoding), batch 1. Prints one JSON line each, in the peers'
 //! field names.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::Device;
 use serde_json::json;
 use zoo_object_detection::Detector;
-use zoo_runtime::test_support::{peak_rss_mb, repo_root};
+use zoo_runtime::test_support::{peak_rss_mb, repo_root, time_loop};
 use zoo_runtime::{HubSettings, Input, Model, ModelRef, Runner};
 
-/// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, seconds).
-fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64) {
-    f();
-    let start = Instant::now();
-    let mut n = 0;
-    while n < 3 || start.elapsed() < min {
-        f();
-        n += 1;
-    }
-    (n, start.elapsed().as_secs_f64())
-}
-
-fn emit(what: &str, input: &str, (n, secs): (u32, f64)) {
+fn emit(what: &str, input: &str, (n, secs, _): (u32, f64, f64)) {
     let per_s = f64::from(n) / secs;
     println!(
         "{}",

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use image::imageops::FilterType;
 use serde_json::json;
-use zoo_runtime::test_support::peak_rss_mb;
+use zoo_runtime::test_support::{peak_rss_mb, time_loop};
 use zoo_style_transfer::network::{Style, StyleNet};
 use zoo_style_transfer::predictor::StylePredictor;
 
@@ -25,18 +25,6 @@ const CONFIGS: &[(&str, u32)] = &[
     ("magenta-transform", 384),
     ("magenta-transform", 512),
 ];
-
-/// Runs `f` for at least `min` (and 3 times), after one warm-up call; returns (calls, seconds).
-fn time_loop(min: Duration, mut f: impl FnMut()) -> (u32, f64) {
-    f();
-    let start = Instant::now();
-    let mut n = 0;
-    while n < 3 || start.elapsed() < min {
-        f();
-        n += 1;
-    }
-    (n, start.elapsed().as_secs_f64())
-}
 
 fn vb(path: &str) -> VarBuilder<'static> {
     let bytes = zoo_runtime::bundled::file(path).expect("bundled");
@@ -63,7 +51,7 @@ fn one(model: &str, size: u32, min: Duration) {
             let mut w = vec![0f32; net.style_size];
             w[0] = 1.0;
             let norms = net.norms(&Style::Mix(w)).unwrap();
-            let (n, s) = time_loop(min, || {
+            let (n, s, _) = time_loop(min, || {
                 net.run(&x, &norms).unwrap();
             });
             (n, s, "bundled f32")
@@ -72,7 +60,7 @@ fn one(model: &str, size: u32, min: Duration) {
             let predictor = StylePredictor::load(&vb("magenta-arbitrary/style_predict.safetensors")).unwrap();
             // The predictor takes pictures as they are stored, NHWC.
             let x = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
-            let (n, s) = time_loop(min, || {
+            let (n, s, _) = time_loop(min, || {
                 predictor.forward(&x).unwrap();
             });
             (n, s, "bundled f32")
@@ -83,7 +71,7 @@ fn one(model: &str, size: u32, min: Duration) {
             let content = content(256).permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
             let style = predictor.forward(&content).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let norms = net.norms(&Style::Vector(style)).unwrap();
-            let (n, s) = time_loop(min, || {
+            let (n, s, _) = time_loop(min, || {
                 net.run(&x, &norms).unwrap();
             });
             (n, s, "bundled f32")
