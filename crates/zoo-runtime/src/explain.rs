@@ -10,7 +10,9 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use crate::error::Result;
+use image::{Rgb, RgbImage};
+
+use crate::error::{Error, Result};
 use crate::task::TaskArgs;
 
 /// The flag asking for explanations.
@@ -97,6 +99,74 @@ pub fn render_spans(text: &str, spans: &[Span], marked: usize, color: bool) -> S
     }
     out.push_str(&text[at..]);
     out
+}
+
+// Heat maps over pictures (occlusion), shared by the vision tasks.
+
+/// A blue-to-red colour for `t` in 0..1 (the "jet" ramp).
+fn ramp(t: f32) -> [f32; 3] {
+    let c = |centre: f32| (1.5 - (4.0 * t - centre).abs()).clamp(0.0, 1.0) * 255.0;
+    [c(3.0), c(2.0), c(1.0)]
+}
+
+/// The heat (rows of cells over the picture), bilinearly upsampled and coloured, blended over it: the stronger the heat,
+/// the more colour; cold regions show the photo as it is.
+pub fn overlay(crop: &RgbImage, grid: &[Vec<f32>]) -> RgbImage {
+    let (w, h) = crop.dimensions();
+    let max = grid.iter().flatten().copied().fold(0f32, f32::max);
+    let (rows, cols) = (grid.len(), grid.first().map_or(0, Vec::len));
+    if rows == 0 || cols == 0 {
+        return crop.clone();
+    }
+    let at = |r: isize, c: isize| grid[r.clamp(0, rows as isize - 1) as usize][c.clamp(0, cols as isize - 1) as usize];
+    RgbImage::from_fn(w, h, |x, y| {
+        // Cell centres sit at (i + 0.5) * size; interpolate between the four around the pixel.
+        let fy = (y as f32 + 0.5) * rows as f32 / h as f32 - 0.5;
+        let fx = (x as f32 + 0.5) * cols as f32 / w as f32 - 0.5;
+        let (r, c) = (fy.floor() as isize, fx.floor() as isize);
+        let (dy, dx) = (fy - r as f32, fx - c as f32);
+        let v = at(r, c) * (1.0 - dy) * (1.0 - dx)
+            + at(r, c + 1) * (1.0 - dy) * dx
+            + at(r + 1, c) * dy * (1.0 - dx)
+            + at(r + 1, c + 1) * dy * dx;
+        let t = if max > 0.0 { v / max } else { 0.0 };
+        let (colour, alpha) = (ramp(t), 0.65 * t);
+        let px = crop.get_pixel(x, y).0;
+        Rgb(std::array::from_fn(|ch| (px[ch] as f32 * (1.0 - alpha) + colour[ch] * alpha).round() as u8))
+    })
+}
+
+/// Writes the overlay as `<stem>.explain.png` in `dir`, atomically; returns its path.
+pub fn write_overlay(dir: &Path, input_path: &Path, image: &RgbImage) -> Result<PathBuf> {
+    let stem = match input_path.file_stem().and_then(|s| s.to_str()) {
+        Some(s) if s != "-" => s.to_string(),
+        _ => "stdin".to_string(),
+    };
+    let path = dir.join(format!("{stem}.explain.png"));
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::input(&path, format!("cannot encode the overlay: {e}")))?;
+    crate::fsutil::write_atomic(&path, &png, true)?;
+    Ok(path)
+}
+
+/// The grid as shades, two characters per cell, for people.
+pub fn shades(grid: &[Vec<f32>]) -> String {
+    const SHADES: &[u8] = b" .:-=+*#%@";
+    let max = grid.iter().flatten().copied().fold(0f32, f32::max);
+    grid.iter()
+        .map(|row| {
+            row.iter()
+                .map(|&v| {
+                    let i = if max > 0.0 { ((v / max) * (SHADES.len() - 1) as f32).round() as usize } else { 0 };
+                    let c = SHADES[i] as char;
+                    format!("{c}{c}")
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

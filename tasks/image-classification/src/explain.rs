@@ -6,12 +6,13 @@
 //! covering it (drops below zero count as zero). Occlusion needs no gradients, so it works the same
 //! for EfficientNet-Lite and ViT, at the price of [`OCCLUSIONS`] extra forward passes per image.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use image::{Rgb, RgbImage};
 use serde::Serialize;
-use zoo_runtime::{fsutil, Error, Result};
+
+pub use zoo_runtime::explain::{overlay, shades, write_overlay};
 
 use crate::preprocess::Preprocess;
 
@@ -124,68 +125,6 @@ pub fn crop_image(x: &Tensor, preprocess: &Preprocess) -> candle_core::Result<Rg
             (v * preprocess.scale[ch] + preprocess.offset[ch]).round().clamp(0.0, 255.0) as u8
         }))
     }))
-}
-
-/// A blue-to-red colour for `t` in 0..1 (the "jet" ramp).
-fn ramp(t: f32) -> [f32; 3] {
-    let c = |centre: f32| (1.5 - (4.0 * t - centre).abs()).clamp(0.0, 1.0) * 255.0;
-    [c(3.0), c(2.0), c(1.0)]
-}
-
-/// The heat, bilinearly upsampled and coloured, blended over the crop: the stronger the heat,
-/// the more colour; cold regions show the photo as it is.
-pub fn overlay(crop: &RgbImage, grid: &[Vec<f32>]) -> RgbImage {
-    let (w, h) = crop.dimensions();
-    let max = grid.iter().flatten().copied().fold(0f32, f32::max);
-    let at = |r: isize, c: isize| grid[r.clamp(0, GRID as isize - 1) as usize][c.clamp(0, GRID as isize - 1) as usize];
-    RgbImage::from_fn(w, h, |x, y| {
-        // Cell centres sit at (i + 0.5) * size; interpolate between the four around the pixel.
-        let fy = (y as f32 + 0.5) * GRID as f32 / h as f32 - 0.5;
-        let fx = (x as f32 + 0.5) * GRID as f32 / w as f32 - 0.5;
-        let (r, c) = (fy.floor() as isize, fx.floor() as isize);
-        let (dy, dx) = (fy - r as f32, fx - c as f32);
-        let v = at(r, c) * (1.0 - dy) * (1.0 - dx)
-            + at(r, c + 1) * (1.0 - dy) * dx
-            + at(r + 1, c) * dy * (1.0 - dx)
-            + at(r + 1, c + 1) * dy * dx;
-        let t = if max > 0.0 { v / max } else { 0.0 };
-        let (colour, alpha) = (ramp(t), 0.65 * t);
-        let px = crop.get_pixel(x, y).0;
-        Rgb(std::array::from_fn(|ch| (px[ch] as f32 * (1.0 - alpha) + colour[ch] * alpha).round() as u8))
-    })
-}
-
-/// Writes the overlay as `<stem>.explain.png` in `dir`, atomically; returns its path.
-pub fn write_overlay(dir: &Path, input_path: &Path, image: &RgbImage) -> Result<PathBuf> {
-    let stem = match input_path.file_stem().and_then(|s| s.to_str()) {
-        Some(s) if s != "-" => s.to_string(),
-        _ => "stdin".to_string(),
-    };
-    let path = dir.join(format!("{stem}.explain.png"));
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| Error::input(&path, format!("cannot encode the overlay: {e}")))?;
-    fsutil::write_atomic(&path, &png, true)?;
-    Ok(path)
-}
-
-/// The grid as shades, two characters per cell, for people.
-pub fn shades(grid: &[Vec<f32>]) -> String {
-    const SHADES: &[u8] = b" .:-=+*#%@";
-    let max = grid.iter().flatten().copied().fold(0f32, f32::max);
-    grid.iter()
-        .map(|row| {
-            row.iter()
-                .map(|&v| {
-                    let i = if max > 0.0 { ((v / max) * (SHADES.len() - 1) as f32).round() as usize } else { 0 };
-                    let c = SHADES[i] as char;
-                    format!("{c}{c}")
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The share of the heat in each quadrant of the grid: top-left, top-right, bottom-left,
