@@ -135,3 +135,40 @@ fn bad_options_and_inputs_get_one_line_errors() {
         .ends_with("notes.jpg: not an image zoo can read (JPEG, PNG, WebP, BMP or GIF)"));
     assert_eq!(lines[1]["objects"][0]["label"], "cat", "the good input still ran");
 }
+
+#[test]
+fn explain_maps_each_object_over_its_box_and_surroundings() {
+    let dir = tempfile::tempdir().unwrap();
+    let heat = dir.path().join("heat");
+    let cat = data("chelsea.png");
+    let run = zoo(&["run", "detect", s(&cat), "--explain-out", s(&heat), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let line = &run.json_lines()[0];
+    let objects = line["objects"].as_array().unwrap();
+    assert!(!objects.is_empty());
+    for object in objects {
+        let e = &object["explanation"];
+        assert_eq!(e["method"], "occlusion");
+        let grid = e["grid"].as_array().unwrap();
+        assert_eq!(grid.len(), 8);
+        assert!(grid.iter().all(|row| row.as_array().unwrap().len() == 8));
+        // The region holds the box.
+        let r: Vec<u64> = e["region"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let b: Vec<u64> = object["box"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert!(
+            r[0] <= b[0] && r[1] <= b[1] && r[0] + r[2] >= b[0] + b[2] && r[1] + r[3] >= b[1] + b[3],
+            "{r:?} {b:?}"
+        );
+        // Hiding some part of a cat matters to the cat.
+        let best = grid.iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_f64().unwrap()).fold(0.0, f64::max);
+        assert!(best > 0.05, "no cell lowers the score: {grid:?}");
+    }
+    let overlay = heat.join("chelsea.explain.png");
+    assert_eq!(line["explanation_overlay"], s(&overlay));
+    assert_eq!(image::image_dimensions(&overlay).unwrap(), (451, 300));
+    // The same objects as without --explain: explaining does not change what is found.
+    let plain = zoo(&["run", "detect", s(&cat), "--json"]).json_lines();
+    assert_eq!(objects.len(), plain[0]["objects"].as_array().unwrap().len());
+    let human = zoo(&["run", "detect", s(&cat), "--explain"]);
+    assert!(human.stdout.contains("where it rests (occlusion over x "), "{}", human.stdout);
+}

@@ -99,7 +99,8 @@ mod tests {
     #[test]
     fn a_box_is_outlined_in_its_class_colour_and_labelled() {
         let mut picture = RgbImage::from_pixel(200, 100, Rgb([128, 128, 128]));
-        let object = Object { label: "dog".into(), index: 1, score: 0.5, bbox: [50, 40, 100, 50] };
+        let object =
+            Object { label: "dog".into(), index: 1, score: 0.5, bbox: [50, 40, 100, 50], cell: 0, explanation: None };
         boxes(&mut picture, std::slice::from_ref(&object));
         let colour = Rgb(PALETTE[1]);
         assert_eq!(*picture.get_pixel(50, 60), colour, "left edge");

@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod draw;
+pub mod explain;
 pub mod fastestdet;
 pub mod resize;
 
@@ -89,6 +90,12 @@ impl Task for ObjectDetection {
         ]
     }
 
+    fn explains(&self) -> zoo_runtime::Explains {
+        zoo_runtime::Explains::Yes(
+            "for each object, an occlusion map over its box and surroundings: how much hiding each part lowers its score (JSON grid, text shades; a PNG overlay per photo in --explain-out)",
+        )
+    }
+
     fn warmup_input(&self) -> Option<Input> {
         Some(image_io::warmup_input())
     }
@@ -140,6 +147,11 @@ impl Task for ObjectDetection {
         detector.max_pixels = max_pixels;
         detector.drawn = drawn;
         detector.force = args.flag("force");
+        detector.explain = zoo_runtime::explain::Request::from_args(args);
+        if let Some(request) = &detector.explain {
+            // Before any input: a folder that cannot be made is a mistake in the command line.
+            request.ensure_out_dir()?;
+        }
         Ok(Box::new(detector))
     }
 }
@@ -158,6 +170,7 @@ pub struct Detector {
     /// With `--output-dir`: where the pictures with their boxes go, and whether they may replace files.
     drawn: Option<PathBuf>,
     force: bool,
+    explain: Option<zoo_runtime::explain::Request>,
 }
 
 impl Detector {
@@ -196,6 +209,7 @@ impl Detector {
             max_pixels: image_io::DEFAULT_MAX_PIXELS,
             drawn: None,
             force: false,
+            explain: None,
         })
     }
 
@@ -263,6 +277,8 @@ impl Detector {
                 index: c.class,
                 score: c.score,
                 bbox: decode::clipped_box(c.corners, picture),
+                cell: c.cell,
+                explanation: None,
             })
             .collect())
     }
@@ -272,7 +288,8 @@ impl Detector {
         let picture = image_io::decode(input, self.max_pixels)?.to_rgb8();
         let size = picture.dimensions();
         let x = self.tensor(&picture).map_err(|e| Error::input(input.path(), format!("detection failed: {e}")))?;
-        Ok((x, size, self.drawn.is_some().then_some(picture)))
+        let keep = self.drawn.is_some() || self.explain.as_ref().is_some_and(|e| e.out_dir.is_some());
+        Ok((x, size, keep.then_some(picture)))
     }
 
     /// `DIR/<name>.png` for an input (`stdin.png` for `-`).
@@ -324,7 +341,7 @@ impl Runner for Detector {
             .into_iter()
             .zip(batch)
             .map(|(p, input)| {
-                let (_, size, picture) = p?;
+                let (x, size, picture) = p?;
                 let failed = |e: &dyn std::fmt::Display| Error::input(input.path(), format!("detection failed: {e}"));
                 let map = match &maps {
                     Ok(Some(maps)) => maps.get(at).map_err(|e| failed(&e))?,
@@ -332,12 +349,24 @@ impl Runner for Detector {
                     Err(e) => return Err(failed(e)),
                 };
                 at += 1;
-                let objects = self.objects(&map, size).map_err(|e| failed(&e))?;
+                let mut objects = self.objects(&map, size).map_err(|e| failed(&e))?;
+                let mut overlay = None;
+                if let Some(request) = &self.explain {
+                    for object in &mut objects {
+                        let found = (object.bbox, object.cell, object.index);
+                        let heat =
+                            explain::occlusion(self, &x, size, found, self.batch_size).map_err(|e| failed(&e))?;
+                        object.explanation = Some(heat);
+                    }
+                    if let (Some(dir), Some(picture)) = (&request.out_dir, &picture) {
+                        overlay = Some(explain::write_overlay(dir, input.path(), picture, &objects)?);
+                    }
+                }
                 let output = match (&self.drawn, picture) {
                     (Some(dir), Some(picture)) => Some(self.write_drawn(dir, input, picture, &objects)?),
                     _ => None,
                 };
-                Ok(Box::new(Detections { objects, picture: size, output }) as Box<dyn Prediction>)
+                Ok(Box::new(Detections { objects, picture: size, output, overlay }) as Box<dyn Prediction>)
             })
             .collect()
     }
@@ -355,6 +384,12 @@ pub struct Object {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: [u32; 4],
+    /// The detector's grid cell that found it, row-major.
+    #[serde(skip)]
+    pub cell: usize,
+    /// With `--explain`: what the score rested on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<explain::Occlusion>,
 }
 
 /// The objects of one picture, best first.
@@ -365,6 +400,8 @@ pub struct Detections {
     pub picture: (u32, u32),
     /// The picture with the boxes drawn on it, when `--output-dir` asked for one.
     pub output: Option<PathBuf>,
+    /// The picture with each object's heat over its region, when `--explain-out` asked for one.
+    pub overlay: Option<PathBuf>,
 }
 
 impl Prediction for Detections {
@@ -376,6 +413,9 @@ impl Prediction for Detections {
         if let Some(path) = &self.output {
             map.insert("output".into(), path.display().to_string().into());
         }
+        if let Some(path) = &self.overlay {
+            map.insert("explanation_overlay".into(), path.display().to_string().into());
+        }
         map
     }
 
@@ -385,7 +425,17 @@ impl Prediction for Detections {
             .iter()
             .map(|o| {
                 let [x, y, w, h] = o.bbox;
-                format!("{:>6.2}%  {} ({})  at x {x}, y {y}, {w}x{h}", o.score * 100.0, o.label, o.index)
+                let mut line =
+                    format!("{:>6.2}%  {} ({})  at x {x}, y {y}, {w}x{h}", o.score * 100.0, o.label, o.index);
+                if let Some(e) = &o.explanation {
+                    let [rx, ry, rw, rh] = e.region;
+                    line.push_str(&format!(
+                        "\n  where it rests (occlusion over x {rx}, y {ry}, {rw}x{rh}: the box and its surroundings):\n"
+                    ));
+                    let shades = zoo_runtime::explain::shades(&e.grid);
+                    line.push_str(&shades.lines().map(|l| format!("    |{l}|")).collect::<Vec<_>>().join("\n"));
+                }
+                line
             })
             .collect();
         if lines.is_empty() {
@@ -393,6 +443,9 @@ impl Prediction for Detections {
         }
         if let Some(path) = &self.output {
             lines.push(format!("drawn: {}", path.display()));
+        }
+        if let Some(path) = &self.overlay {
+            lines.push(format!("overlay: {}", path.display()));
         }
         lines.join("\n")
     }

@@ -143,3 +143,37 @@ fn photos_give_the_reference_detections() {
         assert!(ours.iter().all(|o| !clear(o)), "{}: objects the reference does not have: {ours:?}", image["file"]);
     }
 }
+
+/// On the reference photo with a dog, a bicycle and a car, what each detection rests on is
+/// mostly inside its own box: the hottest cell of each map lies within the box.
+#[test]
+fn each_detection_rests_mostly_on_its_own_box() {
+    let Some(assets) = shared_assets("each_detection_rests_mostly_on_its_own_box") else { return };
+    let detector = detector();
+    let photo = image::open(assets.join("data/detection/dog.jpg")).unwrap().to_rgb8();
+    let size = photo.dimensions();
+    let x = detector.tensor(&photo).unwrap();
+    let map = detector.forward(&x).unwrap().squeeze(0).unwrap();
+    let objects = detector.objects(&map, size).unwrap();
+    assert_eq!(objects.iter().map(|o| o.label.as_str()).collect::<Vec<_>>(), ["dog", "car", "bicycle"]);
+    for object in &objects {
+        let heat =
+            zoo_object_detection::explain::occlusion(&detector, &x, size, (object.bbox, object.cell, object.index), 8)
+                .unwrap();
+        let [rx, ry, rw, rh] = heat.region.map(f64::from);
+        let (mut best, mut at) = (f32::MIN, (0, 0));
+        for (r, row) in heat.grid.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                if v > best {
+                    (best, at) = (v, (r, c));
+                }
+            }
+        }
+        let n = heat.grid.len() as f64;
+        let (cx, cy) = (rx + (at.1 as f64 + 0.5) * rw / n, ry + (at.0 as f64 + 0.5) * rh / n);
+        let [bx, by, bw, bh] = object.bbox.map(f64::from);
+        eprintln!("{}: hottest cell {at:?} at ({cx:.0}, {cy:.0}), drop {best:.3}", object.label);
+        assert!(best > 0.05, "{}: no part matters", object.label);
+        assert!(cx >= bx && cx <= bx + bw && cy >= by && cy <= by + bh, "{}: rests outside its box", object.label);
+    }
+}

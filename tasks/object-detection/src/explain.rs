@@ -1,0 +1,125 @@
+//! `--explain` for object detection: for each object found, an occlusion map over its box and
+//! its surroundings. A grey square hides one cell of a grid laid over that region of the
+//! network's input; the picture is run again, and the cell's heat is how much the object's score
+//! (the same grid cell of the detector, the same class) drops. Heat outside the box shows what
+//! the context lent the decision (a rider for a bicycle, a road for a car).
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::fastestdet::INPUT;
+use crate::Detector;
+
+/// Heat cells per side of the region.
+pub const GRID: usize = 8;
+/// The region around a box, as a share of the box's size added on each side.
+const CONTEXT: f32 = 0.5;
+/// What hides a cell: mid grey, in the network's 0..1 input.
+const GREY: f32 = 0.5;
+
+/// One object's heat map, as it goes into its JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Occlusion {
+    pub method: &'static str,
+    /// The part of the picture the grid covers, `[x, y, width, height]` in its pixels.
+    pub region: [u32; 4],
+    /// GRID rows of GRID drops in the object's score (negative where hiding a cell raised it),
+    /// top row first.
+    pub grid: Vec<Vec<f32>>,
+}
+
+/// The object's region: its box grown by [`CONTEXT`] on each side, within the picture.
+fn region(bbox: [u32; 4], picture: (u32, u32)) -> [u32; 4] {
+    let [x, y, w, h] = bbox.map(|v| v as f32);
+    let (gx, gy) = (w * CONTEXT, h * CONTEXT);
+    let x0 = (x - gx).max(0.0).floor();
+    let y0 = (y - gy).max(0.0).floor();
+    let x1 = (x + w + gx).min(picture.0 as f32).ceil();
+    let y1 = (y + h + gy).min(picture.1 as f32).ceil();
+    [x0 as u32, y0 as u32, (x1 - x0).max(1.0) as u32, (y1 - y0).max(1.0) as u32]
+}
+
+/// The heat map of an object found at `cell` (row-major in the output grid) with `class`,
+/// whose box is `bbox`, in a picture of `picture` size prepared as `x` (1, 3, 352, 352).
+pub fn occlusion(
+    detector: &Detector,
+    x: &Tensor,
+    picture: (u32, u32),
+    (bbox, cell, class): ([u32; 4], usize, usize),
+    batch: usize,
+) -> candle_core::Result<Occlusion> {
+    let region = region(bbox, picture);
+    let input = x.flatten_all()?.to_vec1::<f32>()?;
+    let plane = INPUT * INPUT;
+    // The region's cell edges in the network's input, which is the picture stretched to 352x352.
+    let edges = |start: u32, len: u32, side: u32| -> Vec<usize> {
+        (0..=GRID)
+            .map(|i| {
+                let at = start as f32 + len as f32 * i as f32 / GRID as f32;
+                ((at * INPUT as f32 / side as f32).round() as usize).min(INPUT)
+            })
+            .collect()
+    };
+    let (xs, ys) = (edges(region[0], region[2], picture.0), edges(region[1], region[3], picture.1));
+    let score = |map: &Tensor, i: usize| -> candle_core::Result<f32> {
+        let (_, channels, h, w) = map.dims4()?;
+        let values = map.get(i)?.reshape((channels, h * w))?;
+        let objectness = values.get(0)?.get(cell)?.to_scalar::<f32>()?;
+        let probability = values.get(5 + class)?.get(cell)?.to_scalar::<f32>()?;
+        Ok(objectness.powf(0.6) * probability.powf(0.4))
+    };
+    let base = score(&detector.forward(x)?, 0)?;
+    let cells: Vec<(usize, usize)> = (0..GRID).flat_map(|r| (0..GRID).map(move |c| (r, c))).collect();
+    let mut grid = vec![vec![0f32; GRID]; GRID];
+    for chunk in cells.chunks(batch.max(1)) {
+        let mut copies = Vec::with_capacity(chunk.len() * input.len());
+        for &(r, c) in chunk {
+            let mut copy = input.clone();
+            for channel in copy.chunks_exact_mut(plane) {
+                for y in ys[r]..ys[r + 1] {
+                    channel[y * INPUT + xs[c]..y * INPUT + xs[c + 1]].fill(GREY);
+                }
+            }
+            copies.extend(copy);
+        }
+        let batch = Tensor::from_vec(copies, (chunk.len(), 3, INPUT, INPUT), x.device())?;
+        let maps = detector.forward(&batch)?;
+        for (i, &(r, c)) in chunk.iter().enumerate() {
+            grid[r][c] = base - score(&maps, i)?;
+        }
+    }
+    Ok(Occlusion { method: "occlusion", region, grid })
+}
+
+/// The picture with each explained object's heat blended over its region, as
+/// `<stem>.explain.png` in `dir`. Each region is blended over what is drawn already (cold cells
+/// leave it as it is), worst object first, so overlapping regions keep every object's heat and
+/// the best one's is on top.
+pub fn write_overlay(
+    dir: &std::path::Path,
+    input: &std::path::Path,
+    picture: &image::RgbImage,
+    objects: &[crate::Object],
+) -> zoo_runtime::Result<std::path::PathBuf> {
+    let mut out = picture.clone();
+    for object in objects.iter().rev() {
+        let Some(heat) = &object.explanation else { continue };
+        let [x, y, w, h] = heat.region;
+        let crop = image::imageops::crop_imm(&out, x, y, w, h).to_image();
+        let blended = zoo_runtime::explain::overlay(&crop, &heat.grid);
+        image::imageops::replace(&mut out, &blended, i64::from(x), i64::from(y));
+    }
+    zoo_runtime::explain::write_overlay(dir, input, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_add_context_within_the_picture() {
+        assert_eq!(region([100, 100, 40, 20], (400, 300)), [80, 90, 80, 40]);
+        assert_eq!(region([0, 0, 400, 300], (400, 300)), [0, 0, 400, 300]);
+        assert_eq!(region([390, 295, 10, 5], (400, 300)), [385, 292, 15, 8]);
+    }
+}
