@@ -360,7 +360,10 @@ pub fn read_weights(path: &Path, device: &Device, id: &str) -> Result<HashMap<St
     let head = &head[..read];
     let bad = |reason: String| Error::model(id, format!("{}: {reason}", path.display()));
     if head.starts_with(b"PK\x03\x04") {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read only while the checkpoint is parsed, here; a file changed under
+        // it at that moment gives wrong tensors or a parse error, as a read racing a write would.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         return pth_tensors(&bytes, device).map_err(|e| Error::model(id, format!("{}: {e}", path.display())));
     }
     if head.first() == Some(&0x80) {

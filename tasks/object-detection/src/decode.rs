@@ -14,28 +14,25 @@ pub struct Candidate {
     pub cell: usize,
 }
 
-/// Every cell whose score is above `min_score` and whose class `wanted` accepts. `cells` holds one
+/// Every cell whose score is above `min_score`. `cells` holds one
 /// vector of `5 + classes` values per cell of an `h x w` grid; `picture` is (width, height).
-pub fn candidates(
-    cells: &[f32],
-    [channels, h, w]: [usize; 3],
-    picture: (u32, u32),
-    min_score: f32,
-    wanted: impl Fn(usize) -> bool,
-) -> Vec<Candidate> {
+pub fn candidates(cells: &[f32], [channels, h, w]: [usize; 3], picture: (u32, u32), min_score: f32) -> Vec<Candidate> {
     let (width, height) = (picture.0 as f32, picture.1 as f32);
     let mut found = Vec::new();
     for (cell, d) in cells.chunks_exact(channels).enumerate().take(h * w) {
         let (row, col) = ((cell / w) as f32, (cell % w) as f32);
-        let (class, best) =
-            d[5..]
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) });
+        // The first largest class, as numpy's argmax; a NaN anywhere makes the score NaN (never kept).
+        let (class, best) = d[5..].iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv || v.is_nan() && !bv.is_nan() {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        });
         let score = d[0].powf(0.6) * best.powf(0.4);
         // Strictly above, as the reference compares; a NaN score is never kept.
         let above = score > min_score;
-        if !above || !wanted(class) {
+        if !above {
             continue;
         }
         let tanh = |x: f32| 2.0 / (1.0 + (-2.0 * x).exp()) - 1.0;
@@ -103,9 +100,11 @@ mod tests {
         ];
         let kept = suppress(boxes, 0.45);
         assert_eq!(kept.iter().map(|c| c.cell).collect::<Vec<_>>(), vec![1, 2]);
-        // Inclusive areas: 100x100 boxes shifted by 10 overlap 90*90 / (2*10000 - 8100) = 0.68.
-        let kept = suppress(vec![candidate(0.7, [0, 0, 99, 99], 0), candidate(0.9, [10, 10, 109, 109], 1)], 0.7);
-        assert_eq!(kept.len(), 2);
+        // Inclusive areas: corners 0..9 and 5..14 overlap 5x10 of two 10x10 boxes, IoU 50/150 =
+        // 0.333 (counted exclusively it would be 36/126 = 0.286), so at 0.3 one suppresses the other.
+        let pair = || vec![candidate(0.7, [0, 0, 9, 9], 0), candidate(0.9, [5, 0, 14, 9], 1)];
+        assert_eq!(suppress(pair(), 0.3).len(), 1);
+        assert_eq!(suppress(pair(), 0.34).len(), 2);
     }
 
     #[test]
@@ -113,15 +112,16 @@ mod tests {
         // One 2x2 grid, two classes; cell 3 (row 1, col 1) is centred with a box half the picture.
         let mut cells = vec![0f32; 4 * 7];
         cells[3 * 7..4 * 7].copy_from_slice(&[0.9, 0.0, 0.0, 0.0, 0.0, 0.2, 0.8]);
-        let found = candidates(&cells, [7, 2, 2], (200, 100), 0.5, |_| true);
+        let found = candidates(&cells, [7, 2, 2], (200, 100), 0.5);
         assert_eq!(found.len(), 1);
         let c = found[0];
         assert_eq!(c.class, 1);
         assert!((c.score - 0.9f32.powf(0.6) * 0.8f32.powf(0.4)).abs() < 1e-7);
         // Centre (1/2 + 0) * ... = (1 + 0) / 2 = 0.5 of each side, size sigmoid(0) = 0.5.
         assert_eq!(c.corners, [50, 25, 150, 75]);
-        assert!(candidates(&cells, [7, 2, 2], (200, 100), c.score, |_| true).is_empty());
-        assert!(candidates(&cells, [7, 2, 2], (200, 100), 0.5, |class| class == 0).is_empty());
+        assert!(candidates(&cells, [7, 2, 2], (200, 100), c.score).is_empty());
+        cells[3 * 7 + 5] = f32::NAN;
+        assert!(candidates(&cells, [7, 2, 2], (200, 100), 0.0).is_empty(), "a NaN class probability is never kept");
         assert_eq!(clipped_box([-20, 5, 230, 90], (200, 100)), [0, 5, 200, 85]);
     }
 }

@@ -226,23 +226,27 @@ impl Weights<'_> {
         let norm = |field: &str| self.get(&format!("{prefix}{}.{field}", conv + 1));
         let (gamma, beta, mean, var) = (norm("weight")?, norm("bias")?, norm("running_mean")?, norm("running_var")?);
         let (out, inputs, kh, kw) = weight.dims4()?;
-        if gamma.dims() != [out] || kh != kw || kh % 2 == 0 {
-            candle_core::bail!("{prefix}{conv}: a {out}x{inputs}x{kh}x{kw} convolution that does not fit its norm")
+        // Every layer of the network pads by half its kernel: the kernel follows from the padding.
+        let k = 2 * padding + 1;
+        if out == 0 || inputs == 0 || (kh, kw) != (k, k) {
+            candle_core::bail!(
+                "{prefix}{conv}: a {out}x{inputs}x{kh}x{kw} convolution where FastestDet has a {k}x{k} one"
+            )
+        }
+        for (field, t) in [("weight", &gamma), ("bias", &beta), ("running_mean", &mean), ("running_var", &var)] {
+            if t.dims() != [out] {
+                candle_core::bail!("{prefix}{}.{field}: {:?} values for {out} channels", conv + 1, t.dims())
+            }
         }
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
-        let bias = (beta - (mean * &scale)?)?;
-        let weight = weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
-        Ok(Conv {
-            weight: weight.flatten_all()?.to_vec1()?,
-            bias: bias.to_vec1()?,
-            out,
-            inputs,
-            k: kh,
-            stride,
-            padding,
-            depthwise: false,
-            relu,
-        })
+        let bias: Vec<f32> = (beta - (mean * &scale)?)?.to_vec1()?;
+        let weight: Vec<f32> = weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?.flatten_all()?.to_vec1()?;
+        if !weight.iter().chain(&bias).all(|v| v.is_finite()) {
+            candle_core::bail!(
+                "{prefix}{conv}: weights that are not finite once the norm is folded in (a negative running_var?)"
+            )
+        }
+        Ok(Conv { weight, bias, out, inputs, k, stride, padding, depthwise: false, relu })
     }
 
     /// A depthwise convolution (one filter per channel) and its norm.
@@ -350,8 +354,8 @@ impl FastestDet {
         };
         let heads = [head("obj")?, head("reg")?, head("cls")?];
         let classes = heads[2][1].out;
-        if heads[0][1].out != 1 || heads[1][1].out != 4 {
-            candle_core::bail!("the objectness and box heads must have 1 and 4 outputs")
+        if heads[0][1].out != 1 || heads[1][1].out != 4 || classes == 0 {
+            candle_core::bail!("the objectness, box and class heads must have 1, 4 and at least 1 outputs")
         }
         let net = FastestDet {
             stem,
@@ -584,6 +588,18 @@ mod tests {
         wrong.insert("SPP.output.0.weight".into(), Tensor::zeros((96, 200, 1, 1), DType::F32, &Device::Cpu).unwrap());
         let error = FastestDet::load(&wrong).err().unwrap().to_string();
         assert!(error.contains("the SPP output takes 200 channels but is given 288"), "{error}");
+        // A 7x7 kernel where the network has 5x5, and a norm whose variance is negative.
+        let mut wide = tensors.clone();
+        wide.insert("SPP.S1.0.weight".into(), Tensor::zeros((96, 1, 7, 7), DType::F32, &Device::Cpu).unwrap());
+        let error = FastestDet::load(&wide).err().unwrap().to_string();
+        assert!(error.contains("SPP.S1.0: a 96x1x7x7 convolution where FastestDet has a 5x5 one"), "{error}");
+        let mut negative = tensors.clone();
+        negative.insert(
+            "detect_head.cls_layers.conv5x5.4.running_var".into(),
+            (Tensor::ones(80, DType::F32, &Device::Cpu).unwrap() * -1.0).unwrap(),
+        );
+        let error = FastestDet::load(&negative).err().unwrap().to_string();
+        assert!(error.contains("not finite"), "{error}");
     }
 
     #[test]

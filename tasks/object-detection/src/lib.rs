@@ -47,7 +47,7 @@ const OPTIONS: &[TaskOption] = &[
     TaskOption {
         name: "classes",
         value_name: Some("NAMES"),
-        help: "Look only for these classes, comma-separated (e.g. person,dog); `zoo list object-detection` names the model",
+        help: "Report only these classes, comma-separated (e.g. person,dog): the plain run's objects of those classes",
         default: None,
     },
     TaskOption {
@@ -56,7 +56,12 @@ const OPTIONS: &[TaskOption] = &[
         help: "Also write each picture with its boxes and labels drawn on it, as DIR/<name>.png",
         default: None,
     },
-    TaskOption { name: "force", value_name: None, help: "Overwrite pictures that exist in --output-dir", default: None },
+    TaskOption {
+        name: "force",
+        value_name: None,
+        help: "Overwrite pictures that exist in --output-dir",
+        default: None,
+    },
     TaskOption { name: "batch-size", value_name: Some("N"), help: "Images per forward pass", default: Some("8") },
     image_io::MAX_PIXELS_OPTION,
 ];
@@ -268,10 +273,13 @@ impl Detector {
     /// The objects in one picture's output map (5 + classes, 22, 22), best first.
     pub fn objects(&self, map: &Tensor, picture: (u32, u32)) -> candle_core::Result<Vec<Object>> {
         let (cells, shape) = fastestdet::cell_vectors(map)?;
+        let found = decode::candidates(&cells, shape, picture, self.min_score);
+        // --classes picks among what the plain run finds: suppression is across classes, as the
+        // reference does it, so filtering first would bring back boxes another class suppressed.
         let wanted = |class: usize| self.wanted.as_ref().is_none_or(|w| w[class]);
-        let found = decode::candidates(&cells, shape, picture, self.min_score, wanted);
         Ok(decode::suppress(found, self.iou)
             .into_iter()
+            .filter(|c| wanted(c.class))
             .map(|c| Object {
                 label: self.labels[c.class].clone(),
                 index: c.class,
@@ -280,6 +288,8 @@ impl Detector {
                 cell: c.cell,
                 explanation: None,
             })
+            // A box wholly outside the picture clips to nothing.
+            .filter(|o| o.bbox[2] > 0 && o.bbox[3] > 0)
             .collect())
     }
 

@@ -43,7 +43,13 @@ fn block_mean(src: &RgbImage, dw: usize, dh: usize, fx: usize, fy: usize) -> Vec
                 sum += u32::from(pixels[(sy * sw + sx) * 3 + c]);
             }
         }
-        *value = ((sum + count / 2) / count) as u8;
+        // As OpenCV rounds: its 2x2 kernel in integers, the others through a float product,
+        // halves to even.
+        *value = if count == 4 {
+            ((sum + 2) >> 2) as u8
+        } else {
+            (sum as f32 * (1.0 / count as f32)).round_ties_even() as u8
+        };
     }
     out
 }
@@ -159,6 +165,16 @@ mod tests {
         assert_eq!(out.get_pixel(1, 0).0[0], 150);
         let weights = area_weights(3, 2);
         assert_eq!(weights[0], vec![(0, (1.0 / 1.5) as f32), (1, (0.5 / 1.5) as f32)]);
+    }
+
+    #[test]
+    fn whole_factors_round_as_opencv_does() {
+        // 2x1 blocks: sums 3 and 5 are 1.5 and 2.5, both to 2 (halves to even).
+        let src = RgbImage::from_fn(4, 1, |x, _| image::Rgb([[1, 2, 2, 3][x as usize], 0, 0]));
+        assert_eq!(area(&src, 2, 1).pixels().map(|p| p.0[0]).collect::<Vec<_>>(), [2, 2]);
+        // 2x2 blocks go through OpenCV's integer kernel: a sum of 2 is (2 + 2) >> 2 = 1.
+        let src = RgbImage::from_fn(2, 2, |x, y| image::Rgb([u8::from(x == 0 && y == 0) * 2, 0, 0]));
+        assert_eq!(area(&src, 1, 1).get_pixel(0, 0).0[0], 1);
     }
 
     #[test]

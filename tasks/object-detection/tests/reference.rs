@@ -72,7 +72,7 @@ fn decoding_the_reference_maps_gives_the_reference_boxes_exactly() {
     for image in reference["images"].as_array().unwrap() {
         let name = stem(image);
         let (cells, shape) = fastestdet::cell_vectors(&maps[&name].squeeze(0).unwrap()).unwrap();
-        let found = decode::suppress(decode::candidates(&cells, shape, size(image), 0.65, |_| true), 0.45);
+        let found = decode::suppress(decode::candidates(&cells, shape, size(image), 0.65), 0.45);
         let expected = image["area"]["detections_runtime_py"].as_array().unwrap();
         assert_eq!(found.len(), expected.len(), "{name}: {found:?}");
         for (ours, theirs) in found.iter().zip(expected) {
