@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::task::TaskArgs;
 
 /// The flag asking for explanations.
@@ -138,16 +138,8 @@ pub fn overlay(crop: &RgbImage, grid: &[Vec<f32>]) -> RgbImage {
 
 /// Writes the overlay as `<stem>.explain.png` in `dir`, atomically; returns its path.
 pub fn write_overlay(dir: &Path, input_path: &Path, image: &RgbImage) -> Result<PathBuf> {
-    let stem = match input_path.file_stem().and_then(|s| s.to_str()) {
-        Some(s) if s != "-" => s.to_string(),
-        _ => "stdin".to_string(),
-    };
-    let path = dir.join(format!("{stem}.explain.png"));
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| Error::input(&path, format!("cannot encode the overlay: {e}")))?;
-    crate::fsutil::write_atomic(&path, &png, true)?;
+    let path = dir.join(format!("{}.explain.png", crate::fsutil::output_stem(input_path)));
+    crate::fsutil::write_png(&path, image, true)?;
     Ok(path)
 }
 

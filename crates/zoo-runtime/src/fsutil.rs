@@ -2,6 +2,24 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// The name an output file made from the input at `path` takes: the file's stem, or `stdin` for
+/// `-` (and for a path with no file name).
+pub fn output_stem(path: &Path) -> String {
+    match path.file_stem() {
+        Some(stem) if path != Path::new("-") => stem.to_string_lossy().into_owned(),
+        _ => "stdin".to_string(),
+    }
+}
+
+/// Writes `picture` to `path` as PNG, atomically (see [`write_atomic`]).
+pub fn write_png(path: &Path, picture: &image::RgbImage, overwrite: bool) -> Result<()> {
+    let mut png = Vec::new();
+    picture
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::input(path, format!("cannot encode the picture: {e}")))?;
+    write_atomic(path, &png, overwrite)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a
 /// crash or a full disk never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::fastestdet::INPUT;
-use crate::Detector;
+use crate::{Detector, Object};
 
 /// Heat cells per side of the region.
 pub const GRID: usize = 8;
@@ -39,16 +39,17 @@ fn region(bbox: [u32; 4], picture: (u32, u32)) -> [u32; 4] {
     [x0 as u32, y0 as u32, (x1 - x0).max(1.0) as u32, (y1 - y0).max(1.0) as u32]
 }
 
-/// The heat map of an object found at `cell` (row-major in the output grid) with `class`,
-/// whose box is `bbox`, in a picture of `picture` size prepared as `x` (1, 3, 352, 352).
+/// The heat map of `object`, found in a picture of `picture` size prepared as `x` (1, 3, 352,
+/// 352): its score, from the plain run, is the baseline each occluded copy is measured against.
 pub fn occlusion(
     detector: &Detector,
     x: &Tensor,
     picture: (u32, u32),
-    (bbox, cell, class): ([u32; 4], usize, usize),
+    object: &Object,
     batch: usize,
 ) -> candle_core::Result<Occlusion> {
-    let region = region(bbox, picture);
+    let (cell, class) = (object.cell, object.index);
+    let region = region(object.bbox, picture);
     let input = x.flatten_all()?.to_vec1::<f32>()?;
     let plane = INPUT * INPUT;
     // The region's cell edges in the network's input, which is the picture stretched to 352x352.
@@ -68,7 +69,7 @@ pub fn occlusion(
         let probability = values.get(5 + class)?.get(cell)?.to_scalar::<f32>()?;
         Ok(objectness.powf(0.6) * probability.powf(0.4))
     };
-    let base = score(&detector.forward(x)?, 0)?;
+    let base = object.score;
     let cells: Vec<(usize, usize)> = (0..GRID).flat_map(|r| (0..GRID).map(move |c| (r, c))).collect();
     let mut grid = vec![vec![0f32; GRID]; GRID];
     for chunk in cells.chunks(batch.max(1)) {
@@ -99,7 +100,7 @@ pub fn write_overlay(
     dir: &std::path::Path,
     input: &std::path::Path,
     picture: &image::RgbImage,
-    objects: &[crate::Object],
+    objects: &[Object],
 ) -> zoo_runtime::Result<std::path::PathBuf> {
     let mut out = picture.clone();
     for object in objects.iter().rev() {

@@ -69,9 +69,13 @@ impl Conv {
     }
 
     fn apply(&self, x: &Planes) -> Planes {
-        let (oh, ow) = self.output_size(x.h, x.w);
+        self.apply_to(&x.data, x.h, x.w)
+    }
+
+    fn apply_to(&self, x: &[f32], h: usize, w: usize) -> Planes {
+        let (oh, ow) = self.output_size(h, w);
         let mut out = Planes::zeros(self.out, oh, ow);
-        self.run(&x.data, x.h, x.w, &mut out.data);
+        self.run(x, h, w, &mut out.data);
         out
     }
 
@@ -429,9 +433,8 @@ impl FastestDet {
     /// One picture, 3 planes of 352x352 (BGR, 0..1) -> `5 + classes` planes of 22x22: objectness
     /// (after its sigmoid), the box's four raw terms, and the class probabilities, as the
     /// published ONNX export gives them.
-    fn forward_one(&self, input: Vec<f32>) -> Vec<f32> {
-        let x = Planes { data: input, c: 3, h: INPUT, w: INPUT };
-        let mut x = pool(&self.stem.apply(&x), true);
+    fn forward_one(&self, input: &[f32]) -> Vec<f32> {
+        let mut x = pool(&self.stem.apply_to(input, INPUT, INPUT), true);
         let mut levels = Vec::with_capacity(3);
         for stage in &self.stages {
             for unit in stage {
@@ -505,7 +508,7 @@ impl FastestDet {
         let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let side = INPUT / 16;
         let maps: Vec<Vec<f32>> =
-            data.par_chunks_exact(3 * INPUT * INPUT).map(|picture| self.forward_one(picture.to_vec())).collect();
+            data.par_chunks_exact(3 * INPUT * INPUT).map(|picture| self.forward_one(picture)).collect();
         Tensor::from_vec(maps.concat(), (n, 5 + self.classes, side, side), x.device())
     }
 }

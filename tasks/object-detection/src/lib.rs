@@ -304,10 +304,7 @@ impl Detector {
 
     /// `DIR/<name>.png` for an input (`stdin.png` for `-`).
     fn drawn_path(dir: &Path, input: &Input) -> PathBuf {
-        let stem = match input.path().file_stem() {
-            Some(stem) if input.name != "-" => stem.to_string_lossy().to_string(),
-            _ => "stdin".to_string(),
-        };
+        let stem = zoo_runtime::fsutil::output_stem(input.path());
         dir.join(format!("{stem}.png"))
     }
 
@@ -320,11 +317,7 @@ impl Detector {
     ) -> Result<PathBuf> {
         let path = Self::drawn_path(dir, input);
         draw::boxes(&mut picture, objects);
-        let mut png = Vec::new();
-        picture
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(|e| Error::input(&path, format!("could not encode the picture: {e}")))?;
-        zoo_runtime::fsutil::write_atomic(&path, &png, self.force)?;
+        zoo_runtime::fsutil::write_png(&path, &picture, self.force)?;
         Ok(path)
     }
 }
@@ -362,10 +355,12 @@ impl Runner for Detector {
                 let mut objects = self.objects(&map, size).map_err(|e| failed(&e))?;
                 let mut overlay = None;
                 if let Some(request) = &self.explain {
-                    for object in &mut objects {
-                        let found = (object.bbox, object.cell, object.index);
-                        let heat =
-                            explain::occlusion(self, &x, size, found, self.batch_size).map_err(|e| failed(&e))?;
+                    let heats = objects
+                        .iter()
+                        .map(|object| explain::occlusion(self, &x, size, object, self.batch_size))
+                        .collect::<candle_core::Result<Vec<_>>>()
+                        .map_err(|e| failed(&e))?;
+                    for (object, heat) in objects.iter_mut().zip(heats) {
                         object.explanation = Some(heat);
                     }
                     if let (Some(dir), Some(picture)) = (&request.out_dir, &picture) {

@@ -157,9 +157,7 @@ fn each_detection_rests_mostly_on_its_own_box() {
     let objects = detector.objects(&map, size).unwrap();
     assert_eq!(objects.iter().map(|o| o.label.as_str()).collect::<Vec<_>>(), ["dog", "car", "bicycle"]);
     for object in &objects {
-        let heat =
-            zoo_object_detection::explain::occlusion(&detector, &x, size, (object.bbox, object.cell, object.index), 8)
-                .unwrap();
+        let heat = zoo_object_detection::explain::occlusion(&detector, &x, size, object, 8).unwrap();
         let [rx, ry, rw, rh] = heat.region.map(f64::from);
         let (mut best, mut at) = (f32::MIN, (0, 0));
         for (r, row) in heat.grid.iter().enumerate() {

@@ -296,10 +296,7 @@ impl SpeechRunner {
 }
 
 fn output_path(dir: &Path, input: &Input, format: Format) -> PathBuf {
-    let stem = match input.path().file_stem() {
-        Some(stem) if input.name != "-" => stem.to_string_lossy().into_owned(),
-        _ => "stdin".to_string(),
-    };
+    let stem = zoo_runtime::fsutil::output_stem(input.path());
     dir.join(format!("{stem}.{}", format.extension()))
 }
 

@@ -381,10 +381,7 @@ impl Stylizer {
         match &self.settings.destination {
             Destination::File(path) | Destination::Sheet(Some(path)) => Some(path.clone()),
             Destination::Dir(dir) => {
-                let stem = match input.path().file_stem() {
-                    Some(stem) if input.name != "-" => stem.to_string_lossy().to_string(),
-                    _ => "stdin".to_string(),
-                };
+                let stem = zoo_runtime::fsutil::output_stem(input.path());
                 Some(dir.join(format!("{stem}.png")))
             }
             Destination::Memory | Destination::Sheet(None) => None,
