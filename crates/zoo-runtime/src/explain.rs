@@ -143,6 +143,32 @@ pub fn write_overlay(dir: &Path, input_path: &Path, image: &RgbImage) -> Result<
     Ok(path)
 }
 
+/// `picture` with each heat map blended over its region (`[x, y, width, height]`), written as
+/// `<stem>.explain.png` in `dir`. Each is blended over what is drawn already (cold cells leave it
+/// as it is), in the order given, so overlapping regions keep every map and the last is on top.
+pub fn write_region_overlays<'a>(
+    dir: &Path,
+    input_path: &Path,
+    picture: &RgbImage,
+    heats: impl IntoIterator<Item = ([u32; 4], &'a [Vec<f32>])>,
+) -> Result<PathBuf> {
+    let mut out = picture.clone();
+    for ([x, y, w, h], grid) in heats {
+        let crop = image::imageops::crop_imm(&out, x, y, w, h).to_image();
+        let blended = overlay(&crop, grid);
+        image::imageops::replace(&mut out, &blended, i64::from(x), i64::from(y));
+    }
+    write_overlay(dir, input_path, &out)
+}
+
+/// What a person reads for one region's heat map: a line saying where the grid lies and what
+/// `around` it covers (`the object and its surroundings`), then the grid as shades, indented.
+pub fn region_lines(region: [u32; 4], grid: &[Vec<f32>], around: &str) -> String {
+    let [x, y, w, h] = region;
+    let rows: Vec<String> = shades(grid).lines().map(|l| format!("    |{l}|")).collect();
+    format!("\n  where it rests (occlusion over x {x}, y {y}, {w}x{h}: {around}):\n{}", rows.join("\n"))
+}
+
 /// The grid as shades, two characters per cell, for people.
 pub fn shades(grid: &[Vec<f32>]) -> String {
     const SHADES: &[u8] = b" .:-=+*#%@";

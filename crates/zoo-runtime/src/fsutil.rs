@@ -11,6 +11,25 @@ pub fn output_stem(path: &Path) -> String {
     }
 }
 
+/// The folder of a vision task's `--output-dir` option, created; `None` without the option. A
+/// server keeps results in memory and refuses it.
+pub fn output_dir(args: &crate::TaskArgs, outputs: crate::Outputs) -> Result<Option<std::path::PathBuf>> {
+    match args.value("output-dir") {
+        Some(_) if outputs == crate::Outputs::Memory => {
+            Err(Error::Usage("--output-dir: results are kept in memory here, not written to files".into()))
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::InvalidOption {
+                option: "output-dir".into(),
+                value: dir.into(),
+                reason: e.to_string(),
+            })?;
+            Ok(Some(std::path::PathBuf::from(dir)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Writes `picture` to `path` as PNG, atomically (see [`write_atomic`]).
 pub fn write_png(path: &Path, picture: &image::RgbImage, overwrite: bool) -> Result<()> {
     let mut png = Vec::new();

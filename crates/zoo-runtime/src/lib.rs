@@ -5,6 +5,7 @@ pub mod bundled;
 pub mod catalog;
 pub mod cpu;
 pub mod device;
+pub mod draw;
 pub mod error;
 pub mod explain;
 pub mod fsutil;
@@ -17,6 +18,7 @@ pub mod pth;
 pub mod task;
 #[doc(hidden)]
 pub mod test_support;
+pub mod tfjs;
 
 pub use catalog::{Catalog, CatalogEntry};
 pub use error::{Error, Result};

@@ -102,15 +102,9 @@ pub fn write_overlay(
     picture: &image::RgbImage,
     objects: &[Object],
 ) -> zoo_runtime::Result<std::path::PathBuf> {
-    let mut out = picture.clone();
-    for object in objects.iter().rev() {
-        let Some(heat) = &object.explanation else { continue };
-        let [x, y, w, h] = heat.region;
-        let crop = image::imageops::crop_imm(&out, x, y, w, h).to_image();
-        let blended = zoo_runtime::explain::overlay(&crop, &heat.grid);
-        image::imageops::replace(&mut out, &blended, i64::from(x), i64::from(y));
-    }
-    zoo_runtime::explain::write_overlay(dir, input, &out)
+    // Worst first, so the best one's heat is on top.
+    let heats = objects.iter().rev().filter_map(|o| o.explanation.as_ref()).map(|e| (e.region, e.grid.as_slice()));
+    zoo_runtime::explain::write_region_overlays(dir, input, picture, heats)
 }
 
 #[cfg(test)]

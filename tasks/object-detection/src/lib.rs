@@ -6,7 +6,6 @@
 //! grid, greedy suppression of overlapping boxes. Boxes are reported in the picture's own pixels.
 
 pub mod decode;
-pub mod draw;
 pub mod explain;
 pub mod fastestdet;
 pub mod resize;
@@ -19,8 +18,8 @@ use serde::Serialize;
 use serde_json::Value;
 use zoo_runtime::image_io;
 use zoo_runtime::{
-    Context, Error, Input, InputSpec, Model, Outputs, Prediction, PredictionResult, ReadLimit, Result, Runner, Task,
-    TaskArgs, TaskOption,
+    Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, ReadLimit, Result, Runner, Task, TaskArgs,
+    TaskOption,
 };
 
 use crate::fastestdet::{FastestDet, INPUT};
@@ -128,20 +127,7 @@ impl Task for ObjectDetection {
             });
         }
         let max_pixels: u64 = args.parse("max-pixels")?.unwrap_or(image_io::DEFAULT_MAX_PIXELS);
-        let drawn = match args.value("output-dir") {
-            Some(_) if ctx.outputs == Outputs::Memory => {
-                return Err(Error::Usage("--output-dir: results are kept in memory here, not written to files".into()))
-            }
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| Error::InvalidOption {
-                    option: "output-dir".into(),
-                    value: dir.into(),
-                    reason: e.to_string(),
-                })?;
-                Some(PathBuf::from(dir))
-            }
-            None => None,
-        };
+        let drawn = zoo_runtime::fsutil::output_dir(args, ctx.outputs)?;
         let mut detector = Detector::load(model, &ctx.device)?;
         if let Some(names) = args.value("classes") {
             detector.wanted = Some(detector.class_indices(names)?);
@@ -316,7 +302,15 @@ impl Detector {
         objects: &[Object],
     ) -> Result<PathBuf> {
         let path = Self::drawn_path(dir, input);
-        draw::boxes(&mut picture, objects);
+        let boxes: Vec<zoo_runtime::draw::Labelled> = objects
+            .iter()
+            .map(|o| zoo_runtime::draw::Labelled {
+                bbox: o.bbox,
+                text: format!("{} {:.0}%", o.label, o.score * 100.0),
+                colour: o.index,
+            })
+            .collect();
+        zoo_runtime::draw::boxes(&mut picture, &boxes);
         zoo_runtime::fsutil::write_png(&path, &picture, self.force)?;
         Ok(path)
     }
@@ -433,12 +427,11 @@ impl Prediction for Detections {
                 let mut line =
                     format!("{:>6.2}%  {} ({})  at x {x}, y {y}, {w}x{h}", o.score * 100.0, o.label, o.index);
                 if let Some(e) = &o.explanation {
-                    let [rx, ry, rw, rh] = e.region;
-                    line.push_str(&format!(
-                        "\n  where it rests (occlusion over x {rx}, y {ry}, {rw}x{rh}: the box and its surroundings):\n"
+                    line.push_str(&zoo_runtime::explain::region_lines(
+                        e.region,
+                        &e.grid,
+                        "the box and its surroundings",
                     ));
-                    let shades = zoo_runtime::explain::shades(&e.grid);
-                    line.push_str(&shades.lines().map(|l| format!("    |{l}|")).collect::<Vec<_>>().join("\n"));
                 }
                 line
             })

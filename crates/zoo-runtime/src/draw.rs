@@ -1,10 +1,18 @@
-//! The picture `--output-dir` writes: each object's box in a colour of its class, with its label
-//! and score on a bar above it (inside the box when the box touches the top edge).
+//! Pictures with what a vision task found drawn on them (what `--output-dir` writes): boxes in a
+//! colour of their class, each with its text on a bar above it (inside the box when the box
+//! touches the top edge), and points.
 
 use font8x8::legacy::BASIC_LEGACY;
 use image::{Rgb, RgbImage};
 
-use crate::Object;
+/// One box to draw: `[x, y, width, height]` in the picture's pixels, its text, and which colour
+/// of the palette it takes (a class index: the same class, the same colour).
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub bbox: [u32; 4],
+    pub text: String,
+    pub colour: usize,
+}
 
 /// Distinct, saturated colours; classes beyond them reuse the list.
 const PALETTE: [[u8; 3]; 10] = [
@@ -20,28 +28,43 @@ const PALETTE: [[u8; 3]; 10] = [
     [255, 225, 25],
 ];
 
-pub fn boxes(picture: &mut RgbImage, objects: &[Object]) {
+/// The palette's colour for class `index`.
+pub fn colour(index: usize) -> Rgb<u8> {
+    Rgb(PALETTE[index % PALETTE.len()])
+}
+
+/// Draws `boxes`, the first on top.
+pub fn boxes(picture: &mut RgbImage, boxes: &[Labelled]) {
     let (width, height) = picture.dimensions();
     let side = width.min(height);
     let line = (side / 250).clamp(2, 8);
     let scale = (side / 250).clamp(1, 4);
     // Worst last, so the best boxes and labels are drawn on top.
-    for object in objects.iter().rev() {
-        let colour = Rgb(PALETTE[object.index % PALETTE.len()]);
-        let [x, y, w, h] = object.bbox;
+    for labelled in boxes.iter().rev() {
+        let colour = colour(labelled.colour);
+        let [x, y, w, h] = labelled.bbox;
         if w == 0 || h == 0 {
             continue;
         }
         for t in 0..line {
             rectangle(picture, (x + t, y + t), (x + w).saturating_sub(1 + t), (y + h).saturating_sub(1 + t), colour);
         }
-        let text = format!("{} {:.0}%", object.label, object.score * 100.0);
+        let text = &labelled.text;
         let (tw, th) = (text.len() as u32 * 8 * scale + 2 * scale, 8 * scale + 2 * scale);
         let top = if y >= th { y - th } else { y };
         fill(picture, (x, top), (x + tw).min(width), (top + th).min(height), colour);
         let ink = if luma(colour) > 150 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) };
-        text_at(picture, &text, (x + scale, top + scale), scale, ink);
+        text_at(picture, text, (x + scale, top + scale), scale, ink);
     }
+}
+
+/// A filled square of side `2 * radius + 1` centred on `(x, y)`, clipped to the picture.
+pub fn point(picture: &mut RgbImage, (x, y): (f32, f32), radius: u32, colour: Rgb<u8>) {
+    if !(x.is_finite() && y.is_finite()) || x < 0.0 || y < 0.0 {
+        return;
+    }
+    let (x, y) = (x.round() as u32, y.round() as u32);
+    fill(picture, (x.saturating_sub(radius), y.saturating_sub(radius)), x + radius + 1, y + radius + 1, colour);
 }
 
 fn luma(Rgb([r, g, b]): Rgb<u8>) -> u32 {
@@ -99,8 +122,7 @@ mod tests {
     #[test]
     fn a_box_is_outlined_in_its_class_colour_and_labelled() {
         let mut picture = RgbImage::from_pixel(200, 100, Rgb([128, 128, 128]));
-        let object =
-            Object { label: "dog".into(), index: 1, score: 0.5, bbox: [50, 40, 100, 50], cell: 0, explanation: None };
+        let object = Labelled { bbox: [50, 40, 100, 50], text: "dog 50%".into(), colour: 1 };
         boxes(&mut picture, std::slice::from_ref(&object));
         let colour = Rgb(PALETTE[1]);
         assert_eq!(*picture.get_pixel(50, 60), colour, "left edge");
@@ -111,7 +133,10 @@ mod tests {
         let bar: Vec<Rgb<u8>> = (51..100).map(|x| *picture.get_pixel(x, 34)).collect();
         assert!(bar.contains(&colour) && bar.iter().any(|p| *p != colour), "{bar:?}");
         // Boxes at the picture's edges are clipped, not a panic.
-        let edge = Object { bbox: [190, 90, 10, 10], ..object };
+        let edge = Labelled { bbox: [190, 90, 10, 10], ..object };
         boxes(&mut picture, &[edge]);
+        point(&mut picture, (199.6, 99.9), 2, colour);
+        point(&mut picture, (-3.0, f32::NAN), 2, colour);
+        assert_eq!(*picture.get_pixel(198, 98), colour);
     }
 }
