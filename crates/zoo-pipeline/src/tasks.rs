@@ -16,5 +16,7 @@ pub(crate) fn build() -> Registry {
     registry.register(zoo_speech_recognition::SpeechRecognition);
     #[cfg(feature = "object-detection")]
     registry.register(zoo_object_detection::ObjectDetection);
+    #[cfg(feature = "face-recognition")]
+    registry.register(zoo_face_recognition::FaceRecognition);
     registry
 }
