@@ -48,6 +48,11 @@ bench:
 			| tee $(BENCH_OUT)/peer-detection.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-detection.jsonl $(BENCH_OUT)/peer-detection.jsonl; \
 	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
+	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-face-recognition --bench faces | tee $(BENCH_OUT)/zoo-face.jsonl
+	@if [ -d "$(SHARED)/assets/models/face" ]; then \
+		scripts/face_tfjs/run.sh "$(SHARED)" --threads $(THREADS) --min-time 5 | tee $(BENCH_OUT)/peer-face.jsonl && \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-face.jsonl $(BENCH_OUT)/peer-face.jsonl; \
+	else echo "bench: $(SHARED)/assets/models/face not found; face peer comparison skipped"; fi
 	RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_TEXTS=$(BENCH_TEXTS) $(CARGO) bench --locked -p zoo-fake-news --bench encode | tee $(BENCH_OUT)/zoo-text.jsonl
 	@if [ -d "$(SHARED)/bench" ]; then \
 		eval "$$($(SHARED)/bin/test-assets --env)" && \

@@ -132,7 +132,7 @@ fn corpus(photo: &[u8], wav: &[u8], out_dir: &str) -> Vec<Case> {
     };
     let flags = |case: Case, flags: &[&str]| Case { extra: flags.iter().map(|f| f.to_string()).collect(), ..case };
     let mut cases = Vec::new();
-    for task in ["image-classification", "style-transfer", "object-detection"] {
+    for task in ["image-classification", "style-transfer", "object-detection", "face-recognition"] {
         cases.push(case(task, "empty.png", Vec::new()));
         cases.push(case(task, "truncated.png", photo[..photo.len().min(200)].to_vec()));
         cases.push(case(task, "not-an-image.png", b"hello, I am text".to_vec()));
@@ -395,6 +395,30 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
         ],
         input: photo.clone(),
     };
+    // face-api's three manifests, the detector's made to lie and the other two as bundled.
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights/face-api");
+    let face_file = |name: &str| std::fs::read(weights.join(name)).unwrap();
+    let face_folder = |name: &'static str, manifest: Vec<u8>, shard: Vec<u8>| {
+        let mut files: Vec<(&'static str, Vec<u8>)> = [
+            "face_landmark_68_model-weights_manifest.json",
+            "face_landmark_68_model.bin",
+            "face_recognition_model-weights_manifest.json",
+            "face_recognition_model.bin",
+        ]
+        .into_iter()
+        .map(|n| (n, face_file(n)))
+        .collect();
+        files.push(("ssd_mobilenetv1_model-weights_manifest.json", manifest));
+        files.push(("ssd_mobilenetv1_model.bin", shard));
+        BadModel { task: "face-recognition", name, files, input: photo.clone() }
+    };
+    let ssd_manifest = face_file("ssd_mobilenetv1_model-weights_manifest.json");
+    let ssd_shard = face_file("ssd_mobilenetv1_model.bin");
+    let lying_manifest = |from: &str, to: &str| {
+        let text = String::from_utf8(ssd_manifest.clone()).unwrap();
+        assert!(text.contains(from), "{from}");
+        text.replacen(from, to, 1).into_bytes()
+    };
     let cases = vec![
         int8_folder("int8-calibration-for-another-network", int8_config(None), calibration(3, (0.0, 6.0))),
         int8_folder("int8-calibration-range-backwards", int8_config(None), calibration(32, (6.0, -6.0))),
@@ -480,6 +504,18 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
             ],
             input: text.clone(),
         },
+        face_folder(
+            "face-shard-outside-the-folder",
+            lying_manifest("\"ssd_mobilenetv1_model.bin\"", "\"../../../etc/passwd\""),
+            ssd_shard.clone(),
+        ),
+        face_folder("face-truncated-shard", ssd_manifest.clone(), ssd_shard[..ssd_shard.len() / 2].to_vec()),
+        face_folder(
+            "face-absurd-shape",
+            lying_manifest("\"shape\":[1,1,512,9]", "\"shape\":[4294967296,4294967296,512,9]"),
+            ssd_shard.clone(),
+        ),
+        face_folder("face-manifest-does-not-parse", b"[{\"paths\": [oops".to_vec(), ssd_shard.clone()),
         whisper_folder(
             "tokenizer-does-not-parse",
             b"{\"version\": \"1.0\", \"model\": [oops".to_vec(),

@@ -117,7 +117,14 @@ fn every_route_answers_what_the_cli_prints() {
     let served: Vec<&str> = health["models"].as_array().unwrap().iter().map(|m| m["task"].as_str().unwrap()).collect();
     assert_eq!(
         served,
-        ["image-classification", "fake-news", "style-transfer", "speech-recognition", "object-detection"],
+        [
+            "image-classification",
+            "fake-news",
+            "style-transfer",
+            "speech-recognition",
+            "object-detection",
+            "face-recognition"
+        ],
         "{health}"
     );
     assert_eq!(get(&server.url("/v2/health/live")).status, 200);
@@ -153,6 +160,18 @@ fn every_route_answers_what_the_cli_prints() {
     );
     let cli = cli_json(cache, &["object-detection", coffee_arg, "--min-score", "0.3", "--classes", "cup,bowl"]);
     assert!(cli[0]["objects"].as_array().unwrap().len() >= 2, "{}", cli[0]);
+    assert_same(&results(&reply)[0], &cli[0], "");
+
+    // Face recognition: the CLI's faces and landmarks, through an alias.
+    let astronaut_path = data("astronaut.jpg");
+    let astronaut = std::fs::read(&astronaut_path).unwrap();
+    let reply = post_multipart(
+        &server.url("/v1/run/faces?descriptors=true"),
+        &[("file", Part::File("astronaut.jpg", &astronaut))],
+        &[],
+    );
+    let cli = cli_json(cache, &["face-recognition", astronaut_path.to_str().unwrap(), "--descriptors"]);
+    assert_eq!(cli[0]["faces"].as_array().unwrap().len(), 1, "{}", cli[0]);
     assert_same(&results(&reply)[0], &cli[0], "");
 
     // Native JSON for text, with explain.
@@ -361,7 +380,7 @@ fn every_route_answers_what_the_cli_prints() {
     assert!(not_json.error().contains("not JSON"));
     let empty = post_multipart(&server.url("/v1/run/fake-news"), &[("file", Part::File("empty.txt", b""))], &[]);
     assert_eq!((empty.status, empty.error()), (400, "empty.txt: the file is empty".to_string()));
-    let wrong = post_json(&server.url("/v1/run/face-recognition"), &json!({"inputs": ["x"]}));
+    let wrong = post_json(&server.url("/v1/run/pose-estimation"), &json!({"inputs": ["x"]}));
     assert_eq!(wrong.status, 404);
     assert!(wrong.error().contains("not served here"));
 

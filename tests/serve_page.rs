@@ -94,7 +94,8 @@ fn the_page_shows_what_the_cli_prints_in_a_real_browser() {
             "fake-news",
             "style-transfer",
             "speech-recognition",
-            "object-detection"
+            "object-detection",
+            "face-recognition"
         ])
     );
 

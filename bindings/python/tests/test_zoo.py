@@ -64,6 +64,14 @@ def test_object_detection_is_the_clis():
     assert detect(photo) == expected
 
 
+def test_face_recognition_is_the_clis():
+    photo = str(DATA / "astronaut.jpg")
+    faces = zoo.pipeline("faces", descriptors=True)
+    expected = cli("face-recognition", photo, "--descriptors")[0]
+    assert len(expected["faces"]) == 1 and len(expected["faces"][0]["landmarks"]) == 68
+    assert faces(photo) == expected
+
+
 def test_arrays_pil_images_and_bytes_are_the_files_pixels(classify):
     path = DATA / "chelsea.png"
     expected = classify(str(path))["predictions"]
@@ -161,5 +169,12 @@ def test_tasks_and_models_are_the_clis():
     assert zoo.models() == [json.loads(line) for line in listed.splitlines()]
     assert [m["model"] for m in zoo.models("style-transfer")] == ["multistyle26", "magenta-arbitrary"]
     names = [t["task"] for t in zoo.tasks()]
-    assert names == ["image-classification", "fake-news", "style-transfer", "speech-recognition", "object-detection"]
+    assert names == [
+        "image-classification",
+        "fake-news",
+        "style-transfer",
+        "speech-recognition",
+        "object-detection",
+        "face-recognition",
+    ]
     assert zoo.__version__ == subprocess.run([ZOO, "--version"], capture_output=True, text=True).stdout.split()[-1]
