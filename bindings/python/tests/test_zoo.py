@@ -70,6 +70,10 @@ def test_face_recognition_is_the_clis():
     expected = cli("face-recognition", photo, "--descriptors")[0]
     assert len(expected["faces"]) == 1 and len(expected["faces"][0]["landmarks"]) == 68
     assert faces(photo) == expected
+    # A list is one run: --compare measures each picture against the first.
+    compared = zoo.pipeline("faces", compare=True)([photo, photo])
+    assert compared == cli("face-recognition", photo, photo, "--compare")
+    assert compared[1]["comparison"]["same_person"] is True
 
 
 def test_arrays_pil_images_and_bytes_are_the_files_pixels(classify):

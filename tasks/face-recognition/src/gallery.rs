@@ -63,7 +63,7 @@ impl Gallery {
         for (person, path) in &photos {
             let relative = path.strip_prefix(dir).unwrap_or(path).to_string_lossy().replace('\\', "/");
             let input = Input::file(path);
-            let bytes = input.read(image_io::read_limit(image_io::DEFAULT_MAX_PIXELS))?;
+            let bytes = input.read(image_io::read_limit(recognizer.max_pixels()))?;
             let sha256 = format!("{:x}", Sha256::digest(&bytes));
             let descriptor = match old.files.get(&relative) {
                 Some(hit) if hit.sha256 == sha256 && hit.descriptor.len() == crate::nets::DESCRIPTOR_SIZE => {
@@ -104,7 +104,7 @@ impl Gallery {
 
 /// The best face of one gallery photo.
 fn describe(recognizer: &Recognizer, input: &Input) -> Result<Vec<f32>> {
-    let picture = image_io::decode(input, image_io::DEFAULT_MAX_PIXELS)?.to_rgb8();
+    let picture = image_io::decode(input, recognizer.max_pixels())?.to_rgb8();
     let faces =
         recognizer.faces(&picture).map_err(|e| Error::input(input.path(), format!("face recognition failed: {e}")))?;
     match faces.into_iter().next() {

@@ -17,12 +17,13 @@ pub mod prep;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 use zoo_runtime::image_io;
 use zoo_runtime::{
-    Context, Error, Input, InputSpec, Model, Outputs, Prediction, PredictionResult, ReadLimit, Result, Runner, Task,
-    TaskArgs, TaskOption,
+    Context, Error, Input, InputSpec, Model, Prediction, PredictionResult, ReadLimit, Result, Runner, Task, TaskArgs,
+    TaskOption,
 };
 
 use crate::gallery::Gallery;
@@ -128,20 +129,9 @@ impl Task for FaceRecognition {
     }
 
     /// `--compare` relates the inputs of one run to each other, and a server batches requests
-    /// together: it is the command line's.
+    /// together: it is the command line's and Python's (a list of pictures is one run).
     fn request_options(&self) -> Vec<&'static TaskOption> {
         self.options().iter().filter(|o| o.settable_per_request() && o.name != "compare").collect()
-    }
-
-    fn expand_inputs(&self, raw: &[String], args: &TaskArgs, stdin_limit: ReadLimit) -> Result<Vec<Input>> {
-        let inputs = zoo_runtime::inputs::expand(raw, &self.input(), stdin_limit)?;
-        if args.flag("compare") && inputs.len() < 2 {
-            return Err(Error::Usage(format!(
-                "--compare needs two pictures or more (the first is compared with each of the others); got {}",
-                inputs.len()
-            )));
-        }
-        Ok(inputs)
     }
 
     fn load(&self, model: &Model, args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Runner>> {
@@ -160,12 +150,6 @@ impl Task for FaceRecognition {
         }
         let compare = args.flag("compare");
         let aligned = args.flag("aligned");
-        if compare && ctx.outputs == Outputs::Memory {
-            return Err(Error::Usage(
-                "--compare relates the pictures of one command line; here, ask for --descriptors and compare them"
-                    .into(),
-            ));
-        }
         let explain = zoo_runtime::explain::Request::from_args(args);
         if explain.is_some() && aligned {
             return Err(Error::Usage(
@@ -280,6 +264,10 @@ impl Recognizer {
         self.min_score
     }
 
+    pub fn max_pixels(&self) -> u64 {
+        self.max_pixels
+    }
+
     /// The detector's output for a picture.
     pub fn detect_raw(&self, picture: &RgbImage) -> std::result::Result<nets::SsdOutput, String> {
         self.ssd.forward(&prep::detector_input(picture))
@@ -311,16 +299,21 @@ impl Recognizer {
             return Ok(vec![Face::new(None, bbox, &points, descriptor, None)]);
         }
         let raw = self.detect_raw(picture)?;
-        let mut faces = Vec::new();
-        for detection in locate::detections(&raw, size, self.min_score) {
-            let Some(crop) = locate::clip(detection.bbox, size) else { continue };
-            let origin = (detection.bbox[0], detection.bbox[1]);
-            let points = locate::landmarks(&self.landmarks_raw(picture, crop)?, crop, origin);
-            let Some(aligned) = locate::dlib_crop(&points, crop, size) else { continue };
-            let descriptor = self.descriptor(picture, aligned)?;
-            faces.push(Face::new(Some(detection.score), detection.bbox, &points, descriptor, Some(detection)));
-        }
-        Ok(faces)
+        let detections = locate::detections(&raw, size, self.min_score);
+        // Side by side: the landmark and descriptor nets run on one thread each (see nets.rs).
+        let faces: Vec<Option<Face>> = detections
+            .into_par_iter()
+            .with_max_len(1)
+            .map(|detection| {
+                let Some(crop) = locate::clip(detection.bbox, size) else { return Ok(None) };
+                let origin = (detection.bbox[0], detection.bbox[1]);
+                let points = locate::landmarks(&self.landmarks_raw(picture, crop)?, crop, origin);
+                let Some(aligned) = locate::dlib_crop(&points, crop, size) else { return Ok(None) };
+                let descriptor = self.descriptor(picture, aligned)?;
+                Ok(Some(Face::new(Some(detection.score), detection.bbox, &points, descriptor, Some(detection))))
+            })
+            .collect::<std::result::Result<_, String>>()?;
+        Ok(faces.into_iter().flatten().collect())
     }
 
     /// Names each face after the gallery's closest person.
@@ -358,7 +351,7 @@ impl Recognizer {
         faces: Vec<Face>,
         picture: RgbImage,
         comparison: Option<Comparison>,
-    ) -> PredictionResult {
+    ) -> Result<Box<Faces>> {
         let size = picture.dimensions();
         let mut overlay = None;
         if let Some(dir) = self.explain.as_ref().and_then(|e| e.out_dir.as_ref()) {
@@ -374,7 +367,15 @@ impl Recognizer {
             }
             None => None,
         };
-        Ok(Box::new(Faces { faces, picture: size, output, overlay, comparison, descriptors: self.descriptors }))
+        Ok(Box::new(Faces {
+            faces,
+            picture: size,
+            output,
+            overlay,
+            comparison,
+            descriptors: self.descriptors,
+            alone: false,
+        }))
     }
 }
 
@@ -417,16 +418,13 @@ impl Runner for Recognizer {
     }
 
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
-        use rayon::prelude::*;
         // Pictures one after another: each network splits its own work across the cores.
-        let prepared: Vec<Result<(Vec<Face>, RgbImage)>> = match self.compare {
-            true => batch.iter().map(|input| self.prepare(input)).collect(),
-            false => batch.par_iter().with_max_len(1).map(|input| self.prepare(input)).collect(),
+        let prepared: Vec<Result<(Vec<Face>, RgbImage)>> = batch.iter().map(|input| self.prepare(input)).collect();
+        let reference: Option<std::result::Result<Vec<Face>, String>> = match (self.compare, prepared.first()) {
+            (true, Some(Ok((faces, _)))) => Some(Ok(faces.clone())),
+            (true, Some(Err(e))) => Some(Err(e.to_string())),
+            _ => None,
         };
-        let reference: Option<std::result::Result<Vec<Face>, String>> = self.compare.then(|| match &prepared[0] {
-            Ok((faces, _)) => Ok(faces.clone()),
-            Err(e) => Err(e.to_string()),
-        });
         prepared
             .into_iter()
             .zip(batch)
@@ -437,7 +435,9 @@ impl Runner for Recognizer {
                     Some(first) if i > 0 => Some(Comparison::new(&batch[0].name, first, &faces, self.max_distance)),
                     _ => None,
                 };
-                self.finish(input, faces, picture, comparison)
+                let mut faces = self.finish(input, faces, picture, comparison)?;
+                faces.alone = self.compare && batch.len() < 2;
+                Ok(faces as Box<dyn Prediction>)
             })
             .collect()
     }
@@ -583,6 +583,8 @@ pub struct Faces {
     pub overlay: Option<PathBuf>,
     pub comparison: Option<Comparison>,
     descriptors: bool,
+    /// With `--compare`, the only picture of its run: nothing to compare it with.
+    alone: bool,
 }
 
 impl Prediction for Faces {
@@ -665,6 +667,9 @@ impl Prediction for Faces {
         match &self.comparison {
             Some(Comparison { same_person: None, with, reason, .. }) => {
                 vec![format!("cannot compare with {with}: {}", reason.as_deref().unwrap_or("no faces"))]
+            }
+            _ if self.alone => {
+                vec!["--compare: nothing to compare with (give two pictures or more: the first is compared with each of the others)".into()]
             }
             _ => Vec::new(),
         }
