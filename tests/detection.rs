@@ -172,3 +172,133 @@ fn explain_maps_each_object_over_its_box_and_surroundings() {
     let human = zoo(&["run", "detect", s(&cat), "--explain"]);
     assert!(human.stdout.contains("where it rests (occlusion over x "), "{}", human.stdout);
 }
+
+/// A tiny randomly initialised YolosForObjectDetection checkpoint in exact Transformers naming
+/// (config.json, preprocessor_config.json, model.safetensors), with mid-layer position
+/// embeddings and a trained size other than the picture's, so that interpolation is exercised.
+fn write_tiny_yolos(dir: &Path) {
+    use candle_core::{Device, Tensor};
+    let (hidden, layers, inner, patch, tokens, classes) = (16usize, 2usize, 32usize, 8usize, 5usize, 3usize);
+    let trained = [32usize, 48usize];
+    let sequence = 1 + (trained[0] / patch) * (trained[1] / patch) + tokens;
+    let mut t = std::collections::HashMap::new();
+    let mut seed = 0u64;
+    let mut put = |name: &str, shape: &[usize], std: f32| {
+        seed += 1;
+        // Deterministic, so that a failure reproduces.
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let v = ((i as u64 + 1) * 2654435761 + seed * 40503) % 10007;
+                (v as f32 / 10007.0 - 0.5) * 2.0 * std
+            })
+            .collect();
+        t.insert(name.to_string(), Tensor::from_vec(values, shape, &Device::Cpu).unwrap());
+    };
+    put("vit.embeddings.cls_token", &[1, 1, hidden], 0.5);
+    put("vit.embeddings.detection_tokens", &[1, tokens, hidden], 0.5);
+    put("vit.embeddings.position_embeddings", &[1, sequence, hidden], 0.5);
+    put("vit.embeddings.patch_embeddings.projection.weight", &[hidden, 3, patch, patch], 0.1);
+    put("vit.embeddings.patch_embeddings.projection.bias", &[hidden], 0.1);
+    put("vit.encoder.mid_position_embeddings", &[layers - 1, 1, sequence, hidden], 0.5);
+    for i in 0..layers {
+        let p = format!("vit.encoder.layer.{i}");
+        for (name, o, n) in [
+            ("attention.attention.query", hidden, hidden),
+            ("attention.attention.key", hidden, hidden),
+            ("attention.attention.value", hidden, hidden),
+            ("attention.output.dense", hidden, hidden),
+            ("intermediate.dense", inner, hidden),
+            ("output.dense", hidden, inner),
+        ] {
+            put(&format!("{p}.{name}.weight"), &[o, n], 0.4);
+            put(&format!("{p}.{name}.bias"), &[o], 0.1);
+        }
+        for norm in ["layernorm_before", "layernorm_after"] {
+            put(&format!("{p}.{norm}.weight"), &[hidden], 1.0);
+            put(&format!("{p}.{norm}.bias"), &[hidden], 0.2);
+        }
+    }
+    put("vit.layernorm.weight", &[hidden], 1.0);
+    put("vit.layernorm.bias", &[hidden], 0.2);
+    for (head, out) in [("class_labels_classifier", classes + 1), ("bbox_predictor", 4)] {
+        for (k, o) in [(0, hidden), (1, hidden), (2, out)] {
+            put(&format!("{head}.layers.{k}.weight"), &[o, hidden], 0.6);
+            put(&format!("{head}.layers.{k}.bias"), &[o], 0.3);
+        }
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["YolosForObjectDetection"], "model_type": "yolos",
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 2, "intermediate_size": inner,
+        "hidden_act": "gelu", "layer_norm_eps": 1e-12, "image_size": trained, "patch_size": patch,
+        "num_channels": 3, "qkv_bias": true, "num_detection_tokens": tokens, "use_mid_position_embeddings": true,
+        "id2label": {"0": "N/A", "1": "person", "2": "dog"}, "label2id": {"N/A": 0, "person": 1, "dog": 2},
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let processor = serde_json::json!({
+        "image_processor_type": "YolosImageProcessor", "do_resize": true,
+        "size": {"shortest_edge": 24, "longest_edge": 40}, "do_normalize": true,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    });
+    std::fs::write(dir.join("preprocessor_config.json"), processor.to_string()).unwrap();
+}
+
+/// A Transformers YOLOS checkpoint runs through `--model DIR` and finds what an independent numpy
+/// YOLOS (tests/python/yolos_reference.py, written from Transformers' code) finds: every
+/// detection token's class and score, and its box, at a picture of 5x3 patches where the
+/// checkpoint's position embeddings are for 6x4.
+#[test]
+fn a_transformers_yolos_checkpoint_detects_as_an_independent_computation_does() {
+    let Some(python) = zoo_bin::pinned_venv("yolos-reference-venv", &["numpy==2.4.6"], "YOLOS was not checked") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-yolos");
+    std::fs::create_dir(&model).unwrap();
+    write_tiny_yolos(&model);
+    // 40x24: the processor's own output size (shorter side 24), so no resize differs.
+    let (w, h) = (40u32, 24u32);
+    let picture =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 6) as u8, (y * 10) as u8, ((x * y) % 251) as u8]));
+    let png = dir.path().join("photo.png");
+    picture.save(&png).unwrap();
+    let raw = dir.path().join("photo.rgb");
+    std::fs::write(&raw, picture.as_raw()).unwrap();
+
+    let threshold = "0.05";
+    let run = zoo(&["run", "detect", s(&png), "--model", s(&model), "--min-score", threshold, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let ours = objects(&run.json_lines()[0]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/yolos_reference.py");
+    let reference = std::process::Command::new(python)
+        .arg(script)
+        .args([s(&model), s(&raw), &w.to_string(), &h.to_string(), threshold])
+        .output()
+        .unwrap();
+    assert!(reference.status.success(), "{}", String::from_utf8_lossy(&reference.stderr));
+    let want: Vec<Value> = serde_json::from_slice(&reference.stdout).unwrap();
+    assert!(want.len() >= 3, "the tiny model keeps most of its 5 tokens: {want:?}");
+    assert_eq!(ours.len(), want.len(), "ours {ours:?}\nreference {want:?}");
+    for ((label, score, bbox), want) in ours.iter().zip(&want) {
+        assert_eq!(label, want["label"].as_str().unwrap());
+        assert!((score - want["score"].as_f64().unwrap()).abs() < 1e-4, "{score} vs {want}");
+        let c: Vec<f64> = want["corners"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let clip = |v: f64, max: u32| v.round().clamp(0.0, f64::from(max)) as u64;
+        let (x0, y0, x1, y1) = (clip(c[0], w), clip(c[1], h), clip(c[2], w), clip(c[3], h));
+        let expected = [x0, y0, x1 - x0, y1 - y0];
+        for (a, b) in bbox.iter().zip(expected) {
+            assert!(a.abs_diff(b) <= 1, "{bbox:?} vs {expected:?} ({want})");
+        }
+    }
+    // --classes names the checkpoint's own labels; --explain works on YOLOS too.
+    let dogs =
+        zoo(&["run", "detect", s(&png), "--model", s(&model), "--min-score", threshold, "--classes", "dog", "--json"]);
+    let dogs = objects(&dogs.json_lines()[0]);
+    assert_eq!(dogs.len(), want.iter().filter(|o| o["label"] == "dog").count(), "{dogs:?}");
+    let explained =
+        zoo(&["run", "detect", s(&png), "--model", s(&model), "--min-score", threshold, "--explain", "--json"]);
+    assert_eq!(explained.code, 0, "{}", explained.describe());
+    let line = &explained.json_lines()[0];
+    assert_eq!(line["objects"][0]["explanation"]["grid"].as_array().unwrap().len(), 8);
+}

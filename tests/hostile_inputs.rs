@@ -509,6 +509,21 @@ fn lying_weights_and_configs_are_refused_with_one_line_errors() {
             lying_manifest("\"ssd_mobilenetv1_model.bin\"", "\"../../../etc/passwd\""),
             ssd_shard.clone(),
         ),
+        BadModel {
+            task: "object-detection",
+            name: "absurd-yolos-config",
+            files: vec![
+                (
+                    "config.json",
+                    br#"{"architectures": ["YolosForObjectDetection"], "hidden_size": 1099511627776,
+                        "num_hidden_layers": 1000000, "num_attention_heads": 1, "intermediate_size": 1,
+                        "image_size": [32, 32], "patch_size": 8}"#
+                        .to_vec(),
+                ),
+                ("model.safetensors", safetensors(&[("a", "F32", &[1], [0, 4])], 4)),
+            ],
+            input: photo.clone(),
+        },
         face_folder("face-truncated-shard", ssd_manifest.clone(), ssd_shard[..ssd_shard.len() / 2].to_vec()),
         face_folder(
             "face-absurd-shape",

@@ -240,6 +240,16 @@ impl Model {
         }
     }
 
+    /// A Transformers checkpoint's weights: `model.safetensors`, else `pytorch_model.bin`.
+    pub fn transformers_weights(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        for name in ["model.safetensors", "pytorch_model.bin"] {
+            if self.optional_file(name)?.is_some() {
+                return self.var_builder(name, dtype, device);
+            }
+        }
+        Err(Error::model(&self.id, "no weights: expected model.safetensors or pytorch_model.bin"))
+    }
+
     /// The files `zoo download` fetches: the catalogue's list, or for an uncatalogued Hub repo the
     /// Hub's file list less what no zoo task reads (other frameworks' weights, docs, images).
     pub fn download_list(&self) -> Result<Vec<String>> {

@@ -210,15 +210,6 @@ impl SimpleBackend for HfNames {
     }
 }
 
-fn weights(model: &Model, device: &Device) -> Result<VarBuilder<'static>> {
-    for name in ["model.safetensors", "pytorch_model.bin"] {
-        if model.optional_file(name)?.is_some() {
-            return model.var_builder(name, DType::F32, device);
-        }
-    }
-    Err(Error::model(&model.id, "no weights: expected model.safetensors or pytorch_model.bin"))
-}
-
 /// Checks a text encoder's sizes (see [`TransformerSizes`]), bounded well above any published
 /// model's (XLM-R's vocabulary is 250k, long-context encoders' position tables 8k). A macro
 /// because BERT's and XLM-R's configs are different types that name these fields alike.
@@ -263,7 +254,10 @@ impl HubClassifier {
         let bad = |e: candle_core::Error| Error::model(id, e);
         let bad_config = |e: serde_json::Error| Error::model(id, format!("config.json: {e}"));
         let vb = VarBuilder::from_backend(
-            Box::new(HfNames { inner: weights(model, device)?, distilbert: arch == Arch::DistilBert }),
+            Box::new(HfNames {
+                inner: model.transformers_weights(DType::F32, device)?,
+                distilbert: arch == Arch::DistilBert,
+            }),
             DType::F32,
             device.clone(),
         );

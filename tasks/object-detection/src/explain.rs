@@ -1,21 +1,19 @@
 //! `--explain` for object detection: for each object found, an occlusion map over its box and
 //! its surroundings. A grey square hides one cell of a grid laid over that region of the
 //! network's input; the picture is run again, and the cell's heat is how much the object's score
-//! (the same grid cell of the detector, the same class) drops. Heat outside the box shows what
-//! the context lent the decision (a rider for a bicycle, a road for a car).
+//! (from what found it, FastestDet's grid cell or YOLOS's detection token, for the same class)
+//! drops. Heat outside the box shows what the context lent the decision (a rider for a bicycle, a
+//! road for a car).
 
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::fastestdet::INPUT;
 use crate::{Detector, Object};
 
 /// Heat cells per side of the region.
 pub const GRID: usize = 8;
 /// The region around a box, as a share of the box's size added on each side.
 const CONTEXT: f32 = 0.5;
-/// What hides a cell: mid grey, in the network's 0..1 input.
-const GREY: f32 = 0.5;
 
 /// One object's heat map, as it goes into its JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -48,27 +46,21 @@ pub fn occlusion(
     object: &Object,
     batch: usize,
 ) -> candle_core::Result<Occlusion> {
-    let (cell, class) = (object.cell, object.index);
     let region = region(object.bbox, picture);
+    let (_, _, in_h, in_w) = x.dims4()?;
     let input = x.flatten_all()?.to_vec1::<f32>()?;
-    let plane = INPUT * INPUT;
-    // The region's cell edges in the network's input, which is the picture stretched to 352x352.
-    let edges = |start: u32, len: u32, side: u32| -> Vec<usize> {
+    let plane = in_h * in_w;
+    let grey = detector.grey();
+    // The region's cell edges in the network's input, which is the picture resized.
+    let edges = |start: u32, len: u32, side: u32, input: usize| -> Vec<usize> {
         (0..=GRID)
             .map(|i| {
                 let at = start as f32 + len as f32 * i as f32 / GRID as f32;
-                ((at * INPUT as f32 / side as f32).round() as usize).min(INPUT)
+                ((at * input as f32 / side as f32).round() as usize).min(input)
             })
             .collect()
     };
-    let (xs, ys) = (edges(region[0], region[2], picture.0), edges(region[1], region[3], picture.1));
-    let score = |map: &Tensor, i: usize| -> candle_core::Result<f32> {
-        let (_, channels, h, w) = map.dims4()?;
-        let values = map.get(i)?.reshape((channels, h * w))?;
-        let objectness = values.get(0)?.get(cell)?.to_scalar::<f32>()?;
-        let probability = values.get(5 + class)?.get(cell)?.to_scalar::<f32>()?;
-        Ok(objectness.powf(0.6) * probability.powf(0.4))
-    };
+    let (xs, ys) = (edges(region[0], region[2], picture.0, in_w), edges(region[1], region[3], picture.1, in_h));
     let base = object.score;
     let cells: Vec<(usize, usize)> = (0..GRID).flat_map(|r| (0..GRID).map(move |c| (r, c))).collect();
     let mut grid = vec![vec![0f32; GRID]; GRID];
@@ -76,17 +68,17 @@ pub fn occlusion(
         let mut copies = Vec::with_capacity(chunk.len() * input.len());
         for &(r, c) in chunk {
             let mut copy = input.clone();
-            for channel in copy.chunks_exact_mut(plane) {
+            for (channel, grey) in copy.chunks_exact_mut(plane).zip(grey) {
                 for y in ys[r]..ys[r + 1] {
-                    channel[y * INPUT + xs[c]..y * INPUT + xs[c + 1]].fill(GREY);
+                    channel[y * in_w + xs[c]..y * in_w + xs[c + 1]].fill(grey);
                 }
             }
             copies.extend(copy);
         }
-        let batch = Tensor::from_vec(copies, (chunk.len(), 3, INPUT, INPUT), x.device())?;
-        let maps = detector.forward(&batch)?;
+        let batch = Tensor::from_vec(copies, (chunk.len(), 3, in_h, in_w), x.device())?;
+        let outputs = detector.forward(&batch)?;
         for (i, &(r, c)) in chunk.iter().enumerate() {
-            grid[r][c] = base - score(&maps, i)?;
+            grid[r][c] = base - detector.score_at(&outputs, i, object)?;
         }
     }
     Ok(Occlusion { method: "occlusion", region, grid })

@@ -3,12 +3,15 @@
 //! Finds the objects of COCO's 80 classes in a photo with FastestDet (bundled, 250 k parameters,
 //! read from its authors' PyTorch state dict), prepared and decoded as the authors' example does
 //! it: the picture stretched to 352x352 with OpenCV's area resize, one box per cell of a 22x22
-//! grid, greedy suppression of overlapping boxes. Boxes are reported in the picture's own pixels.
+//! grid, greedy suppression of overlapping boxes. For more accuracy, Transformers YOLOS
+//! checkpoints (`yolos.rs`) run as Transformers runs them. Boxes are reported in the picture's
+//! own pixels.
 
 pub mod decode;
 pub mod explain;
 pub mod fastestdet;
 pub mod resize;
+pub mod yolos;
 
 use std::path::{Path, PathBuf};
 
@@ -23,24 +26,27 @@ use zoo_runtime::{
 };
 
 use crate::fastestdet::{FastestDet, INPUT};
+use crate::yolos::Yolos;
 
 pub struct ObjectDetection;
 
 /// The reference's score threshold and suppression overlap (the authors' onnxruntime example).
 const DEFAULT_MIN_SCORE: f32 = 0.65;
+/// Transformers' object-detection pipeline's threshold, for its detectors.
+const TRANSFORMERS_MIN_SCORE: f32 = 0.5;
 const DEFAULT_IOU: f64 = 0.45;
 
 const OPTIONS: &[TaskOption] = &[
     TaskOption {
         name: "min-score",
         value_name: Some("S"),
-        help: "Report objects scoring above this (0..1; the score is objectness^0.6 x class probability^0.4)",
-        default: Some("0.65"),
+        help: "Report objects scoring above this (0..1). Default: 0.65 for FastestDet (score = objectness^0.6 x class probability^0.4, as its authors' example), 0.5 for YOLOS (the class probability, as Transformers' pipeline)",
+        default: None,
     },
     TaskOption {
         name: "iou",
         value_name: Some("R"),
-        help: "Drop a box that overlaps a better one by more than this intersection over union (0..1)",
+        help: "Drop a box that overlaps a better one by more than this intersection over union (0..1; FastestDet: YOLOS predicts a set and suppresses nothing)",
         default: Some("0.45"),
     },
     TaskOption {
@@ -116,7 +122,8 @@ impl Task for ObjectDetection {
                 }),
             }
         };
-        let min_score = fraction("min-score", f64::from(DEFAULT_MIN_SCORE))? as f32;
+        let mut detector = Detector::load(model, &ctx.device)?;
+        let min_score = fraction("min-score", f64::from(detector.min_score))? as f32;
         let iou = fraction("iou", DEFAULT_IOU)?;
         let batch_size: usize = args.parse("batch-size")?.unwrap_or(8);
         if batch_size == 0 {
@@ -128,7 +135,6 @@ impl Task for ObjectDetection {
         }
         let max_pixels: u64 = args.parse("max-pixels")?.unwrap_or(image_io::DEFAULT_MAX_PIXELS);
         let drawn = zoo_runtime::fsutil::output_dir(args, ctx.outputs)?;
-        let mut detector = Detector::load(model, &ctx.device)?;
         if let Some(names) = args.value("classes") {
             detector.wanted = Some(detector.class_indices(names)?);
         }
@@ -147,9 +153,69 @@ impl Task for ObjectDetection {
     }
 }
 
+/// The network a detector runs.
+enum Network {
+    /// The bundled default: OpenCV's area resize to 352x352, one box per cell, suppression.
+    FastestDet(Box<FastestDet>),
+    /// A Transformers YOLOS checkpoint with its image processor's settings: one box per
+    /// detection token, no suppression.
+    Yolos(Box<Yolos>, Processor),
+}
+
+/// The `preprocessor_config.json` fields of a DETR-family image processor that zoo honours:
+/// the shorter side resized to `shortest_edge` unless the longer would pass `longest_edge`, then
+/// x / 255, less the mean, over the deviation.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Processor {
+    #[serde(default = "default_size")]
+    size: Size,
+    #[serde(default = "imagenet_mean")]
+    image_mean: [f32; 3],
+    #[serde(default = "imagenet_std")]
+    image_std: [f32; 3],
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Size {
+    shortest_edge: u32,
+    longest_edge: Option<u32>,
+}
+
+fn default_size() -> Size {
+    Size { shortest_edge: 800, longest_edge: Some(1333) }
+}
+fn imagenet_mean() -> [f32; 3] {
+    [0.485, 0.456, 0.406]
+}
+fn imagenet_std() -> [f32; 3] {
+    [0.229, 0.224, 0.225]
+}
+
+impl Processor {
+    /// The resized (width, height), as Transformers' `get_size_with_aspect_ratio` computes it.
+    fn output_size(&self, (width, height): (u32, u32)) -> (u32, u32) {
+        let (w, h) = (f64::from(width), f64::from(height));
+        let mut size = f64::from(self.size.shortest_edge);
+        let mut raw = None;
+        if let Some(max) = self.size.longest_edge.map(f64::from) {
+            let (small, large) = (w.min(h), w.max(h));
+            if large / small * size > max {
+                raw = Some(max * small / large);
+                size = (max * small / large).round();
+            }
+        }
+        if (h <= w && h == size) || (w <= h && w == size) {
+            return (width, height);
+        }
+        let scaled = |other: f64, by: f64| (raw.unwrap_or(size) * other / by) as u32;
+        let (ow, oh) = if w < h { (size as u32, scaled(h, w)) } else { (scaled(w, h), size as u32) };
+        (ow.max(1), oh.max(1))
+    }
+}
+
 /// A loaded detector.
 pub struct Detector {
-    network: FastestDet,
+    network: Network,
     labels: Vec<String>,
     device: Device,
     min_score: f32,
@@ -165,16 +231,22 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// The network in the model's `fastestdet.pth` and the class names in its `coco.names`.
+    /// The network in the model's `fastestdet.pth` and the class names in its `coco.names`, or
+    /// a Transformers YOLOS checkpoint (`config.json` naming `YolosForObjectDetection`).
     pub fn load(model: &Model, device: &Device) -> Result<Self> {
-        match model.architecture() {
-            Some("fastestdet") | None => {}
+        let transformers = match model.architecture() {
+            Some("fastestdet") => false,
+            Some("yolos (Transformers)") => true,
+            None => model.optional_file("config.json")?.is_some(),
             Some(other) => {
                 return Err(Error::model(
                     &model.id,
-                    format!("unsupported architecture {other}; object detection runs fastestdet"),
+                    format!("unsupported architecture {other}; object detection runs fastestdet and YOLOS"),
                 ))
             }
+        };
+        if transformers {
+            return Self::load_transformers(model, device);
         }
         let file = model.file(WEIGHTS)?;
         let bytes = file.bytes()?;
@@ -189,11 +261,19 @@ impl Detector {
                 format!("{LABELS} names {} classes but the network has {}", labels.len(), network.classes),
             ));
         }
-        Ok(Detector {
+        Ok(Self::with(Network::FastestDet(Box::new(network)), labels, device))
+    }
+
+    fn with(network: Network, labels: Vec<String>, device: &Device) -> Self {
+        let min_score = match network {
+            Network::FastestDet(_) => DEFAULT_MIN_SCORE,
+            Network::Yolos(..) => TRANSFORMERS_MIN_SCORE,
+        };
+        Detector {
             network,
             labels,
             device: device.clone(),
-            min_score: DEFAULT_MIN_SCORE,
+            min_score,
             iou: DEFAULT_IOU,
             wanted: None,
             batch_size: 8,
@@ -201,7 +281,40 @@ impl Detector {
             drawn: None,
             force: false,
             explain: None,
-        })
+        }
+    }
+
+    fn load_transformers(model: &Model, device: &Device) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Architectures {
+            #[serde(default)]
+            architectures: Vec<String>,
+        }
+        let text = model.file("config.json")?.text()?;
+        let named: Architectures =
+            serde_json::from_str(&text).map_err(|e| Error::model(&model.id, format!("config.json: {e}")))?;
+        if !named.architectures.iter().any(|a| a == "YolosForObjectDetection") {
+            return Err(Error::model(
+                &model.id,
+                format!(
+                    "unsupported architecture {}; object detection runs YolosForObjectDetection checkpoints",
+                    named.architectures.join(", ")
+                ),
+            ));
+        }
+        let config = yolos::read_config(&text).map_err(|e| Error::model(&model.id, e))?;
+        let processor: Processor = model.optional_json("preprocessor_config.json")?.unwrap_or(Processor {
+            size: default_size(),
+            image_mean: imagenet_mean(),
+            image_std: imagenet_std(),
+        });
+        if processor.size.shortest_edge == 0 || processor.size.shortest_edge > 4096 {
+            return Err(Error::model(&model.id, "preprocessor_config.json: size.shortest_edge must be 1..=4096"));
+        }
+        let vb = model.transformers_weights(candle_core::DType::F32, device)?;
+        let network = Yolos::load(config, vb).map_err(|e| Error::model(&model.id, e))?;
+        let labels = network.labels.clone();
+        Ok(Self::with(Network::Yolos(Box::new(network), processor), labels, device))
     }
 
     pub fn labels(&self) -> &[String] {
@@ -237,9 +350,23 @@ impl Detector {
         Ok(wanted)
     }
 
-    /// The network's input for one picture: stretched to 352x352 as the reference resizes, in
-    /// BGR order (the authors' OpenCV pipeline), scaled to 0..1, as a (1, 3, 352, 352) tensor.
+    /// The network's input for one picture, as a (1, 3, H, W) tensor. FastestDet: stretched to
+    /// 352x352 as the reference resizes, in BGR order (the authors' OpenCV pipeline), scaled to
+    /// 0..1. YOLOS: resized keeping its shape as the checkpoint's image processor says
+    /// (bilinear, antialiased, as PIL), RGB, normalised.
     pub fn tensor(&self, picture: &image::RgbImage) -> candle_core::Result<Tensor> {
+        if let Network::Yolos(_, processor) = &self.network {
+            let (w, h) = processor.output_size(picture.dimensions());
+            let resized = image::imageops::resize(picture, w, h, image::imageops::FilterType::Triangle);
+            let plane = (w * h) as usize;
+            let mut chw = vec![0f32; 3 * plane];
+            for (i, pixel) in resized.pixels().enumerate() {
+                for (c, &value) in pixel.0.iter().enumerate() {
+                    chw[c * plane + i] = (f32::from(value) / 255.0 - processor.image_mean[c]) / processor.image_std[c];
+                }
+            }
+            return Tensor::from_vec(chw, (1, 3, h as usize, w as usize), &self.device);
+        }
         let resized = resize::area(picture, INPUT as u32, INPUT as u32);
         let plane = INPUT * INPUT;
         let mut chw = vec![0f32; 3 * plane];
@@ -251,13 +378,56 @@ impl Detector {
         Tensor::from_vec(chw, (1, 3, INPUT, INPUT), &self.device)
     }
 
-    /// The output map for a batch of inputs made by [`Detector::tensor`].
+    /// The outputs for a batch of inputs made by [`Detector::tensor`]: FastestDet's maps
+    /// (batch, 5 + classes, 22, 22); YOLOS's (batch, tokens, classes + 1 + 4), each token's
+    /// class logits then its box. YOLOS inputs differ in size with their pictures: one each.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.network.forward(x)
+        match &self.network {
+            Network::FastestDet(network) => network.forward(x),
+            Network::Yolos(network, _) => {
+                let outputs = (0..x.dim(0)?)
+                    .map(|i| {
+                        let (logits, boxes) = network.forward(&x.get(i)?.unsqueeze(0)?)?;
+                        Tensor::cat(&[logits, boxes], 1)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::stack(&outputs, 0)
+            }
+        }
     }
 
-    /// The objects in one picture's output map (5 + classes, 22, 22), best first.
+    /// The input value that hides a pixel: mid grey, as the network's input encodes it.
+    pub fn grey(&self) -> [f32; 3] {
+        match &self.network {
+            Network::FastestDet(_) => [0.5; 3],
+            Network::Yolos(_, p) => std::array::from_fn(|c| (0.5 - p.image_mean[c]) / p.image_std[c]),
+        }
+    }
+
+    /// The score the `i`th of a batch of outputs gives to what found `object` (its grid cell or
+    /// detection token) for the object's class.
+    pub fn score_at(&self, outputs: &Tensor, i: usize, object: &Object) -> candle_core::Result<f32> {
+        match &self.network {
+            Network::FastestDet(_) => {
+                let (_, channels, h, w) = outputs.dims4()?;
+                let values = outputs.get(i)?.reshape((channels, h * w))?;
+                let objectness = values.get(0)?.get(object.cell)?.to_scalar::<f32>()?;
+                let probability = values.get(5 + object.index)?.get(object.cell)?.to_scalar::<f32>()?;
+                Ok(objectness.powf(0.6) * probability.powf(0.4))
+            }
+            Network::Yolos(..) => {
+                let row: Vec<f32> = outputs.get(i)?.get(object.cell)?.to_vec1()?;
+                let probabilities = softmax(&row[..self.labels.len() + 1]);
+                Ok(probabilities[object.index])
+            }
+        }
+    }
+
+    /// The objects in one picture's outputs (from [`Detector::forward`], without the batch), best first.
     pub fn objects(&self, map: &Tensor, picture: (u32, u32)) -> candle_core::Result<Vec<Object>> {
+        if let Network::Yolos(..) = &self.network {
+            return self.yolos_objects(map, picture);
+        }
         let (cells, shape) = fastestdet::cell_vectors(map)?;
         let found = decode::candidates(&cells, shape, picture, self.min_score);
         // --classes picks among what the plain run finds: suppression is across classes, as the
@@ -277,6 +447,48 @@ impl Detector {
             // A box wholly outside the picture clips to nothing.
             .filter(|o| o.bbox[2] > 0 && o.bbox[3] > 0)
             .collect())
+    }
+
+    /// Transformers' `post_process_object_detection`: per token, the most probable class but
+    /// "no object" (the last), kept above `--min-score`; boxes from centre and size relative to
+    /// the input, scaled to the picture. Set prediction: nothing is suppressed.
+    fn yolos_objects(&self, outputs: &Tensor, (width, height): (u32, u32)) -> candle_core::Result<Vec<Object>> {
+        let classes = self.labels.len();
+        let (tokens, _) = outputs.dims2()?;
+        let values: Vec<f32> = outputs.flatten_all()?.to_vec1()?;
+        let wanted = |class: usize| self.wanted.as_ref().is_none_or(|w| w[class]);
+        let mut objects: Vec<Object> = values
+            .chunks_exact(classes + 5)
+            .take(tokens)
+            .enumerate()
+            .filter_map(|(token, row)| {
+                let probabilities = softmax(&row[..classes + 1]);
+                let (class, score) = probabilities[..classes]
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+                // NaN scores are never kept.
+                if score.partial_cmp(&self.min_score) != Some(std::cmp::Ordering::Greater) || !wanted(class) {
+                    return None;
+                }
+                let [cx, cy, w, h] = [row[classes + 1], row[classes + 2], row[classes + 3], row[classes + 4]];
+                let (sx, sy) = (width as f32, height as f32);
+                let corners = [(cx - w / 2.0) * sx, (cy - h / 2.0) * sy, (cx + w / 2.0) * sx, (cy + h / 2.0) * sy];
+                let bbox = decode::clipped_box(corners.map(|v| v.round() as i64), (width, height));
+                Some(Object {
+                    label: self.labels[class].clone(),
+                    index: class,
+                    score,
+                    bbox,
+                    cell: token,
+                    explanation: None,
+                })
+            })
+            .filter(|o| o.bbox[2] > 0 && o.bbox[3] > 0)
+            .collect();
+        objects.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(objects)
     }
 
     /// The network's input, and the picture itself when it is to be drawn on.
@@ -331,7 +543,17 @@ impl Runner for Detector {
         let ready: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok().map(|(x, ..)| x)).collect();
         let maps = match ready.is_empty() {
             true => Ok(None),
-            false => Tensor::cat(&ready, 0).and_then(|x| self.forward(&x)).map(Some),
+            // YOLOS inputs keep their pictures' shapes and cannot be stacked: forward makes one
+            // output of the same shape for each.
+            false => match &self.network {
+                Network::FastestDet(_) => Tensor::cat(&ready, 0).and_then(|x| self.forward(&x)).map(Some),
+                Network::Yolos(..) => ready
+                    .iter()
+                    .map(|x| self.forward(x))
+                    .collect::<candle_core::Result<Vec<_>>>()
+                    .and_then(|outputs| Tensor::cat(&outputs, 0))
+                    .map(Some),
+            },
         };
         let mut at = 0;
         prepared
@@ -369,6 +591,12 @@ impl Runner for Detector {
             })
             .collect()
     }
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let mut row = logits.to_vec();
+    zoo_runtime::cpu::softmax(&mut row);
+    row
 }
 
 const WEIGHTS: &str = "fastestdet.pth";
