@@ -179,7 +179,7 @@ fn explain_maps_each_object_over_its_box_and_surroundings() {
 fn write_tiny_yolos(dir: &Path) {
     use candle_core::{Device, Tensor};
     let (hidden, layers, inner, patch, tokens, classes) = (16usize, 2usize, 32usize, 8usize, 5usize, 3usize);
-    let trained = [32usize, 48usize];
+    let trained = [40usize, 56usize];
     let sequence = 1 + (trained[0] / patch) * (trained[1] / patch) + tokens;
     let mut t = std::collections::HashMap::new();
     let mut seed = 0u64;
@@ -238,7 +238,7 @@ fn write_tiny_yolos(dir: &Path) {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let processor = serde_json::json!({
         "image_processor_type": "YolosImageProcessor", "do_resize": true,
-        "size": {"shortest_edge": 24, "longest_edge": 40}, "do_normalize": true,
+        "size": {"shortest_edge": 32, "longest_edge": 48}, "do_normalize": true,
         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
     });
     std::fs::write(dir.join("preprocessor_config.json"), processor.to_string()).unwrap();
@@ -246,8 +246,8 @@ fn write_tiny_yolos(dir: &Path) {
 
 /// A Transformers YOLOS checkpoint runs through `--model DIR` and finds what an independent numpy
 /// YOLOS (tests/python/yolos_reference.py, written from Transformers' code) finds: every
-/// detection token's class and score, and its box, at a picture of 5x3 patches where the
-/// checkpoint's position embeddings are for 6x4.
+/// detection token's class and score, and its box, at a picture of 6x4 patches where the
+/// checkpoint's position embeddings are for 7x5.
 #[test]
 fn a_transformers_yolos_checkpoint_detects_as_an_independent_computation_does() {
     let Some(python) = zoo_bin::pinned_venv("yolos-reference-venv", &["numpy==2.4.6"], "YOLOS was not checked") else {
@@ -257,8 +257,9 @@ fn a_transformers_yolos_checkpoint_detects_as_an_independent_computation_does() 
     let model = dir.path().join("tiny-yolos");
     std::fs::create_dir(&model).unwrap();
     write_tiny_yolos(&model);
-    // 40x24: the processor's own output size (shorter side 24), so no resize differs.
-    let (w, h) = (40u32, 24u32);
+    // 48x32: the processor's own output size (shorter side 32, sides multiples of 16), so no
+    // resize differs; the reference checks that too.
+    let (w, h) = (48u32, 32u32);
     let picture =
         image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 6) as u8, (y * 10) as u8, ((x * y) % 251) as u8]));
     let png = dir.path().join("photo.png");

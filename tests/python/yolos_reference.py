@@ -3,7 +3,7 @@ written from transformers' modeling_yolos.py and image_processing_yolos.py, not 
 
 usage: python yolos_reference.py MODEL_DIR PICTURE.rgb WIDTH HEIGHT THRESHOLD
 Reads config.json, preprocessor_config.json and model.safetensors; the picture is raw RGB bytes
-already at the processor's output size (so no resize is involved). Prints the objects
+already at the processor's output size (checked, so no resize is involved). Prints the objects
 post_process_object_detection keeps, as JSON: [{"label", "index", "score", "box": [x, y, w, h]}].
 """
 import json
@@ -64,6 +64,18 @@ def interpolate(pos, cfg, grid_h, grid_w):
     return np.concatenate([cls, resized, det])
 
 
+def output_size(height, width, size, max_size):
+    """image_processing_yolos.get_size_with_aspect_ratio."""
+    small, large = float(min(height, width)), float(max(height, width))
+    if large / small * size > max_size:
+        size = int(round(max_size * small / large))
+    if width < height and width != size:
+        height, width = int(size * height / width), size
+    elif height < width and height != size:
+        height, width = size, int(size * width / height)
+    return height - height % 16, width - width % 16
+
+
 def layer_norm(x, w, b, eps):
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
@@ -82,6 +94,9 @@ def main():
     cfg = json.load(open(f"{model}/config.json"))
     proc = json.load(open(f"{model}/preprocessor_config.json"))
     t = safetensors(f"{model}/model.safetensors")
+    edges = proc["size"]
+    want = output_size(height, width, edges["shortest_edge"], edges["longest_edge"])
+    assert want == (height, width), f"the picture must be at the processor's size {want}"
     rgb = np.frombuffer(open(picture, "rb").read(), np.uint8).reshape(height, width, 3).astype(np.float64)
     x = (rgb / 255 - np.array(proc["image_mean"])) / np.array(proc["image_std"])
     p, hidden, heads = cfg["patch_size"], cfg["hidden_size"], cfg["num_attention_heads"]

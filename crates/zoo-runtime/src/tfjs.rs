@@ -46,9 +46,33 @@ pub fn read(
     let groups: Vec<Group> = serde_json::from_str(manifest).map_err(|e| format!("not a tfjs weights manifest: {e}"))?;
     let mut tensors = HashMap::new();
     for group in groups {
+        // What the tensors take, from the manifest alone: shards are read only up to it.
+        let mut needed = 0usize;
+        for entry in &group.weights {
+            let width = match (&entry.quantization, entry.dtype.as_str()) {
+                (Some(q), _) if q.dtype == "uint8" => 1,
+                (Some(_), _) => 2,
+                (None, _) => 4,
+            };
+            needed = entry
+                .shape
+                .iter()
+                .try_fold(width, |n: usize, &d| n.checked_mul(d))
+                .and_then(|n| n.checked_add(needed))
+                .ok_or_else(|| format!("{}: shape {:?} is too large", entry.name, entry.shape))?;
+        }
         let mut bytes = Vec::new();
-        for path in &group.paths {
+        for (i, path) in group.paths.iter().enumerate() {
+            if group.paths[..i].contains(path) {
+                return Err(format!("shard {path} is listed twice"));
+            }
             bytes.extend(shard(path)?);
+            if bytes.len() > needed {
+                return Err(format!(
+                    "the shards hold {} bytes past the tensors the manifest lists",
+                    bytes.len() - needed
+                ));
+            }
         }
         let mut at = 0usize;
         for entry in group.weights {
@@ -144,6 +168,8 @@ mod tests {
         assert!(long.contains("1 bytes past"), "{long}");
         let huge = manifest(r#"{"name": "f", "shape": [4294967296, 4294967296], "dtype": "float32"}"#);
         assert!(read(&huge, |_| Ok(vec![])).unwrap_err().contains("too large"));
+        let twice = r#"[{"paths": ["a.bin", "a.bin"], "weights": [{"name": "f", "shape": [2], "dtype": "float32"}]}]"#;
+        assert!(read(twice, |_| Ok(vec![0u8; 4])).unwrap_err().contains("listed twice"));
         let nan = read(&text, |_| Ok([f32::NAN.to_le_bytes(), 0f32.to_le_bytes()].concat())).unwrap_err();
         assert!(nan.contains("not a finite"), "{nan}");
         assert!(read("{}", |_| Ok(vec![])).unwrap_err().contains("not a tfjs weights manifest"));

@@ -162,13 +162,14 @@ enum Network {
     Yolos(Box<Yolos>, Processor),
 }
 
-/// The `preprocessor_config.json` fields of a DETR-family image processor that zoo honours:
-/// the shorter side resized to `shortest_edge` unless the longer would pass `longest_edge`, then
-/// x / 255, less the mean, over the deviation.
+/// The `preprocessor_config.json` fields of YOLOS's image processor that zoo honours: the
+/// shorter side resized to `size` unless the longer would pass the longest edge, both sides
+/// rounded down to multiples of 16, then x / 255, less the mean, over the deviation.
 #[derive(Debug, Clone, serde::Deserialize)]
 struct Processor {
-    #[serde(default = "default_size")]
-    size: Size,
+    /// `{"shortest_edge", "longest_edge"}`, or (older files) a number with `max_size` beside it.
+    size: SizeField,
+    max_size: Option<u32>,
     #[serde(default = "imagenet_mean")]
     image_mean: [f32; 3],
     #[serde(default = "imagenet_std")]
@@ -176,14 +177,12 @@ struct Processor {
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
-struct Size {
-    shortest_edge: u32,
-    longest_edge: Option<u32>,
+#[serde(untagged)]
+enum SizeField {
+    Edges { shortest_edge: u32, longest_edge: Option<u32> },
+    Shortest(u32),
 }
 
-fn default_size() -> Size {
-    Size { shortest_edge: 800, longest_edge: Some(1333) }
-}
 fn imagenet_mean() -> [f32; 3] {
     [0.485, 0.456, 0.406]
 }
@@ -191,25 +190,59 @@ fn imagenet_std() -> [f32; 3] {
     [0.229, 0.224, 0.225]
 }
 
+/// The largest side zoo resizes a picture to for a Transformers detector: attention grows with
+/// the square of the patches.
+const MAX_EDGE: u32 = 4096;
+
 impl Processor {
-    /// The resized (width, height), as Transformers' `get_size_with_aspect_ratio` computes it.
+    /// The default (YOLOS's: 800, at most 1333) when the model has no file.
+    fn yolos_default() -> Self {
+        Processor {
+            size: SizeField::Edges { shortest_edge: 800, longest_edge: Some(1333) },
+            max_size: None,
+            image_mean: imagenet_mean(),
+            image_std: imagenet_std(),
+        }
+    }
+
+    /// (shortest, longest) edges, checked.
+    fn edges(&self) -> std::result::Result<(u32, u32), String> {
+        let (shortest, longest) = match self.size {
+            SizeField::Edges { shortest_edge, longest_edge } => (shortest_edge, longest_edge.or(self.max_size)),
+            SizeField::Shortest(shortest) => (shortest, self.max_size),
+        };
+        let Some(longest) = longest else {
+            return Err("preprocessor_config.json: no longest edge (size.longest_edge or max_size)".into());
+        };
+        if shortest == 0 || shortest > longest || longest > MAX_EDGE {
+            return Err(format!(
+                "preprocessor_config.json: edges {shortest} and {longest} must satisfy 1 <= shortest <= longest <= {MAX_EDGE}"
+            ));
+        }
+        Ok((shortest, longest))
+    }
+
+    /// The resized (width, height), as YOLOS's `get_size_with_aspect_ratio` computes it: Python's
+    /// rounding (halves to even), truncating divisions, sides rounded down to multiples of 16.
+    /// Transformers leaves a square picture at its own size; zoo sizes it like any other (a large
+    /// square photo would otherwise ask for tens of GB of attention).
     fn output_size(&self, (width, height): (u32, u32)) -> (u32, u32) {
+        let (shortest, longest) = self.edges().unwrap_or((800, 1333));
         let (w, h) = (f64::from(width), f64::from(height));
-        let mut size = f64::from(self.size.shortest_edge);
-        let mut raw = None;
-        if let Some(max) = self.size.longest_edge.map(f64::from) {
-            let (small, large) = (w.min(h), w.max(h));
-            if large / small * size > max {
-                raw = Some(max * small / large);
-                size = (max * small / large).round();
-            }
+        let (small, large) = (w.min(h), w.max(h));
+        let mut size = f64::from(shortest);
+        if large / small * size > f64::from(longest) {
+            size = (f64::from(longest) * small / large).round_ties_even();
         }
-        if (h <= w && h == size) || (w <= h && w == size) {
-            return (width, height);
-        }
-        let scaled = |other: f64, by: f64| (raw.unwrap_or(size) * other / by) as u32;
-        let (ow, oh) = if w < h { (size as u32, scaled(h, w)) } else { (scaled(w, h), size as u32) };
-        (ow.max(1), oh.max(1))
+        let (ow, oh) = if width < height {
+            (size, (size * h / w).floor())
+        } else if height < width {
+            ((size * w / h).floor(), size)
+        } else {
+            (size, size)
+        };
+        let clamp = |v: f64| (v.min(f64::from(MAX_EDGE)) as u32) / 16 * 16;
+        (clamp(ow), clamp(oh))
     }
 }
 
@@ -303,14 +336,9 @@ impl Detector {
             ));
         }
         let config = yolos::read_config(&text).map_err(|e| Error::model(&model.id, e))?;
-        let processor: Processor = model.optional_json("preprocessor_config.json")?.unwrap_or(Processor {
-            size: default_size(),
-            image_mean: imagenet_mean(),
-            image_std: imagenet_std(),
-        });
-        if processor.size.shortest_edge == 0 || processor.size.shortest_edge > 4096 {
-            return Err(Error::model(&model.id, "preprocessor_config.json: size.shortest_edge must be 1..=4096"));
-        }
+        let processor: Processor =
+            model.optional_json("preprocessor_config.json")?.unwrap_or_else(Processor::yolos_default);
+        processor.edges().map_err(|e| Error::model(&model.id, e))?;
         let vb = model.transformers_weights(candle_core::DType::F32, device)?;
         let network = Yolos::load(config, vb).map_err(|e| Error::model(&model.id, e))?;
         let labels = network.labels.clone();
@@ -355,8 +383,15 @@ impl Detector {
     /// 0..1. YOLOS: resized keeping its shape as the checkpoint's image processor says
     /// (bilinear, antialiased, as PIL), RGB, normalised.
     pub fn tensor(&self, picture: &image::RgbImage) -> candle_core::Result<Tensor> {
-        if let Network::Yolos(_, processor) = &self.network {
+        if let Network::Yolos(network, processor) = &self.network {
             let (w, h) = processor.output_size(picture.dimensions());
+            let patch = network.config.patch_size as u32;
+            if w < patch || h < patch {
+                let (pw, ph) = picture.dimensions();
+                candle_core::bail!(
+                    "a {pw}x{ph} picture resizes to {w}x{h}, smaller than the detector's {patch}x{patch} patches"
+                )
+            }
             let resized = image::imageops::resize(picture, w, h, image::imageops::FilterType::Triangle);
             let plane = (w * h) as usize;
             let mut chw = vec![0f32; 3 * plane];
@@ -541,33 +576,34 @@ impl Runner for Detector {
         type Prepared = Result<(Tensor, (u32, u32), Option<image::RgbImage>)>;
         let prepared: Vec<Prepared> = batch.par_iter().map(|input| self.prepare(input)).collect();
         let ready: Vec<&Tensor> = prepared.iter().filter_map(|p| p.as_ref().ok().map(|(x, ..)| x)).collect();
-        let maps = match ready.is_empty() {
-            true => Ok(None),
-            // YOLOS inputs keep their pictures' shapes and cannot be stacked: forward makes one
-            // output of the same shape for each.
-            false => match &self.network {
-                Network::FastestDet(_) => Tensor::cat(&ready, 0).and_then(|x| self.forward(&x)).map(Some),
-                Network::Yolos(..) => ready
-                    .iter()
-                    .map(|x| self.forward(x))
-                    .collect::<candle_core::Result<Vec<_>>>()
-                    .and_then(|outputs| Tensor::cat(&outputs, 0))
-                    .map(Some),
+        // One output per prepared input. FastestDet's inputs are stacked and run together; YOLOS's
+        // keep their pictures' shapes, so each runs alone and fails alone.
+        let outputs: Vec<candle_core::Result<Tensor>> = match (&self.network, ready.is_empty()) {
+            (_, true) => Vec::new(),
+            (Network::FastestDet(_), false) => match Tensor::cat(&ready, 0).and_then(|x| self.forward(&x)) {
+                Ok(maps) => (0..ready.len()).map(|i| maps.get(i)).collect(),
+                Err(e) => {
+                    let reason = e.to_string();
+                    ready.iter().map(|_| Err(candle_core::Error::Msg(reason.clone()))).collect()
+                }
             },
+            (Network::Yolos(..), false) => ready.iter().map(|x| self.forward(x).and_then(|o| o.get(0))).collect(),
         };
-        let mut at = 0;
+        let mut outputs = outputs.into_iter();
         prepared
             .into_iter()
             .zip(batch)
             .map(|(p, input)| {
                 let (x, size, picture) = p?;
                 let failed = |e: &dyn std::fmt::Display| Error::input(input.path(), format!("detection failed: {e}"));
-                let map = match &maps {
-                    Ok(Some(maps)) => maps.get(at).map_err(|e| failed(&e))?,
-                    Ok(None) => unreachable!("a prepared input makes a batch"),
-                    Err(e) => return Err(failed(e)),
-                };
-                at += 1;
+                let map = outputs.next().expect("one output per prepared input").map_err(|e| failed(&e))?;
+                // Before the explanations' passes: a picture that may not be replaced stops here.
+                if let Some(dir) = &self.drawn {
+                    let path = Self::drawn_path(dir, input);
+                    if !self.force && path.exists() {
+                        return Err(Error::input(&path, "already exists (use --force to overwrite it)"));
+                    }
+                }
                 let mut objects = self.objects(&map, size).map_err(|e| failed(&e))?;
                 let mut overlay = None;
                 if let Some(request) = &self.explain {
@@ -674,5 +710,35 @@ impl Prediction for Detections {
             lines.push(format!("overlay: {}", path.display()));
         }
         lines.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processor(json: &str) -> Processor {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn yolos_pictures_are_sized_as_transformers_sizes_them() {
+        let p = processor(r#"{"size": {"shortest_edge": 800, "longest_edge": 1333}}"#);
+        // Shorter side to 800, the other scaled and truncated, both down to multiples of 16.
+        assert_eq!(p.output_size((640, 480)), (1056, 800));
+        // 2:1: the longest edge rules: round(666.5) is 666 in Python (halves to even).
+        assert_eq!(p.output_size((2000, 1000)), (1328, 656));
+        assert_eq!(p.output_size((1000, 2000)), (656, 1328));
+        // The older form of the same settings.
+        let old = processor(r#"{"size": 512, "max_size": 1333}"#);
+        assert_eq!(old.edges().unwrap(), (512, 1333));
+        assert_eq!(old.output_size((640, 480)), (672, 512));
+        // Squares are sized too; extremes stay bounded.
+        assert_eq!(old.output_size((3000, 3000)), (512, 512));
+        let (w, h) = old.output_size((100_000, 1));
+        assert!(w <= 1333 && h == 0, "{w}x{h}");
+        let missing = processor(r#"{"size": {"shortest_edge": 800}}"#).edges().unwrap_err();
+        assert!(missing.contains("no longest edge"), "{missing}");
+        assert!(processor(r#"{"size": 10, "max_size": 100000}"#).edges().is_err());
     }
 }

@@ -156,7 +156,12 @@ pub struct Yolos {
     classes: Mlp,
     boxes: Mlp,
     pub labels: Vec<String>,
+    /// The position embeddings (and mid-layer ones) resized for the last patch grid seen: a
+    /// folder of photos of one camera, or `--explain`'s passes, reuse them.
+    resized: std::sync::Mutex<Option<Resized>>,
 }
+
+type Resized = ((usize, usize), Tensor, Option<Tensor>);
 
 impl Yolos {
     pub fn load(config: Config, vb: VarBuilder) -> std::result::Result<Self, String> {
@@ -212,6 +217,7 @@ impl Yolos {
             classes,
             boxes,
             labels,
+            resized: std::sync::Mutex::new(None),
         })
     }
 
@@ -238,6 +244,22 @@ impl Yolos {
         Tensor::cat(&[&cls, &patches, &detection], rank - 2)
     }
 
+    fn resized_for(&self, grid: (usize, usize)) -> Result<(Tensor, Option<Tensor>)> {
+        let mut cache = self.resized.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, position, mid)) = cache.as_ref() {
+            if *at == grid {
+                return Ok((position.clone(), mid.clone()));
+            }
+        }
+        let position = self.interpolated(&self.position_embeddings, grid)?;
+        let mid = match &self.mid_position_embeddings {
+            Some(mid) => Some(self.interpolated(mid, grid)?),
+            None => None,
+        };
+        *cache = Some((grid, position.clone(), mid.clone()));
+        Ok((position, mid))
+    }
+
     /// Class logits (tokens, labels + 1) and boxes (tokens, 4: centre x, centre y, width,
     /// height, relative to the input) for one normalised (1, 3, H, W) input.
     pub fn forward(&self, pixels: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -248,11 +270,8 @@ impl Yolos {
         }
         let patches = self.patches.forward(pixels)?.flatten_from(2)?.transpose(1, 2)?;
         let x = Tensor::cat(&[&self.cls_token, &patches, &self.detection_tokens], 1)?;
-        let mut x = x.broadcast_add(&self.interpolated(&self.position_embeddings, grid)?)?;
-        let mid = match &self.mid_position_embeddings {
-            Some(mid) => Some(self.interpolated(mid, grid)?),
-            None => None,
-        };
+        let (position, mid) = self.resized_for(grid)?;
+        let mut x = x.broadcast_add(&position)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x)?;
             if let Some(mid) = &mid {
