@@ -156,16 +156,23 @@ fn a_gallery_names_faces_and_caches_its_descriptors() {
     assert_eq!(lines[1]["faces"][0]["identity"], "person_C");
     assert!(lines[1]["faces"][0]["distance"].as_f64().unwrap() < 0.3);
 
-    // The cache holds both photos; a changed photo is described again.
+    // The cache holds both photos, and is what a second run reads: planting person_A's
+    // descriptor under person_C's unchanged photo makes person_C's own face unknown.
     let cache_path = gallery.path().join(".zoo-faces.json");
-    let cache: Value = serde_json::from_slice(&std::fs::read(&cache_path).unwrap()).unwrap();
+    let mut cache: Value = serde_json::from_slice(&std::fs::read(&cache_path).unwrap()).unwrap();
     assert_eq!(cache["files"].as_object().unwrap().len(), 2, "{cache}");
     let before = cache["files"]["person_C/portrait.jpg"]["sha256"].clone();
+    cache["files"]["person_C/portrait.jpg"]["descriptor"] = cache["files"]["person_A_1.png"]["descriptor"].clone();
+    std::fs::write(&cache_path, cache.to_string()).unwrap();
+    let planted = zoo(&["run", "faces", s(&dir.join("angry.jpg")), "--gallery", g, "--json"]);
+    assert_eq!(planted.json_lines()[0]["faces"][0]["identity"], "unknown", "the cached descriptor was used");
+    // A changed photo is described again, whatever the cache says about its name.
     std::fs::copy(dir.join("angry_exif6.jpg"), gallery.path().join("person_C/portrait.jpg")).unwrap();
     let again = zoo(&["run", "faces", s(&dir.join("angry.jpg")), "--gallery", g, "--json"]);
     assert_eq!(again.json_lines()[0]["faces"][0]["identity"], "person_C");
     let cache: Value = serde_json::from_slice(&std::fs::read(&cache_path).unwrap()).unwrap();
     assert_ne!(cache["files"]["person_C/portrait.jpg"]["sha256"], before);
+    assert_ne!(cache["files"]["person_C/portrait.jpg"]["descriptor"], cache["files"]["person_A_1.png"]["descriptor"]);
 
     // A stricter distance leaves everyone unknown; a gallery photo without a face is refused.
     let strict = zoo(&["run", "faces", s(&dir.join("angry.jpg")), "--gallery", g, "--max-distance", "0.05", "--json"]);

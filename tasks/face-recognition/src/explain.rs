@@ -7,7 +7,7 @@
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::nets::SSD_INPUT;
+use crate::nets::{Map, SSD_INPUT};
 use crate::{Face, Recognizer};
 
 /// Heat cells per side of the region.
@@ -38,12 +38,11 @@ fn region(bbox: [f64; 4], (width, height): (u32, u32)) -> [u32; 4] {
     [x0 as u32, y0 as u32, (x1 - x0).max(1.0) as u32, (y1 - y0).max(1.0) as u32]
 }
 
-/// The heat map of `face`, found in `picture`: its score from the plain run is the baseline.
-pub fn occlusion(recognizer: &Recognizer, picture: &RgbImage, face: &Face) -> Result<Occlusion, String> {
+/// The heat map of `face`, found in a picture of `size` whose detector input is `input`: its
+/// score from the plain run is the baseline.
+pub fn occlusion(recognizer: &Recognizer, input: &Map, size: (u32, u32), face: &Face) -> Result<Occlusion, String> {
     let Some(detection) = face.detection else { return Err("the face was not detected".into()) };
-    let size = picture.dimensions();
     let region = region(face.bbox, size);
-    let input = crate::prep::detector_input(picture);
     // The picture fills the top-left of the square, scaled by 512 / its longer side.
     let scale = SSD_INPUT as f64 / f64::from(size.0.max(size.1));
     let edges = |start: u32, len: u32| -> Vec<usize> {

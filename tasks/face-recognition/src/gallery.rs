@@ -50,38 +50,55 @@ impl Gallery {
                     .into(),
             });
         }
-        let made_by = format!("{model} aligned={} min-score={}", recognizer.aligned(), recognizer.min_score());
+        // zoo's version too: a release that changes how faces are cut describes them again.
+        let made_by = format!(
+            "{model} zoo={} aligned={} min-score={}",
+            env!("CARGO_PKG_VERSION"),
+            recognizer.aligned(),
+            recognizer.min_score()
+        );
         let cache_path = dir.join(CACHE);
-        let old: Cache = std::fs::read(&cache_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        let old = read_cache(&cache_path)
             .filter(|c: &Cache| c.version == CACHE_VERSION && c.made_by == made_by)
             .unwrap_or_default();
         let bar = zoo_runtime::progress::items(photos.len() as u64, "describing the gallery", progress);
         let mut cache = Cache { version: CACHE_VERSION, made_by, files: BTreeMap::new() };
         let mut people: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+        let mut described = 0;
+        let mut failure = None;
         for (person, path) in &photos {
             let relative = path.strip_prefix(dir).unwrap_or(path).to_string_lossy().replace('\\', "/");
             let input = Input::file(path);
-            let bytes = input.read(image_io::read_limit(recognizer.max_pixels()))?;
-            let sha256 = format!("{:x}", Sha256::digest(&bytes));
-            let descriptor = match old.files.get(&relative) {
-                Some(hit) if hit.sha256 == sha256 && hit.descriptor.len() == crate::nets::DESCRIPTOR_SIZE => {
-                    hit.descriptor.clone()
+            let found = input.read(image_io::read_limit(recognizer.max_pixels())).and_then(|bytes| {
+                let sha256 = format!("{:x}", Sha256::digest(&bytes));
+                match old.files.get(&relative) {
+                    Some(hit) if hit.sha256 == sha256 && hit.descriptor.len() == crate::nets::DESCRIPTOR_SIZE => {
+                        Ok((sha256, hit.descriptor.clone()))
+                    }
+                    _ => {
+                        described += 1;
+                        describe(recognizer, &input).map(|d| (sha256, d))
+                    }
                 }
-                _ => describe(recognizer, &input)?,
-            };
+            });
             bar.inc(1);
-            cache.files.insert(relative, Cached { sha256, descriptor: descriptor.clone() });
-            people.entry(person.clone()).or_default().push(descriptor);
+            match found {
+                Ok((sha256, descriptor)) => {
+                    cache.files.insert(relative, Cached { sha256, descriptor: descriptor.clone() });
+                    people.entry(person.clone()).or_default().push(descriptor);
+                }
+                // The rest are still described and cached, so that fixing this photo costs one.
+                Err(e) => failure = failure.or(Some(e)),
+            }
         }
         bar.finish_and_clear();
-        let stale = cache.files.len() != old.files.len()
-            || cache.files.iter().any(|(k, v)| old.files.get(k).is_none_or(|o| o.sha256 != v.sha256));
-        if stale {
+        if described > 0 || cache.files.len() != old.files.len() {
             // The cache only saves time: a gallery the user cannot write to still works.
             let json = serde_json::to_vec(&cache).expect("the cache serialises");
             let _ = zoo_runtime::fsutil::write_atomic(&cache_path, &json, true);
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         Ok(Gallery { people })
     }
@@ -100,6 +117,16 @@ impl Gallery {
     pub fn people(&self) -> impl Iterator<Item = (&str, usize)> {
         self.people.iter().map(|(name, photos)| (name.as_str(), photos.len()))
     }
+}
+
+/// The cache in `path`, if it is a regular file of a sane size holding one.
+fn read_cache(path: &Path) -> Option<Cache> {
+    const LARGEST: u64 = 256 << 20;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > LARGEST {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The best face of one gallery photo.

@@ -329,15 +329,25 @@ impl Recognizer {
         }
     }
 
+    fn drawn_path(&self, input: &Input) -> Option<PathBuf> {
+        let dir = self.drawn.as_ref()?;
+        Some(dir.join(format!("{}.png", zoo_runtime::fsutil::output_stem(input.path()))))
+    }
+
     fn prepare(&self, input: &Input) -> Result<(Vec<Face>, RgbImage)> {
+        // Before any work: a picture that may not be replaced stops here.
+        if let Some(path) = self.drawn_path(input).filter(|p| !self.force && p.exists()) {
+            return Err(Error::input(&path, "already exists (use --force to overwrite it)"));
+        }
         let picture = image_io::decode(input, self.max_pixels)?.to_rgb8();
         let mut faces =
             self.faces(&picture).map_err(|e| Error::input(input.path(), format!("face recognition failed: {e}")))?;
         self.identify(&mut faces);
-        if self.explain.is_some() {
+        if self.explain.is_some() && !faces.is_empty() {
+            let x = prep::detector_input(&picture);
             for face in &mut faces {
                 face.explanation = Some(
-                    explain::occlusion(self, &picture, face)
+                    explain::occlusion(self, &x, picture.dimensions(), face)
                         .map_err(|e| Error::input(input.path(), format!("explaining failed: {e}")))?,
                 );
             }
@@ -357,9 +367,8 @@ impl Recognizer {
         if let Some(dir) = self.explain.as_ref().and_then(|e| e.out_dir.as_ref()) {
             overlay = Some(explain::write_overlay(dir, input.path(), &picture, &faces)?);
         }
-        let output = match &self.drawn {
-            Some(dir) => {
-                let path = dir.join(format!("{}.png", zoo_runtime::fsutil::output_stem(input.path())));
+        let output = match self.drawn_path(input) {
+            Some(path) => {
                 let mut picture = picture;
                 draw(&mut picture, &faces);
                 zoo_runtime::fsutil::write_png(&path, &picture, self.force)?;
@@ -418,18 +427,21 @@ impl Runner for Recognizer {
     }
 
     fn run(&mut self, batch: &[Input]) -> Vec<PredictionResult> {
-        // Pictures one after another: each network splits its own work across the cores.
-        let prepared: Vec<Result<(Vec<Face>, RgbImage)>> = batch.iter().map(|input| self.prepare(input)).collect();
-        let reference: Option<std::result::Result<Vec<Face>, String>> = match (self.compare, prepared.first()) {
-            (true, Some(Ok((faces, _)))) => Some(Ok(faces.clone())),
-            (true, Some(Err(e))) => Some(Err(e.to_string())),
-            _ => None,
-        };
-        prepared
-            .into_iter()
-            .zip(batch)
+        // Pictures one after another, each finished (and its pixels dropped) before the next:
+        // each network splits its own work across the cores, and `--compare`'s one batch of a
+        // whole folder keeps only the first picture's faces.
+        let mut reference: Option<std::result::Result<Vec<Face>, String>> = None;
+        batch
+            .iter()
             .enumerate()
-            .map(|(i, (prepared, input))| {
+            .map(|(i, input)| {
+                let prepared = self.prepare(input);
+                if self.compare && i == 0 {
+                    reference = Some(match &prepared {
+                        Ok((faces, _)) => Ok(faces.clone()),
+                        Err(e) => Err(e.to_string()),
+                    });
+                }
                 let (faces, picture) = prepared?;
                 let comparison = match &reference {
                     Some(first) if i > 0 => Some(Comparison::new(&batch[0].name, first, &faces, self.max_distance)),

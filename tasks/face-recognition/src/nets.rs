@@ -198,7 +198,45 @@ impl Ssd {
         }
         let anchors =
             w.get("Output/extra_dim", &[1, ANCHORS, 4])?.chunks_exact(4).map(|a| [a[0], a[1], a[2], a[3]]).collect();
-        Ok(Ssd { stem, body, extra, predictors, anchors })
+        let ssd = Ssd { stem, body, extra, predictors, anchors };
+        ssd.check_channels()?;
+        Ok(ssd)
+    }
+
+    /// Each layer takes the channels the one before it makes: weight files that disagree are
+    /// refused here rather than read out of bounds.
+    fn check_channels(&self) -> Result<(), String> {
+        let takes = |name: String, wants: usize, gets: usize| match wants == gets {
+            true => Ok(()),
+            false => Err(format!("{name} takes {wants} channels but gets {gets}")),
+        };
+        takes("MobilenetV1/Conv2d_0_pointwise".into(), self.stem.in_ch, 3)?;
+        let mut c = self.stem.out_ch;
+        let mut features = Vec::new();
+        for (i, (depthwise, pointwise)) in self.body.iter().enumerate() {
+            takes(format!("MobilenetV1/Conv2d_{}_depthwise", i + 1), depthwise.in_ch, c)?;
+            c = pointwise.out_ch;
+            if i + 1 == 11 {
+                features.push(c);
+            }
+        }
+        features.push(c);
+        for (i, layer) in self.extra.iter().enumerate() {
+            let (wants, makes) = match layer {
+                Extra::Pointwise(p) => (p.in_ch, p.out_ch),
+                Extra::Spatial(s) => (s.in_ch, s.out_ch),
+            };
+            takes(format!("Prediction/Conv2d_{i}_pointwise"), wants, c)?;
+            c = makes;
+            if i % 2 == 1 {
+                features.push(c);
+            }
+        }
+        for (i, (predictor, &c)) in self.predictors.iter().zip(&features).enumerate() {
+            takes(format!("Prediction/BoxPredictor_{i}/BoxEncodingPredictor"), predictor.boxes.in_ch, c)?;
+            takes(format!("Prediction/BoxPredictor_{i}/ClassPredictor"), predictor.classes.in_ch, c)?;
+        }
+        Ok(())
     }
 
     /// `x`: the (512, 512, 3) input, already scaled to -1..1.
@@ -309,6 +347,24 @@ impl Landmarks {
         let (inputs, bias) = (fc.len() / 136, w.get("fc/bias", &[136])?);
         let weight = candle(fc, &[inputs, 136])?.t().and_then(|t| t.contiguous()).map_err(|e| e.to_string())?;
         let fc = Pointwise::new(&weight, &candle(bias, &[136])?, false).map_err(|e| e.to_string())?;
+        // Each block's four outputs are summed: they must agree, and take what came before.
+        let mut c = 3;
+        for (b, (first, rest)) in blocks.iter().enumerate() {
+            let (wants, makes) = match first {
+                First::Dense(conv) => (conv.in_ch, conv.out_ch),
+                First::Separable(sep) => (sep.depthwise.in_ch, sep.pointwise.out_ch),
+            };
+            let mut layers = vec![(0, wants, c)];
+            layers.extend(rest.iter().enumerate().map(|(i, sep)| (i + 1, sep.depthwise.in_ch, makes)));
+            layers.extend(rest.iter().enumerate().map(|(i, sep)| (i + 1, sep.pointwise.out_ch, makes)));
+            if let Some((i, a, b2)) = layers.into_iter().find(|(_, a, b2)| a != b2) {
+                return Err(format!("dense{b}/conv{i}: {a} channels where the block has {b2}"));
+            }
+            c = makes;
+        }
+        if fc.in_ch != c {
+            return Err(format!("fc takes {} features but the last block makes {c}", fc.in_ch));
+        }
         Ok(Landmarks { blocks, fc })
     }
 

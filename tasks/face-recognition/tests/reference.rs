@@ -114,8 +114,10 @@ fn each_network_matches_face_api_on_its_reference_input() {
         "worst: SSD box {worst_box:.2e}, score {worst_score:.2e}; landmarks {worst_landmark:.2e}; descriptor L2 {worst_descriptor:.2e}"
     );
     assert!(worst_box < 1e-4 && worst_score < 1e-4, "SSD raw outputs off by {worst_box} / {worst_score}");
-    assert!(worst_landmark < 1e-4, "landmark outputs off by {worst_landmark}");
-    assert!(worst_descriptor < 1e-3, "descriptors off by L2 {worst_descriptor}");
+    // The reference README allows 1e-4 and 1e-3; an f32 port lands within 1e-6, so a regression
+    // of orders of magnitude shows here first.
+    assert!(worst_landmark < 1e-5, "landmark outputs off by {worst_landmark}");
+    assert!(worst_descriptor < 1e-4, "descriptors off by L2 {worst_descriptor}");
 }
 
 #[test]
@@ -156,10 +158,12 @@ fn the_pipeline_finds_places_and_describes_faces_as_face_api_does() {
         }
     }
     eprintln!("worst: box {worst_box:.2e} px, score {worst_score:.2e}, landmark {worst_point:.2e} px, descriptor L2 {worst_descriptor:.2e}");
-    assert!(worst_score < 0.005, "scores off by {worst_score}");
-    assert!(worst_box < 1.0, "boxes off by {worst_box} px");
-    assert!(worst_point < 1.0, "landmarks off by {worst_point} px");
-    assert!(worst_descriptor < 0.02, "descriptors off by L2 {worst_descriptor}");
+    // The reference README allows 0.005, 1 px, 1 px and 0.02 for face-api-exact preprocessing;
+    // this port is at about 1e-6 of face-api, and is held well inside those.
+    assert!(worst_score < 1e-4, "scores off by {worst_score}");
+    assert!(worst_box < 1e-3, "boxes off by {worst_box} px");
+    assert!(worst_point < 1e-3, "landmarks off by {worst_point} px");
+    assert!(worst_descriptor < 1e-4, "descriptors off by L2 {worst_descriptor}");
 }
 
 /// Every same/different decision at 0.6 over the reference's faces (detected, and the aligned
