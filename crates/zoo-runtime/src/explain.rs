@@ -143,6 +143,28 @@ pub fn write_overlay(dir: &Path, input_path: &Path, image: &RgbImage) -> Result<
     Ok(path)
 }
 
+/// A found thing's occlusion map, as it goes into its JSON: `GRID` rows of drops in its score
+/// (negative where hiding a cell raised it), top row first, over `region`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Occlusion {
+    pub method: &'static str,
+    /// The part of the picture the grid covers, `[x, y, width, height]` in its pixels.
+    pub region: [u32; 4],
+    pub grid: Vec<Vec<f32>>,
+}
+
+/// The region an occlusion map covers around a box `[x, y, width, height]`: the box grown by half
+/// its size on each side (the context counts), within the picture.
+pub fn context_region(bbox: [f64; 4], (width, height): (u32, u32)) -> [u32; 4] {
+    const CONTEXT: f64 = 0.5;
+    let [x, y, w, h] = bbox;
+    let x0 = (x - w * CONTEXT).max(0.0).floor();
+    let y0 = (y - h * CONTEXT).max(0.0).floor();
+    let x1 = (x + w * (1.0 + CONTEXT)).min(f64::from(width)).ceil();
+    let y1 = (y + h * (1.0 + CONTEXT)).min(f64::from(height)).ceil();
+    [x0 as u32, y0 as u32, (x1 - x0).max(1.0) as u32, (y1 - y0).max(1.0) as u32]
+}
+
 /// `picture` with each heat map blended over its region (`[x, y, width, height]`), written as
 /// `<stem>.explain.png` in `dir`. Each is blended over what is drawn already (cold cells leave it
 /// as it is), in the order given, so overlapping regions keep every map and the last is on top.
@@ -205,6 +227,14 @@ mod tests {
         let coloured = render_spans(text, &spans, 2, true);
         assert!(coloured.contains("\x1b[48;5;196;30mcures\x1b[0m"), "{coloured:?}");
         assert!(coloured.contains("virus\x1b[0m") && !coloured.contains("the\x1b[0m"), "{coloured:?}");
+    }
+
+    #[test]
+    fn regions_add_context_within_the_picture() {
+        assert_eq!(context_region([100.0, 100.0, 40.0, 20.0], (400, 300)), [80, 90, 80, 40]);
+        assert_eq!(context_region([0.0, 0.0, 400.0, 300.0], (400, 300)), [0, 0, 400, 300]);
+        assert_eq!(context_region([390.0, 295.0, 10.0, 5.0], (400, 300)), [385, 292, 15, 8]);
+        assert_eq!(context_region([390.5, 295.2, 9.5, 4.8], (400, 300)), [385, 292, 15, 8]);
     }
 
     #[test]

@@ -5,44 +5,22 @@
 //! context lent the detection (hair, a collar).
 
 use image::RgbImage;
-use serde::Serialize;
 
 use crate::nets::{Map, SSD_INPUT};
 use crate::{Face, Recognizer};
 
 /// Heat cells per side of the region.
 pub const GRID: usize = 8;
-/// The region around a box, as a share of the box's size added on each side.
-const CONTEXT: f64 = 0.5;
 /// What hides a cell: mid grey (128), in the detector's -1..1 input.
 const GREY: f32 = 128.0 / 127.5 - 1.0;
 
-/// One face's heat map, as it goes into its JSON.
-#[derive(Debug, Clone, Serialize)]
-pub struct Occlusion {
-    pub method: &'static str,
-    /// The part of the picture the grid covers, `[x, y, width, height]` in its pixels.
-    pub region: [u32; 4],
-    /// GRID rows of GRID drops in the face's score (negative where hiding a cell raised it),
-    /// top row first.
-    pub grid: Vec<Vec<f32>>,
-}
-
-/// The face's region: its box grown by [`CONTEXT`] on each side, within the picture.
-fn region(bbox: [f64; 4], (width, height): (u32, u32)) -> [u32; 4] {
-    let [x, y, w, h] = bbox;
-    let x0 = (x - w * CONTEXT).max(0.0).floor();
-    let y0 = (y - h * CONTEXT).max(0.0).floor();
-    let x1 = (x + w * (1.0 + CONTEXT)).min(f64::from(width)).ceil();
-    let y1 = (y + h * (1.0 + CONTEXT)).min(f64::from(height)).ceil();
-    [x0 as u32, y0 as u32, (x1 - x0).max(1.0) as u32, (y1 - y0).max(1.0) as u32]
-}
+pub use zoo_runtime::explain::Occlusion;
 
 /// The heat map of `face`, found in a picture of `size` whose detector input is `input`: its
 /// score from the plain run is the baseline.
 pub fn occlusion(recognizer: &Recognizer, input: &Map, size: (u32, u32), face: &Face) -> Result<Occlusion, String> {
     let Some(detection) = face.detection else { return Err("the face was not detected".into()) };
-    let region = region(face.bbox, size);
+    let region = zoo_runtime::explain::context_region(face.bbox, size);
     // The picture fills the top-left of the square, scaled by 512 / its longer side.
     let scale = SSD_INPUT as f64 / f64::from(size.0.max(size.1));
     let edges = |start: u32, len: u32| -> Vec<usize> {
@@ -79,16 +57,4 @@ pub fn write_overlay(
     // Worst first, so the best one's heat is on top.
     let heats = faces.iter().rev().filter_map(|o| o.explanation.as_ref()).map(|e| (e.region, e.grid.as_slice()));
     zoo_runtime::explain::write_region_overlays(dir, input, picture, heats)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regions_add_context_within_the_picture() {
-        assert_eq!(region([100.0, 100.0, 40.0, 20.0], (400, 300)), [80, 90, 80, 40]);
-        assert_eq!(region([0.0, 0.0, 400.0, 300.0], (400, 300)), [0, 0, 400, 300]);
-        assert_eq!(region([390.5, 295.2, 9.5, 4.8], (400, 300)), [385, 292, 15, 8]);
-    }
 }

@@ -6,36 +6,13 @@
 //! road for a car).
 
 use candle_core::Tensor;
-use serde::Serialize;
 
 use crate::{Detector, Object};
 
 /// Heat cells per side of the region.
 pub const GRID: usize = 8;
-/// The region around a box, as a share of the box's size added on each side.
-const CONTEXT: f32 = 0.5;
 
-/// One object's heat map, as it goes into its JSON.
-#[derive(Debug, Clone, Serialize)]
-pub struct Occlusion {
-    pub method: &'static str,
-    /// The part of the picture the grid covers, `[x, y, width, height]` in its pixels.
-    pub region: [u32; 4],
-    /// GRID rows of GRID drops in the object's score (negative where hiding a cell raised it),
-    /// top row first.
-    pub grid: Vec<Vec<f32>>,
-}
-
-/// The object's region: its box grown by [`CONTEXT`] on each side, within the picture.
-fn region(bbox: [u32; 4], picture: (u32, u32)) -> [u32; 4] {
-    let [x, y, w, h] = bbox.map(|v| v as f32);
-    let (gx, gy) = (w * CONTEXT, h * CONTEXT);
-    let x0 = (x - gx).max(0.0).floor();
-    let y0 = (y - gy).max(0.0).floor();
-    let x1 = (x + w + gx).min(picture.0 as f32).ceil();
-    let y1 = (y + h + gy).min(picture.1 as f32).ceil();
-    [x0 as u32, y0 as u32, (x1 - x0).max(1.0) as u32, (y1 - y0).max(1.0) as u32]
-}
+pub use zoo_runtime::explain::Occlusion;
 
 /// The heat map of `object`, found in a picture of `picture` size prepared as `x` (1, 3, 352,
 /// 352): its score, from the plain run, is the baseline each occluded copy is measured against.
@@ -46,7 +23,7 @@ pub fn occlusion(
     object: &Object,
     batch: usize,
 ) -> candle_core::Result<Occlusion> {
-    let region = region(object.bbox, picture);
+    let region = zoo_runtime::explain::context_region(object.bbox.map(f64::from), picture);
     let (_, _, in_h, in_w) = x.dims4()?;
     let input = x.flatten_all()?.to_vec1::<f32>()?;
     let plane = in_h * in_w;
@@ -97,16 +74,4 @@ pub fn write_overlay(
     // Worst first, so the best one's heat is on top.
     let heats = objects.iter().rev().filter_map(|o| o.explanation.as_ref()).map(|e| (e.region, e.grid.as_slice()));
     zoo_runtime::explain::write_region_overlays(dir, input, picture, heats)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regions_add_context_within_the_picture() {
-        assert_eq!(region([100, 100, 40, 20], (400, 300)), [80, 90, 80, 40]);
-        assert_eq!(region([0, 0, 400, 300], (400, 300)), [0, 0, 400, 300]);
-        assert_eq!(region([390, 295, 10, 5], (400, 300)), [385, 292, 15, 8]);
-    }
 }
