@@ -1,15 +1,24 @@
 //! FastestDet (dog-qiuqiu/FastestDet): a ShuffleNetV2 backbone, an SPP neck and one anchor-free
 //! head on a stride-16 grid, read from the PyTorch state dict its authors publish. Batch norms are
-//! folded into the convolutions at load. The forward pass works on plain channel-planar buffers:
-//! at 352x352 the network is small enough (about 0.1 GFLOP) that a graph of tensor operations
-//! spends more time allocating, copying and handing work between threads than computing, so each
-//! branch writes straight into its place in the concatenated output, and 1x1 convolutions are one
-//! matrix product each.
+//! folded into the convolutions at load, and the network runs on the runtime's NHWC kernels (the
+//! MobileNets' depthwise tiles and packed 1x1 products, with bias and ReLU fused into their
+//! stores): at 352x352 it is about 0.12 G multiply-adds in some sixty layers, small enough that a
+//! graph of tensor operations spends more time allocating, copying and handing work between
+//! threads than computing.
+//!
+//! ShuffleNet's channel shuffle costs no pass of its own here. Every map past the first stage is
+//! kept as two blocks of channels (each an NHWC map of half the width), in an order chosen at load
+//! so that the channels a unit transforms are the first quarter of each block: its expansion reads
+//! them in place, as two pieces of each row, with its weights permuted to match; each unit's
+//! projection writes its outputs already in the order the next unit wants. Only the channels a
+//! unit passes through are copied, as any implementation must, through a table made at load.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
+use zoo_runtime::cpu::nhwc::{ConvWeights, Padding, Pieces, Pointwise};
+use zoo_runtime::cpu::Activation;
 
 /// The input side the network was trained at; pictures are stretched to it.
 pub const INPUT: usize = 352;
@@ -17,197 +26,313 @@ pub const INPUT: usize = 352;
 /// torch.nn.BatchNorm2d's default.
 const BN_EPS: f64 = 1e-5;
 
-/// A convolution with its batch norm folded in: `out x inputs x k x k` weights (inputs is 1 for a
-/// depthwise one), symmetric zero padding.
-struct Conv {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+/// A convolution with its batch norm folded in, as PyTorch lays it out: (out, in, k, k) and (out).
+struct Folded {
+    weight: Tensor,
+    bias: Tensor,
+    /// Output and input channels (inputs per filter: 1 for a depthwise one).
     out: usize,
     inputs: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
     depthwise: bool,
-    relu: bool,
 }
 
-/// A stack of channel planes: `c` planes of `h x w`.
-#[derive(Clone)]
-struct Planes {
-    data: Vec<f32>,
-    c: usize,
-    h: usize,
-    w: usize,
-}
+impl Folded {
+    /// A depthwise layer over the channels `order` lists, in that order.
+    fn depthwise(&self, order: &[usize], stride: usize, activation: Activation) -> Result<ConvWeights> {
+        let index = indices(order)?;
+        let (weight, bias) = (self.weight.index_select(&index, 0)?, self.bias.index_select(&index, 0)?);
+        Ok(ConvWeights::new(&weight, &bias, stride, true, false)?.with(activation, Padding::Symmetric))
+    }
 
-impl Planes {
-    fn zeros(c: usize, h: usize, w: usize) -> Self {
-        Planes { data: vec![0.0; c * h * w], c, h, w }
+    /// A 1x1 layer whose input row holds the input channels `inputs` lists, in that order, and
+    /// whose output row holds the output channels `outputs` lists.
+    fn pointwise(&self, inputs: &[usize], outputs: &[usize], activation: Activation) -> Result<Pointwise> {
+        let weight = self.weight.index_select(&indices(inputs)?, 1)?.index_select(&indices(outputs)?, 0)?;
+        let bias = self.bias.index_select(&indices(outputs)?, 0)?;
+        Ok(Pointwise::new(&weight, &bias, false)?.with_activation(activation))
     }
 }
 
-impl Conv {
-    fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
-        ((h + 2 * self.padding - self.k) / self.stride + 1, (w + 2 * self.padding - self.k) / self.stride + 1)
+fn indices(order: &[usize]) -> Result<Tensor> {
+    let order: Vec<u32> = order.iter().map(|&i| i as u32).collect();
+    Tensor::new(order.as_slice(), &Device::Cpu)
+}
+
+fn identity(n: usize) -> Vec<usize> {
+    (0..n).collect()
+}
+
+/// The order within each of a unit's two output blocks (`half` channels, the block's first
+/// logical channel `first`): odd channels first, so that the next unit finds the channels it
+/// transforms at the start of each block.
+fn odd_first(first: usize, half: usize) -> Vec<usize> {
+    (0..half).filter(|i| i % 2 == 1).chain((0..half).filter(|i| i % 2 == 0)).map(|i| first + i).collect()
+}
+
+/// A map in NHWC whose channels are in `blocks` blocks of `width`: block b is an (h, w, width)
+/// map of its own, at `b * h * w * width`. `order[p]` is the network's channel stored at
+/// position p (block p / width, channel p % width of the block).
+struct Layout {
+    blocks: usize,
+    width: usize,
+    order: Vec<usize>,
+}
+
+impl Layout {
+    fn plain(channels: usize) -> Self {
+        Layout { blocks: 1, width: channels, order: identity(channels) }
     }
 
-    /// Runs over `x` (`inputs` planes, or `out` for a depthwise one, of h x w) into `out`, which
-    /// holds the `out` result planes.
-    fn run(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
-        let (oh, ow) = self.output_size(h, w);
-        if self.depthwise {
-            depthwise(self, x, h, w, out);
-        } else if self.k == 1 && self.stride == 1 {
-            // out (o x hw) = W (o x c) . x (c x hw)
-            matmul(&self.weight, x, out, (self.out, self.inputs, h * w));
-            self.finish(out, oh * ow);
-        } else {
-            let columns = im2col(x, self, h, w);
-            matmul(&self.weight, &columns, out, (self.out, self.inputs * self.k * self.k, oh * ow));
-            self.finish(out, oh * ow);
+    fn split(half: usize) -> Self {
+        let order = [odd_first(0, half), odd_first(half, half)].concat();
+        Layout { blocks: 2, width: half, order }
+    }
+
+    fn channels(&self) -> usize {
+        self.blocks * self.width
+    }
+
+    /// Where the network's channel `channel` is stored.
+    fn position(&self, channel: usize) -> usize {
+        self.order.iter().position(|&c| c == channel).expect("every channel is stored")
+    }
+}
+
+/// A stride-2 unit: it halves the map and doubles its width, its depthwise-projected input in
+/// one output block and its main branch in the other.
+struct DownUnit {
+    /// The input's blocks and their width.
+    blocks: usize,
+    width: usize,
+    /// The projection's depthwise convolution, one per input block.
+    reduce: Vec<ConvWeights>,
+    reduced: Pointwise,
+    expand: Pointwise,
+    depthwise: ConvWeights,
+    project: Pointwise,
+}
+
+/// A stride-1 unit: half the channels passed on, the other half transformed.
+struct ShuffleUnit {
+    expand: Pointwise,
+    depthwise: ConvWeights,
+    project: Pointwise,
+    /// For each block the passed-on channels come from: (position in the output block, channel
+    /// in the input block).
+    passed: [Vec<(usize, usize)>; 2],
+}
+
+/// Buffers a pass takes and gives back, kept between pictures: fresh ones, a few megabytes each,
+/// fault their pages in on every picture, which took longer than the network itself (measured on
+/// 2 cores: 4.6 ms a picture against 1.9 ms with the buffers kept). A buffer comes back holding
+/// what it held: every layer writes all of its output.
+#[derive(Default)]
+struct Arena {
+    free: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl Arena {
+    /// A buffer of `len` values (stale ones, if it was used before).
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..free.len()).filter(|&i| free[i].len() >= len).min_by_key(|&i| free[i].len());
+        let at = best.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
+        let mut buffer = at.map(|i| free.swap_remove(i)).unwrap_or_default();
+        drop(free);
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
         }
+        buffer.truncate(len);
+        buffer
     }
 
-    fn apply(&self, x: &Planes) -> Planes {
-        self.apply_to(&x.data, x.h, x.w)
+    fn give(&self, buffers: impl IntoIterator<Item = Vec<f32>>) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).extend(buffers);
+    }
+}
+
+/// Where a pass's layers read their inputs: block b of an (h, w, width) map at b * h * w * width.
+fn block_starts(blocks: usize, pixels: usize, width: usize) -> Vec<usize> {
+    (0..blocks).map(|b| b * pixels * width).collect()
+}
+
+impl DownUnit {
+    fn new(layers: &RawUnit, input: &Layout) -> Result<(Self, Layout)> {
+        let ([expand, depthwise, project], Some([reduce, reduced])) = (&layers.main, &layers.projection) else {
+            unreachable!("a stride-2 unit has a projection")
+        };
+        let half = reduced.out;
+        if project.out != half || half % 2 == 1 {
+            candle_core::bail!(
+                "a stride-2 unit's branches give {half} and {} channels, not one even width",
+                project.out
+            )
+        }
+        let output = Layout::split(half);
+        let mid = expand.out;
+        let unit = DownUnit {
+            blocks: input.blocks,
+            width: input.width,
+            reduce: input
+                .order
+                .chunks(input.width)
+                .map(|block| reduce.depthwise(block, 2, Activation::Identity))
+                .collect::<Result<_>>()?,
+            reduced: reduced.pointwise(&input.order, &output.order[..half], Activation::Relu)?,
+            expand: expand.pointwise(&input.order, &identity(mid), Activation::Relu)?,
+            depthwise: depthwise.depthwise(&identity(mid), 2, Activation::Identity)?,
+            project: project.pointwise(
+                &identity(mid),
+                &output.order[half..].iter().map(|c| c - half).collect::<Vec<_>>(),
+                Activation::Relu,
+            )?,
+        };
+        Ok((unit, output))
     }
 
-    fn apply_to(&self, x: &[f32], h: usize, w: usize) -> Planes {
-        let (oh, ow) = self.output_size(h, w);
-        let mut out = Planes::zeros(self.out, oh, ow);
-        self.run(x, h, w, &mut out.data);
+    /// x: an (h, w) map in the blocks the unit was made for; returns the (ceil(h/2),
+    /// ceil(w/2)) output, in its two blocks.
+    fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Vec<f32> {
+        let (oh, ow) = self.depthwise.output_hw(h, w);
+        let half = self.reduced.out_ch;
+        let mut out = arena.take(2 * oh * ow * half);
+        let (left, right) = out.split_at_mut(oh * ow * half);
+        let width = self.width;
+        let mut reduced = arena.take(oh * ow * self.blocks * width);
+        for (b, (conv, into)) in self.reduce.iter().zip(reduced.chunks_exact_mut(oh * ow * width)).enumerate() {
+            conv.run_on(&x[b * h * w * width..][..h * w * width], 1, h, w, into, threads);
+        }
+        let starts = block_starts(self.blocks, oh * ow, width);
+        let pieces = Pieces { stride: width, starts: &starts, len: width };
+        self.reduced.run_pieces(&reduced, pieces, oh * ow, None, left, threads);
+
+        let mut expanded = arena.take(h * w * self.expand.out_ch);
+        let starts = block_starts(self.blocks, h * w, width);
+        let pieces = Pieces { stride: width, starts: &starts, len: width };
+        self.expand.run_pieces(x, pieces, h * w, None, &mut expanded, threads);
+        let mut spread = arena.take(oh * ow * self.expand.out_ch);
+        self.depthwise.run_on(&expanded, 1, h, w, &mut spread, threads);
+        self.project.run(&spread, oh * ow, None, right, threads);
+        arena.give([reduced, expanded, spread]);
         out
     }
+}
 
-    /// Bias and ReLU over the matrix product's output.
-    fn finish(&self, out: &mut [f32], plane: usize) {
-        for_planes(&mut out[..self.out * plane], plane, self.out * plane, |i, row| {
-            let b = self.bias[i];
-            if self.relu {
-                row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
-            } else {
-                row.iter_mut().for_each(|v| *v += b);
+impl ShuffleUnit {
+    fn new(layers: &RawUnit, input: &Layout) -> Result<(Self, Layout)> {
+        let [expand, depthwise, project] = &layers.main;
+        let half = input.width;
+        if input.blocks != 2 || half % 2 == 1 || project.out != half {
+            candle_core::bail!("a stride-1 unit over {} channels gives {}", input.channels(), project.out)
+        }
+        // The channels it transforms (the odd ones) are the first half of each block.
+        let transformed: Vec<usize> = [&input.order[..half / 2], &input.order[half..half + half / 2]].concat();
+        if transformed.iter().any(|c| c % 2 == 0) {
+            candle_core::bail!("a stride-1 unit over {half}-channel blocks whose odd channels do not lead them")
+        }
+        let output = Layout::split(half);
+        let mut passed = [Vec::new(), Vec::new()];
+        for (at, &channel) in output.order[..half].iter().enumerate() {
+            // The shuffle passes channel 2i of the input on as channel i.
+            let from = input.position(2 * channel);
+            passed[from / half].push((at, from % half));
+        }
+        let mid = expand.out;
+        let unit = ShuffleUnit {
+            expand: expand.pointwise(
+                &transformed.iter().map(|c| c / 2).collect::<Vec<_>>(),
+                &identity(mid),
+                Activation::Relu,
+            )?,
+            depthwise: depthwise.depthwise(&identity(mid), 1, Activation::Identity)?,
+            project: project.pointwise(
+                &identity(mid),
+                &output.order[half..].iter().map(|c| c - half).collect::<Vec<_>>(),
+                Activation::Relu,
+            )?,
+            passed,
+        };
+        Ok((unit, output))
+    }
+
+    /// x: an (h, w) map in two blocks of `half` channels; returns the unit's output, likewise.
+    fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Vec<f32> {
+        let (pixels, half) = (h * w, self.project.out_ch);
+        let mut out = arena.take(2 * pixels * half);
+        let (passed, main) = out.split_at_mut(pixels * half);
+        let blocks = x.split_at(pixels * half);
+        for_rows(passed, w * half, threads, |y, row| {
+            for (b, from) in [blocks.0, blocks.1].into_iter().enumerate() {
+                let from = &from[y * w * half..][..w * half];
+                for (pixel, source) in row.chunks_exact_mut(half).zip(from.chunks_exact(half)) {
+                    for &(at, channel) in &self.passed[b] {
+                        pixel[at] = source[channel];
+                    }
+                }
             }
         });
+        let mut expanded = arena.take(pixels * self.expand.out_ch);
+        let pieces = Pieces { stride: half, starts: &[0, pixels * half], len: half / 2 };
+        self.expand.run_pieces(x, pieces, pixels, None, &mut expanded, threads);
+        let mut spread = arena.take(pixels * self.expand.out_ch);
+        self.depthwise.run_on(&expanded, 1, h, w, &mut spread, threads);
+        self.project.run(&spread, pixels, None, main, threads);
+        arena.give([expanded, spread]);
+        out
     }
 }
 
-/// Work (multiply-adds, or values moved) below which a layer stays on one thread: a hand-off to
-/// the pool costs tens of microseconds, and most of the network's hundred-odd layers are over in
-/// less (measured on 2 cores: one picture took longer on two threads than on one). Only the stem
-/// at 176x176 is worth splitting; a batch runs its pictures side by side instead.
-const PARALLEL_WORK: usize = 1 << 22;
-
-/// `f(i, plane)` over each `plane`-sized chunk of `out`, on several threads when `work` pays for it.
-fn for_planes(out: &mut [f32], plane: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    if work >= PARALLEL_WORK && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, p)| f(i, p));
+/// `f(y, row)` over each `row_len`-long row of `out`, split over the threads when there are several.
+fn for_rows(out: &mut [f32], row_len: usize, threads: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if threads > 1 {
+        out.par_chunks_mut(row_len).enumerate().for_each(|(y, row)| f(y, row));
     } else {
-        out.chunks_mut(plane).enumerate().for_each(|(i, p)| f(i, p));
+        out.chunks_mut(row_len).enumerate().for_each(|(y, row)| f(y, row));
     }
 }
 
-fn matmul(a: &[f32], b: &[f32], out: &mut [f32], (m, k, n): (usize, usize, usize)) {
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && m * n * k >= 4 * PARALLEL_WORK {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+/// 3x3 windows at stride 2 with one pixel of padding over an (h, w, c) map, as torch's
+/// MaxPool2d(3, 2, 1) and AvgPool2d(3, 2, 1) take them (the average always over 9:
+/// count_include_pad), each output pixel's c values written at `offset` of its `stride`-long
+/// row of `out`.
+#[allow(clippy::too_many_arguments)]
+fn pool(
+    x: &[f32],
+    (h, w, c): (usize, usize, usize),
+    max: bool,
+    out: &mut [f32],
+    stride: usize,
+    offset: usize,
+    threads: usize,
+) {
+    let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+    let out = &mut out[..oh * ow * stride];
+    let combine = |into: &mut [f32], from: &[f32]| {
+        if max {
+            into.iter_mut().zip(from).for_each(|(a, &b)| *a = a.max(b));
+        } else {
+            into.iter_mut().zip(from).for_each(|(a, &b)| *a += b);
+        }
     };
-    zoo_runtime::cpu::matmul((a, k), b, out, (m, k, n), false, parallelism);
-}
-
-/// The patches of a (non-depthwise) convolution's input as columns: row `(c, ky, kx)`, one column
-/// per output pixel.
-fn im2col(x: &[f32], conv: &Conv, h: usize, w: usize) -> Vec<f32> {
-    let (oh, ow) = conv.output_size(h, w);
-    let (k, s, p) = (conv.k, conv.stride, conv.padding);
-    let mut columns = vec![0f32; conv.inputs * k * k * oh * ow];
-    for_planes(&mut columns, oh * ow, conv.inputs * k * k * oh * ow, |row, column| {
-        let (c, ky, kx) = (row / (k * k), row / k % k, row % k);
-        let plane = &x[c * h * w..][..h * w];
-        // The output columns whose input column ox*s + kx - p falls inside the row.
-        let first = p.saturating_sub(kx).div_ceil(s);
-        let last = ((w + p - kx - 1) / s + 1).min(ow);
-        for oy in 0..oh {
-            let iy = (oy * s + ky) as isize - p as isize;
-            if iy < 0 || iy >= h as isize || first >= last {
-                continue;
+    for_rows(out, ow * stride, threads, |oy, row| {
+        // Down the window's rows first, whole rows at a time, then across.
+        let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h);
+        let mut line = x[rows.start * w * c..][..w * c].to_vec();
+        for iy in rows.start + 1..rows.end {
+            combine(&mut line, &x[iy * w * c..][..w * c]);
+        }
+        for (ox, pixel) in row.chunks_exact_mut(stride).enumerate() {
+            let pixel = &mut pixel[offset..offset + c];
+            let columns = (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w);
+            pixel.copy_from_slice(&line[columns.start * c..][..c]);
+            for ix in columns.start + 1..columns.end {
+                combine(pixel, &line[ix * c..][..c]);
             }
-            let line = &plane[iy as usize * w + first * s + kx - p..];
-            for (o, &v) in column[oy * ow + first..oy * ow + last].iter_mut().zip(line.iter().step_by(s)) {
-                *o = v;
+            if !max {
+                pixel.iter_mut().for_each(|p| *p /= 9.0);
             }
         }
     });
-    columns
-}
-
-/// A depthwise convolution, one channel plane at a time. The plane is copied into a zero-padded
-/// one and each kernel tap is a single multiply-add over the flattened padded rows (the columns
-/// that straddle a row's end are computed and dropped): long runs that vectorise, where rows of
-/// 22 or 11 pixels would be mostly loop overhead and tails. A stride-2 layer is computed at
-/// stride 1 and subsampled; those are few and small.
-fn depthwise(conv: &Conv, x: &[f32], h: usize, w: usize, output: &mut [f32]) {
-    let (k, s, p) = (conv.k, conv.stride, conv.padding);
-    let (oh, ow) = conv.output_size(h, w);
-    let (ph, pw) = (h + 2 * p, w + 2 * p);
-    let rows = ph - k + 1;
-    let span = rows * pw - (k - 1);
-    for_planes(&mut output[..conv.out * oh * ow], oh * ow, conv.out * rows * pw * k * k, |channel, out| {
-        let src = &x[channel * h * w..][..h * w];
-        let taps = &conv.weight[channel * k * k..][..k * k];
-        let mut padded = vec![0f32; ph * pw];
-        for (y, row) in src.chunks_exact(w).enumerate() {
-            padded[(y + p) * pw + p..][..w].copy_from_slice(row);
-        }
-        let mut acc = vec![conv.bias[channel]; span];
-        for ky in 0..k {
-            for kx in 0..k {
-                let tap = taps[ky * k + kx];
-                for (a, &v) in acc.iter_mut().zip(&padded[ky * pw + kx..][..span]) {
-                    *a += tap * v;
-                }
-            }
-        }
-        for (oy, row) in out.chunks_exact_mut(ow).enumerate() {
-            let line = &acc[oy * s * pw..];
-            for (ox, o) in row.iter_mut().enumerate() {
-                let v = line[ox * s];
-                *o = if conv.relu { v.max(0.0) } else { v };
-            }
-        }
-    });
-}
-
-/// 3x3 windows at stride 2 with one pixel of padding, as torch's MaxPool2d(3, 2, 1) and
-/// AvgPool2d(3, 2, 1) take them (the average always over 9: count_include_pad).
-fn pool(x: &Planes, max: bool) -> Planes {
-    let (oh, ow) = ((x.h - 1) / 2 + 1, (x.w - 1) / 2 + 1);
-    let mut out = Planes::zeros(x.c, oh, ow);
-    for_planes(&mut out.data, oh * ow, x.c * oh * ow * 9, |c, plane| {
-        let src = &x.data[c * x.h * x.w..][..x.h * x.w];
-        let mut row = vec![0f32; x.w];
-        for (oy, out) in plane.chunks_mut(ow).enumerate() {
-            // Down the window's rows first (one pass each, in order), then across.
-            let rows = (2 * oy).saturating_sub(1)..(2 * oy + 2).min(x.h);
-            row.copy_from_slice(&src[rows.start * x.w..][..x.w]);
-            for iy in rows.start + 1..rows.end {
-                for (r, &v) in row.iter_mut().zip(&src[iy * x.w..][..x.w]) {
-                    *r = if max { r.max(v) } else { *r + v };
-                }
-            }
-            for (ox, o) in out.iter_mut().enumerate() {
-                let window = &row[(2 * ox).saturating_sub(1)..(2 * ox + 2).min(x.w)];
-                *o = if max {
-                    window.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v))
-                } else {
-                    window.iter().sum::<f32>() / 9.0
-                };
-            }
-        }
-    });
-    out
 }
 
 /// The state dict's tensors, taken by the layers that use them.
@@ -225,7 +350,7 @@ impl Weights<'_> {
     }
 
     /// The convolution `{prefix}{conv}` followed by the batch norm `{prefix}{conv + 1}`, folded.
-    fn conv(&self, prefix: &str, conv: usize, stride: usize, padding: usize, relu: bool) -> Result<Conv> {
+    fn conv(&self, prefix: &str, conv: usize, padding: usize) -> Result<Folded> {
         let weight = self.get(&format!("{prefix}{conv}.weight"))?;
         let norm = |field: &str| self.get(&format!("{prefix}{}.{field}", conv + 1));
         let (gamma, beta, mean, var) = (norm("weight")?, norm("bias")?, norm("running_mean")?, norm("running_var")?);
@@ -243,19 +368,21 @@ impl Weights<'_> {
             }
         }
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
-        let bias: Vec<f32> = (beta - (mean * &scale)?)?.to_vec1()?;
-        let weight: Vec<f32> = weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?.flatten_all()?.to_vec1()?;
-        if !weight.iter().chain(&bias).all(|v| v.is_finite()) {
+        let bias = (beta - (mean * &scale)?)?;
+        let weight = weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
+        let finite =
+            |t: &Tensor| -> Result<bool> { Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite())) };
+        if !finite(&weight)? || !finite(&bias)? {
             candle_core::bail!(
                 "{prefix}{conv}: weights that are not finite once the norm is folded in (a negative running_var?)"
             )
         }
-        Ok(Conv { weight, bias, out, inputs, k, stride, padding, depthwise: false, relu })
+        Ok(Folded { weight, bias, out, inputs, depthwise: false })
     }
 
     /// A depthwise convolution (one filter per channel) and its norm.
-    fn depthwise(&self, prefix: &str, conv: usize, stride: usize, padding: usize, relu: bool) -> Result<Conv> {
-        let mut layer = self.conv(prefix, conv, stride, padding, relu)?;
+    fn depthwise(&self, prefix: &str, conv: usize, padding: usize) -> Result<Folded> {
+        let mut layer = self.conv(prefix, conv, padding)?;
         if layer.inputs != 1 {
             candle_core::bail!(
                 "{prefix}{conv}: expected a depthwise convolution, found {} inputs per filter",
@@ -267,235 +394,327 @@ impl Weights<'_> {
     }
 }
 
-/// ShuffleNetV2's unit: a stride-2 unit widens and halves the map through two branches; a
-/// stride-1 unit passes the even channels through and transforms the odd ones.
-struct ShuffleUnit {
-    main: [Conv; 3],
-    projection: Option<[Conv; 2]>,
+/// One ShuffleNetV2 unit's layers as the state dict has them: the main branch's 1x1, depthwise
+/// and 1x1 convolutions, and a stride-2 unit's projection (depthwise, 1x1).
+struct RawUnit {
+    main: [Folded; 3],
+    projection: Option<[Folded; 2]>,
 }
 
-impl ShuffleUnit {
+impl RawUnit {
     fn load(w: &Weights, prefix: &str, stride: usize) -> Result<Self> {
         let main = format!("{prefix}branch_main.");
-        let main =
-            [w.conv(&main, 0, 1, 0, true)?, w.depthwise(&main, 3, stride, 1, false)?, w.conv(&main, 5, 1, 0, true)?];
+        let main = [w.conv(&main, 0, 0)?, w.depthwise(&main, 3, 1)?, w.conv(&main, 5, 0)?];
         let projection = match stride {
             1 => None,
             _ => {
                 let proj = format!("{prefix}branch_proj.");
-                Some([w.depthwise(&proj, 0, stride, 1, false)?, w.conv(&proj, 2, 1, 0, true)?])
+                Some([w.depthwise(&proj, 0, 1)?, w.conv(&proj, 2, 0)?])
             }
         };
-        Ok(ShuffleUnit { main, projection })
-    }
-
-    /// The main branch over `x`, written into `out` (its output planes).
-    fn main_branch(&self, x: &Planes, out: &mut [f32]) {
-        let [expand, depthwise, project] = &self.main;
-        let mid = depthwise.apply(&expand.apply(x));
-        project.run(&mid.data, mid.h, mid.w, out);
-    }
-
-    fn forward(&self, x: &Planes) -> Planes {
-        let (oh, ow) = self.main[1].output_size(x.h, x.w);
-        let plane = oh * ow;
-        match &self.projection {
-            Some([depthwise, pointwise]) => {
-                let mut out = Planes::zeros(pointwise.out + self.main[2].out, oh, ow);
-                let (left, right) = out.data.split_at_mut(pointwise.out * plane);
-                let reduced = depthwise.apply(x);
-                pointwise.run(&reduced.data, oh, ow, left);
-                self.main_branch(x, right);
-                out
-            }
-            None => {
-                // The reference's channel shuffle: channel 2i is passed on, channel 2i+1 transformed.
-                let half = x.c / 2;
-                let mut out = Planes::zeros(half + self.main[2].out, oh, ow);
-                let mut odd = Planes::zeros(half, x.h, x.w);
-                for i in 0..half {
-                    out.data[i * plane..][..plane].copy_from_slice(&x.data[2 * i * plane..][..plane]);
-                    odd.data[i * plane..][..plane].copy_from_slice(&x.data[(2 * i + 1) * plane..][..plane]);
-                }
-                self.main_branch(&odd, &mut out.data[half * plane..]);
-                out
-            }
-        }
+        Ok(RawUnit { main, projection })
     }
 }
 
+enum Unit {
+    Down(DownUnit),
+    Shuffle(ShuffleUnit),
+}
+
 pub struct FastestDet {
-    stem: Conv,
-    stages: Vec<Vec<ShuffleUnit>>,
-    spp_in: Conv,
+    /// The first convolution (3x3, stride 2, over the three colours) as a product whose rows
+    /// are read in place from the padded input: each output pixel's window is three runs of
+    /// nine values, one per kernel row.
+    stem: Pointwise,
+    /// Each stage's units, and the layout of its output.
+    stages: Vec<(Vec<Unit>, Layout)>,
+    spp_in: Pointwise,
     /// Depthwise 5x5 convolutions with ReLUs, one, two and three deep, each from the SPP's input.
-    spp_branches: [Vec<Conv>; 3],
-    spp_out: Conv,
-    head_in: Conv,
+    spp_branches: [Vec<ConvWeights>; 3],
+    spp_out: Pointwise,
+    head_in: Pointwise,
     /// Objectness, box and class heads: a depthwise 5x5 with ReLU, then a 1x1 to its outputs.
-    heads: [[Conv; 2]; 3],
+    heads: [(ConvWeights, Pointwise); 3],
     pub classes: usize,
+    arena: Arena,
 }
 
 impl FastestDet {
     pub fn load(tensors: &HashMap<String, Tensor>) -> Result<Self> {
         let w = Weights { tensors };
-        let stem = w.conv("backbone.first_conv.", 0, 2, 1, true)?;
+        let stem = w.conv("backbone.first_conv.", 0, 1)?;
         let stages = [("stage2", 4), ("stage3", 8), ("stage4", 4)]
             .into_iter()
             .map(|(stage, units)| {
                 (0..units)
-                    .map(|i| ShuffleUnit::load(&w, &format!("backbone.{stage}.{i}."), if i == 0 { 2 } else { 1 }))
+                    .map(|i| RawUnit::load(&w, &format!("backbone.{stage}.{i}."), if i == 0 { 2 } else { 1 }))
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
-        let branch = |name: &str, depth: usize| -> Result<Vec<Conv>> {
-            (0..depth).map(|i| w.depthwise(&format!("SPP.{name}."), 3 * i, 1, 2, true)).collect()
+        let branch = |name: &str, depth: usize| -> Result<Vec<Folded>> {
+            (0..depth).map(|i| w.depthwise(&format!("SPP.{name}."), 3 * i, 2)).collect()
         };
-        let head = |name: &str| -> Result<[Conv; 2]> {
+        let head = |name: &str| -> Result<[Folded; 2]> {
             let prefix = format!("detect_head.{name}_layers.conv5x5.");
-            Ok([w.depthwise(&prefix, 0, 1, 2, true)?, w.conv(&prefix, 3, 1, 0, false)?])
+            Ok([w.depthwise(&prefix, 0, 2)?, w.conv(&prefix, 3, 0)?])
         };
         let heads = [head("obj")?, head("reg")?, head("cls")?];
         let classes = heads[2][1].out;
         if heads[0][1].out != 1 || heads[1][1].out != 4 || classes == 0 {
             candle_core::bail!("the objectness, box and class heads must have 1, 4 and at least 1 outputs")
         }
-        let net = FastestDet {
-            stem,
-            stages,
-            spp_in: w.conv("SPP.Conv1x1.conv1x1.", 0, 1, 0, true)?,
-            spp_branches: [branch("S1", 1)?, branch("S2", 2)?, branch("S3", 3)?],
-            spp_out: w.conv("SPP.output.", 0, 1, 0, false)?,
-            head_in: w.conv("detect_head.conv1x1.conv1x1.", 0, 1, 0, true)?,
-            heads,
-            classes,
-        };
-        net.check_widths()?;
-        Ok(net)
-    }
+        let spp_in = w.conv("SPP.Conv1x1.conv1x1.", 0, 0)?;
+        let spp_branches = [branch("S1", 1)?, branch("S2", 2)?, branch("S3", 3)?];
+        let spp_out = w.conv("SPP.output.", 0, 0)?;
+        let head_in = w.conv("detect_head.conv1x1.conv1x1.", 0, 0)?;
+        check_widths(&stem, &stages, &spp_in, &spp_branches, &spp_out, &head_in, &heads)?;
 
-    /// Each layer's inputs are what the layer before gives: a state dict of another shape is
-    /// refused at load rather than read past a buffer at the first picture.
-    fn check_widths(&self) -> Result<()> {
-        let mismatch = |what: &str, want: usize, got: usize| {
-            Err(candle_core::Error::Msg(format!("{what} takes {want} channels but is given {got}")))
-        };
-        let takes = |conv: &Conv| if conv.depthwise { conv.out } else { conv.inputs };
-        if self.stem.inputs != 3 {
-            return mismatch("the first convolution", self.stem.inputs, 3);
-        }
-        let mut width = self.stem.out;
-        let mut levels = Vec::new();
-        for (s, stage) in self.stages.iter().enumerate() {
-            for (i, unit) in stage.iter().enumerate() {
-                let given = if unit.projection.is_some() { width } else { width / 2 };
-                let [a, b, c] = &unit.main;
-                if takes(a) != given || takes(b) != a.out || takes(c) != b.out {
-                    return mismatch(&format!("stage {} unit {i}", s + 2), takes(a), given);
-                }
-                width = match &unit.projection {
-                    Some([d, p]) if takes(d) != width || takes(p) != d.out => {
-                        return mismatch(&format!("stage {} unit {i}'s projection", s + 2), takes(d), width)
-                    }
-                    Some([_, p]) => p.out + c.out,
-                    None if !width.is_multiple_of(2) || width / 2 + c.out != width => {
-                        return mismatch(&format!("stage {} unit {i}", s + 2), width, width / 2 + c.out)
-                    }
-                    None => width,
+        let mut layout = Layout::plain(stem.out);
+        let mut built = Vec::new();
+        let mut neck_order = Vec::new();
+        for stage in &stages {
+            let mut units = Vec::new();
+            for raw in stage {
+                let (unit, output) = match raw.projection {
+                    Some(_) => DownUnit::new(raw, &layout).map(|(u, l)| (Unit::Down(u), l))?,
+                    None => ShuffleUnit::new(raw, &layout).map(|(u, l)| (Unit::Shuffle(u), l))?,
                 };
+                units.push(unit);
+                layout = output;
             }
-            levels.push(width);
+            // The neck lays the three levels side by side, each as its blocks are stored.
+            let first = neck_order.len();
+            neck_order.extend(layout.order.iter().map(|c| first + c));
+            built.push((units, Layout { blocks: layout.blocks, width: layout.width, order: layout.order.clone() }));
         }
-        let neck: usize = levels.iter().sum();
-        if takes(&self.spp_in) != neck {
-            return mismatch("the SPP", takes(&self.spp_in), neck);
+        let spp = spp_in.out;
+        let mut branches = Vec::new();
+        for branch in &spp_branches {
+            branches.push(
+                branch
+                    .iter()
+                    .map(|conv| conv.depthwise(&identity(spp), 1, Activation::Relu))
+                    .collect::<Result<Vec<_>>>()?,
+            );
         }
-        let spp = self.spp_in.out;
-        let mut concatenated = 0;
-        for branch in &self.spp_branches {
-            if branch.iter().any(|conv| conv.out != spp) {
-                return mismatch("an SPP branch", spp, branch[0].out);
-            }
-            concatenated += spp;
+        let mut built_heads = Vec::new();
+        for [depthwise, pointwise] in &heads {
+            built_heads.push((
+                depthwise.depthwise(&identity(depthwise.out), 1, Activation::Relu)?,
+                pointwise.pointwise(&identity(pointwise.inputs), &identity(pointwise.out), Activation::Identity)?,
+            ));
         }
-        if takes(&self.spp_out) != concatenated || self.spp_out.out != spp || takes(&self.head_in) != spp {
-            return mismatch("the SPP output", takes(&self.spp_out), concatenated);
-        }
-        for [depthwise, pointwise] in &self.heads {
-            if depthwise.out != self.head_in.out || takes(pointwise) != depthwise.out {
-                return mismatch("a head", depthwise.out, self.head_in.out);
-            }
-        }
-        Ok(())
+        Ok(FastestDet {
+            stem: {
+                // (out, colour, ky, kx) -> (out, ky, kx, colour): a window's values as they lie in NHWC.
+                let weight = stem.weight.permute((0, 2, 3, 1))?.reshape((stem.out, ()))?;
+                Pointwise::new(&weight, &stem.bias, false)?.with_activation(Activation::Relu)
+            },
+            stages: built,
+            spp_in: spp_in.pointwise(&neck_order, &identity(spp), Activation::Relu)?,
+            spp_branches: branches.try_into().map_err(|_| candle_core::Error::Msg("three SPP branches".into()))?,
+            spp_out: spp_out.pointwise(&identity(spp_out.inputs), &identity(spp), Activation::Relu)?,
+            head_in: head_in.pointwise(&identity(spp), &identity(head_in.out), Activation::Relu)?,
+            heads: built_heads.try_into().map_err(|_| candle_core::Error::Msg("three heads".into()))?,
+            classes,
+            arena: Arena::default(),
+        })
     }
+}
 
+/// Each layer's inputs are what the layer before gives: a state dict of another shape is
+/// refused at load rather than read past a buffer at the first picture.
+fn check_widths(
+    stem: &Folded,
+    stages: &[Vec<RawUnit>],
+    spp_in: &Folded,
+    spp_branches: &[Vec<Folded>; 3],
+    spp_out: &Folded,
+    head_in: &Folded,
+    heads: &[[Folded; 2]; 3],
+) -> Result<()> {
+    let mismatch = |what: &str, want: usize, got: usize| {
+        Err(candle_core::Error::Msg(format!("{what} takes {want} channels but is given {got}")))
+    };
+    let takes = |conv: &Folded| if conv.depthwise { conv.out } else { conv.inputs };
+    if stem.inputs != 3 {
+        return mismatch("the first convolution", stem.inputs, 3);
+    }
+    let mut width = stem.out;
+    let mut levels = Vec::new();
+    for (s, stage) in stages.iter().enumerate() {
+        for (i, unit) in stage.iter().enumerate() {
+            let given = if unit.projection.is_some() { width } else { width / 2 };
+            let [a, b, c] = &unit.main;
+            if takes(a) != given || takes(b) != a.out || takes(c) != b.out {
+                return mismatch(&format!("stage {} unit {i}", s + 2), takes(a), given);
+            }
+            width = match &unit.projection {
+                Some([d, p]) if takes(d) != width || takes(p) != d.out => {
+                    return mismatch(&format!("stage {} unit {i}'s projection", s + 2), takes(d), width)
+                }
+                Some([_, p]) => p.out + c.out,
+                None if !width.is_multiple_of(2) || width / 2 + c.out != width => {
+                    return mismatch(&format!("stage {} unit {i}", s + 2), width, width / 2 + c.out)
+                }
+                None => width,
+            };
+        }
+        levels.push(width);
+    }
+    let neck: usize = levels.iter().sum();
+    if takes(spp_in) != neck {
+        return mismatch("the SPP", takes(spp_in), neck);
+    }
+    let spp = spp_in.out;
+    let mut concatenated = 0;
+    for branch in spp_branches {
+        if branch.iter().any(|conv| conv.out != spp) {
+            return mismatch("an SPP branch", spp, branch[0].out);
+        }
+        concatenated += spp;
+    }
+    if takes(spp_out) != concatenated || spp_out.out != spp || takes(head_in) != spp {
+        return mismatch("the SPP output", takes(spp_out), concatenated);
+    }
+    for [depthwise, pointwise] in heads {
+        if depthwise.out != head_in.out || takes(pointwise) != depthwise.out {
+            return mismatch("a head", depthwise.out, head_in.out);
+        }
+    }
+    Ok(())
+}
+
+impl Unit {
+    /// The unit over an (h, w) map; `size` becomes its output's.
+    fn forward(&self, x: &[f32], size: &mut (usize, usize), threads: usize, arena: &Arena) -> Vec<f32> {
+        match self {
+            Unit::Down(unit) => {
+                let out = unit.forward(x, *size, threads, arena);
+                *size = unit.depthwise.output_hw(size.0, size.1);
+                out
+            }
+            Unit::Shuffle(unit) => unit.forward(x, *size, threads, arena),
+        }
+    }
+}
+
+impl FastestDet {
     /// One picture, 3 planes of 352x352 (BGR, 0..1) -> `5 + classes` planes of 22x22: objectness
     /// (after its sigmoid), the box's four raw terms, and the class probabilities, as the
-    /// published ONNX export gives them.
-    fn forward_one(&self, input: &[f32]) -> Vec<f32> {
-        let mut x = pool(&self.stem.apply_to(input, INPUT, INPUT), true);
-        let mut levels = Vec::with_capacity(3);
-        for stage in &self.stages {
-            for unit in stage {
-                x = unit.forward(&x);
-            }
-            levels.push(x.clone());
+    /// published ONNX export gives them. Each layer is split over `threads`.
+    fn forward_one(&self, input: &[f32], threads: usize) -> Vec<f32> {
+        // The planes interleaved into pixels, inside a border of one zero pixel: the stem's padding.
+        let plane = INPUT * INPUT;
+        let side = INPUT + 2;
+        let arena = &self.arena;
+        let mut pixels = arena.take(side * side * 3);
+        // The border: the top and bottom rows, and each row's first and last pixel.
+        pixels[..side * 3].fill(0.0);
+        pixels[(side - 1) * side * 3..].fill(0.0);
+        for row in pixels.chunks_exact_mut(side * 3) {
+            row[..3].fill(0.0);
+            row[(side - 1) * 3..].fill(0.0);
         }
-        // The finest level averaged down, the middle one as it is, the coarsest repeated up.
-        let (h, w) = (levels[1].h, levels[1].w);
-        let plane = h * w;
-        let fine = pool(&levels[0], false);
-        let coarse = &levels[2];
-        let mut neck = Planes::zeros(fine.c + levels[1].c + coarse.c, h, w);
-        neck.data[..fine.data.len()].copy_from_slice(&fine.data);
-        neck.data[fine.data.len()..][..levels[1].data.len()].copy_from_slice(&levels[1].data);
-        let upsampled = &mut neck.data[(fine.c + levels[1].c) * plane..];
-        for (c, out) in upsampled.chunks_mut(plane).enumerate() {
-            for (i, v) in out.iter_mut().enumerate() {
-                let (y, x) = (i / w * coarse.h / h, i % w * coarse.w / w);
-                *v = coarse.data[(c * coarse.h + y) * coarse.w + x];
+        for_rows(&mut pixels[side * 3..(side - 1) * side * 3], side * 3, threads, |y, row| {
+            let [b, g, r] = [0, 1, 2].map(|c| &input[c * plane + y * INPUT..][..INPUT]);
+            for (((pixel, &b), &g), &r) in row[3..].chunks_exact_mut(3).zip(b).zip(g).zip(r) {
+                pixel.copy_from_slice(&[b, g, r]);
             }
+        });
+        let (sh, sw) = (INPUT.div_ceil(2), INPUT.div_ceil(2));
+        let c = self.stem.out_ch;
+        let mut stem = arena.take(sh * sw * c);
+        let starts = [0, side * 3, 2 * side * 3];
+        for_rows(&mut stem, sw * c, threads, |oy, row| {
+            // Output pixels two input pixels apart, each window from the padded rows 2oy..2oy+2.
+            let pieces = Pieces { stride: 2 * 3, starts: &starts, len: 3 * 3 };
+            self.stem.run_pieces(&pixels[2 * oy * side * 3..], pieces, sw, None, row, 1);
+        });
+        let mut size = ((sh - 1) / 2 + 1, (sw - 1) / 2 + 1);
+        let mut pooled = arena.take(size.0 * size.1 * c);
+        pool(&stem, (sh, sw, c), true, &mut pooled, c, 0, threads);
+
+        let mut levels: Vec<(Vec<f32>, (usize, usize))> = Vec::with_capacity(3);
+        for (units, _) in &self.stages {
+            let source = levels.last().map_or(&pooled, |(x, _)| x);
+            let mut x = units[0].forward(source, &mut size, threads, arena);
+            for unit in &units[1..] {
+                let next = unit.forward(&x, &mut size, threads, arena);
+                arena.give([std::mem::replace(&mut x, next)]);
+            }
+            levels.push((x, size));
         }
 
-        let x = self.spp_in.apply(&neck);
-        let mut branches = Planes::zeros(3 * x.c, h, w);
-        for (branch, out) in self.spp_branches.iter().zip(branches.data.chunks_mut(x.c * plane)) {
-            let mut y = x.clone();
-            for conv in branch {
-                y = conv.apply(&y);
-            }
-            out.copy_from_slice(&y.data);
-        }
-        let mut y = self.spp_out.apply(&branches);
-        y.data.iter_mut().zip(&x.data).for_each(|(v, &skip)| *v = (*v + skip).max(0.0));
-
-        let y = self.head_in.apply(&y);
-        let mut out = vec![0f32; (5 + self.classes) * plane];
+        // The finest level averaged down, the middle one as it is, the coarsest repeated up,
+        // side by side, each level's blocks as they are stored.
+        let (h, w) = levels[1].1;
+        let cells = h * w;
+        let neck_width = self.spp_in.in_ch;
+        let mut neck = arena.take(cells * neck_width);
         let mut at = 0;
-        for [depthwise, pointwise] in &self.heads {
-            let spread = depthwise.apply(&y);
-            let rows = pointwise.out * plane;
-            pointwise.run(&spread.data, h, w, &mut out[at..at + rows]);
-            at += rows;
-        }
-        for v in &mut out[..plane] {
-            *v = 1.0 / (1.0 + (-*v).exp());
-        }
-        // Softmax over the classes at each cell.
-        let classes = &mut out[5 * plane..];
-        for cell in 0..plane {
-            let max = (0..self.classes).map(|c| classes[c * plane + cell]).fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for c in 0..self.classes {
-                let e = (classes[c * plane + cell] - max).exp();
-                classes[c * plane + cell] = e;
-                sum += e;
-            }
-            for c in 0..self.classes {
-                classes[c * plane + cell] /= sum;
+        for (level, ((x, (lh, lw)), (_, layout))) in levels.iter().zip(&self.stages).enumerate() {
+            let (lh, lw, width) = (*lh, *lw, layout.width);
+            for block in x.chunks_exact(lh * lw * width) {
+                match level {
+                    0 => pool(block, (lh, lw, width), false, &mut neck, neck_width, at, threads),
+                    _ => {
+                        for (i, row) in neck.chunks_exact_mut(neck_width).enumerate() {
+                            let (y, x) = (i / w * lh / h, i % w * lw / w);
+                            row[at..at + width].copy_from_slice(&block[(y * lw + x) * width..][..width]);
+                        }
+                    }
+                }
+                at += width;
             }
         }
+        assert_eq!(at, neck_width, "the levels fill the neck");
+
+        let spp = self.spp_in.out_ch;
+        let mut x = arena.take(cells * spp);
+        self.spp_in.run(&neck, cells, None, &mut x, threads);
+        let mut branches = arena.take(3 * cells * spp);
+        for (branch, out) in self.spp_branches.iter().zip(branches.chunks_exact_mut(cells * spp)) {
+            let (last, first) = branch.split_last().expect("an SPP branch has a layer");
+            let mut held: Option<Vec<f32>> = None;
+            for conv in first {
+                let mut next = arena.take(cells * spp);
+                conv.run_on(held.as_ref().unwrap_or(&x), 1, h, w, &mut next, threads);
+                arena.give(held.replace(next));
+            }
+            last.run_on(held.as_ref().unwrap_or(&x), 1, h, w, out, threads);
+            arena.give(held);
+        }
+        let mut y = arena.take(cells * spp);
+        let starts = block_starts(3, cells, spp);
+        let pieces = Pieces { stride: spp, starts: &starts, len: spp };
+        self.spp_out.run_pieces(&branches, pieces, cells, Some(&x), &mut y, threads);
+        let mut z = arena.take(cells * self.head_in.out_ch);
+        self.head_in.run(&y, cells, None, &mut z, threads);
+
+        let mut out = arena.take((5 + self.classes) * cells);
+        let mut spread = arena.take(cells * self.head_in.out_ch);
+        let mut first_plane = 0;
+        for (depthwise, pointwise) in &self.heads {
+            depthwise.run_on(&z, 1, h, w, &mut spread, threads);
+            let n = pointwise.out_ch;
+            let mut values = arena.take(cells * n);
+            pointwise.run(&spread, cells, None, &mut values, threads);
+            for (cell, row) in values.chunks_exact_mut(n).enumerate() {
+                match first_plane {
+                    0 => row.iter_mut().for_each(|v| *v = 1.0 / (1.0 + zoo_runtime::cpu::exp(-*v))),
+                    1 => {}
+                    _ => zoo_runtime::cpu::softmax(row),
+                }
+                for (i, &v) in row.iter().enumerate() {
+                    out[(first_plane + i) * cells + cell] = v;
+                }
+            }
+            first_plane += n;
+            arena.give([values]);
+        }
+        arena.give([pixels, stem, pooled, neck, x, branches, y, z, spread]);
+        arena.give(levels.into_iter().map(|(level, _)| level));
         out
     }
 
@@ -507,9 +726,22 @@ impl FastestDet {
         }
         let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let side = INPUT / 16;
-        let maps: Vec<Vec<f32>> =
-            data.par_chunks_exact(3 * INPUT * INPUT).map(|picture| self.forward_one(picture)).collect();
-        Tensor::from_vec(maps.concat(), (n, 5 + self.classes, side, side), x.device())
+        let threads = rayon::current_num_threads();
+        let pictures = data.par_chunks_exact(3 * INPUT * INPUT);
+        // A batch runs its pictures side by side, each on one thread: no hand-offs between layers.
+        let maps: Vec<Vec<f32>> = if n > 1 && n >= threads {
+            pictures.map(|picture| self.forward_one(picture, 1)).collect()
+        } else {
+            // On a thread of the pool (rayon::scope puts it there): each layer's split is then
+            // work the other threads steal while they still spin, not a job injected from
+            // outside the pool that wakes them and puts this thread to sleep until it is done.
+            rayon::scope(|_| {
+                data.chunks_exact(3 * INPUT * INPUT).map(|picture| self.forward_one(picture, threads)).collect()
+            })
+        };
+        let outputs = maps.concat();
+        self.arena.give(maps);
+        Tensor::from_vec(outputs, (n, 5 + self.classes, side, side), x.device())
     }
 }
 
@@ -527,53 +759,112 @@ mod tests {
         zoo_runtime::test_support::pseudo_random(len, seed)
     }
 
-    fn conv(out: usize, inputs: usize, k: usize, stride: usize, padding: usize, depthwise: bool, relu: bool) -> Conv {
-        let per = if depthwise { 1 } else { inputs };
-        Conv {
-            weight: random(out * per * k * k, 1),
-            bias: random(out, 2),
-            out,
-            inputs: per,
-            k,
-            stride,
-            padding,
-            depthwise,
-            relu,
-        }
+    fn bundled() -> HashMap<String, Tensor> {
+        let bytes = zoo_runtime::bundled::file("fastestdet/fastestdet.pth").expect("bundled");
+        zoo_runtime::model::pth_tensors(bytes, &Device::Cpu).unwrap()
     }
 
-    /// Each convolution kind against candle's, on odd shapes: one-pixel-wide maps, strides that do
-    /// not divide the size, padding as wide as the kernel allows.
-    #[test]
-    fn convolutions_match_candles() {
-        let dev = Device::Cpu;
-        for (c, o, h, w, k, stride, padding, depthwise, relu) in [
-            (3, 3, 7, 1, 3, 1, 1, true, false),
-            (5, 5, 1, 9, 3, 2, 1, true, true),
-            (4, 4, 11, 6, 5, 1, 2, true, true),
-            (2, 2, 6, 7, 5, 2, 2, true, false),
-            (1, 1, 3, 4, 3, 2, 0, true, false),
-            (3, 24, 9, 7, 3, 2, 1, false, true),
-            (7, 5, 3, 1, 1, 1, 0, false, false),
-            (17, 33, 4, 5, 1, 1, 0, false, true),
-        ] {
-            let layer = conv(o, c, k, stride, padding, depthwise, relu);
-            let input = random(c * h * w, 3);
-            let (oh, ow) = layer.output_size(h, w);
-            let mut ours = vec![0f32; o * oh * ow];
-            layer.run(&input, h, w, &mut ours);
-            let x = Tensor::from_vec(input, (1, c, h, w), &dev).unwrap();
-            let weight = Tensor::from_vec(layer.weight.clone(), (o, layer.inputs, k, k), &dev).unwrap();
-            let bias = Tensor::from_vec(layer.bias.clone(), (1, o, 1, 1), &dev).unwrap();
-            let groups = if depthwise { c } else { 1 };
-            let mut theirs = x.conv2d(&weight, padding, stride, 1, groups).unwrap().broadcast_add(&bias).unwrap();
+    /// The network as the authors' PyTorch modules compute it, in candle's NCHW operations on
+    /// the state dict as it is (norms not folded, the shuffle as their reshape and permute).
+    fn as_pytorch(t: &HashMap<String, Tensor>, x: &Tensor) -> Tensor {
+        let get = |name: &str| t[name].to_dtype(DType::F32).unwrap();
+        // conv {prefix}{i}, norm {prefix}{i + 1}, then a ReLU if asked.
+        let layer = |x: &Tensor, prefix: &str, i: usize, stride: usize, relu: bool| -> Tensor {
+            let weight = get(&format!("{prefix}{i}.weight"));
+            let (out, per, k, _) = weight.dims4().unwrap();
+            let groups = if per == 1 && out > 1 { x.dim(1).unwrap() } else { 1 };
+            let y = x.conv2d(&weight, k / 2, stride, 1, groups).unwrap();
+            let norm = |f: &str| get(&format!("{prefix}{}.{f}", i + 1)).reshape((1, out, 1, 1)).unwrap();
+            let y = y.broadcast_sub(&norm("running_mean")).unwrap();
+            let y = y.broadcast_div(&(norm("running_var") + BN_EPS).unwrap().sqrt().unwrap()).unwrap();
+            let y = y.broadcast_mul(&norm("weight")).unwrap().broadcast_add(&norm("bias")).unwrap();
             if relu {
-                theirs = theirs.relu().unwrap();
+                y.relu().unwrap()
+            } else {
+                y
             }
-            assert_eq!(theirs.dims(), [1, o, oh, ow]);
-            let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff < 1e-5, "{c}->{o} {h}x{w} k{k} s{stride} p{padding}: {diff}");
+        };
+        let pad = |x: &Tensor| x.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
+        let main = |x: &Tensor, p: &str, s: usize| {
+            let m = format!("{p}branch_main.");
+            layer(&layer(&layer(x, &m, 0, 1, true), &m, 3, s, false), &m, 5, 1, true)
+        };
+        // After a ReLU, zero padding stands in for -inf.
+        let mut x = pad(&layer(x, "backbone.first_conv.", 0, 2, true)).max_pool2d_with_stride(3, 2).unwrap();
+        let mut levels = Vec::new();
+        for (stage, units) in [("stage2", 4), ("stage3", 8), ("stage4", 4)] {
+            for i in 0..units {
+                let p = format!("backbone.{stage}.{i}.");
+                x = if i == 0 {
+                    let proj = format!("{p}branch_proj.");
+                    let reduced = layer(&layer(&x, &proj, 0, 2, false), &proj, 2, 1, true);
+                    Tensor::cat(&[reduced, main(&x, &p, 2)], 1).unwrap()
+                } else {
+                    let (_, c, h, w) = x.dims4().unwrap();
+                    let split = x.reshape((c / 2, 2, h * w)).unwrap().permute((1, 0, 2)).unwrap();
+                    let half = |j: usize| split.get(j).unwrap().reshape((1, c / 2, h, w)).unwrap();
+                    Tensor::cat(&[half(0), main(&half(1), &p, 1)], 1).unwrap()
+                };
+            }
+            levels.push(x.clone());
+        }
+        let (h, w) = (levels[1].dim(2).unwrap(), levels[1].dim(3).unwrap());
+        let fine = pad(&levels[0]).avg_pool2d_with_stride(3, 2).unwrap();
+        let coarse = levels[2].upsample_nearest2d(h, w).unwrap();
+        let neck = Tensor::cat(&[fine, levels[1].clone(), coarse], 1).unwrap();
+        let x = layer(&neck, "SPP.Conv1x1.conv1x1.", 0, 1, true);
+        let branch = |name: &str, depth: usize| {
+            (0..depth).fold(x.clone(), |y, i| layer(&y, &format!("SPP.{name}."), 3 * i, 1, true))
+        };
+        let cat = Tensor::cat(&[branch("S1", 1), branch("S2", 2), branch("S3", 3)], 1).unwrap();
+        let y = (layer(&cat, "SPP.output.", 0, 1, false) + &x).unwrap().relu().unwrap();
+        let y = layer(&y, "detect_head.conv1x1.conv1x1.", 0, 1, true);
+        let head = |name: &str| {
+            let p = format!("detect_head.{name}_layers.conv5x5.");
+            layer(&layer(&y, &p, 0, 1, true), &p, 3, 1, false)
+        };
+        let obj = candle_nn::ops::sigmoid(&head("obj")).unwrap();
+        let cls = candle_nn::ops::softmax(&head("cls"), 1).unwrap();
+        Tensor::cat(&[obj, head("reg"), cls], 1).unwrap()
+    }
+
+    /// The NHWC pass, with its blocks, permuted weights and fused stores, against the
+    /// PyTorch-shaped graph, on a picture of noise and one of flat colour, one at a time and as
+    /// a batch.
+    #[test]
+    fn the_network_matches_its_pytorch_graph() {
+        let tensors = bundled();
+        let net = FastestDet::load(&tensors).unwrap();
+        let noise: Vec<f32> = random(3 * INPUT * INPUT, 7).iter().map(|v| v * 0.5 + 0.5).collect();
+        let flat = vec![0.3f32; 3 * INPUT * INPUT];
+        let x = Tensor::from_vec([noise, flat].concat(), (2, 3, INPUT, INPUT), &Device::Cpu).unwrap();
+        let want = Tensor::cat(
+            &[
+                as_pytorch(&tensors, &x.get(0).unwrap().unsqueeze(0).unwrap()),
+                as_pytorch(&tensors, &x.get(1).unwrap().unsqueeze(0).unwrap()),
+            ],
+            0,
+        )
+        .unwrap();
+        for got in [
+            net.forward(&x).unwrap(),
+            Tensor::cat(
+                &[net.forward(&x.narrow(0, 0, 1).unwrap()).unwrap(), net.forward(&x.narrow(0, 1, 1).unwrap()).unwrap()],
+                0,
+            )
+            .unwrap(),
+        ] {
+            assert_eq!(got.dims(), want.dims());
+            // Rounding differs in the last bits, relative to each output's scale (the box terms
+            // run to about 10 on noise).
+            for (name, from, len) in [("objectness", 0, 1), ("box", 1, 4), ("class", 5, 80)] {
+                let max =
+                    |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                let theirs = want.narrow(1, from, len).unwrap();
+                let diff = max((got.narrow(1, from, len).unwrap() - &theirs).unwrap());
+                let scale = max(theirs).max(1.0);
+                assert!(diff <= 1e-4 * scale, "{name}: max |ours - PyTorch graph| = {diff} at scale {scale}");
+            }
         }
     }
 
@@ -608,21 +899,37 @@ mod tests {
     #[test]
     fn pools_match_torchs_padding_rules() {
         let dev = Device::Cpu;
-        for (h, w) in [(5, 4), (1, 1), (6, 7)] {
-            let data = random(2 * h * w, 4);
-            let x = Planes { data: data.clone(), c: 2, h, w };
-            let t = Tensor::from_vec(data, (1, 2, h, w), &dev).unwrap();
+        for (h, w, c) in [(5, 4, 3), (1, 1, 2), (6, 7, 17)] {
+            let data = random(h * w * c, 4);
+            let t = Tensor::from_vec(data.clone(), (1, h, w, c), &dev).unwrap().permute((0, 3, 1, 2)).unwrap();
             let padded = t.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
-            // Zero padding stands in for -inf only for inputs at or above zero, as after a ReLU.
-            let ours = pool(&x, false).data;
-            let theirs = padded.avg_pool2d_with_stride(3, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(ours.len(), theirs.len(), "{h}x{w}");
-            assert!(ours.iter().zip(&theirs).all(|(a, b)| (a - b).abs() < 1e-6), "{h}x{w}");
-            let max = pool(&x, true).data;
-            let neg = t.affine(1.0, 10.0).unwrap();
-            let padded = neg.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
-            let theirs = padded.max_pool2d_with_stride(3, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(max.iter().zip(&theirs).all(|(a, b)| (a + 10.0 - b).abs() < 1e-5), "{h}x{w}");
+            let (oh, ow) = ((h - 1) / 2 + 1, (w - 1) / 2 + 1);
+            // Written at an offset of wider rows, as into the neck.
+            let (stride, offset) = (c + 5, 2);
+            let nhwc =
+                |t: Tensor| -> Vec<f32> { t.permute((0, 2, 3, 1)).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+            for (max, threads) in [(false, 1), (true, 2)] {
+                let mut out = vec![f32::NAN; oh * ow * stride];
+                pool(&data, (h, w, c), max, &mut out, stride, offset, threads);
+                // Zero padding stands in for -inf only for inputs at or above zero, as after a ReLU.
+                let theirs = if max {
+                    let shifted = t.affine(1.0, 10.0).unwrap().pad_with_zeros(2, 1, 1).unwrap();
+                    let shifted = shifted.pad_with_zeros(3, 1, 1).unwrap().max_pool2d_with_stride(3, 2).unwrap();
+                    nhwc(shifted.affine(1.0, -10.0).unwrap())
+                } else {
+                    nhwc(padded.avg_pool2d_with_stride(3, 2).unwrap())
+                };
+                for (pixel, want) in out.chunks_exact(stride).zip(theirs.chunks_exact(c)) {
+                    assert!(
+                        pixel[..offset].iter().chain(&pixel[offset + c..]).all(|v| v.is_nan()),
+                        "wrote outside its columns"
+                    );
+                    assert!(
+                        pixel[offset..offset + c].iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5),
+                        "{h}x{w} max {max}"
+                    );
+                }
+            }
         }
     }
 }

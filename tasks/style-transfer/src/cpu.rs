@@ -246,7 +246,7 @@ impl CpuLayer {
             .flat_map(|&ox| (0..k).map(move |kx| reflect_index((ox * s + kx) as isize - p as isize, w)))
             .collect();
         let band = (TILE_FLOATS / (ow * cout)).clamp(1, oh);
-        let sums = Epilogue { start: Start::Zero, residual: None, relu6: false };
+        let sums = Epilogue { start: Start::Zero, residual: None, activation: zoo_runtime::cpu::Activation::Identity };
         out.par_chunks_mut(band * ow * cout)
             .enumerate()
             .map_init(

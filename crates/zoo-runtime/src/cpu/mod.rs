@@ -7,6 +7,42 @@ pub mod nhwc;
 pub mod packed;
 pub mod quantized;
 
+/// What a layer does to its sums as it stores them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    /// ReLU6 where `on`, else nothing: the MobileNets' two kinds of layer.
+    pub fn relu6(on: bool) -> Self {
+        if on {
+            Activation::Relu6
+        } else {
+            Activation::Identity
+        }
+    }
+
+    /// The range the outputs are clamped to.
+    pub fn bounds(self) -> (f32, f32) {
+        match self {
+            Activation::Identity => (f32::NEG_INFINITY, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+        }
+    }
+
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+}
+
 /// Which kernel runs: the fastest this build has, the portable one, or the plain
 /// definition (the last two for tests).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

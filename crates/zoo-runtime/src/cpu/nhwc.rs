@@ -12,7 +12,7 @@ use candle_core::{Result, Tensor};
 
 use super::packed::{Epilogue, Lhs, PackedMatrix, Start, ONE_TAP, TILE_ROWS};
 use super::quantized::{self, Quantization, QuantizedMatrix};
-use super::{ensure, Kernel, LANES};
+use super::{ensure, Activation, Kernel, LANES};
 use rayon::prelude::*;
 
 /// (before, after) padding so that the output has ceil(size / stride) elements; TensorFlow puts
@@ -21,6 +21,26 @@ pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize)
     let out = size.div_ceil(stride);
     let total = ((out - 1) * stride + kernel).saturating_sub(size);
     (total / 2, total - total / 2)
+}
+
+/// Where a convolution's zero padding goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Padding {
+    /// TensorFlow's "same": the odd pixel after (none before at stride 2 on an even size).
+    Same,
+    /// PyTorch's `padding = kernel / 2`: as much before as after. The output has the same size
+    /// as with `Same` for the odd kernels taken here; only where the window starts differs.
+    Symmetric,
+}
+
+impl Padding {
+    /// The padding before the first pixel along a side of `size`.
+    fn before(self, size: usize, kernel: usize, stride: usize) -> usize {
+        match self {
+            Padding::Same => same_padding(size, kernel, stride).0,
+            Padding::Symmetric => kernel / 2,
+        }
+    }
 }
 
 /// A spatial convolution laid out for [`ConvWeights::run`]: depthwise (k, k, C) or dense
@@ -35,7 +55,8 @@ pub struct ConvWeights {
     pub in_ch: usize,
     pub out_ch: usize,
     depthwise: bool,
-    relu6: bool,
+    activation: Activation,
+    padding: Padding,
 }
 
 impl ConvWeights {
@@ -50,6 +71,9 @@ impl ConvWeights {
         let bias: Vec<f32> = bias.to_vec1()?;
         let dense =
             (!depthwise).then(|| Pointwise::from_matrix(&weights, bias.clone(), kernel * kernel * in_per_group, relu6));
+        if kernel % 2 == 0 {
+            candle_core::bail!("{kernel}x{kernel} convolutions are not supported (odd kernels only)")
+        }
         Ok(ConvWeights {
             weights,
             bias,
@@ -59,8 +83,20 @@ impl ConvWeights {
             in_ch: if depthwise { out_ch } else { in_per_group },
             out_ch,
             depthwise,
-            relu6,
+            activation: Activation::relu6(relu6),
+            padding: Padding::Same,
         })
+    }
+
+    /// The same layer with another activation and padding (PyTorch's networks: ReLU, and
+    /// windows centred on their pixel).
+    pub fn with(mut self, activation: Activation, padding: Padding) -> Self {
+        self.activation = activation;
+        self.padding = padding;
+        if let Some(dense) = &mut self.dense {
+            dense.activation = activation;
+        }
+        self
     }
 
     pub fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
@@ -132,8 +168,7 @@ impl ConvWeights {
         let (k, s, cout) = (self.kernel, self.stride, self.out_ch);
         let c = if C == 0 { self.in_ch } else { C };
         let (_, ow) = self.output_hw(h, w);
-        let (pad_top, _) = same_padding(h, k, s);
-        let (pad_left, _) = same_padding(w, k, s);
+        let (pad_top, pad_left) = (self.padding.before(h, k, s), self.padding.before(w, k, s));
         let window = k * k * c;
         let pixels = out.len() / cout;
         let mut patches = vec![0f32; pixels * window];
@@ -176,8 +211,7 @@ impl ConvWeights {
     fn depthwise_row_plain(&self, x: &[f32], rows: Rows, h: usize, w: usize, oy: usize, out: &mut [f32]) {
         let (k, s, c) = (self.kernel, self.stride, self.in_ch);
         let (_, ow) = self.output_hw(h, w);
-        let (pad_top, _) = same_padding(h, k, s);
-        let (pad_left, _) = same_padding(w, k, s);
+        let (pad_top, pad_left) = (self.padding.before(h, k, s), self.padding.before(w, k, s));
         for ox in 0..ow {
             for ch in 0..c {
                 let mut acc = self.bias[ch];
@@ -190,7 +224,7 @@ impl ConvWeights {
                         }
                     }
                 }
-                out[ox * c + ch] = if self.relu6 { acc.clamp(0.0, 6.0) } else { acc };
+                out[ox * c + ch] = self.activation.apply(acc);
             }
         }
     }
@@ -213,8 +247,7 @@ impl ConvWeights {
     ) {
         let c = self.in_ch;
         let (_, ow) = self.output_hw(h, w);
-        let (pad_top, _) = same_padding(h, K, S);
-        let (pad_left, _) = same_padding(w, K, S);
+        let (pad_top, pad_left) = (self.padding.before(h, K, S), self.padding.before(w, K, S));
         // The kernel rows whose input row is inside the image.
         let top = oy * S;
         let ky_first = pad_top.saturating_sub(top);
@@ -228,7 +261,7 @@ impl ConvWeights {
             c,
             weights: &self.weights,
             bias: &self.bias,
-            relu6: self.relu6,
+            activation: self.activation,
         };
         let simd = kernel == Kernel::Fastest && cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
         let pixels = if simd { TILE } else { PORTABLE_TILE };
@@ -265,7 +298,7 @@ struct TileRow<'a> {
     c: usize,
     weights: &'a [f32],
     bias: &'a [f32],
-    relu6: bool,
+    activation: Activation,
 }
 
 impl TileRow<'_> {
@@ -322,10 +355,11 @@ impl TileRow<'_> {
                 }
             }
         }
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        let (lo, hi) = self.activation.bounds();
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         for (p, mut a) in acc.into_iter().enumerate().take(if MASKED { count } else { TILE }) {
-            if self.relu6 {
-                a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
+            if self.activation != Activation::Identity {
+                a = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
             }
             let at = out.as_mut_ptr().add(p * c + ch);
             if MASKED {
@@ -369,8 +403,8 @@ impl TileRow<'_> {
             }
         }
         for (p, acc) in acc.iter_mut().enumerate().take(count) {
-            if self.relu6 {
-                acc.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+            if self.activation != Activation::Identity {
+                acc.iter_mut().for_each(|v| *v = self.activation.apply(*v));
             }
             out[p * c + ch..][..lanes].copy_from_slice(&acc[..lanes]);
         }
@@ -411,7 +445,7 @@ pub struct Pointwise {
     bias: Vec<f32>,
     pub in_ch: usize,
     pub out_ch: usize,
-    relu6: bool,
+    activation: Activation,
 }
 
 enum Weights {
@@ -434,7 +468,7 @@ impl Pointwise {
         let bias: Vec<f32> = bias.to_vec1()?;
         let out_ch = bias.len();
         let matrix = QuantizedMatrix::new(&weights, in_ch, out_ch, &bias, input);
-        Ok(Pointwise { weights: Weights::Int8(matrix), bias, in_ch, out_ch, relu6 })
+        Ok(Pointwise { weights: Weights::Int8(matrix), bias, in_ch, out_ch, activation: Activation::relu6(relu6) })
     }
 
     /// The (in, out) row-major matrix of a (out, in[, 1, 1]) weight, and its rows.
@@ -448,18 +482,46 @@ impl Pointwise {
     /// `weights`: (in, out) row-major.
     fn from_matrix(weights: &[f32], bias: Vec<f32>, in_ch: usize, relu6: bool) -> Self {
         let out_ch = bias.len();
-        Pointwise { weights: Weights::F32(PackedMatrix::new(weights, in_ch, out_ch)), bias, in_ch, out_ch, relu6 }
+        let activation = Activation::relu6(relu6);
+        Pointwise { weights: Weights::F32(PackedMatrix::new(weights, in_ch, out_ch)), bias, in_ch, out_ch, activation }
+    }
+
+    /// The same layer with another activation (PyTorch's networks use ReLU).
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
     }
 
     /// x: (rows, in_ch); out: (rows, out_ch); residual, if any: (rows, out_ch). Split over
     /// `threads` by rows (1: on the calling thread).
     pub fn run(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32], threads: usize) {
-        self.run_with(x, rows, residual, out, threads, Kernel::Fastest)
+        self.run_with(x, self.whole_rows(), rows, residual, out, threads, Kernel::Fastest)
     }
 
+    /// Rows of the input that are just the layer's inputs, one after the other.
+    fn whole_rows(&self) -> Pieces<'static> {
+        Pieces { stride: self.in_ch, starts: ONE_TAP, len: self.in_ch }
+    }
+
+    /// As [`Pointwise::run`], with each row of the input made of pieces of `x` (see [`Pieces`]):
+    /// a layer over several tensors concatenated along the channels, read where they are.
+    pub fn run_pieces(
+        &self,
+        x: &[f32],
+        pieces: Pieces,
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+    ) {
+        self.run_with(x, pieces, rows, residual, out, threads, Kernel::Fastest)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn run_with(
         &self,
         x: &[f32],
+        pieces: Pieces,
         rows: usize,
         residual: Option<&[f32]>,
         out: &mut [f32],
@@ -467,22 +529,28 @@ impl Pointwise {
         kernel: Kernel,
     ) {
         let (cin, cout) = (self.in_ch, self.out_ch);
-        assert!(x.len() >= rows * cin && out.len() >= rows * cout, "pointwise buffers too short");
+        let Pieces { stride, starts, len } = pieces;
+        assert_eq!(starts.len() * len, cin, "the pieces of a row are not the layer's inputs");
+        let reach = starts.iter().max().map_or(0, |&s| s + rows.saturating_sub(1) * stride + len);
+        assert!(rows == 0 || x.len() >= reach, "pointwise input too short");
+        assert!(out.len() >= rows * cout, "pointwise output too short");
         assert!(residual.is_none_or(|r| r.len() >= rows * cout), "pointwise residual too short");
         // Enough blocks of rows to share out, each a whole number of tiles.
         let block_rows = rows.div_ceil(4 * threads.max(1)).next_multiple_of(TILE_ROWS).max(TILE_ROWS);
         let block = |(i, out): (usize, &mut [f32])| {
             let (r0, nr) = (i * block_rows, out.len() / cout);
-            let x = &x[r0 * cin..(r0 + nr) * cin];
+            let x = &x[r0 * stride..];
             let residual = residual.map(|r| &r[r0 * cout..(r0 + nr) * cout]);
             match &self.weights {
                 Weights::F32(matrix) => {
-                    let lhs = Lhs { x, stride: cin, m: nr, k: 0..cin, taps: ONE_TAP };
-                    let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, relu6: self.relu6 };
+                    let lhs = Lhs { x, stride, m: nr, k: 0..len, taps: starts };
+                    let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, activation: self.activation };
                     matrix.multiply_with(&lhs, out, &epilogue, kernel);
                 }
                 Weights::Int8(matrix) => {
-                    let epilogue = quantized::Epilogue { residual, relu6: self.relu6 };
+                    assert!(stride == cin && starts == ONE_TAP, "an int8 layer reads whole rows");
+                    let x = &x[..nr * cin];
+                    let epilogue = quantized::Epilogue { residual, activation: self.activation };
                     matrix.multiply_with(x, nr, out, &epilogue, kernel);
                 }
             }
@@ -494,6 +562,15 @@ impl Pointwise {
             block((0, out))
         }
     }
+}
+
+/// Where each row of a layer's input is: row r is the concatenation, over the `starts`, of the
+/// `len` values at `x[start + r * stride..]`.
+#[derive(Clone, Copy)]
+pub struct Pieces<'a> {
+    pub stride: usize,
+    pub starts: &'a [usize],
+    pub len: usize,
 }
 
 /// One inverted-residual block: an optional 1x1 expansion (with ReLU6), a depthwise convolution
@@ -538,7 +615,7 @@ impl InvertedResidual {
         let (c_in, c, c_out) = (expand.in_ch, dw.in_ch, self.project.out_ch);
         let (oh, ow) = dw.output_hw(h, w);
         let (k, s) = (dw.kernel, dw.stride);
-        let (pad_top, _) = same_padding(h, k, s);
+        let pad_top = dw.padding.before(h, k, s);
         let (ring, dw_row) = scratch.split_at_mut(k * w * c);
         let dw_row = &mut dw_row[..ow * c];
         // The input row (counted over the batch) each slot of the ring holds.
@@ -1001,9 +1078,12 @@ mod tests {
         let mut seed = 0;
         for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
             for c in [1, 5, 16, 21, 37] {
-                for (h, w) in [(1, 1), (3, 2), (6, 7), (2, 9), (5, 13), (4, 17), (7, 40)] {
+                for (h, w) in [(1, 1), (3, 2), (6, 7), (2, 9), (5, 13), (4, 17), (7, 40), (8, 18)] {
                     seed += 3;
-                    let dw = conv(c, 1, k, s, true, seed % 2 == 0, seed);
+                    // Every activation and both paddings, in turn.
+                    let activation = [Activation::Relu6, Activation::Identity, Activation::Relu][seed as usize % 3];
+                    let padding = [Padding::Same, Padding::Symmetric][seed as usize / 3 % 2];
+                    let dw = conv(c, 1, k, s, true, false, seed).with(activation, padding);
                     let x: Vec<f32> = numbers(h * w * c, seed + 2).iter().map(|v| v * 4.0).collect();
                     let (oh, ow) = dw.output_hw(h, w);
                     for oy in 0..oh {
@@ -1015,7 +1095,7 @@ mod tests {
                             dw.depthwise_row(&x, Rows::Image, h, w, oy, &mut got, kernel);
                             assert!(got[ow * c..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the row");
                             let diff = max_diff(&got[..ow * c], &want);
-                            assert!(diff < 1e-5, "{kernel:?} k{k} s{s} c{c} {h}x{w} row {oy}: max diff {diff}");
+                            assert!(diff < 1e-5, "{kernel:?} k{k} s{s} c{c} {h}x{w} {padding:?} row {oy}: {diff}");
                         }
                     }
                 }
@@ -1050,7 +1130,7 @@ mod tests {
                     for kernel in [Kernel::Fastest, Kernel::Portable] {
                         for threads in [1, 3] {
                             let mut got = vec![f32::NAN; rows * cout + 2];
-                            layer.run_with(&x, rows, residual, &mut got, threads, kernel);
+                            layer.run_with(&x, layer.whole_rows(), rows, residual, &mut got, threads, kernel);
                             assert!(got[rows * cout..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the output");
                             let diff = max_diff(&got[..rows * cout], &want);
                             assert!(
@@ -1127,6 +1207,77 @@ mod tests {
             let want = net.observe_pointwise_inputs(&input, batch, h, w, &mut |_, _| {});
             let got = net.pooled(&input, batch, h, w);
             assert!(max_diff(&got, &want) < 1e-5, "{batch}x{h}x{w}: {got:?} vs {want:?}");
+        }
+    }
+
+    /// PyTorch's padding against candle's convolution (which pads as PyTorch does), depthwise
+    /// and dense, at both strides on even and odd sides: where the window starts differs from
+    /// TensorFlow's at stride 2 on even sides.
+    #[test]
+    fn symmetric_padding_matches_pytorchs() {
+        let dev = candle_core::Device::Cpu;
+        for (k, s, c_in, c_out, h, w, depthwise) in
+            [(3, 2, 5, 5, 8, 9, true), (5, 1, 3, 3, 6, 4, true), (3, 2, 3, 7, 10, 6, false), (3, 1, 2, 4, 5, 5, false)]
+        {
+            let conv = conv(c_out, if depthwise { 1 } else { c_in }, k, s, depthwise, false, (k * h) as u32)
+                .with(Activation::Relu, Padding::Symmetric);
+            let x = numbers(h * w * c_in, 5);
+            let (oh, ow) = conv.output_hw(h, w);
+            let mut got = vec![0f32; oh * ow * c_out];
+            conv.run_on(&x, 1, h, w, &mut got, 1);
+            let nchw = Tensor::from_vec(x, (1, h, w, c_in), &dev).unwrap().permute((0, 3, 1, 2)).unwrap();
+            let weight = if depthwise {
+                Tensor::from_vec(conv.weights.clone(), (k, k, c_out), &dev).unwrap().permute((2, 0, 1)).unwrap()
+            } else {
+                Tensor::from_vec(conv.weights.clone(), (k, k, c_in, c_out), &dev)
+                    .unwrap()
+                    .permute((3, 2, 0, 1))
+                    .unwrap()
+            };
+            let weight = weight.reshape((c_out, if depthwise { 1 } else { c_in }, k, k)).unwrap();
+            let bias = Tensor::from_vec(conv.bias.clone(), (1, c_out, 1, 1), &dev).unwrap();
+            let want = nchw
+                .contiguous()
+                .unwrap()
+                .conv2d(&weight.contiguous().unwrap(), k / 2, s, 1, if depthwise { c_in } else { 1 })
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap()
+                .relu()
+                .unwrap();
+            assert_eq!(want.dims(), [1, c_out, oh, ow]);
+            let want: Vec<f32> = want.permute((0, 2, 3, 1)).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let diff = max_diff(&got, &want);
+            assert!(diff < 1e-5, "k{k} s{s} {h}x{w} depthwise {depthwise}: max diff {diff}");
+        }
+    }
+
+    /// A layer over rows made of pieces (two tensors side by side, read in place) equals the
+    /// same layer over the rows copied together, for row counts that leave a short tile, on
+    /// one thread and on several.
+    #[test]
+    fn pointwise_over_pieces_equals_pointwise_over_copies() {
+        let dev = candle_core::Device::Cpu;
+        for (rows, half, cout) in [(1, 3, 5), (13, 8, 17), (40, 21, 48), (9, 12, 100)] {
+            let weight = Tensor::from_vec(numbers(cout * 2 * half, 3), (cout, 2 * half), &dev).unwrap();
+            let bias = Tensor::from_vec(numbers(cout, 4), cout, &dev).unwrap();
+            let layer = Pointwise::new(&weight, &bias, false).unwrap().with_activation(Activation::Relu);
+            // Two blocks of (rows, half) one after the other: row r is block 0's row r, then block 1's.
+            let blocks = numbers(2 * rows * half, rows as u32);
+            let joined: Vec<f32> = (0..rows)
+                .flat_map(|r| blocks[r * half..(r + 1) * half].iter().chain(&blocks[(rows + r) * half..][..half]))
+                .copied()
+                .collect();
+            let residual = numbers(rows * cout, 6);
+            let mut want = vec![0f32; rows * cout];
+            layer.run(&joined, rows, Some(&residual), &mut want, 1);
+            for threads in [1, 3] {
+                let mut got = vec![0f32; rows * cout];
+                let pieces = Pieces { stride: half, starts: &[0, rows * half], len: half };
+                layer.run_pieces(&blocks, pieces, rows, Some(&residual), &mut got, threads);
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-5, "{rows} rows of 2x{half} -> {cout} on {threads} threads: max diff {diff}");
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use super::{Kernel, LANES};
+use super::{Activation, Kernel, LANES};
 
 /// Columns per panel: three registers per row of a tile.
 const PANEL_LANES: usize = 3 * LANES;
@@ -54,7 +54,7 @@ pub struct Epilogue<'a> {
     pub start: Start<'a>,
     /// Added as the output is stored: (m, cols), rows `cols` apart.
     pub residual: Option<&'a [f32]>,
-    pub relu6: bool,
+    pub activation: Activation,
 }
 
 /// A product's left operand: `m` rows `stride` apart. Row r is the concatenation, over the
@@ -179,14 +179,14 @@ impl PackedMatrix {
                 }
             }
         }
-        if bias.is_none() && epilogue.residual.is_none() && !epilogue.relu6 {
+        if bias.is_none() && epilogue.residual.is_none() && epilogue.activation == Activation::Identity {
             return;
         }
         for (r, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
             let residual = epilogue.residual.map(|res| &res[r * n..(r + 1) * n]);
             for (i, o) in row.iter_mut().enumerate() {
                 let v = *o + bias.map_or(0.0, |b| b[i]) + residual.map_or(0.0, |res| res[i]);
-                *o = if epilogue.relu6 { v.clamp(0.0, 6.0) } else { v };
+                *o = epilogue.activation.apply(v);
             }
         }
     }
@@ -309,15 +309,17 @@ unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilo
             }
         }
     }
-    let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+    let (lo, hi) = epilogue.activation.bounds();
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let clamp = epilogue.activation != Activation::Identity;
     for (r, acc) in acc.into_iter().enumerate() {
         for (v, mut a) in acc.into_iter().enumerate() {
             let at = r * n + v * LANES;
             if let Some(res) = residual {
                 a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(panel.first + at)));
             }
-            if epilogue.relu6 {
-                a = _mm512_min_ps(_mm512_max_ps(a, zero), six);
+            if clamp {
+                a = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
             }
             _mm512_mask_storeu_ps(op.add(at), masks[v], a);
         }
@@ -344,20 +346,24 @@ mod tests {
                 let x = numbers((m - 1) * stride + klen, m as u32);
                 let residual = numbers(m * cols, 7);
                 let before = numbers(m * cols, 8);
-                for (start, with_residual, relu6) in
-                    [(0, false, true), (1, true, false), (0, true, true), (2, false, false)]
-                {
+                for (start, with_residual, activation) in [
+                    (0, false, Activation::Relu6),
+                    (1, true, Activation::Identity),
+                    (0, true, Activation::Relu6),
+                    (2, false, Activation::Identity),
+                    (1, true, Activation::Relu),
+                ] {
                     let mut want = before.clone();
                     for (r, c) in (0..m).flat_map(|r| (0..cols).map(move |c| (r, c))) {
                         let start = [bias[c], before[r * cols + c], 0.0][start];
                         let dot: f32 = (0..klen).map(|i| x[r * stride + i] * weights[(k.start + i) * cols + c]).sum();
                         let v = start + dot + if with_residual { residual[r * cols + c] } else { 0.0 };
-                        want[r * cols + c] = if relu6 { v.clamp(0.0, 6.0) } else { v };
+                        want[r * cols + c] = activation.apply(v);
                     }
                     let epilogue = Epilogue {
                         start: [Start::Bias(&bias), Start::Output, Start::Zero][start],
                         residual: with_residual.then_some(residual.as_slice()),
-                        relu6,
+                        activation,
                     };
                     for kernel in [Kernel::Fastest, Kernel::Portable] {
                         let mut got = before.clone();
@@ -369,7 +375,7 @@ mod tests {
                         assert!(
                             diff < 1e-4,
                             "{kernel:?} {m}x{klen} (stride {stride}) x ({rows}, {cols}), start {start}, \
-                             residual {with_residual}, relu6 {relu6}: max diff {diff}"
+                             residual {with_residual}, {activation:?}: max diff {diff}"
                         );
                     }
                 }
@@ -405,7 +411,7 @@ mod tests {
                 }
                 want[r * cols + c] += dot;
             }
-            let epilogue = Epilogue { start: Start::Output, residual: None, relu6: false };
+            let epilogue = Epilogue { start: Start::Output, residual: None, activation: Activation::Identity };
             for kernel in [Kernel::Fastest, Kernel::Portable] {
                 let mut got = before.clone();
                 let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps };

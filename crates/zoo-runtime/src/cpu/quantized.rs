@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use super::packed::{self, Lhs, PackedMatrix, Start};
-use super::{Kernel, LANES};
+use super::{Activation, Kernel, LANES};
 
 /// Columns per panel: three registers of 32-bit accumulators per row of a tile.
 const PANEL_LANES: usize = 3 * LANES;
@@ -117,7 +117,7 @@ pub struct QuantizedMatrix {
 pub struct Epilogue<'a> {
     /// Added as the output is stored: (m, cols).
     pub residual: Option<&'a [f32]>,
-    pub relu6: bool,
+    pub activation: Activation,
 }
 
 impl QuantizedMatrix {
@@ -212,7 +212,7 @@ impl QuantizedMatrix {
             super::ensure(codes, m * k);
             self.input.quantize_to_floats(&x[..m * k], &mut codes[..m * k]);
             let lhs = Lhs { x: codes, stride: k, m, k: 0..k, taps: packed::ONE_TAP };
-            let sums = packed::Epilogue { start: Start::Zero, residual: None, relu6: false };
+            let sums = packed::Epilogue { start: Start::Zero, residual: None, activation: Activation::Identity };
             self.float_codes().multiply_with(&lhs, out, &sums, kernel);
         });
         for (r, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
@@ -221,7 +221,7 @@ impl QuantizedMatrix {
                 if let Some(res) = epilogue.residual {
                     v += res[r * n + c];
                 }
-                *o = if epilogue.relu6 { v.clamp(0.0, 6.0) } else { v };
+                *o = epilogue.activation.apply(v);
             }
         }
     }
@@ -260,7 +260,7 @@ impl QuantizedMatrix {
                     stride,
                     residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
                     out: &mut out[r0 * n..(r0 + rows) * n],
-                    relu6: epilogue.relu6,
+                    activation: epilogue.activation,
                 };
                 for panel in &self.panels {
                     // SAFETY: VNNI is compiled in; the tile's slices hold `rows` rows of codes and
@@ -313,7 +313,8 @@ impl QuantizedMatrix {
         let offset: [__m512; V] =
             std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], self.offset.as_ptr().add(panel.first + v * LANES)));
         let wp = panel.weights.as_ptr() as *const __m512i;
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        let (lo, hi) = tile.activation.bounds();
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         {
             let cp = tile.codes.as_ptr().add(r0 * tile.stride);
             let mut acc = [[_mm512_setzero_si512(); V]; R];
@@ -337,8 +338,8 @@ impl QuantizedMatrix {
                             _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(r0 * n + panel.first + at)),
                         );
                     }
-                    if tile.relu6 {
-                        y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
+                    if tile.activation != Activation::Identity {
+                        y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
                     }
                     _mm512_mask_storeu_ps(op.add(at), masks[v], y);
                 }
@@ -354,7 +355,7 @@ struct Tile<'a> {
     stride: usize,
     residual: Option<&'a [f32]>,
     out: &'a mut [f32],
-    relu6: bool,
+    activation: Activation,
 }
 
 #[cfg(test)]
@@ -388,7 +389,13 @@ mod tests {
             for m in [1, 3, 8, 9, 13, 30] {
                 let x = numbers(m * rows, m as u32);
                 let residual = numbers(m * cols, 7);
-                for (with_residual, relu6) in [(false, true), (true, false), (true, true), (false, false)] {
+                for (with_residual, activation) in [
+                    (false, Activation::Relu6),
+                    (true, Activation::Identity),
+                    (true, Activation::Relu6),
+                    (false, Activation::Identity),
+                    (true, Activation::Relu),
+                ] {
                     // The definition on the codes' values, and the float product for scale.
                     let mut codes = vec![0u8; x.len()];
                     input.quantize(&x, &mut codes);
@@ -400,11 +407,11 @@ mod tests {
                         let dot: f32 = (0..rows).map(|i| input.dequantize(codes[r * rows + i]) * code(i)).sum();
                         let exact: f32 = (0..rows).map(|i| x[r * rows + i] * weights[i * cols + c]).sum();
                         let extra = if with_residual { residual[r * cols + c] } else { 0.0 };
-                        let act = |v: f32| if relu6 { v.clamp(0.0, 6.0) } else { v };
+                        let act = |v: f32| activation.apply(v);
                         want[r * cols + c] = act(bias[c] + dot + extra);
                         float[r * cols + c] = act(bias[c] + exact + extra);
                     }
-                    let epilogue = Epilogue { residual: with_residual.then_some(residual.as_slice()), relu6 };
+                    let epilogue = Epilogue { residual: with_residual.then_some(residual.as_slice()), activation };
                     for kernel in [Kernel::Fastest, Kernel::Portable] {
                         let mut got = vec![0f32; m * cols + 1];
                         got[m * cols] = f32::NAN;
@@ -413,7 +420,7 @@ mod tests {
                         let diff =
                             |b: &[f32]| got[..m * cols].iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                         let what = format!(
-                            "{kernel:?} {m}x{rows} x ({rows}, {cols}), residual {with_residual}, relu6 {relu6}"
+                            "{kernel:?} {m}x{rows} x ({rows}, {cols}), residual {with_residual}, {activation:?}"
                         );
                         assert!(diff(&want) < 1e-4, "{what}: {} from the definition", diff(&want));
                         // Each product term is off by at most half a step of each code.
