@@ -5,6 +5,7 @@
 //! OpenCV's bilinear variant with area-style weights, in its fixed-point arithmetic, otherwise.
 
 use image::RgbImage;
+use rayon::prelude::*;
 
 pub fn area(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (sw, sh) = (src.width() as usize, src.height() as usize);
@@ -83,23 +84,31 @@ fn area_weights(source: usize, target: usize) -> Vec<Vec<(usize, f32)>> {
 fn area_average(src: &RgbImage, dw: usize, dh: usize) -> Vec<u8> {
     let (sw, sh, pixels) = (src.width() as usize, src.height() as usize, src.as_raw());
     let (wx, wy) = (area_weights(sw, dw), area_weights(sh, dh));
+    // Rows are independent in both passes, so they are split over the threads; each value's
+    // sum keeps its order.
     let mut across = vec![0f32; sh * dw * 3];
-    for y in 0..sh {
-        for (x, weights) in wx.iter().enumerate() {
-            for c in 0..3 {
-                across[(y * dw + x) * 3 + c] =
-                    weights.iter().fold(0f32, |sum, &(s, w)| sum + f32::from(pixels[(y * sw + s) * 3 + c]) * w);
+    across.par_chunks_mut(dw * 3).enumerate().for_each(|(y, row)| {
+        let line = &pixels[y * sw * 3..(y + 1) * sw * 3];
+        for (pixel, weights) in row.chunks_exact_mut(3).zip(&wx) {
+            let mut sum = [0f32; 3];
+            for &(s, w) in weights {
+                let from = &line[s * 3..s * 3 + 3];
+                for c in 0..3 {
+                    sum[c] += f32::from(from[c]) * w;
+                }
             }
+            pixel.copy_from_slice(&sum);
         }
-    }
+    });
     let mut out = vec![0u8; dw * dh * 3];
-    for (y, weights) in wy.iter().enumerate() {
-        for i in 0..dw * 3 {
-            let value = weights.iter().fold(0f32, |sum, &(s, w)| sum + w * across[s * dw * 3 + i]);
-            // saturate_cast<uchar>: rounded half to even.
-            out[y * dw * 3 + i] = value.round_ties_even().clamp(0.0, 255.0) as u8;
+    out.par_chunks_mut(dw * 3).zip(&wy).for_each(|(row, weights)| {
+        let mut sum = vec![0f32; dw * 3];
+        for &(s, w) in weights {
+            sum.iter_mut().zip(&across[s * dw * 3..(s + 1) * dw * 3]).for_each(|(a, &v)| *a += w * v);
         }
-    }
+        // saturate_cast<uchar>: rounded half to even.
+        row.iter_mut().zip(&sum).for_each(|(o, v)| *o = v.round_ties_even().clamp(0.0, 255.0) as u8);
+    });
     out
 }
 
