@@ -8,7 +8,7 @@
 //!
 //! ShuffleNet's channel shuffle costs no pass of its own here. Every map past the first stage is
 //! kept as two blocks of channels (each an NHWC map of half the width), in an order chosen at load
-//! so that the channels a unit transforms are the first quarter of each block: its expansion reads
+//! so that the channels a unit transforms are the first half of each block: its expansion reads
 //! them in place, as two pieces of each row, with its weights permuted to match; each unit's
 //! projection writes its outputs already in the order the next unit wants. Only the channels a
 //! unit passes through are copied, as any implementation must, through a table made at load.
@@ -124,30 +124,54 @@ struct ShuffleUnit {
 
 /// Buffers a pass takes and gives back, kept between pictures: fresh ones, a few megabytes each,
 /// fault their pages in on every picture, which took longer than the network itself (measured on
-/// 2 cores: 4.6 ms a picture against 1.9 ms with the buffers kept). A buffer comes back holding
-/// what it held: every layer writes all of its output.
+/// 2 cores, one thread: 4.6 ms a picture against 1.9 ms with the buffers kept). A buffer comes
+/// back holding what it held: every layer writes all of its output (in this crate's own tests,
+/// buffers are handed out full of NaN, so that one which does not shows).
 #[derive(Default)]
 struct Arena {
     free: std::sync::Mutex<Vec<Vec<f32>>>,
 }
 
+/// The first `len` values of a buffer of the arena's; the buffer keeps its whole length, so that
+/// handing it out for less and later for more costs nothing.
+struct Buffer {
+    data: Vec<f32>,
+    len: usize,
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.data[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.data[..self.len]
+    }
+}
+
 impl Arena {
-    /// A buffer of `len` values (stale ones, if it was used before).
-    fn take(&self, len: usize) -> Vec<f32> {
+    /// A buffer of `len` values (stale ones, if it was used before): the smallest kept one that
+    /// is long enough, else the longest, grown.
+    fn take(&self, len: usize) -> Buffer {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let best = (0..free.len()).filter(|&i| free[i].len() >= len).min_by_key(|&i| free[i].len());
         let at = best.or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
-        let mut buffer = at.map(|i| free.swap_remove(i)).unwrap_or_default();
+        let mut data = at.map(|i| free.swap_remove(i)).unwrap_or_default();
         drop(free);
-        if buffer.len() < len {
-            buffer.resize(len, 0.0);
+        if data.len() < len {
+            data.resize(len, 0.0);
         }
-        buffer.truncate(len);
-        buffer
+        if cfg!(test) {
+            data[..len].fill(f32::NAN);
+        }
+        Buffer { data, len }
     }
 
-    fn give(&self, buffers: impl IntoIterator<Item = Vec<f32>>) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).extend(buffers);
+    fn give(&self, buffers: impl IntoIterator<Item = Buffer>) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).extend(buffers.into_iter().map(|b| b.data));
     }
 }
 
@@ -192,7 +216,7 @@ impl DownUnit {
 
     /// x: an (h, w) map in the blocks the unit was made for; returns the (ceil(h/2),
     /// ceil(w/2)) output, in its two blocks.
-    fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Vec<f32> {
+    fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Buffer {
         let (oh, ow) = self.depthwise.output_hw(h, w);
         let half = self.reduced.out_ch;
         let mut out = arena.take(2 * oh * ow * half);
@@ -256,7 +280,7 @@ impl ShuffleUnit {
     }
 
     /// x: an (h, w) map in two blocks of `half` channels; returns the unit's output, likewise.
-    fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Vec<f32> {
+    fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Buffer {
         let (pixels, half) = (h * w, self.project.out_ch);
         let mut out = arena.take(2 * pixels * half);
         let (passed, main) = out.split_at_mut(pixels * half);
@@ -587,7 +611,7 @@ fn check_widths(
 
 impl Unit {
     /// The unit over an (h, w) map; `size` becomes its output's.
-    fn forward(&self, x: &[f32], size: &mut (usize, usize), threads: usize, arena: &Arena) -> Vec<f32> {
+    fn forward(&self, x: &[f32], size: &mut (usize, usize), threads: usize, arena: &Arena) -> Buffer {
         match self {
             Unit::Down(unit) => {
                 let out = unit.forward(x, *size, threads, arena);
@@ -603,7 +627,7 @@ impl FastestDet {
     /// One picture, 3 planes of 352x352 (BGR, 0..1) -> `5 + classes` planes of 22x22: objectness
     /// (after its sigmoid), the box's four raw terms, and the class probabilities, as the
     /// published ONNX export gives them. Each layer is split over `threads`.
-    fn forward_one(&self, input: &[f32], threads: usize) -> Vec<f32> {
+    fn forward_one(&self, input: &[f32], threads: usize) -> Buffer {
         // The planes interleaved into pixels, inside a border of one zero pixel: the stem's padding.
         let plane = INPUT * INPUT;
         let side = INPUT + 2;
@@ -635,7 +659,7 @@ impl FastestDet {
         let mut pooled = arena.take(size.0 * size.1 * c);
         pool(&stem, (sh, sw, c), true, &mut pooled, c, 0, threads);
 
-        let mut levels: Vec<(Vec<f32>, (usize, usize))> = Vec::with_capacity(3);
+        let mut levels: Vec<(Buffer, (usize, usize))> = Vec::with_capacity(3);
         for (units, _) in &self.stages {
             let source = levels.last().map_or(&pooled, |(x, _)| x);
             let mut x = units[0].forward(source, &mut size, threads, arena);
@@ -676,7 +700,7 @@ impl FastestDet {
         let mut branches = arena.take(3 * cells * spp);
         for (branch, out) in self.spp_branches.iter().zip(branches.chunks_exact_mut(cells * spp)) {
             let (last, first) = branch.split_last().expect("an SPP branch has a layer");
-            let mut held: Option<Vec<f32>> = None;
+            let mut held: Option<Buffer> = None;
             for conv in first {
                 let mut next = arena.take(cells * spp);
                 conv.run_on(held.as_ref().unwrap_or(&x), 1, h, w, &mut next, threads);
@@ -729,7 +753,7 @@ impl FastestDet {
         let threads = rayon::current_num_threads();
         let pictures = data.par_chunks_exact(3 * INPUT * INPUT);
         // A batch runs its pictures side by side, each on one thread: no hand-offs between layers.
-        let maps: Vec<Vec<f32>> = if n > 1 && n >= threads {
+        let maps: Vec<Buffer> = if n > 1 && n >= threads {
             pictures.map(|picture| self.forward_one(picture, 1)).collect()
         } else {
             // On a thread of the pool (rayon::scope puts it there): each layer's split is then
@@ -739,7 +763,7 @@ impl FastestDet {
                 data.chunks_exact(3 * INPUT * INPUT).map(|picture| self.forward_one(picture, threads)).collect()
             })
         };
-        let outputs = maps.concat();
+        let outputs: Vec<f32> = maps.iter().flat_map(|map| map.iter().copied()).collect();
         self.arena.give(maps);
         Tensor::from_vec(outputs, (n, 5 + self.classes, side, side), x.device())
     }
@@ -837,23 +861,18 @@ mod tests {
         let net = FastestDet::load(&tensors).unwrap();
         let noise: Vec<f32> = random(3 * INPUT * INPUT, 7).iter().map(|v| v * 0.5 + 0.5).collect();
         let flat = vec![0.3f32; 3 * INPUT * INPUT];
-        let x = Tensor::from_vec([noise, flat].concat(), (2, 3, INPUT, INPUT), &Device::Cpu).unwrap();
-        let want = Tensor::cat(
-            &[
-                as_pytorch(&tensors, &x.get(0).unwrap().unsqueeze(0).unwrap()),
-                as_pytorch(&tensors, &x.get(1).unwrap().unsqueeze(0).unwrap()),
-            ],
-            0,
-        )
-        .unwrap();
-        for got in [
-            net.forward(&x).unwrap(),
-            Tensor::cat(
-                &[net.forward(&x.narrow(0, 0, 1).unwrap()).unwrap(), net.forward(&x.narrow(0, 1, 1).unwrap()).unwrap()],
-                0,
-            )
-            .unwrap(),
-        ] {
+        let pictures = [noise, flat].map(|p| Tensor::from_vec(p, (1, 3, INPUT, INPUT), &Device::Cpu).unwrap());
+        let want = pictures.clone().map(|p| as_pytorch(&tensors, &p));
+        // A batch at least as large as the pool runs its pictures side by side, one thread each;
+        // one picture alone runs each layer on every thread.
+        let n = rayon::current_num_threads().max(2);
+        let batch = Tensor::cat(&(0..n).map(|i| pictures[i % 2].clone()).collect::<Vec<_>>(), 0).unwrap();
+        let together = net.forward(&batch).unwrap();
+        let alone = pictures.clone().map(|p| net.forward(&p).unwrap());
+        let got =
+            (0..n).map(|i| (together.narrow(0, i, 1).unwrap(), i % 2)).chain([0, 1].map(|i| (alone[i].clone(), i)));
+        for (got, i) in got {
+            let want = &want[i];
             assert_eq!(got.dims(), want.dims());
             // Rounding differs in the last bits, relative to each output's scale (the box terms
             // run to about 10 on noise).

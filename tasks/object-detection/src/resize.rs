@@ -13,6 +13,9 @@ pub fn area(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     if (sw, sh) == (dw, dh) {
         return src.clone();
     }
+    if dw == 0 || dh == 0 || sw == 0 || sh == 0 {
+        return RgbImage::new(width, height);
+    }
     let (scale_x, scale_y) = (scale(sw, dw), scale(sh, dh));
     let data = if scale_x >= 1.0 && scale_y >= 1.0 {
         if scale_x.fract() == 0.0 && scale_y.fract() == 0.0 {
@@ -160,6 +163,40 @@ fn linear_with_area_weights(src: &RgbImage, dw: usize, dh: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The area average one value at a time, each sum folded in OpenCV's order: what the row-split
+    /// version must give bit for bit.
+    fn area_average_one_by_one(src: &RgbImage, dw: usize, dh: usize) -> Vec<u8> {
+        let (sw, sh, pixels) = (src.width() as usize, src.height() as usize, src.as_raw());
+        let (wx, wy) = (area_weights(sw, dw), area_weights(sh, dh));
+        let mut across = vec![0f32; sh * dw * 3];
+        for y in 0..sh {
+            for (x, weights) in wx.iter().enumerate() {
+                for c in 0..3 {
+                    across[(y * dw + x) * 3 + c] =
+                        weights.iter().fold(0f32, |sum, &(s, w)| sum + f32::from(pixels[(y * sw + s) * 3 + c]) * w);
+                }
+            }
+        }
+        let mut out = vec![0u8; dw * dh * 3];
+        for (y, weights) in wy.iter().enumerate() {
+            for i in 0..dw * 3 {
+                let value = weights.iter().fold(0f32, |sum, &(s, w)| sum + w * across[s * dw * 3 + i]);
+                out[y * dw * 3 + i] = value.round_ties_even().clamp(0.0, 255.0) as u8;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_split_area_average_equals_the_one_by_one_sums() {
+        let noise =
+            RgbImage::from_fn(173, 131, |x, y| image::Rgb([(x * 37 + y * 11) as u8, (x * y) as u8, (x ^ y) as u8]));
+        for (dw, dh) in [(31, 29), (170, 1), (1, 100), (77, 64)] {
+            assert_eq!(area_average(&noise, dw, dh), area_average_one_by_one(&noise, dw, dh), "{dw}x{dh}");
+        }
+        assert_eq!(area(&noise, 0, 5).dimensions(), (0, 5));
+    }
 
     #[test]
     fn whole_factors_average_blocks_and_fractions_share_pixels() {

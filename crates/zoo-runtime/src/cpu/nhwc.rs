@@ -1,6 +1,7 @@
-//! CPU kernels for MobileNet-style networks (EfficientNet-Lite, MobileNetV2) in NHWC with
-//! TensorFlow "same" padding: the depthwise and stem convolutions (bias and ReLU6 fused in), 1x1
-//! convolutions as one matrix product each with the bias, the residual and ReLU6 fused around it,
+//! CPU kernels for MobileNet-style networks (EfficientNet-Lite, MobileNetV2, and PyTorch's
+//! ShuffleNets) in NHWC with TensorFlow "same" or PyTorch's symmetric padding: the depthwise and
+//! stem convolutions (bias and the activation fused in), 1x1 convolutions as one matrix product
+//! each with the bias, the residual and the activation (ReLU or ReLU6) fused around it,
 //! and [`MobileNet`], which runs a stem, inverted-residual blocks and a head over three reused
 //! buffers. Work is split across output rows with rayon; inner loops run over contiguous channels
 //! so the compiler vectorises them.
@@ -26,7 +27,8 @@ pub fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize)
 /// Where a convolution's zero padding goes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Padding {
-    /// TensorFlow's "same": the odd pixel after (none before at stride 2 on an even size).
+    /// TensorFlow's "same": the odd pixel after (for a 3x3 window at stride 2 on an even size,
+    /// none before).
     Same,
     /// PyTorch's `padding = kernel / 2`: as much before as after. The output has the same size
     /// as with `Same` for the odd kernels taken here; only where the window starts differs.
@@ -66,14 +68,14 @@ impl ConvWeights {
         if kernel > MAX_KERNEL {
             candle_core::bail!("{kernel}x{kernel} convolutions are not supported (at most 7x7)")
         }
+        if kernel % 2 == 0 {
+            candle_core::bail!("{kernel}x{kernel} convolutions are not supported (odd kernels only)")
+        }
         let weights = if depthwise { weight.squeeze(1)?.permute((1, 2, 0))? } else { weight.permute((2, 3, 1, 0))? };
         let weights: Vec<f32> = weights.flatten_all()?.to_vec1()?;
         let bias: Vec<f32> = bias.to_vec1()?;
         let dense =
             (!depthwise).then(|| Pointwise::from_matrix(&weights, bias.clone(), kernel * kernel * in_per_group, relu6));
-        if kernel % 2 == 0 {
-            candle_core::bail!("{kernel}x{kernel} convolutions are not supported (odd kernels only)")
-        }
         Ok(ConvWeights {
             weights,
             bias,
@@ -439,7 +441,7 @@ impl Rows {
 /// Output rows of a dense convolution whose patches are gathered and multiplied together.
 const DENSE_ROWS: usize = 8;
 
-/// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then ReLU6 if set.
+/// A 1x1 convolution (or a dense layer): out = x * W + bias [+ residual], then its activation.
 pub struct Pointwise {
     weights: Weights,
     bias: Vec<f32>,
@@ -1072,17 +1074,19 @@ mod tests {
     /// The AVX-512 tiles (where the build has them) and the portable ones against the definition,
     /// on shapes that exercise every edge: channels short of, equal to and past a block of 16,
     /// widths of 1 and widths that leave part of a tile, rows where the window sticks out at the
-    /// top and bottom, both strides and both kernel sizes, with and without ReLU6.
+    /// top and bottom, both strides and both kernel sizes, each activation and both paddings.
     #[test]
     fn depthwise_tiles_match_the_definition_on_odd_shapes() {
         let mut seed = 0;
         for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
             for c in [1, 5, 16, 21, 37] {
-                for (h, w) in [(1, 1), (3, 2), (6, 7), (2, 9), (5, 13), (4, 17), (7, 40), (8, 18)] {
+                for ((h, w), activation, padding) in
+                    [(1, 1), (3, 2), (6, 7), (2, 9), (5, 13), (4, 17), (7, 40), (8, 18)]
+                        .into_iter()
+                        .flat_map(|size| [Activation::Relu6, Activation::Identity, Activation::Relu].map(|a| (size, a)))
+                        .flat_map(|(size, a)| [Padding::Same, Padding::Symmetric].map(|p| (size, a, p)))
+                {
                     seed += 3;
-                    // Every activation and both paddings, in turn.
-                    let activation = [Activation::Relu6, Activation::Identity, Activation::Relu][seed as usize % 3];
-                    let padding = [Padding::Same, Padding::Symmetric][seed as usize / 3 % 2];
                     let dw = conv(c, 1, k, s, true, false, seed).with(activation, padding);
                     let x: Vec<f32> = numbers(h * w * c, seed + 2).iter().map(|v| v * 4.0).collect();
                     let (oh, ow) = dw.output_hw(h, w);
@@ -1095,7 +1099,10 @@ mod tests {
                             dw.depthwise_row(&x, Rows::Image, h, w, oy, &mut got, kernel);
                             assert!(got[ow * c..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the row");
                             let diff = max_diff(&got[..ow * c], &want);
-                            assert!(diff < 1e-5, "{kernel:?} k{k} s{s} c{c} {h}x{w} {padding:?} row {oy}: {diff}");
+                            assert!(
+                                diff < 1e-5,
+                                "{kernel:?} k{k} s{s} c{c} {h}x{w} {activation:?} {padding:?} row {oy}: {diff}"
+                            );
                         }
                     }
                 }

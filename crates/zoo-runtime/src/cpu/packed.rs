@@ -1,6 +1,6 @@
 //! A weight matrix packed once for every product it takes part in, and the product itself: on
 //! AVX-512 a tile of 8 rows times up to 48 columns of accumulators that start at the bias (or at
-//! what the output holds) and get the residual and ReLU6 as they are stored, so nothing is
+//! what the output holds) and get the residual and activation as they are stored, so nothing is
 //! packed per call and the output is written once; elsewhere the gemm crate, panel by panel,
 //! and a second pass. The left operand's rows may be any distance apart (also overlapping: a
 //! convolution reads its padded input in place), a product may use a range of the matrix's rows,
