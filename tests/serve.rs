@@ -275,6 +275,27 @@ fn every_route_answers_what_the_cli_prints() {
     let verbose = openai("verbose_json").json();
     assert_eq!(verbose["text"], transcript);
     assert_eq!(verbose["segments"].as_array().unwrap().len(), cli[0]["segments"].as_array().unwrap().len());
+    // --vad as a request option, natively and as the vad_filter field OpenAI-style servers for
+    // faster-whisper take: the same speech and times as the CLI's (goforward's speech starts at 0.11 s).
+    let goforward_path = setup.speech.join("audio/goforward.wav");
+    let goforward = std::fs::read(&goforward_path).unwrap();
+    let cli = cli_json(cache, &["speech-recognition", goforward_path.to_str().unwrap(), "--vad"]);
+    assert_eq!(cli[0]["speech"], json!([[0.112, 2.786]]), "{}", cli[0]);
+    let reply =
+        post_multipart(&server.url("/v1/run/asr?vad=true"), &[("file", Part::File("goforward.wav", &goforward))], &[]);
+    assert_same(&results(&reply)[0], &cli[0], "");
+    let filtered = post_multipart(
+        &server.url("/v1/audio/transcriptions"),
+        &[
+            ("file", Part::File("goforward.wav", &goforward)),
+            ("response_format", Part::Text("verbose_json")),
+            ("vad_filter", Part::Text("true")),
+        ],
+        &[],
+    )
+    .json();
+    assert_eq!(filtered["text"], cli[0]["text"]);
+    assert_eq!(filtered["segments"][0]["start"], cli[0]["segments"][0]["start"]);
     let unknown = post_multipart(
         &server.url("/v1/audio/transcriptions"),
         &[("file", Part::File("jfk.wav", &jfk)), ("model", Part::Text("whisper-large"))],

@@ -123,6 +123,99 @@ fn dev_set_wer_is_within_the_bar() {
     let (beam_wer, report) = wer(&s, &s.speech.join("manifest.tsv"), &beam);
     eprintln!("dev WER with --beam-size 5: {beam_wer:.2}%");
     assert!(beam_wer <= total, "beam search WER {beam_wer}% is worse than greedy {total}%:\n{report}");
+
+    // Skipping silence first must not cost words.
+    args.truncate(args.len() - 2);
+    args.push("--vad");
+    let run = zoo(&s, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let vad: Vec<(String, String)> = rows
+        .iter()
+        .zip(json_lines(&run))
+        .map(|(row, line)| (row[0].clone(), line["text"].as_str().unwrap().to_string()))
+        .collect();
+    let (vad_wer, report) = wer(&s, &s.speech.join("manifest.tsv"), &vad);
+    eprintln!("dev WER with --vad: {vad_wer:.2}%");
+    assert!(vad_wer <= total, "--vad WER {vad_wer}% is worse than without {total}%:\n{report}");
+}
+
+/// faster-whisper's `vad_filter=True` segments of the long recording (start, end, text).
+fn reference_segments(assets: &Path) -> Vec<(f64, f64, String)> {
+    let bench: Value =
+        serde_json::from_slice(&std::fs::read(assets.join("reference/vad/long_bench.json")).unwrap()).unwrap();
+    bench["modes"]["b"]["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_f64().unwrap(), s[1].as_f64().unwrap(), s[2].as_str().unwrap().trim().to_string()))
+        .collect()
+}
+
+/// `--vad` on the long recording (17 clips with pauses, rumble and hum between them): the speech
+/// it keeps is faster-whisper's `vad_filter` speech to the sample, every segment lies inside it on
+/// the recording's clock, and the transcript loses nothing against transcribing the whole file.
+/// Five seconds of silence give no segment and say why.
+#[test]
+fn vad_transcribes_only_the_speech_and_keeps_the_recordings_clock() {
+    let Some(s) = setup("speech --vad") else { return };
+    let assets = s.speech.parent().and_then(|data| data.parent()).unwrap().to_path_buf();
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(assets.join("reference/vad/speech_timestamps.json")).unwrap()).unwrap();
+    let want: Vec<(f64, f64)> = reference["clips"]["long_dev_concat"]["default"]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_f64().unwrap() / 16000.0, r[1].as_f64().unwrap() / 16000.0))
+        .collect();
+    let file = s.speech.join("long/long_dev_concat.wav").display().to_string();
+    let manifest = s.speech.join("long/manifest.tsv");
+    let whole = zoo(&s, &["run", "asr", "--json", &file]);
+    let run = zoo(&s, &["run", "asr", "--json", "--vad", &file]);
+    assert_eq!((whole.code, run.code), (0, 0), "{}{}", whole.stderr, run.stderr);
+    let (whole, line) = (&json_lines(&whole)[0], &json_lines(&run)[0]);
+    let speech: Vec<(f64, f64)> =
+        line["speech"].as_array().unwrap().iter().map(|r| (r[0].as_f64().unwrap(), r[1].as_f64().unwrap())).collect();
+    assert_eq!(speech.len(), want.len(), "{speech:?}");
+    for (got, want) in speech.iter().zip(&want) {
+        assert!((got.0 - want.0).abs() < 1e-3 && (got.1 - want.1).abs() < 1e-3, "{got:?} against {want:?}");
+    }
+    assert!((line["duration"].as_f64().unwrap() - 190.012).abs() < 0.01, "the recording's duration");
+    let kept: f64 = want.iter().map(|(a, b)| b - a).sum();
+    assert!((line["speech_duration"].as_f64().unwrap() - kept).abs() < 0.01);
+    // Times are on the recording's clock: no segment starts or ends in removed silence (one may
+    // span a pause, as faster-whisper's do), and they run in order.
+    let in_speech = |t: f64| speech.iter().any(|&(a, b)| a - 0.01 <= t && t <= b + 0.01);
+    let segments = line["segments"].as_array().unwrap();
+    let mut previous = 0.0;
+    for segment in segments {
+        let (start, end) = (segment["start"].as_f64().unwrap(), segment["end"].as_f64().unwrap());
+        assert!(in_speech(start) && in_speech(end), "segment {start}-{end} ends in removed silence: {segment}");
+        assert!(previous <= start && start <= end, "segment {start}-{end} out of order");
+        previous = end;
+    }
+    // As long as zoo and faster-whisper's vad_filter decode the same segments (the decoders part
+    // later on, at a segment one of them splits), they put them at the same times.
+    let theirs = reference_segments(&assets);
+    let agreed = segments.iter().zip(&theirs).take_while(|(ours, (_, _, text))| ours["text"] == text.as_str());
+    let mut same = 0;
+    for (ours, (start, end, _)) in agreed {
+        assert!((ours["start"].as_f64().unwrap() - start).abs() < 0.011, "{ours} against {start}");
+        assert!((ours["end"].as_f64().unwrap() - end).abs() < 0.011, "{ours} against {end}");
+        same += 1;
+    }
+    assert!(same >= theirs.len() / 2, "only the first {same} of {} segments decoded as faster-whisper's", theirs.len());
+    let score = |line: &Value| wer(&s, &manifest, &[("long_dev_concat".into(), line["text"].as_str().unwrap().into())]);
+    let ((with_vad, report), (without, _)) = (score(line), score(whole));
+    eprintln!("long recording WER: {without:.2}% whole, {with_vad:.2}% with --vad");
+    assert!(with_vad <= without + 1.0, "--vad WER {with_vad}% against {without}% without:\n{report}");
+
+    let silence = s.speech.join("formats/silence_5s.wav").display().to_string();
+    let run = zoo(&s, &["run", "asr", "--json", "--vad", &silence]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = &json_lines(&run)[0];
+    assert_eq!(line["segments"].as_array().unwrap().len(), 0);
+    assert_eq!(line["speech"].as_array().unwrap().len(), 0);
+    assert!(run.stderr.contains("--vad found no speech"), "{}", run.stderr);
 }
 
 #[test]
@@ -254,6 +347,10 @@ fn bad_options_are_usage_errors_before_any_work() {
         (vec!["--task", "translate"], "English-only"),
         (vec!["--beam-size", "0"], "--beam-size"),
         (vec!["--beam-size", "many"], "--beam-size"),
+        (vec!["--vad-threshold", "0.4"], "add --vad"),
+        (vec!["--vad", "--vad-threshold", "1.5"], "--vad-threshold"),
+        (vec!["--vad", "--vad-min-silence-ms", "soon"], "--vad-min-silence-ms"),
+        (vec!["--vad", "--vad-max-speech-s", "0"], "--vad-max-speech-s"),
     ] {
         let mut all = vec!["run", "asr", jfk.as_str()];
         all.extend(args.iter().copied());

@@ -114,6 +114,14 @@ def test_speech_from_a_file_and_from_samples_is_the_clis():
     assert without_input(asr(samples)) == without_input(expected)
 
 
+def test_speech_with_vad_is_the_clis():
+    goforward = ASSETS / "data" / "speech" / "audio" / "goforward.wav"
+    expected = cli("speech-recognition", str(goforward), "--vad")[0]
+    got = zoo.pipeline("asr", vad=True)(str(goforward))
+    assert got == expected
+    assert got["speech"] == [[0.112, 2.786]]
+
+
 def test_style_transfer_gives_the_clis_picture(tmp_path):
     written = tmp_path / "styled.png"
     cli("style-transfer", str(DATA / "coffee.png"), "--style", "3", "--output", str(written))

@@ -88,6 +88,11 @@ async fn transcribe(app: &App, request: Request, translate: bool) -> Result<Resp
     if translate {
         pairs.push(("task", "translate".into()));
     }
+    // Not in OpenAI's API: the field OpenAI-style servers for faster-whisper (speaches) take for
+    // its vad_filter, so their clients' requests keep their meaning here.
+    if let Some(value) = form.field("vad_filter").filter(|v| !v.trim().is_empty()) {
+        pairs.push(("vad", value.trim().to_string()));
+    }
     match response_format.as_str() {
         "json" | "text" | "verbose_json" => {}
         "srt" | "vtt" => pairs.push(("format", response_format.clone())),

@@ -12,6 +12,7 @@ pub mod mel;
 pub mod model;
 pub mod output;
 pub mod text_decoder;
+pub mod vad;
 pub mod words;
 
 use std::path::{Path, PathBuf};
@@ -89,7 +90,96 @@ const OPTIONS: &[TaskOption] = &[
         help: "Decode greedily once per window; no retries at higher temperatures on repetitive output",
         default: None,
     },
+    TaskOption {
+        name: "vad",
+        value_name: None,
+        help: "Skip silence first: the bundled Silero VAD finds the speech (as faster-whisper's vad_filter), \
+               only that is transcribed, and times stay on the recording's clock",
+        default: None,
+    },
+    TaskOption {
+        name: "vad-threshold",
+        value_name: Some("P"),
+        help: "With --vad: a 32 ms window at or above this speech probability is speech (default 0.5)",
+        default: None,
+    },
+    TaskOption {
+        name: "vad-min-silence-ms",
+        value_name: Some("MS"),
+        help: "With --vad: a pause shorter than this does not end the speech (default 2000)",
+        default: None,
+    },
+    TaskOption {
+        name: "vad-speech-pad-ms",
+        value_name: Some("MS"),
+        help: "With --vad: audio kept on each side of the speech (default 400)",
+        default: None,
+    },
+    TaskOption {
+        name: "vad-min-speech-ms",
+        value_name: Some("MS"),
+        help: "With --vad: speech shorter than this is dropped (default 0)",
+        default: None,
+    },
+    TaskOption {
+        name: "vad-max-speech-s",
+        value_name: Some("SECONDS"),
+        help: "With --vad: speech longer than this is split, at a pause if there is one (default: never)",
+        default: None,
+    },
 ];
+
+/// The `--vad-*` options (each needs `--vad`).
+const VAD_OPTIONS: [&str; 5] =
+    ["vad-threshold", "vad-min-silence-ms", "vad-speech-pad-ms", "vad-min-speech-ms", "vad-max-speech-s"];
+
+/// `--vad` and its options, checked: None without `--vad`.
+fn vad_options(args: &TaskArgs) -> Result<Option<vad::VadOptions>> {
+    if !args.flag("vad") {
+        if let Some(option) = VAD_OPTIONS.iter().find(|o| args.value(o).is_some()) {
+            return Err(Error::Usage(format!("--{option} tunes the voice activity detector: add --vad")));
+        }
+        return Ok(None);
+    }
+    let defaults = vad::VadOptions::default();
+    let invalid = |option: &str, value: f64, reason: &str| Error::InvalidOption {
+        option: option.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    };
+    let threshold: f64 = args.parse("vad-threshold")?.unwrap_or(defaults.threshold);
+    if !(threshold > 0.0 && threshold < 1.0) {
+        return Err(invalid("vad-threshold", threshold, "choose a probability between 0 and 1"));
+    }
+    let mut milliseconds = [("vad-min-silence-ms", defaults.min_silence_duration_ms)]
+        .into_iter()
+        .chain([("vad-speech-pad-ms", defaults.speech_pad_ms), ("vad-min-speech-ms", defaults.min_speech_duration_ms)])
+        .map(|(option, default)| {
+            let value: f64 = args.parse(option)?.unwrap_or(default);
+            if value.is_finite() && value >= 0.0 {
+                Ok(value)
+            } else {
+                Err(invalid(option, value, "choose a number of milliseconds, 0 or more"))
+            }
+        });
+    let (min_silence_duration_ms, speech_pad_ms, min_speech_duration_ms) = (
+        milliseconds.next().expect("three")?,
+        milliseconds.next().expect("three")?,
+        milliseconds.next().expect("three")?,
+    );
+    let max_speech_duration_s = match args.value("vad-max-speech-s") {
+        None => f64::INFINITY,
+        Some(_) => args.positive("vad-max-speech-s", 30.0, "seconds")?,
+    };
+    Ok(Some(vad::VadOptions {
+        threshold,
+        neg_threshold: None,
+        min_speech_duration_ms,
+        max_speech_duration_s,
+        min_silence_duration_ms,
+        speech_pad_ms,
+    }))
+}
 
 impl Task for SpeechRecognition {
     fn name(&self) -> &'static str {
@@ -167,6 +257,8 @@ pub struct SpeechRunner {
     output_dir: Option<PathBuf>,
     model_id: String,
     max_duration_s: f64,
+    /// With `--vad`: the detector and its options.
+    vad: Option<(vad::SileroVad, vad::VadOptions)>,
 }
 
 impl SpeechRunner {
@@ -192,6 +284,7 @@ impl SpeechRunner {
             }
         };
         let output_dir = args.value("output-dir").map(PathBuf::from);
+        let vad_options = vad_options(args)?;
         let language = args.value("language").map(|l| l.trim().to_ascii_lowercase());
         if let Some(code) = &language {
             if !model::LANGUAGES.contains(&code.as_str()) {
@@ -252,7 +345,22 @@ impl SpeechRunner {
         options.initial_prompt = args.value("prompt").map(str::to_string);
         let max_duration_s = args.positive("max-duration", audio::MAX_DURATION_S, "seconds")?;
         let filters = mel::mel_filters(audio::SAMPLE_RATE as usize, mel::N_FFT, whisper.config.num_mel_bins);
-        Ok(SpeechRunner { whisper, options, filters, format, output_dir, model_id: model.id.clone(), max_duration_s })
+        let vad = match vad_options {
+            None => None,
+            Some(options) => {
+                Some((vad::SileroVad::bundled().map_err(|e| Error::model("silero-vad", e.to_string()))?, options))
+            }
+        };
+        Ok(SpeechRunner {
+            whisper,
+            options,
+            filters,
+            format,
+            output_dir,
+            model_id: model.id.clone(),
+            max_duration_s,
+            vad,
+        })
     }
 
     /// Transcribes 16 kHz mono samples.
@@ -267,11 +375,38 @@ impl SpeechRunner {
         let bytes = input.read(audio::read_limit(self.max_duration_s))?;
         let audio = audio::decode_with_limit(&bytes, input.path(), self.max_duration_s)
             .map_err(|e| Error::input(input.path(), e))?;
-        let transcript =
-            self.transcribe_samples(&audio.samples).map_err(|e| Error::model(&self.model_id, e.to_string()))?;
+        let model_id = self.model_id.clone();
+        let failed = |e: candle_core::Error| Error::model(&model_id, e.to_string());
+        let regions = self.vad.as_ref().map(|(detector, options)| {
+            vad::speech_timestamps(&detector.probabilities(&audio.samples), audio.samples.len(), options)
+        });
+        let (transcript, speech) = match regions {
+            None => (self.transcribe_samples(&audio.samples).map_err(failed)?, None),
+            Some(regions) => {
+                let speech = vad::collect_speech(&audio.samples, &regions);
+                let mut transcript = if speech.is_empty() {
+                    Transcript {
+                        language: self.options.language.clone().unwrap_or_else(|| "en".into()),
+                        language_probability: 0.0,
+                        duration: 0.0,
+                        segments: Vec::new(),
+                    }
+                } else {
+                    self.transcribe_samples(&speech).map_err(failed)?
+                };
+                vad::restore_times(&mut transcript.segments, &vad::SpeechMap::new(&regions));
+                transcript.duration = audio.duration_s();
+                (transcript, Some(regions))
+            }
+        };
         let mut head = Map::new();
         head.insert("input".into(), input.name.clone().into());
         head.insert("model".into(), self.model_id.clone().into());
+        if let Some(regions) = &speech {
+            for (key, value) in vad::speech_fields(regions) {
+                head.insert(key, value);
+            }
+        }
         let mut written = None;
         if let Some(dir) = &self.output_dir {
             let format = self.format.unwrap_or(Format::Txt);
@@ -290,6 +425,12 @@ impl SpeechRunner {
                 )
             })
             .into_iter()
+            .chain(
+                speech
+                    .as_ref()
+                    .filter(|r| r.is_empty())
+                    .map(|_| "--vad found no speech: nothing was transcribed".into()),
+            )
             .collect();
         Ok(Transcribed { transcript, head, format: self.format, written, warnings })
     }
@@ -326,6 +467,11 @@ impl Prediction for Transcribed {
 
     fn json(&self) -> Map<String, Value> {
         let mut map = output::json_fields(&self.transcript);
+        for key in ["speech", "speech_duration"] {
+            if let Some(value) = self.head.get(key) {
+                map.insert(key.into(), value.clone());
+            }
+        }
         if let Some(path) = &self.written {
             map.insert("output".into(), path.display().to_string().into());
         }
