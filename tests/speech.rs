@@ -134,9 +134,8 @@ fn dev_set_wer_is_within_the_bar() {
         .zip(json_lines(&run))
         .map(|(row, line)| (row[0].clone(), line["text"].as_str().unwrap().to_string()))
         .collect();
-    let (vad_wer, report) = wer(&s, &s.speech.join("manifest.tsv"), &vad);
-    eprintln!("dev WER with --vad: {vad_wer:.2}%");
-    assert!(vad_wer <= total, "--vad WER {vad_wer}% is worse than without {total}%:\n{report}");
+    // Each dev clip is speech from end to end (goforward less its first 0.11 s): the same words.
+    assert_eq!(vad, hyps, "--vad changed the dev transcripts");
 }
 
 /// faster-whisper's `vad_filter=True` segments of the long recording (start, end, text).
@@ -216,6 +215,19 @@ fn vad_transcribes_only_the_speech_and_keeps_the_recordings_clock() {
     assert_eq!(line["segments"].as_array().unwrap().len(), 0);
     assert_eq!(line["speech"].as_array().unwrap().len(), 0);
     assert!(run.stderr.contains("--vad found no speech"), "{}", run.stderr);
+
+    // Word times too are on the recording's clock: goforward's speech starts 0.11 s in.
+    let goforward = s.speech.join("audio/goforward.wav").display().to_string();
+    let run = zoo(&s, &["run", "asr", "--json", "--vad", "--explain", &goforward]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = &json_lines(&run)[0];
+    let words: Vec<&Value> =
+        line["segments"].as_array().unwrap().iter().flat_map(|s| s["words"].as_array().unwrap()).collect();
+    assert!(!words.is_empty(), "{line}");
+    for word in &words {
+        let (start, end) = (word["start"].as_f64().unwrap(), word["end"].as_f64().unwrap());
+        assert!(0.11 <= start && start <= end && end <= 2.79, "{word} outside the speech 0.112-2.786");
+    }
 }
 
 #[test]
@@ -347,10 +359,11 @@ fn bad_options_are_usage_errors_before_any_work() {
         (vec!["--task", "translate"], "English-only"),
         (vec!["--beam-size", "0"], "--beam-size"),
         (vec!["--beam-size", "many"], "--beam-size"),
-        (vec!["--vad-threshold", "0.4"], "add --vad"),
+        (vec!["--vad-threshold", "0.4"], "turn on vad too (--vad)"),
         (vec!["--vad", "--vad-threshold", "1.5"], "--vad-threshold"),
         (vec!["--vad", "--vad-min-silence-ms", "soon"], "--vad-min-silence-ms"),
         (vec!["--vad", "--vad-max-speech-s", "0"], "--vad-max-speech-s"),
+        (vec!["--vad", "--vad-max-speech-s", "0.5"], "twice the speech pad"),
     ] {
         let mut all = vec!["run", "asr", jfk.as_str()];
         all.extend(args.iter().copied());

@@ -124,7 +124,7 @@ const OPTIONS: &[TaskOption] = &[
     TaskOption {
         name: "vad-max-speech-s",
         value_name: Some("SECONDS"),
-        help: "With --vad: speech longer than this is split, at a pause if there is one (default: never)",
+        help: "With --vad: speech longer than this is split, at a pause of over 98 ms if there is one (default: never)",
         default: None,
     },
 ];
@@ -137,7 +137,9 @@ const VAD_OPTIONS: [&str; 5] =
 fn vad_options(args: &TaskArgs) -> Result<Option<vad::VadOptions>> {
     if !args.flag("vad") {
         if let Some(option) = VAD_OPTIONS.iter().find(|o| args.value(o).is_some()) {
-            return Err(Error::Usage(format!("--{option} tunes the voice activity detector: add --vad")));
+            return Err(Error::Usage(format!(
+                "{option} tunes the voice activity detector, which is off: turn on vad too (--vad)"
+            )));
         }
         return Ok(None);
     }
@@ -171,6 +173,16 @@ fn vad_options(args: &TaskArgs) -> Result<Option<vad::VadOptions>> {
         None => f64::INFINITY,
         Some(_) => args.positive("vad-max-speech-s", 30.0, "seconds")?,
     };
+    // faster-whisper keeps a window and both pads out of the maximum; shorter than that, every
+    // window would be a piece of its own.
+    let least = (vad::WINDOW as f64 / f64::from(audio::SAMPLE_RATE)) + 2.0 * speech_pad_ms / 1000.0;
+    if max_speech_duration_s <= least {
+        return Err(invalid(
+            "vad-max-speech-s",
+            max_speech_duration_s,
+            &format!("must be longer than 32 ms plus twice the speech pad ({least:.3} s)"),
+        ));
+    }
     Ok(Some(vad::VadOptions {
         threshold,
         neg_threshold: None,
@@ -385,12 +397,14 @@ impl SpeechRunner {
             Some(regions) => {
                 let speech = vad::collect_speech(&audio.samples, &regions);
                 let mut transcript = if speech.is_empty() {
-                    Transcript {
-                        language: self.options.language.clone().unwrap_or_else(|| "en".into()),
-                        language_probability: 0.0,
-                        duration: 0.0,
-                        segments: Vec::new(),
-                    }
+                    // No speech to detect a language in: the one asked for, English for an
+                    // English-only model, else unknown (with probability 0).
+                    let language = match (&self.options.language, self.whisper.multilingual) {
+                        (Some(language), _) => language.clone(),
+                        (None, false) => "en".into(),
+                        (None, true) => "unknown".into(),
+                    };
+                    Transcript { language, language_probability: 0.0, duration: 0.0, segments: Vec::new() }
                 } else {
                     self.transcribe_samples(&speech).map_err(failed)?
                 };

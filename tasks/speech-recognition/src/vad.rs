@@ -22,6 +22,8 @@ const BINS: usize = 129;
 const N_FFT: usize = 256;
 const HOP: usize = 128;
 const HIDDEN: usize = 128;
+/// Windows encoded together (about 5 minutes of audio, some 50 MB of work buffers).
+const BLOCK: usize = 10_000;
 
 /// The bundled weights: faster-whisper's silero_vad_v6.onnx initializers as safetensors.
 pub const BUNDLED: &str = "silero-vad/silero_vad_v6.safetensors";
@@ -116,17 +118,23 @@ impl SileroVad {
         // faster-whisper zeroes the last window's last 64 samples too (a write through a numpy
         // view meant for the context): only audible where the padding is shorter than that.
         padded[windows * WINDOW - CONTEXT..].fill(0.0);
-        let features = self.encode(&padded, windows);
+        // Blocks of windows, so that the spectra and patches of an hour of audio are never held
+        // at once; only each window's 128 features are kept for the LSTM.
+        let mut features = Vec::with_capacity(windows * HIDDEN);
+        for first in (0..windows).step_by(BLOCK) {
+            features.extend(self.encode(&padded, first..(first + BLOCK).min(windows)));
+        }
         self.decode(&features, windows)
     }
 
-    /// Each window's magnitude spectrum through the four convolutions: (windows, 128).
-    fn encode(&self, padded: &[f32], windows: usize) -> Vec<f32> {
+    /// The magnitude spectra of windows `block` through the four convolutions: (windows, 128).
+    fn encode(&self, padded: &[f32], block: std::ops::Range<usize>) -> Vec<f32> {
+        let windows = block.len();
         // The STFT frames 1..4 of each window (frame 0, centred on the reflected padding, is
         // dropped), one row of 256 samples each.
         let mut frames = vec![0f32; windows * FRAMES * N_FFT];
         let mut row = [0f32; CONTEXT + WINDOW];
-        for (w, out) in frames.chunks_exact_mut(FRAMES * N_FFT).enumerate() {
+        for (w, out) in block.zip(frames.chunks_exact_mut(FRAMES * N_FFT)) {
             let start = w * WINDOW;
             row[..CONTEXT].copy_from_slice(if w == 0 { &[0.0; CONTEXT] } else { &padded[start - CONTEXT..start] });
             row[CONTEXT..].copy_from_slice(&padded[start..start + WINDOW]);
@@ -150,6 +158,7 @@ impl SileroVad {
         let rows = windows * FRAMES;
         let mut spectrum = vec![0f32; rows * 2 * BINS];
         product(&frames, N_FFT, &self.basis, &mut spectrum, rows, 2 * BINS);
+        drop(frames);
         let mut x: Vec<f32> = spectrum
             .chunks_exact(2 * BINS)
             .flat_map(|s| (0..BINS).map(move |k| (s[k] * s[k] + s[BINS + k] * s[BINS + k]).sqrt()))
@@ -259,8 +268,9 @@ impl Default for VadOptions {
 /// zero-means-unset positions, Python's float and integer arithmetic included).
 pub fn speech_timestamps(probabilities: &[f32], samples: usize, options: &VadOptions) -> Vec<(usize, usize)> {
     let rate = f64::from(SAMPLE_RATE);
-    let threshold = options.threshold;
-    let negative = options.neg_threshold.unwrap_or((threshold - 0.15).max(0.01));
+    // numpy compares its float32 probabilities with Python floats in float32.
+    let threshold = options.threshold as f32;
+    let negative = options.neg_threshold.unwrap_or((options.threshold - 0.15).max(0.01)) as f32;
     let min_speech = rate * options.min_speech_duration_ms / 1000.0;
     let pad = rate * options.speech_pad_ms / 1000.0;
     let max_speech = rate * options.max_speech_duration_s - WINDOW as f64 - 2.0 * pad;
@@ -273,7 +283,7 @@ pub fn speech_timestamps(probabilities: &[f32], samples: usize, options: &VadOpt
     let mut start: Option<i64> = None;
     let (mut temp_end, mut prev_end, mut next_start) = (0i64, 0i64, 0i64);
     for (i, &p) in probabilities.iter().enumerate() {
-        let (p, pos) = (f64::from(p), (WINDOW * i) as i64);
+        let pos = (WINDOW * i) as i64;
         if p >= threshold && temp_end != 0 {
             temp_end = 0;
             if next_start < prev_end {
@@ -392,13 +402,19 @@ impl SpeechMap {
     /// faster-whisper rounds it.
     pub fn original_in(&self, t: f64, range: usize) -> f64 {
         let before = self.silence_before.get(range).copied().unwrap_or(0.0);
-        ((before + t) * 100.0).round() / 100.0
+        python_round_2(before + t)
     }
 
     /// The recording's time of `t` seconds on the speech-only timeline.
     pub fn original(&self, t: f64, is_end: bool) -> f64 {
         self.original_in(t, self.range_of(t, is_end))
     }
+}
+
+/// Python's `round(x, 2)`: the exact binary value rounded to two decimals (halves to even), which
+/// Rust's formatting also does; `(x * 100).round() / 100` rounds the product instead (0.075 -> 0.08).
+fn python_round_2(x: f64) -> f64 {
+    format!("{x:.2}").parse().unwrap_or(x)
 }
 
 /// Segment and word times on the speech-only timeline moved to the recording's, as
@@ -467,6 +483,71 @@ mod tests {
             vec![(40 * 512 - 6400, 50 * 512 - 3)]
         );
         assert!(speech_timestamps(&[0.02; 100], 100 * 512, &VadOptions::default()).is_empty());
+    }
+
+    /// Speech longer than the maximum is cut at its last pause of over 98 ms, or where it reaches
+    /// the maximum when it had none: the expected ranges are faster-whisper's (its algorithm as
+    /// `../shared/assets/reference/vad/tools/timestamps_from_probs.py` ports it, on these numbers).
+    #[test]
+    fn long_speech_is_split_as_faster_whisper_splits_it() {
+        let mut p = vec![0.1f32; 300];
+        p[10..200].fill(0.9);
+        p[60..66].fill(0.2); // 192 ms: a pause to cut at
+        p[120..122].fill(0.2); // 64 ms: too short to cut at
+        let split = |max_s: f64, pad_ms: f64| {
+            let options = VadOptions { max_speech_duration_s: max_s, speech_pad_ms: pad_ms, ..VadOptions::default() };
+            speech_timestamps(&p, 300 * 512, &options)
+        };
+        assert_eq!(
+            split(1.5, 100.0),
+            [(3520, 25856), (25856, 32256), (32256, 54528), (54528, 75520), (75520, 96512), (96512, 104000)]
+        );
+        assert_eq!(
+            split(1.0, 30.0),
+            [
+                (4640, 20224),
+                (20224, 31200),
+                (33312, 48896),
+                (48896, 64256),
+                (64256, 79616),
+                (79616, 94976),
+                (94976, 102880)
+            ]
+        );
+    }
+
+    /// Words go by the range their middle is in, a segment with words spans them, one without is
+    /// mapped end by end; times are rounded as Python rounds them.
+    #[test]
+    fn segments_and_words_move_back_as_faster_whisper_moves_them() {
+        use crate::words::Word;
+        let word =
+            |text: &str, start: f64, end: f64| Word { text: text.into(), start, end, confidence: 0.9, tokens: 1 };
+        let segment = |start: f64, end: f64, words: Option<Vec<Word>>| Segment {
+            start,
+            end,
+            text: String::new(),
+            avg_logprob: 0.0,
+            no_speech_prob: 0.0,
+            temperature: 0.0,
+            compression_ratio: 1.0,
+            tokens: Vec::new(),
+            words,
+        };
+        // 1 s of silence removed before 1-3 s, 3 s in all before 5-6 s: the join is at 2.0 s.
+        let map = SpeechMap::new(&[(16000, 48000), (80000, 96000)]);
+        let mut segments = vec![
+            segment(0.5, 2.0, None),
+            // "b" straddles the join, its middle (2.05) after it: both its ends move by 3 s.
+            segment(1.5, 2.6, Some(vec![word("a", 1.5, 1.9), word("b", 1.9, 2.2), word("c", 2.2, 2.6)])),
+        ];
+        restore_times(&mut segments, &map);
+        assert_eq!((segments[0].start, segments[0].end), (1.5, 3.0));
+        let words: Vec<(f64, f64)> = segments[1].words.as_ref().unwrap().iter().map(|w| (w.start, w.end)).collect();
+        assert_eq!(words, [(2.5, 2.9), (4.9, 5.2), (5.2, 5.6)]);
+        assert_eq!((segments[1].start, segments[1].end), (2.5, 5.6));
+        // 1200 samples of silence is 0.075 s: Python's round gives 0.07, not 0.08.
+        assert_eq!(SpeechMap::new(&[(1200, 20000)]).original(0.0, false), 0.07);
     }
 
     #[test]
