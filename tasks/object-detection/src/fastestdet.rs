@@ -107,16 +107,12 @@ struct DownUnit {
     /// The projection's depthwise convolution, one per input block.
     reduce: Vec<ConvWeights>,
     reduced: Pointwise,
-    expand: Pointwise,
-    depthwise: ConvWeights,
-    project: Pointwise,
+    main: MainBranch,
 }
 
 /// A stride-1 unit: half the channels passed on, the other half transformed.
 struct ShuffleUnit {
-    expand: Pointwise,
-    depthwise: ConvWeights,
-    project: Pointwise,
+    main: MainBranch,
     /// For each block the passed-on channels come from: (position in the output block, channel
     /// in the input block).
     passed: [Vec<(usize, usize)>; 2],
@@ -175,6 +171,51 @@ impl Arena {
     }
 }
 
+/// Both units' main branch: a 1x1 expansion (ReLU), a depthwise 3x3 and a 1x1 projection (ReLU)
+/// into the unit's second output block, in that block's order.
+struct MainBranch {
+    expand: Pointwise,
+    depthwise: ConvWeights,
+    project: Pointwise,
+}
+
+impl MainBranch {
+    /// `[expand, depthwise, project]` reading the input channels `inputs` lists (in the order the
+    /// expansion's pieces give them) and writing block 1 of `output`.
+    fn new(layers: &[Folded; 3], inputs: &[usize], stride: usize, output: &Layout) -> Result<Self> {
+        let [expand, depthwise, project] = layers;
+        let (mid, half) = (expand.out, output.width);
+        Ok(MainBranch {
+            expand: expand.pointwise(inputs, &identity(mid), Activation::Relu)?,
+            depthwise: depthwise.depthwise(&identity(mid), stride, Activation::Identity)?,
+            project: project.pointwise(
+                &identity(mid),
+                &output.order[half..].iter().map(|c| c - half).collect::<Vec<_>>(),
+                Activation::Relu,
+            )?,
+        })
+    }
+
+    /// The branch over the (h, w) map `x`, its rows as `pieces` says, into `out`.
+    fn forward(
+        &self,
+        x: &[f32],
+        pieces: Pieces,
+        (h, w): (usize, usize),
+        out: &mut [f32],
+        threads: usize,
+        arena: &Arena,
+    ) {
+        let (oh, ow) = self.depthwise.output_hw(h, w);
+        let mut expanded = arena.take(h * w * self.expand.out_ch);
+        self.expand.run_pieces(x, pieces, h * w, None, &mut expanded, threads);
+        let mut spread = arena.take(oh * ow * self.expand.out_ch);
+        self.depthwise.run_on(&expanded, 1, h, w, &mut spread, threads);
+        self.project.run(&spread, oh * ow, None, out, threads);
+        arena.give([expanded, spread]);
+    }
+}
+
 /// Where a pass's layers read their inputs: block b of an (h, w, width) map at b * h * w * width.
 fn block_starts(blocks: usize, pixels: usize, width: usize) -> Vec<usize> {
     (0..blocks).map(|b| b * pixels * width).collect()
@@ -182,7 +223,7 @@ fn block_starts(blocks: usize, pixels: usize, width: usize) -> Vec<usize> {
 
 impl DownUnit {
     fn new(layers: &RawUnit, input: &Layout) -> Result<(Self, Layout)> {
-        let ([expand, depthwise, project], Some([reduce, reduced])) = (&layers.main, &layers.projection) else {
+        let ([_, _, project], Some([reduce, reduced])) = (&layers.main, &layers.projection) else {
             unreachable!("a stride-2 unit has a projection")
         };
         let half = reduced.out;
@@ -193,7 +234,6 @@ impl DownUnit {
             )
         }
         let output = Layout::split(half);
-        let mid = expand.out;
         let unit = DownUnit {
             blocks: input.blocks,
             width: input.width,
@@ -203,13 +243,7 @@ impl DownUnit {
                 .map(|block| reduce.depthwise(block, 2, Activation::Identity))
                 .collect::<Result<_>>()?,
             reduced: reduced.pointwise(&input.order, &output.order[..half], Activation::Relu)?,
-            expand: expand.pointwise(&input.order, &identity(mid), Activation::Relu)?,
-            depthwise: depthwise.depthwise(&identity(mid), 2, Activation::Identity)?,
-            project: project.pointwise(
-                &identity(mid),
-                &output.order[half..].iter().map(|c| c - half).collect::<Vec<_>>(),
-                Activation::Relu,
-            )?,
+            main: MainBranch::new(&layers.main, &input.order, 2, &output)?,
         };
         Ok((unit, output))
     }
@@ -217,7 +251,7 @@ impl DownUnit {
     /// x: an (h, w) map in the blocks the unit was made for; returns the (ceil(h/2),
     /// ceil(w/2)) output, in its two blocks.
     fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Buffer {
-        let (oh, ow) = self.depthwise.output_hw(h, w);
+        let (oh, ow) = self.main.depthwise.output_hw(h, w);
         let half = self.reduced.out_ch;
         let mut out = arena.take(2 * oh * ow * half);
         let (left, right) = out.split_at_mut(oh * ow * half);
@@ -230,21 +264,17 @@ impl DownUnit {
         let pieces = Pieces { stride: width, starts: &starts, len: width };
         self.reduced.run_pieces(&reduced, pieces, oh * ow, None, left, threads);
 
-        let mut expanded = arena.take(h * w * self.expand.out_ch);
         let starts = block_starts(self.blocks, h * w, width);
         let pieces = Pieces { stride: width, starts: &starts, len: width };
-        self.expand.run_pieces(x, pieces, h * w, None, &mut expanded, threads);
-        let mut spread = arena.take(oh * ow * self.expand.out_ch);
-        self.depthwise.run_on(&expanded, 1, h, w, &mut spread, threads);
-        self.project.run(&spread, oh * ow, None, right, threads);
-        arena.give([reduced, expanded, spread]);
+        self.main.forward(x, pieces, (h, w), right, threads, arena);
+        arena.give([reduced]);
         out
     }
 }
 
 impl ShuffleUnit {
     fn new(layers: &RawUnit, input: &Layout) -> Result<(Self, Layout)> {
-        let [expand, depthwise, project] = &layers.main;
+        let [_, _, project] = &layers.main;
         let half = input.width;
         if input.blocks != 2 || half % 2 == 1 || project.out != half {
             candle_core::bail!("a stride-1 unit over {} channels gives {}", input.channels(), project.out)
@@ -261,27 +291,14 @@ impl ShuffleUnit {
             let from = input.position(2 * channel);
             passed[from / half].push((at, from % half));
         }
-        let mid = expand.out;
-        let unit = ShuffleUnit {
-            expand: expand.pointwise(
-                &transformed.iter().map(|c| c / 2).collect::<Vec<_>>(),
-                &identity(mid),
-                Activation::Relu,
-            )?,
-            depthwise: depthwise.depthwise(&identity(mid), 1, Activation::Identity)?,
-            project: project.pointwise(
-                &identity(mid),
-                &output.order[half..].iter().map(|c| c - half).collect::<Vec<_>>(),
-                Activation::Relu,
-            )?,
-            passed,
-        };
+        let inputs: Vec<usize> = transformed.iter().map(|c| c / 2).collect();
+        let unit = ShuffleUnit { main: MainBranch::new(&layers.main, &inputs, 1, &output)?, passed };
         Ok((unit, output))
     }
 
     /// x: an (h, w) map in two blocks of `half` channels; returns the unit's output, likewise.
     fn forward(&self, x: &[f32], (h, w): (usize, usize), threads: usize, arena: &Arena) -> Buffer {
-        let (pixels, half) = (h * w, self.project.out_ch);
+        let (pixels, half) = (h * w, self.main.project.out_ch);
         let mut out = arena.take(2 * pixels * half);
         let (passed, main) = out.split_at_mut(pixels * half);
         let blocks = x.split_at(pixels * half);
@@ -295,13 +312,8 @@ impl ShuffleUnit {
                 }
             }
         });
-        let mut expanded = arena.take(pixels * self.expand.out_ch);
         let pieces = Pieces { stride: half, starts: &[0, pixels * half], len: half / 2 };
-        self.expand.run_pieces(x, pieces, pixels, None, &mut expanded, threads);
-        let mut spread = arena.take(pixels * self.expand.out_ch);
-        self.depthwise.run_on(&expanded, 1, h, w, &mut spread, threads);
-        self.project.run(&spread, pixels, None, main, threads);
-        arena.give([expanded, spread]);
+        self.main.forward(x, pieces, (h, w), main, threads, arena);
         out
     }
 }
@@ -615,7 +627,7 @@ impl Unit {
         match self {
             Unit::Down(unit) => {
                 let out = unit.forward(x, *size, threads, arena);
-                *size = unit.depthwise.output_hw(size.0, size.1);
+                *size = unit.main.depthwise.output_hw(size.0, size.1);
                 out
             }
             Unit::Shuffle(unit) => unit.forward(x, *size, threads, arena),
