@@ -153,22 +153,17 @@ fn vad_options(args: &TaskArgs) -> Result<Option<vad::VadOptions>> {
     if !(threshold > 0.0 && threshold < 1.0) {
         return Err(invalid("vad-threshold", threshold, "choose a probability between 0 and 1"));
     }
-    let mut milliseconds = [("vad-min-silence-ms", defaults.min_silence_duration_ms)]
-        .into_iter()
-        .chain([("vad-speech-pad-ms", defaults.speech_pad_ms), ("vad-min-speech-ms", defaults.min_speech_duration_ms)])
-        .map(|(option, default)| {
-            let value: f64 = args.parse(option)?.unwrap_or(default);
-            if value.is_finite() && value >= 0.0 {
-                Ok(value)
-            } else {
-                Err(invalid(option, value, "choose a number of milliseconds, 0 or more"))
-            }
-        });
-    let (min_silence_duration_ms, speech_pad_ms, min_speech_duration_ms) = (
-        milliseconds.next().expect("three")?,
-        milliseconds.next().expect("three")?,
-        milliseconds.next().expect("three")?,
-    );
+    let milliseconds = |option: &str, default: f64| -> Result<f64> {
+        let value: f64 = args.parse(option)?.unwrap_or(default);
+        if value.is_finite() && value >= 0.0 {
+            Ok(value)
+        } else {
+            Err(invalid(option, value, "choose a number of milliseconds, 0 or more"))
+        }
+    };
+    let min_silence_duration_ms = milliseconds("vad-min-silence-ms", defaults.min_silence_duration_ms)?;
+    let speech_pad_ms = milliseconds("vad-speech-pad-ms", defaults.speech_pad_ms)?;
+    let min_speech_duration_ms = milliseconds("vad-min-speech-ms", defaults.min_speech_duration_ms)?;
     let max_speech_duration_s = match args.value("vad-max-speech-s") {
         None => f64::INFINITY,
         Some(_) => args.positive("vad-max-speech-s", 30.0, "seconds")?,
