@@ -50,6 +50,14 @@ fn manifest(path: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// (id, text) of each manifest row, from a run's JSON lines in the same order.
+fn transcripts(rows: &[Vec<String>], run: &Run) -> Vec<(String, String)> {
+    rows.iter()
+        .zip(json_lines(run))
+        .map(|(row, line)| (row[0].clone(), line["text"].as_str().unwrap().to_string()))
+        .collect()
+}
+
 /// Total WER (percent) of `hyps` (id, text) against `manifest_file`, by `reference/wer.py`.
 fn wer(s: &Setup, manifest_file: &Path, hyps: &[(String, String)]) -> (f64, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -115,11 +123,7 @@ fn dev_set_wer_is_within_the_bar() {
     args.extend(["--beam-size", "5"]);
     let run = zoo(&s, &args);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let beam: Vec<(String, String)> = rows
-        .iter()
-        .zip(json_lines(&run))
-        .map(|(row, line)| (row[0].clone(), line["text"].as_str().unwrap().to_string()))
-        .collect();
+    let beam = transcripts(&rows, &run);
     let (beam_wer, report) = wer(&s, &s.speech.join("manifest.tsv"), &beam);
     eprintln!("dev WER with --beam-size 5: {beam_wer:.2}%");
     assert!(beam_wer <= total, "beam search WER {beam_wer}% is worse than greedy {total}%:\n{report}");
@@ -129,11 +133,7 @@ fn dev_set_wer_is_within_the_bar() {
     args.push("--vad");
     let run = zoo(&s, &args);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let vad: Vec<(String, String)> = rows
-        .iter()
-        .zip(json_lines(&run))
-        .map(|(row, line)| (row[0].clone(), line["text"].as_str().unwrap().to_string()))
-        .collect();
+    let vad = transcripts(&rows, &run);
     // Each dev clip is speech from end to end (goforward less its first 0.11 s): the same words.
     assert_eq!(vad, hyps, "--vad changed the dev transcripts");
 }
