@@ -101,6 +101,12 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
         default: Some("sqrt"),
     },
     TaskOption {
+        name: "balance-classes",
+        value_name: None,
+        help: "Split each source's share evenly over its labels, so a source that is mostly one label does not teach that label",
+        default: None,
+    },
+    TaskOption {
         name: "text-column",
         value_name: Some("COLUMN"),
         help: "The column holding the text",
@@ -1014,10 +1020,14 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     let dim = encoder.dim;
     let mut x = train_split.tensor(dim)?;
     let y = train_split.window_classes();
-    let weights = recipe::window_weights(&shares, &train_split.sources, &train_split.windows);
+    let balance = args.flag("balance-classes");
+    let weights_of = |split: &Split| {
+        recipe::window_weights(&shares, &split.sources, balance.then_some(&split.classes[..]), &split.windows)
+    };
+    let weights = weights_of(&train_split);
     let has_val = !val_split.classes.is_empty();
     let (mut vx, vy) = (val_split.tensor(dim)?, val_split.window_classes());
-    let val_weights = recipe::window_weights(&shares, &val_split.sources, &val_split.windows);
+    let val_weights = weights_of(&val_split);
     let bar = progress::items(settings.epochs as u64, "training", true);
     let trained = head::train(
         head::Examples { x: &x, y: &y, weights: &weights },
@@ -1140,6 +1150,7 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     let training = json!({
         "sources": per_source,
         "weighting": weighting.name(),
+        "balance_classes": balance,
         "limit": limit,
         "examples": y.len(), "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
         "best_loss": trained.best_loss,

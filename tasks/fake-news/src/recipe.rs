@@ -2,7 +2,7 @@
 //! named in a recipe file (`--recipe`), each with its own columns and label names, weighed so that
 //! a large source does not drown the small ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -210,13 +210,25 @@ impl Weighting {
 }
 
 /// A weight per window: each source carries its share, split evenly over its texts and each text's
-/// share over its windows (a long article counts once, as a tweet does). Scaled to a mean of 1.
-pub fn window_weights(shares: &[f64], text_source: &[usize], windows_per_text: &[usize]) -> Vec<f32> {
-    let mut texts_per_source = vec![0usize; shares.len()];
-    text_source.iter().for_each(|&s| texts_per_source[s] += 1);
+/// share over its windows (a long article counts once, as a tweet does). With `text_class`, a
+/// source's share is first split evenly over the classes it has, so a source that is mostly one
+/// class does not teach the model to answer that class. Scaled to a mean of 1.
+pub fn window_weights(
+    shares: &[f64],
+    text_source: &[usize],
+    text_class: Option<&[usize]>,
+    windows_per_text: &[usize],
+) -> Vec<f32> {
+    let group = |text: usize| (text_source[text], text_class.map_or(0, |c| c[text]));
+    let mut texts_per_group: HashMap<(usize, usize), usize> = HashMap::new();
+    (0..text_source.len()).for_each(|t| *texts_per_group.entry(group(t)).or_default() += 1);
+    let mut groups_per_source = vec![0usize; shares.len()];
+    texts_per_group.keys().for_each(|&(s, _)| groups_per_source[s] += 1);
     let mut weights = Vec::new();
-    for (&source, &windows) in text_source.iter().zip(windows_per_text) {
-        let w = shares[source] / texts_per_source[source] as f64 / windows as f64;
+    for (text, &windows) in windows_per_text.iter().enumerate() {
+        let (source, _) = group(text);
+        let texts = texts_per_group[&group(text)];
+        let w = shares[source] / groups_per_source[source] as f64 / texts as f64 / windows as f64;
         weights.extend(std::iter::repeat_n(w, windows));
     }
     let mean = weights.iter().sum::<f64>() / weights.len().max(1) as f64;
@@ -233,11 +245,25 @@ mod tests {
         assert!((sqrt[0] / sqrt[1] - 10.0).abs() < 1e-9);
         assert_eq!(Weighting::Equal.shares(&[100, 1]), vec![0.5, 0.5]);
         // Two sources with equal shares: source 0 has one text of two windows, source 1 two texts.
-        let w = window_weights(&[0.5, 0.5], &[0, 1, 1], &[2, 1, 1]);
+        let w = window_weights(&[0.5, 0.5], &[0, 1, 1], None, &[2, 1, 1]);
         assert_eq!(w.len(), 4);
         assert!((w.iter().sum::<f32>() - 4.0).abs() < 1e-5, "mean 1");
         assert!((w[0] + w[1] - (w[2] + w[3])).abs() < 1e-5, "equal shares");
         assert!((w[0] - w[1]).abs() < 1e-6 && (w[2] - w[3]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn balanced_classes_share_their_source_evenly() {
+        // One source: three texts of class 0 (one of them two windows long), one of class 1.
+        let w = window_weights(&[1.0], &[0, 0, 0, 0], Some(&[0, 0, 0, 1]), &[1, 2, 1, 1]);
+        assert_eq!(w.len(), 5);
+        assert!((w.iter().sum::<f32>() - 5.0).abs() < 1e-5, "mean 1");
+        let class0: f32 = w[..4].iter().sum();
+        assert!((class0 - w[4]).abs() < 1e-5, "each class half the source: {w:?}");
+        assert!((w[0] - (w[1] + w[2])).abs() < 1e-6, "a text counts once however many windows");
+        // Two sources: the second has one class only, so its share stays whole, not halved.
+        let w = window_weights(&[0.5, 0.5], &[0, 0, 1], Some(&[0, 1, 0]), &[1, 1, 1]);
+        assert!((w[0] + w[1] - w[2]).abs() < 1e-5 && (w[0] - w[1]).abs() < 1e-6, "{w:?}");
     }
 
     #[test]
