@@ -150,6 +150,39 @@ fn reference_segments(assets: &Path) -> Vec<(f64, f64, String)> {
         .collect()
 }
 
+/// The speech faster-whisper finds in the long recording with an option set of
+/// `speech_timestamps.json` (`default` or `batched_pipeline_options`), in seconds.
+fn reference_speech(assets: &Path, options: &str) -> Vec<(f64, f64)> {
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(assets.join("reference/vad/speech_timestamps.json")).unwrap()).unwrap();
+    reference["clips"]["long_dev_concat"][options]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_f64().unwrap() / 16000.0, r[1].as_f64().unwrap() / 16000.0))
+        .collect()
+}
+
+/// A result's `"speech"` is `want` (to the millisecond), and its segments run in order, none
+/// starting or ending in removed silence (one may span a pause, as faster-whisper's do).
+fn assert_speech_and_times(line: &Value, want: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let speech: Vec<(f64, f64)> =
+        line["speech"].as_array().unwrap().iter().map(|r| (r[0].as_f64().unwrap(), r[1].as_f64().unwrap())).collect();
+    assert_eq!(speech.len(), want.len(), "{speech:?}");
+    for (got, want) in speech.iter().zip(want) {
+        assert!((got.0 - want.0).abs() < 1e-3 && (got.1 - want.1).abs() < 1e-3, "{got:?} against {want:?}");
+    }
+    let in_speech = |t: f64| speech.iter().any(|&(a, b)| a - 0.01 <= t && t <= b + 0.01);
+    let mut previous = 0.0;
+    for segment in line["segments"].as_array().unwrap() {
+        let (start, end) = (segment["start"].as_f64().unwrap(), segment["end"].as_f64().unwrap());
+        assert!(in_speech(start) && in_speech(end), "segment {start}-{end} ends in removed silence: {segment}");
+        assert!(previous <= start && start <= end, "segment {start}-{end} out of order");
+        previous = end;
+    }
+    speech
+}
+
 /// `--vad` on the long recording (17 clips with pauses, rumble and hum between them): the speech
 /// it keeps is faster-whisper's `vad_filter` speech to the sample, every segment lies inside it on
 /// the recording's clock, and the transcript loses nothing against transcribing the whole file.
@@ -158,40 +191,18 @@ fn reference_segments(assets: &Path) -> Vec<(f64, f64, String)> {
 fn vad_transcribes_only_the_speech_and_keeps_the_recordings_clock() {
     let Some(s) = setup("speech --vad") else { return };
     let assets = s.speech.parent().and_then(|data| data.parent()).unwrap().to_path_buf();
-    let reference: Value =
-        serde_json::from_slice(&std::fs::read(assets.join("reference/vad/speech_timestamps.json")).unwrap()).unwrap();
-    let want: Vec<(f64, f64)> = reference["clips"]["long_dev_concat"]["default"]["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r[0].as_f64().unwrap() / 16000.0, r[1].as_f64().unwrap() / 16000.0))
-        .collect();
+    let want = reference_speech(&assets, "default");
     let file = s.speech.join("long/long_dev_concat.wav").display().to_string();
     let manifest = s.speech.join("long/manifest.tsv");
     let whole = zoo(&s, &["run", "asr", "--json", &file]);
     let run = zoo(&s, &["run", "asr", "--json", "--vad", &file]);
     assert_eq!((whole.code, run.code), (0, 0), "{}{}", whole.stderr, run.stderr);
     let (whole, line) = (&json_lines(&whole)[0], &json_lines(&run)[0]);
-    let speech: Vec<(f64, f64)> =
-        line["speech"].as_array().unwrap().iter().map(|r| (r[0].as_f64().unwrap(), r[1].as_f64().unwrap())).collect();
-    assert_eq!(speech.len(), want.len(), "{speech:?}");
-    for (got, want) in speech.iter().zip(&want) {
-        assert!((got.0 - want.0).abs() < 1e-3 && (got.1 - want.1).abs() < 1e-3, "{got:?} against {want:?}");
-    }
+    assert_speech_and_times(line, &want);
     assert!((line["duration"].as_f64().unwrap() - 190.012).abs() < 0.01, "the recording's duration");
     let kept: f64 = want.iter().map(|(a, b)| b - a).sum();
     assert!((line["speech_duration"].as_f64().unwrap() - kept).abs() < 0.01);
-    // Times are on the recording's clock: no segment starts or ends in removed silence (one may
-    // span a pause, as faster-whisper's do), and they run in order.
-    let in_speech = |t: f64| speech.iter().any(|&(a, b)| a - 0.01 <= t && t <= b + 0.01);
     let segments = line["segments"].as_array().unwrap();
-    let mut previous = 0.0;
-    for segment in segments {
-        let (start, end) = (segment["start"].as_f64().unwrap(), segment["end"].as_f64().unwrap());
-        assert!(in_speech(start) && in_speech(end), "segment {start}-{end} ends in removed silence: {segment}");
-        assert!(previous <= start && start <= end, "segment {start}-{end} out of order");
-        previous = end;
-    }
     // As long as zoo and faster-whisper's vad_filter decode the same segments (the decoders part
     // later on, at a segment one of them splits), they put them at the same times.
     let theirs = reference_segments(&assets);
@@ -214,7 +225,7 @@ fn vad_transcribes_only_the_speech_and_keeps_the_recordings_clock() {
     let line = &json_lines(&run)[0];
     assert_eq!(line["segments"].as_array().unwrap().len(), 0);
     assert_eq!(line["speech"].as_array().unwrap().len(), 0);
-    assert!(run.stderr.contains("--vad found no speech"), "{}", run.stderr);
+    assert!(run.stderr.contains("(--vad) found no speech"), "{}", run.stderr);
 
     // Word times too are on the recording's clock: goforward's speech starts 0.11 s in.
     let goforward = s.speech.join("audio/goforward.wav").display().to_string();
@@ -347,6 +358,53 @@ fn subtitles_text_and_output_folders() {
     assert_eq!(json_lines(&piped)[0]["input"], "-");
 }
 
+/// `--batch-size` on the long recording: the speech is faster-whisper's batched pipeline's (its
+/// 30 s / 160 ms options) to the sample, each piece of up to 30 s is one segment on the
+/// recording's clock, and the transcript's WER is within a point of transcribing the whole file
+/// one window after another. Word times stay inside the speech; silence gives nothing.
+#[test]
+fn batched_pieces_transcribe_the_long_recording_as_the_sequential_path_does() {
+    let Some(s) = setup("speech --batch-size") else { return };
+    let assets = s.speech.parent().and_then(|data| data.parent()).unwrap().to_path_buf();
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(assets.join("reference/vad/speech_timestamps.json")).unwrap()).unwrap();
+    let pieces = reference["clips"]["long_dev_concat"]["batched_pipeline_options"]["collect_chunks_30s"]
+        .as_array()
+        .unwrap()
+        .len();
+    let want = reference_speech(&assets, "batched_pipeline_options");
+    let file = s.speech.join("long/long_dev_concat.wav").display().to_string();
+    let manifest = s.speech.join("long/manifest.tsv");
+    let whole = zoo(&s, &["run", "asr", "--json", &file]);
+    let run = zoo(&s, &["run", "asr", "--json", "--batch-size", "4", &file]);
+    assert_eq!((whole.code, run.code), (0, 0), "{}{}", whole.stderr, run.stderr);
+    let (whole, line) = (&json_lines(&whole)[0], &json_lines(&run)[0]);
+    assert_speech_and_times(line, &want);
+    let segments = line["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), pieces, "one segment per piece: {segments:?}");
+    let score = |line: &Value| wer(&s, &manifest, &[("long_dev_concat".into(), line["text"].as_str().unwrap().into())]);
+    let ((in_pieces, report), (sequential, _)) = (score(line), score(whole));
+    eprintln!("long recording WER: {sequential:.2}% one window after another, {in_pieces:.2}% in batched pieces");
+    assert!(in_pieces <= sequential + 1.0, "--batch-size WER {in_pieces}% against {sequential}%:\n{report}");
+
+    let goforward = s.speech.join("audio/goforward.wav").display().to_string();
+    let run = zoo(&s, &["run", "asr", "--json", "--batch-size", "2", "--explain", &goforward]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = &json_lines(&run)[0];
+    let words: Vec<&Value> =
+        line["segments"].as_array().unwrap().iter().flat_map(|s| s["words"].as_array().unwrap()).collect();
+    assert!(words.len() >= 4, "{line}");
+    for word in &words {
+        let (start, end) = (word["start"].as_f64().unwrap(), word["end"].as_f64().unwrap());
+        assert!(0.11 <= start && start <= end && end <= 2.79, "{word} outside the speech 0.112-2.786");
+    }
+    let silence = s.speech.join("formats/silence_5s.wav").display().to_string();
+    let run = zoo(&s, &["run", "asr", "--json", "--batch-size", "2", &silence]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(json_lines(&run)[0]["segments"].as_array().unwrap().len(), 0);
+    assert!(run.stderr.contains("found no speech"), "{}", run.stderr);
+}
+
 #[test]
 fn bad_options_are_usage_errors_before_any_work() {
     let Some(s) = setup("speech options") else { return };
@@ -364,6 +422,9 @@ fn bad_options_are_usage_errors_before_any_work() {
         (vec!["--vad", "--vad-min-silence-ms", "soon"], "--vad-min-silence-ms"),
         (vec!["--vad", "--vad-max-speech-s", "0"], "--vad-max-speech-s"),
         (vec!["--vad", "--vad-max-speech-s", "0.5"], "twice the speech pad"),
+        (vec!["--batch-size", "0"], "--batch-size"),
+        (vec!["--batch-size", "65"], "--batch-size"),
+        (vec!["--batch-size", "4", "--vad-max-speech-s", "40"], "at most 30 with --batch-size"),
     ] {
         let mut all = vec!["run", "asr", jfk.as_str()];
         all.extend(args.iter().copied());

@@ -122,6 +122,14 @@ def test_speech_with_vad_is_the_clis():
     assert got["speech"] == [[0.112, 2.786]]
 
 
+def test_speech_in_batched_pieces_is_the_clis():
+    # jfk's pauses over 160 ms cut its speech into ranges, which the batched path packs into one piece.
+    expected = cli("speech-recognition", str(JFK), "--batch-size", "4")[0]
+    got = zoo.pipeline("asr", batch_size=4)(str(JFK))
+    assert got == expected
+    assert len(got["speech"]) > 1 and len(got["segments"]) == 1
+
+
 def test_style_transfer_gives_the_clis_picture(tmp_path):
     written = tmp_path / "styled.png"
     cli("style-transfer", str(DATA / "coffee.png"), "--style", "3", "--output", str(written))

@@ -44,6 +44,8 @@ pub struct DecodeOptions {
     /// Text that comes before the recording (names, spellings, a style): the first window's prompt,
     /// as OpenAI's `initial_prompt`.
     pub initial_prompt: Option<String>,
+    /// Decode timestamp tokens (segments inside a window); without, a window is one segment.
+    pub timestamps: bool,
 }
 
 impl Default for DecodeOptions {
@@ -61,6 +63,7 @@ impl Default for DecodeOptions {
             seed: 0,
             word_timestamps: false,
             initial_prompt: None,
+            timestamps: true,
         }
     }
 }
@@ -103,6 +106,21 @@ struct WindowResult {
     no_speech_prob: f64,
     temperature: f64,
     compression_ratio: f64,
+}
+
+/// A piece of a recording decoded on its own: its 30 s log-mel window, the frames of it that
+/// hold audio, and where it starts, in seconds.
+pub struct Piece {
+    pub window: Vec<f32>,
+    pub frames: usize,
+    pub time_offset: f64,
+}
+
+/// A window being turned into segments: its audio for word alignment, its length and its start.
+struct Window<'a> {
+    audio: &'a DecoderState,
+    frames: usize,
+    time_offset: f64,
 }
 
 /// gzip-free zlib ratio, as Whisper measures repetitiveness: highly repetitive text compresses well.
@@ -155,6 +173,23 @@ impl<'a> Decoder<'a> {
         seq
     }
 
+    /// A window's prompt: the text before it (after `<|startofprev|>`, at most half the context),
+    /// then the fixed part, then `<|notimestamps|>` when decoding without timestamps.
+    fn prompt(&self, previous: &[u32], language: Option<u32>) -> Vec<u32> {
+        let t = &self.whisper.tokens;
+        let mut prompt = Vec::new();
+        if !previous.is_empty() {
+            let keep = self.whisper.config.max_target_positions / 2 - 1;
+            prompt.push(t.sot_prev);
+            prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
+        }
+        prompt.extend(self.sot_sequence(language));
+        if !self.options.timestamps {
+            prompt.push(t.no_timestamps);
+        }
+        prompt
+    }
+
     /// Language probabilities from the first window: the decoder's next-token distribution after
     /// `<|startoftranscript|>`, over the language tokens only.
     fn detect_language(&mut self, audio: &DecoderState) -> candle_core::Result<(String, f64, u32)> {
@@ -182,6 +217,10 @@ impl<'a> Decoder<'a> {
         }
         for &id in &self.whisper.suppress {
             logits[id as usize] = ninf;
+        }
+        if !self.options.timestamps {
+            logits[t.timestamp_begin as usize..].fill(ninf);
+            return;
         }
 
         // Timestamp rules.
@@ -380,11 +419,7 @@ impl<'a> Decoder<'a> {
         let mut result = None;
         for &temperature in &temperatures {
             let r = self.decode_once(audio, prompt, temperature)?;
-            let too_repetitive = self.options.compression_ratio_threshold.is_some_and(|thr| r.compression_ratio > thr);
-            let too_unlikely = self.options.logprob_threshold.is_some_and(|thr| r.avg_logprob < thr);
-            let silence = self.options.no_speech_threshold.is_some_and(|thr| r.no_speech_prob > thr)
-                && self.options.logprob_threshold.is_some_and(|thr| r.avg_logprob < thr);
-            let done = silence || !(too_repetitive || too_unlikely);
+            let done = self.acceptable(&r);
             result = Some(r);
             if done {
                 break;
@@ -393,21 +428,105 @@ impl<'a> Decoder<'a> {
         Ok(result.expect("at least one temperature"))
     }
 
+    /// Whether a window's decoding can stand: not a loop, not improbable, or probably silence.
+    fn acceptable(&self, r: &WindowResult) -> bool {
+        let too_repetitive = self.options.compression_ratio_threshold.is_some_and(|thr| r.compression_ratio > thr);
+        let too_unlikely = self.options.logprob_threshold.is_some_and(|thr| r.avg_logprob < thr);
+        let silence = self.options.no_speech_threshold.is_some_and(|thr| r.no_speech_prob > thr)
+            && self.options.logprob_threshold.is_some_and(|thr| r.avg_logprob < thr);
+        silence || !(too_repetitive || too_unlikely)
+    }
+
+    /// Whether a decoded window is taken for silence (and left without text).
+    fn probably_silent(&self, r: &WindowResult) -> bool {
+        self.options.no_speech_threshold.is_some_and(|thr| {
+            r.no_speech_prob > thr && !self.options.logprob_threshold.is_some_and(|lp| r.avg_logprob > lp)
+        })
+    }
+
+    /// Greedy decoding of several windows together at `temperature`, each from `prompt`: every
+    /// step feeds the last token of each window still going through the decoder at once, which
+    /// reads the weights once for all of them.
+    fn decode_batch(
+        &mut self,
+        audios: &[&DecoderState],
+        prompt: &[u32],
+        temperature: f64,
+    ) -> candle_core::Result<Vec<WindowResult>> {
+        struct Row {
+            tokens: Vec<u32>,
+            sum_logprob: f64,
+            no_speech_prob: f64,
+            logits: Vec<f32>,
+            state: Option<DecoderState>,
+        }
+        let t = self.whisper.tokens.clone();
+        let n_ctx = self.whisper.config.max_target_positions;
+        let sample_len = (n_ctx / 2).min(n_ctx.saturating_sub(prompt.len()));
+        let sot_index = prompt.iter().position(|&x| x == t.sot).unwrap_or(0);
+        let mut rows = Vec::with_capacity(audios.len());
+        for audio in audios {
+            // The prompt's tokens differ in position only, so each window takes its own first step.
+            let mut state = audio.restart();
+            let mut first = self.whisper.step(prompt, &mut state, &[sot_index, prompt.len() - 1])?;
+            let logits = first.pop().expect("two positions");
+            let no_speech_prob = ((first[0][t.no_speech as usize] - log_sum_exp(&first[0])) as f64).exp();
+            rows.push(Row { tokens: Vec::new(), sum_logprob: 0.0, no_speech_prob, logits, state: Some(state) });
+        }
+        loop {
+            let mut going = Vec::new();
+            for (index, row) in rows.iter_mut().enumerate() {
+                if row.state.is_none() {
+                    continue;
+                }
+                let mut logits = std::mem::take(&mut row.logits);
+                self.apply_filters(&mut logits, &row.tokens);
+                let next = self.pick(&logits, temperature);
+                row.sum_logprob += (logits[next as usize] - log_sum_exp(&logits)) as f64;
+                if next == t.eot {
+                    row.state = None;
+                    continue;
+                }
+                row.tokens.push(next);
+                if row.tokens.len() >= sample_len {
+                    row.state = None;
+                    continue;
+                }
+                going.push(index);
+            }
+            if going.is_empty() {
+                break;
+            }
+            let tokens: Vec<u32> = going.iter().map(|&i| *rows[i].tokens.last().expect("just pushed")).collect();
+            let mut states: Vec<DecoderState> =
+                going.iter().map(|&i| rows[i].state.take().expect("still going")).collect();
+            let logits = self.whisper.step_batch(&tokens, &mut states)?;
+            for ((&i, state), logits) in going.iter().zip(states).zip(logits) {
+                rows[i].state = Some(state);
+                rows[i].logits = logits;
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let compression_ratio = compression_ratio(&self.text(&row.tokens));
+                WindowResult {
+                    avg_logprob: row.sum_logprob / (row.tokens.len() + 1) as f64,
+                    tokens: row.tokens,
+                    no_speech_prob: row.no_speech_prob,
+                    temperature,
+                    compression_ratio,
+                }
+            })
+            .collect())
+    }
+
     /// Transcribes a whole recording.
     pub fn transcribe(&mut self, mel: &LogMel, content_frames: usize) -> candle_core::Result<Transcript> {
         let t = self.whisper.tokens.clone();
         let duration = content_frames as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
         let mut segments = Vec::new();
-        let mut all_tokens: Vec<u32> = match self.options.initial_prompt.as_deref().map(str::trim) {
-            Some(text) if !text.is_empty() => self
-                .whisper
-                .tokenizer
-                .encode(format!(" {text}"), false)
-                .map_err(|e| candle_core::Error::Msg(format!("the prompt cannot be tokenised: {e}")))?
-                .get_ids()
-                .to_vec(),
-            _ => Vec::new(),
-        };
+        let mut all_tokens: Vec<u32> = self.initial_prompt_tokens()?;
         let mut prompt_reset_since = 0;
         let mut seek = 0usize;
         let (mut language, mut language_probability, mut language_token) = ("en".to_string(), 1.0, None);
@@ -421,7 +540,6 @@ impl<'a> Decoder<'a> {
         while seek < content_frames {
             let time_offset = seek as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
             let segment_size = N_FRAMES.min(content_frames - seek);
-            let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
             let encoded = self.whisper.encode(mel.window(seek, segment_size))?;
             let audio = self.whisper.start(&encoded)?;
             if first_window && self.whisper.multilingual && language_token.is_none() {
@@ -430,80 +548,190 @@ impl<'a> Decoder<'a> {
             }
             first_window = false;
 
-            let mut prompt = Vec::new();
-            let previous = &all_tokens[prompt_reset_since..];
             // Without conditioning, `prompt_reset_since` moves past every window, so only the
             // initial prompt can be left here, and only for the first window.
-            if !previous.is_empty() {
-                let keep = self.whisper.config.max_target_positions / 2 - 1;
-                prompt.push(t.sot_prev);
-                prompt.extend_from_slice(&previous[previous.len().saturating_sub(keep)..]);
-            }
-            prompt.extend(self.sot_sequence(language_token));
+            let prompt = self.prompt(&all_tokens[prompt_reset_since..], language_token);
             let result = self.decode_with_fallback(&audio, &prompt)?;
 
-            if let Some(thr) = self.options.no_speech_threshold {
-                let probably_silent = result.no_speech_prob > thr
-                    && !self.options.logprob_threshold.is_some_and(|lp| result.avg_logprob > lp);
-                if probably_silent {
-                    seek += segment_size;
-                    continue;
-                }
+            if self.probably_silent(&result) {
+                seek += segment_size;
+                continue;
             }
 
-            let tokens = &result.tokens;
-            let is_ts = |x: u32| x >= t.timestamp_begin;
-            let single_timestamp_ending =
-                tokens.len() >= 2 && !is_ts(tokens[tokens.len() - 2]) && is_ts(tokens[tokens.len() - 1]);
-            let mut slices: Vec<usize> =
-                (1..tokens.len()).filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i])).collect();
-            let before = segments.len();
-            if !slices.is_empty() {
-                if single_timestamp_ending {
-                    slices.push(tokens.len());
-                }
-                let mut last_slice = 0;
-                for &current in &slices {
-                    let piece = &tokens[last_slice..current];
-                    let start = (piece[0].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
-                    let end = (piece[piece.len() - 1].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
-                    segments.push(self.segment(time_offset + start, time_offset + end, piece, &result));
-                    last_slice = current;
-                }
-                if single_timestamp_ending {
-                    seek += segment_size;
-                } else {
-                    let last_ts = (tokens[last_slice - 1] - t.timestamp_begin) as usize;
-                    seek += last_ts * INPUT_STRIDE;
-                }
-            } else {
-                let mut end = segment_duration;
-                if let Some(&last) = tokens.iter().rev().find(|&&x| is_ts(x)) {
-                    if last != t.timestamp_begin {
-                        end = (last - t.timestamp_begin) as f64 * TIME_PRECISION;
-                    }
-                }
-                segments.push(self.segment(time_offset, time_offset + end, tokens, &result));
-                seek += segment_size;
-            }
-            // Keep segments inside the audio and drop the empty ones Whisper sometimes emits.
-            let mut kept = segments.split_off(before);
-            kept.retain(|s| !s.text.trim().is_empty());
-            for s in &mut kept {
-                s.end = s.end.min(duration);
-                s.start = s.start.min(s.end);
-            }
-            if self.options.word_timestamps {
-                let sot_sequence = self.sot_sequence(language_token);
-                self.add_words(&audio, &sot_sequence, &mut kept, segment_size, time_offset, &language, duration)?;
-            }
-            segments.extend(kept);
-            all_tokens.extend(tokens.iter().copied());
+            let (pieces, consumed) = self.slice_segments(&result, time_offset, segment_size, false);
+            seek += consumed;
+            let window = Window { audio: &audio, frames: segment_size, time_offset };
+            segments.extend(self.keep_segments(pieces, &window, language_token, &language, duration)?);
+            all_tokens.extend(result.tokens.iter().copied());
             if !self.options.condition_on_previous_text || result.temperature > 0.5 {
                 prompt_reset_since = all_tokens.len();
             }
         }
         Ok(Transcript { language, language_probability, duration, segments })
+    }
+
+    /// Transcribes pieces of a recording each on its own, `batch_size` at a time, as
+    /// faster-whisper's batched pipeline does with the speech `--vad` finds: no piece waits for the
+    /// text before it (each has only the initial prompt), so greedy decoding runs a whole batch
+    /// through the decoder together. A piece whose text looks like a loop or improbable is decoded
+    /// again alone at the next temperatures; beam search decodes one piece at a time. Segment
+    /// times are on the pieces' own timeline (each piece's `time_offset` added).
+    pub fn transcribe_pieces(
+        &mut self,
+        pieces: impl Iterator<Item = Piece>,
+        batch_size: usize,
+        duration: f64,
+    ) -> candle_core::Result<Transcript> {
+        let t = self.whisper.tokens.clone();
+        let (mut language, mut language_probability, mut language_token) = ("en".to_string(), 1.0, None);
+        if let (true, Some(code)) = (self.whisper.multilingual, &self.options.language) {
+            language = code.clone();
+            language_token = t.languages.iter().find(|(c, _)| c == code).map(|l| l.1);
+        }
+        let initial = self.initial_prompt_tokens()?;
+        let mut segments = Vec::new();
+        let mut pieces = pieces.peekable();
+        let mut first = true;
+        while pieces.peek().is_some() {
+            let batch: Vec<Piece> = pieces.by_ref().take(batch_size.max(1)).collect();
+            let mut audios = Vec::with_capacity(batch.len());
+            for piece in &batch {
+                let encoded = self.whisper.encode(piece.window.clone())?;
+                audios.push(self.whisper.start(&encoded)?);
+            }
+            if first && self.whisper.multilingual && language_token.is_none() {
+                let (code, p, id) = self.detect_language(&audios[0])?;
+                (language, language_probability, language_token) = (code, p, Some(id));
+            }
+            first = false;
+            let prompt = self.prompt(&initial, language_token);
+            let temperatures = self.options.temperatures.clone();
+            let results = if self.options.beam_size > 1 {
+                audios
+                    .iter()
+                    .map(|audio| self.decode_with_fallback(audio, &prompt))
+                    .collect::<candle_core::Result<_>>()?
+            } else {
+                let mut results = self.decode_batch(&audios.iter().collect::<Vec<_>>(), &prompt, temperatures[0])?;
+                for (result, audio) in results.iter_mut().zip(&audios) {
+                    for &temperature in &temperatures[1..] {
+                        if self.acceptable(result) {
+                            break;
+                        }
+                        *result = self.decode_once(audio, &prompt, temperature)?;
+                    }
+                }
+                results
+            };
+            for ((piece, audio), result) in batch.iter().zip(&audios).zip(results) {
+                if self.probably_silent(&result) {
+                    continue;
+                }
+                let (pieces, _) = self.slice_segments(&result, piece.time_offset, piece.frames, true);
+                let window = Window { audio, frames: piece.frames, time_offset: piece.time_offset };
+                segments.extend(self.keep_segments(pieces, &window, language_token, &language, duration)?);
+            }
+        }
+        Ok(Transcript { language, language_probability, duration, segments })
+    }
+
+    /// The initial prompt's tokens (none without one).
+    fn initial_prompt_tokens(&self) -> candle_core::Result<Vec<u32>> {
+        Ok(match self.options.initial_prompt.as_deref().map(str::trim) {
+            Some(text) if !text.is_empty() => self
+                .whisper
+                .tokenizer
+                .encode(format!(" {text}"), false)
+                .map_err(|e| candle_core::Error::Msg(format!("the prompt cannot be tokenised: {e}")))?
+                .get_ids()
+                .to_vec(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// A window's segments as they are kept: inside the audio, the empty ones Whisper sometimes
+    /// emits dropped, with word times when asked for.
+    fn keep_segments(
+        &self,
+        mut kept: Vec<Segment>,
+        window: &Window,
+        language_token: Option<u32>,
+        language: &str,
+        duration: f64,
+    ) -> candle_core::Result<Vec<Segment>> {
+        kept.retain(|s| !s.text.trim().is_empty());
+        for s in &mut kept {
+            s.end = s.end.min(duration);
+            s.start = s.start.min(s.end);
+        }
+        if self.options.word_timestamps {
+            let sot_sequence = self.sot_sequence(language_token);
+            self.add_words(
+                window.audio,
+                &sot_sequence,
+                &mut kept,
+                window.frames,
+                window.time_offset,
+                language,
+                duration,
+            )?;
+        }
+        Ok(kept)
+    }
+
+    /// A window's segments, split at its timestamp pairs, and how many frames of the window they
+    /// cover: all of it, or up to the last complete timestamp when the text ran on past it (the
+    /// next window starts there). With `to_the_end` (no next window), text past the last pair is
+    /// a last segment running to the window's end instead.
+    fn slice_segments(
+        &self,
+        result: &WindowResult,
+        time_offset: f64,
+        segment_size: usize,
+        to_the_end: bool,
+    ) -> (Vec<Segment>, usize) {
+        let t = &self.whisper.tokens;
+        let tokens = &result.tokens;
+        let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
+        let is_ts = |x: u32| x >= t.timestamp_begin;
+        let single_timestamp_ending =
+            tokens.len() >= 2 && !is_ts(tokens[tokens.len() - 2]) && is_ts(tokens[tokens.len() - 1]);
+        let mut slices: Vec<usize> = (1..tokens.len()).filter(|&i| is_ts(tokens[i - 1]) && is_ts(tokens[i])).collect();
+        let mut segments = Vec::new();
+        if slices.is_empty() {
+            let mut end = segment_duration;
+            if let Some(&last) = tokens.iter().rev().find(|&&x| is_ts(x)) {
+                if last != t.timestamp_begin {
+                    end = (last - t.timestamp_begin) as f64 * TIME_PRECISION;
+                }
+            }
+            segments.push(self.segment(time_offset, time_offset + end, tokens, result));
+            return (segments, segment_size);
+        }
+        if single_timestamp_ending {
+            slices.push(tokens.len());
+        }
+        let mut last_slice = 0;
+        for &current in &slices {
+            let piece = &tokens[last_slice..current];
+            let start = (piece[0].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
+            let end = (piece[piece.len() - 1].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
+            segments.push(self.segment(time_offset + start, time_offset + end, piece, result));
+            last_slice = current;
+        }
+        let rest = &tokens[last_slice..];
+        let consumed = if single_timestamp_ending {
+            segment_size
+        } else if to_the_end {
+            if rest.iter().any(|&x| !is_ts(x)) {
+                let start = (rest[0].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
+                segments.push(self.segment(time_offset + start, time_offset + segment_duration, rest, result));
+            }
+            segment_size
+        } else {
+            (tokens[last_slice - 1] - t.timestamp_begin) as usize * INPUT_STRIDE
+        };
+        (segments, consumed)
     }
 
     /// Aligns the window's words and hands them to its segments in order; as Whisper does, a

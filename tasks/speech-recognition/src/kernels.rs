@@ -127,6 +127,35 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Four dot products of `b` with the rows of `a` at once: one chain of multiply-adds waits for
+/// the one before it, four independent chains keep the FMA units busy.
+#[inline]
+pub fn dot4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    const LANES: usize = 16;
+    let main = b.len() - b.len() % LANES;
+    let (mut s0, mut s1, mut s2, mut s3) = ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let rows = a[0][..main]
+        .chunks_exact(LANES)
+        .zip(a[1][..main].chunks_exact(LANES))
+        .zip(a[2][..main].chunks_exact(LANES))
+        .zip(a[3][..main].chunks_exact(LANES));
+    for ((((r0, r1), r2), r3), cb) in rows.zip(b[..main].chunks_exact(LANES)) {
+        for i in 0..LANES {
+            s0[i] = r0[i].mul_add(cb[i], s0[i]);
+            s1[i] = r1[i].mul_add(cb[i], s1[i]);
+            s2[i] = r2[i].mul_add(cb[i], s2[i]);
+            s3[i] = r3[i].mul_add(cb[i], s3[i]);
+        }
+    }
+    let tail = |row: &[f32]| -> f32 { row[main..b.len()].iter().zip(&b[main..]).map(|(x, y)| x * y).sum() };
+    [
+        s0.iter().sum::<f32>() + tail(a[0]),
+        s1.iter().sum::<f32>() + tail(a[1]),
+        s2.iter().sum::<f32>() + tail(a[2]),
+        s3.iter().sum::<f32>() + tail(a[3]),
+    ]
+}
+
 /// [`dot`] with `a` in half precision: the vocabulary projection reads the whole embedding matrix
 /// per token, so halving its bytes halves the memory traffic that bounds it. The checkpoints hold
 /// these weights in f16 to begin with.

@@ -98,6 +98,16 @@ const OPTIONS: &[TaskOption] = &[
         default: None,
     },
     TaskOption {
+        name: "batch-size",
+        value_name: Some("N"),
+        help: "Transcribe long recordings N pieces at a time, as faster-whisper's batched pipeline: the VAD \
+               (implied) cuts the speech into pieces of up to 30 s (pauses over 160 ms cut it unless \
+               --vad-min-silence-ms says otherwise), each decoded on its own without timestamps (one segment \
+               per piece), greedy steps of all N together (default 1: one 30 s window after another, each \
+               prompted by the text before)",
+        default: None,
+    },
+    TaskOption {
         name: "vad-threshold",
         value_name: Some("P"),
         help: "With --vad: a 32 ms window at or above this speech probability is speech (default 0.5)",
@@ -133,9 +143,13 @@ const OPTIONS: &[TaskOption] = &[
 const VAD_OPTIONS: [&str; 5] =
     ["vad-threshold", "vad-min-silence-ms", "vad-speech-pad-ms", "vad-min-speech-ms", "vad-max-speech-s"];
 
-/// `--vad` and its options, checked: None without `--vad`.
-fn vad_options(args: &TaskArgs) -> Result<Option<vad::VadOptions>> {
-    if !args.flag("vad") {
+/// The longest piece the batched path gives Whisper: one window.
+const PIECE_SECONDS: f64 = 30.0;
+
+/// `--vad` and its options, checked: None without `--vad` (which `batched` implies). The batched
+/// pipeline's defaults are faster-whisper's: pieces cut at pauses over 160 ms, none over 30 s.
+fn vad_options(args: &TaskArgs, batched: bool) -> Result<Option<vad::VadOptions>> {
+    if !args.flag("vad") && !batched {
         if let Some(option) = VAD_OPTIONS.iter().find(|o| args.value(o).is_some()) {
             return Err(Error::Usage(format!(
                 "{option} tunes the voice activity detector, which is off: turn on vad too (--vad)"
@@ -161,13 +175,22 @@ fn vad_options(args: &TaskArgs) -> Result<Option<vad::VadOptions>> {
             Err(invalid(option, value, "choose a number of milliseconds, 0 or more"))
         }
     };
-    let min_silence_duration_ms = milliseconds("vad-min-silence-ms", defaults.min_silence_duration_ms)?;
+    let min_silence_duration_ms =
+        milliseconds("vad-min-silence-ms", if batched { 160.0 } else { defaults.min_silence_duration_ms })?;
     let speech_pad_ms = milliseconds("vad-speech-pad-ms", defaults.speech_pad_ms)?;
     let min_speech_duration_ms = milliseconds("vad-min-speech-ms", defaults.min_speech_duration_ms)?;
     let max_speech_duration_s = match args.value("vad-max-speech-s") {
+        None if batched => PIECE_SECONDS,
         None => f64::INFINITY,
         Some(_) => args.positive("vad-max-speech-s", 30.0, "seconds")?,
     };
+    if batched && max_speech_duration_s > PIECE_SECONDS {
+        return Err(invalid(
+            "vad-max-speech-s",
+            max_speech_duration_s,
+            "must be at most 30 with --batch-size: each piece of speech is one 30 s window",
+        ));
+    }
     // faster-whisper keeps a window and both pads out of the maximum; shorter than that, every
     // window would be a piece of its own.
     let least = (vad::WINDOW as f64 / f64::from(audio::SAMPLE_RATE)) + 2.0 * speech_pad_ms / 1000.0;
@@ -266,6 +289,8 @@ pub struct SpeechRunner {
     max_duration_s: f64,
     /// With `--vad`: the detector and its options.
     vad: Option<(vad::SileroVad, vad::VadOptions)>,
+    /// Pieces of speech decoded together; 1: the sequential path.
+    batch_size: usize,
 }
 
 impl SpeechRunner {
@@ -291,7 +316,15 @@ impl SpeechRunner {
             }
         };
         let output_dir = args.value("output-dir").map(PathBuf::from);
-        let vad_options = vad_options(args)?;
+        let batch_size: usize = args.parse("batch-size")?.unwrap_or(1);
+        if !(1..=64).contains(&batch_size) {
+            return Err(Error::InvalidOption {
+                option: "batch-size".into(),
+                value: batch_size.to_string(),
+                reason: "choose 1 (one window after another) to 64".into(),
+            });
+        }
+        let vad_options = vad_options(args, batch_size > 1)?;
         let language = args.value("language").map(|l| l.trim().to_ascii_lowercase());
         if let Some(code) = &language {
             if !model::LANGUAGES.contains(&code.as_str()) {
@@ -327,7 +360,12 @@ impl SpeechRunner {
                 reason: "choose 1 (greedy) to 16".into(),
             });
         }
-        let mut options = DecodeOptions { mode, language, beam_size, ..DecodeOptions::default() };
+        // The batched path decodes without timestamps, as faster-whisper's batched pipeline does by
+        // default: a piece joins speech from several places, and Whisper asked for timestamps over
+        // it tends to end early, leaving the rest of the piece untranscribed with no next window
+        // to pick it up.
+        let timestamps = batch_size == 1;
+        let mut options = DecodeOptions { mode, language, beam_size, timestamps, ..DecodeOptions::default() };
         if args.flag("no-context") {
             options.condition_on_previous_text = false;
         }
@@ -367,6 +405,7 @@ impl SpeechRunner {
             model_id: model.id.clone(),
             max_duration_s,
             vad,
+            batch_size,
         })
     }
 
@@ -376,6 +415,27 @@ impl SpeechRunner {
             mel::log_mel_spectrogram(samples, mel::CHUNK_SAMPLES, &self.filters, self.whisper.config.num_mel_bins);
         let content_frames = samples.len() / mel::HOP_LENGTH;
         Decoder::new(&mut self.whisper, self.options.clone()).transcribe(&mel, content_frames)
+    }
+
+    /// The batched path: the speech ranges grouped into pieces of up to 30 s, each piece's
+    /// ranges joined and decoded on its own, `batch_size` pieces at a time. Times are on the
+    /// speech-only timeline, as [`SpeechRunner::transcribe_samples`] gives them for `--vad`.
+    fn transcribe_pieces(&mut self, samples: &[f32], regions: &[(usize, usize)]) -> candle_core::Result<Transcript> {
+        let piece_samples = (PIECE_SECONDS * f64::from(audio::SAMPLE_RATE)) as usize;
+        let groups = vad::group_speech(regions, piece_samples);
+        let total: usize = regions.iter().map(|(s, e)| e - s).sum();
+        let (filters, n_mels) = (&self.filters, self.whisper.config.num_mel_bins);
+        let mut offset = 0usize;
+        let pieces = groups.into_iter().map(|group| {
+            let speech = vad::collect_speech(samples, &group);
+            let mel = mel::log_mel_spectrogram(&speech, mel::CHUNK_SAMPLES, filters, n_mels);
+            let frames = (speech.len() / mel::HOP_LENGTH).min(mel::N_FRAMES);
+            let time_offset = offset as f64 / f64::from(audio::SAMPLE_RATE);
+            offset += speech.len();
+            decode::Piece { window: mel.window(0, frames), frames, time_offset }
+        });
+        let duration = total as f64 / f64::from(audio::SAMPLE_RATE);
+        Decoder::new(&mut self.whisper, self.options.clone()).transcribe_pieces(pieces, self.batch_size, duration)
     }
 
     fn run_one(&mut self, input: &Input) -> Result<Transcribed> {
@@ -400,6 +460,8 @@ impl SpeechRunner {
                         (None, true) => "unknown".into(),
                     };
                     Transcript { language, language_probability: 0.0, duration: 0.0, segments: Vec::new() }
+                } else if self.batch_size > 1 {
+                    self.transcribe_pieces(&audio.samples, &regions).map_err(failed)?
                 } else {
                     self.transcribe_samples(&speech).map_err(failed)?
                 };
@@ -438,7 +500,7 @@ impl SpeechRunner {
                 speech
                     .as_ref()
                     .filter(|r| r.is_empty())
-                    .map(|_| "--vad found no speech: nothing was transcribed".into()),
+                    .map(|_| "the voice activity detector (--vad) found no speech: nothing was transcribed".into()),
             )
             .collect();
         Ok(Transcribed { transcript, head, format: self.format, written, warnings })

@@ -250,6 +250,12 @@ impl Whisper {
         let d = self.decoder.d_model();
         Ok(positions.iter().map(|&p| self.decoder.logits(&hidden[p * d..(p + 1) * d])).collect())
     }
+
+    /// One token after each of `states` (a window each); the next-token logits of each.
+    pub fn step_batch(&self, tokens: &[u32], states: &mut [DecoderState]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let hidden = self.decoder.forward_batch(tokens, states)?;
+        Ok(self.decoder.logits_rows(&hidden))
+    }
 }
 
 /// The encoder for the device and zoo's cached decoder over the same weights.

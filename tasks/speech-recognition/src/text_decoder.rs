@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use zoo_runtime::cpu;
 
-use crate::kernels::{dot, dot_f16, gelu_in_place, vec_of, Dense, LayerNorm};
+use crate::kernels::{dot, dot4, dot_f16, gelu_in_place, vec_of, Dense, LayerNorm};
 
 struct Layer {
     self_ln: LayerNorm,
@@ -304,6 +304,95 @@ impl TextDecoder {
             .map(|w| watched.iter().find(|(at, _)| at == w).map(|(_, v)| v.clone()).unwrap_or_default())
             .collect();
         Ok((normed, weights))
+    }
+
+    /// One new token for each of several windows at once (`tokens[i]` follows what `states[i]`
+    /// holds); returns their final hidden states (rows x d). A single token's step reads every
+    /// weight to do little with it; here the dense layers read them once for all rows, and the
+    /// attention runs per row against its own window's caches.
+    pub fn forward_batch(&self, tokens: &[u32], states: &mut [DecoderState]) -> Result<Vec<f32>> {
+        let (n, d) = (tokens.len(), self.d);
+        if n != states.len() {
+            candle_core::bail!("{n} tokens for {} windows", states.len());
+        }
+        let mut x = vec![0f32; n * d];
+        for ((&token, row), state) in tokens.iter().zip(x.chunks_exact_mut(d)).zip(states.iter()) {
+            if token as usize >= self.vocab {
+                candle_core::bail!("token {token} is outside the vocabulary");
+            }
+            if state.len >= self.n_ctx {
+                candle_core::bail!("the decoder holds at most {} tokens", self.n_ctx);
+            }
+            let embedding = &self.embeddings[token as usize * d..][..d];
+            let position = &self.positions[state.len * d..][..d];
+            for ((x, e), p) in row.iter_mut().zip(embedding).zip(position) {
+                *x = e + p;
+            }
+        }
+        let mut normed = vec![0f32; n * d];
+        let mut attended = vec![0f32; n * d];
+        for (index, layer) in self.layers.iter().enumerate() {
+            layer.self_ln.apply(&x, &mut normed);
+            let qkv = layer.self_qkv.forward(&normed, n);
+            let mut q = Vec::with_capacity(n * d);
+            for (row, state) in qkv.chunks_exact(3 * d).zip(states.iter_mut()) {
+                q.extend_from_slice(&row[..d]);
+                state.past[index].k.extend_from_slice(&row[d..2 * d]);
+                state.past[index].v.extend_from_slice(&row[2 * d..]);
+            }
+            attended.par_chunks_mut(d).zip(q.par_chunks(d)).zip(states.par_iter()).for_each(|((out, q), state)| {
+                self.attend(q, 1, &state.past[index], state.len + 1, Some(state.len), out, &[]);
+            });
+            add(&mut x, &layer.self_out.forward(&attended, n));
+
+            layer.cross_ln.apply(&x, &mut normed);
+            let q = layer.cross_q.forward(&normed, n);
+            attended.par_chunks_mut(d).zip(q.par_chunks(d)).zip(states.par_iter()).for_each(|((out, q), state)| {
+                self.attend(q, 1, &state.cross[index], state.audio_len, None, out, &[]);
+            });
+            add(&mut x, &layer.cross_out.forward(&attended, n));
+
+            layer.mlp_ln.apply(&x, &mut normed);
+            let mut hidden = layer.fc1.forward(&normed, n);
+            gelu_in_place(&mut hidden);
+            add(&mut x, &layer.fc2.forward(&hidden, n));
+        }
+        states.iter_mut().for_each(|state| state.len += 1);
+        self.ln.apply(&x, &mut normed);
+        Ok(normed)
+    }
+
+    /// Next-token logits for several hidden states (rows of `d`): each f16 embedding row is read
+    /// once for all of them.
+    pub fn logits_rows(&self, hidden: &[f32]) -> Vec<Vec<f32>> {
+        let d = self.d;
+        let rows = hidden.len() / d;
+        let mut out = vec![0f32; rows * self.vocab];
+        let per_chunk = 1024;
+        // Laid out vocab-major while computing (each chunk of the vocabulary is one task), then
+        // split per row.
+        out.par_chunks_mut(per_chunk * rows).enumerate().for_each(|(chunk, out)| {
+            use half::slice::HalfFloatSliceExt;
+            let mut wide = vec![0f32; 4 * d];
+            let first = chunk * per_chunk;
+            // Four embedding rows widened at a time, then used by every hidden row while in L1.
+            for (quad, ys) in out.chunks_mut(4 * rows).enumerate() {
+                let n = ys.len() / rows;
+                let start = (first + 4 * quad) * d;
+                self.embeddings_f16[start..start + n * d].convert_to_f32_slice(&mut wide[..n * d]);
+                wide[n * d..].fill(0.0);
+                let (e0, rest) = wide.split_at(d);
+                let (e1, rest) = rest.split_at(d);
+                let (e2, e3) = rest.split_at(d);
+                for (r, h) in hidden.chunks_exact(d).enumerate() {
+                    let dots = dot4([e0, e1, e2, e3], h);
+                    for (k, &value) in dots.iter().enumerate().take(n) {
+                        ys[k * rows + r] = value;
+                    }
+                }
+            }
+        });
+        (0..rows).map(|r| out.iter().skip(r).step_by(rows).copied().collect()).collect()
     }
 
     /// Next-token logits for one hidden state (`d` values).

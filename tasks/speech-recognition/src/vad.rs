@@ -446,6 +446,25 @@ pub fn speech_fields(regions: &[(usize, usize)]) -> Vec<(String, serde_json::Val
     vec![("speech".into(), ranges.into()), ("speech_duration".into(), seconds(total).into())]
 }
 
+/// The speech ranges packed in order into groups of at most `max_samples` samples together, as
+/// faster-whisper's `collect_chunks` packs them for the batched pipeline (a range longer than
+/// that is a group of its own); each group is given to Whisper as one window.
+pub fn group_speech(speech: &[(usize, usize)], max_samples: usize) -> Vec<Vec<(usize, usize)>> {
+    let mut groups: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut length = 0;
+    for &(start, end) in speech {
+        match groups.last_mut() {
+            Some(group) if length + (end - start) <= max_samples => group.push((start, end)),
+            _ => {
+                groups.push(vec![(start, end)]);
+                length = 0;
+            }
+        }
+        length += end - start;
+    }
+    groups
+}
+
 /// The speech ranges of `audio`, concatenated: what Whisper is given with `--vad`.
 pub fn collect_speech(audio: &[f32], speech: &[(usize, usize)]) -> Vec<f32> {
     speech.iter().flat_map(|&(s, e)| audio[s.min(audio.len())..e.min(audio.len())].iter().copied()).collect()

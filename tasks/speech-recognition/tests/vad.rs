@@ -105,3 +105,42 @@ fn speech_timestamps_match_faster_whisper_on_every_clip() {
     assert!(clips >= 20, "only {clips} clips could be read");
     assert!(worst < 1e-5, "probabilities differ from faster-whisper's by {worst}");
 }
+
+#[test]
+fn speech_groups_match_faster_whispers_batched_chunks() {
+    let Some(assets) = shared_assets("speech_groups_match_faster_whispers_batched_chunks") else { return };
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(assets.join("reference/vad/speech_timestamps.json")).unwrap()).unwrap();
+    let rate = f64::from(audio::SAMPLE_RATE);
+    let (mut clips, mut several) = (0, 0);
+    for (id, clip) in reference["clips"].as_object().unwrap() {
+        let Some(batched) = clip.get("batched_pipeline_options") else { continue };
+        let regions: Vec<(usize, usize)> = batched["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize))
+            .collect();
+        if regions.is_empty() {
+            continue;
+        }
+        let groups = vad::group_speech(&regions, 30 * audio::SAMPLE_RATE as usize);
+        let chunks = batched["collect_chunks_30s"].as_array().unwrap();
+        assert_eq!(groups.len(), chunks.len(), "{id}: groups");
+        let mut offset = 0usize;
+        for (group, chunk) in groups.iter().zip(chunks) {
+            let members: Vec<usize> =
+                chunk["vad_segment_indices"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
+            let ours: Vec<(usize, usize)> = members.iter().map(|&i| regions[i]).collect();
+            assert_eq!(group, &ours, "{id}: a group's ranges");
+            let length: usize = group.iter().map(|(s, e)| e - s).sum();
+            assert!((length as f64 / rate - chunk["duration_s"].as_f64().unwrap()).abs() < 1e-6, "{id}: duration");
+            assert!((offset as f64 / rate - chunk["offset_s"].as_f64().unwrap()).abs() < 1e-6, "{id}: offset");
+            offset += length;
+        }
+        clips += 1;
+        several += usize::from(groups.len() > 1);
+    }
+    eprintln!("{clips} clips grouped as faster-whisper's collect_chunks, {several} in several groups");
+    assert!(clips >= 20 && several >= 2, "only {clips} clips ({several} with several groups)");
+}

@@ -206,3 +206,41 @@ fn cpu_encoder_matches_candle_ops() {
     eprintln!("CPU encoder vs candle ops: max |diff| {diff:.2e} (values up to {scale:.1})");
     assert!(diff < 1e-3, "encoder outputs differ by {diff}");
 }
+
+/// The batched decoder step against one window at a time, on the real weights: two windows of
+/// different audio at different lengths (so each row attends over its own caches), then one
+/// step of both together; logits as the single steps give them, and the caches left as they would be.
+#[test]
+fn a_batched_decoder_step_is_each_windows_own_step() {
+    let Some(dir) = tiny_en_dir("batched decoder step") else { return };
+    let Some(samples) = jfk_samples("batched decoder step") else { return };
+    let hub = HubSettings::from_env(false);
+    let model = Model::resolve(&ModelRef::parse(&dir.display().to_string()).unwrap(), &hub);
+    let mut whisper = model::Whisper::load(&model, &Device::Cpu).unwrap();
+    let filters = mel::mel_filters(16_000, mel::N_FFT, 80);
+    let window = |audio: &[f32]| {
+        mel::log_mel_spectrogram(audio, mel::CHUNK_SAMPLES, &filters, 80).window(0, audio.len() / mel::HOP_LENGTH)
+    };
+    let first = whisper.encode(window(&samples)).unwrap();
+    let second = whisper.encode(window(&samples[samples.len() / 2..])).unwrap();
+    let t = whisper.tokens.clone();
+    let (mut a, mut b) = (whisper.start(&first).unwrap(), whisper.start(&second).unwrap());
+    whisper.step(&[t.sot, t.no_timestamps], &mut a, &[1]).unwrap();
+    whisper.step(&[t.sot, t.no_timestamps, 634, 523, 616], &mut b, &[4]).unwrap();
+    let (next_a, next_b) = (1770, 4842);
+    let mut states = vec![a.clone(), b.clone()];
+    let batched = whisper.step_batch(&[next_a, next_b], &mut states).unwrap();
+    let single_a = whisper.step(&[next_a], &mut a, &[0]).unwrap().remove(0);
+    let single_b = whisper.step(&[next_b], &mut b, &[0]).unwrap().remove(0);
+    let scale = single_a.iter().chain(&single_b).fold(0f32, |m, v| m.max(v.abs()));
+    for (got, want) in batched.iter().zip([&single_a, &single_b]) {
+        let diff = max_abs_diff(got, want);
+        assert!(diff <= 1e-4 * scale, "batched logits differ by {diff} (scale {scale})");
+    }
+    assert_eq!((states[0].len(), states[1].len()), (a.len(), b.len()));
+    // One more step each way from the states the batched step left: the caches were extended alike.
+    let again = whisper.step_batch(&[t.eot, t.eot], &mut states).unwrap();
+    let want = whisper.step(&[t.eot], &mut b, &[0]).unwrap().remove(0);
+    assert!(max_abs_diff(&again[1], &want) <= 1e-4 * scale);
+    assert!(whisper.step_batch(&[next_a], &mut states).is_err(), "one token for two windows is refused");
+}
