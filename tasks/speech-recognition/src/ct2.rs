@@ -257,6 +257,22 @@ impl Ct2Model {
     }
 
     /// A variable as an f32 tensor, dequantising i8 weights with their `_scale`.
+    /// A variable stored in f16, as it is (`None` when it is stored in another type): for the
+    /// large tables kept in f16, which widening to f32 first would hold twice.
+    pub fn tensor_f16(&self, name: &str, device: &Device) -> Result<Option<Tensor>, Ct2Error> {
+        let var = self.variable(name).ok_or_else(|| self.missing(name))?;
+        if var.dtype != Ct2Dtype::F16 {
+            return Ok(None);
+        }
+        let raw = &self.bytes[var.offset..var.offset + var.len];
+        let values: Vec<half::f16> = raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect();
+        Tensor::from_vec(values, var.shape.as_slice(), device).map(Some).map_err(|source| Ct2Error::Tensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            source: Box::new(source),
+        })
+    }
+
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, Ct2Error> {
         let var = self.variable(name).ok_or_else(|| self.missing(name))?;
         let raw = &self.bytes[var.offset..var.offset + var.len];

@@ -119,10 +119,11 @@ impl Whisper {
             };
             let ct2 = Ct2Model::open(path).map_err(|e| Error::model(&model.id, e))?;
             let extra: Ct2Config = model.optional_json("config.json")?.unwrap_or_default();
-            let (vars, mut config) = ct2_variables(&ct2, device).map_err(|e| Error::model(&model.id, e))?;
+            let (sources, mut config) = ct2_sources(&ct2).map_err(|e| Error::model(&model.id, e))?;
             config.suppress_tokens = ids(&extra.suppress_ids);
             check_config(&model.id, &config)?;
-            let vb = VarBuilder::from_tensors(vars, DType::F32, device);
+            let backend = Ct2Backend { ct2: &ct2, sources, d: config.d_model };
+            let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
             let whisper =
                 load_parts(&vb, &config).map_err(|e| Error::model(&model.id, format!("{}: {e}", path.display())))?;
             let begin = if extra.suppress_ids_begin.is_empty() { None } else { Some(ids(&extra.suppress_ids_begin)) };
@@ -274,7 +275,11 @@ pub fn transformers_tensors(
     ct2: &Ct2Model,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, Config), crate::ct2::Ct2Error> {
-    let (mut vars, config) = ct2_variables(ct2, device)?;
+    let (sources, config) = ct2_sources(ct2)?;
+    let mut vars = HashMap::new();
+    for (name, source) in &sources {
+        vars.insert(name.clone(), source.read(ct2, config.d_model, device)?);
+    }
     vars.insert(
         "model.encoder.embed_positions.weight".into(),
         ct2.tensor("encoder/position_encodings/encodings", device)?,
@@ -282,9 +287,83 @@ pub fn transformers_tensors(
     Ok((vars, config))
 }
 
+/// Where a tensor under Transformers' name is in a CTranslate2 checkpoint: a variable, or the
+/// `part`-th block of `d` rows of a stacked projection.
+struct Ct2Source {
+    name: String,
+    part: Option<usize>,
+}
+
+impl Ct2Source {
+    fn read(&self, ct2: &Ct2Model, d: usize, device: &Device) -> Result<Tensor, crate::ct2::Ct2Error> {
+        let t = ct2.tensor(&self.name, device)?;
+        match self.part {
+            None => Ok(t),
+            Some(part) => t.narrow(0, part * d, d).map_err(|source| crate::ct2::Ct2Error::Tensor {
+                path: ct2.path().to_string(),
+                name: self.name.clone(),
+                source: Box::new(source),
+            }),
+        }
+    }
+}
+
+/// A CTranslate2 checkpoint as a [`VarBuilder`] backend: each tensor is decoded to f32 when a
+/// layer asks for it and dropped once the layer has packed it, so the checkpoint is never held
+/// in f32 whole beside the packed copy (which doubled the peak memory of loading).
+struct Ct2Backend<'a> {
+    ct2: &'a Ct2Model,
+    sources: HashMap<String, Ct2Source>,
+    d: usize,
+}
+
+impl Ct2Backend<'_> {
+    fn tensor(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let source =
+            self.sources.get(name).ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.into() })?;
+        let failed = |e: crate::ct2::Ct2Error| candle_core::Error::Msg(e.to_string());
+        if let (DType::F16, None) = (dtype, source.part) {
+            if let Some(t) = self.ct2.tensor_f16(&source.name, dev).map_err(failed)? {
+                return Ok(t);
+            }
+        }
+        source.read(self.ct2, self.d, dev).map_err(failed)?.to_dtype(dtype)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for Ct2Backend<'_> {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.tensor(name, dtype, dev)?;
+        if t.shape() != &shape {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: shape,
+                got: t.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.tensor(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.sources.contains_key(name)
+    }
+}
+
 /// Maps a CTranslate2 Whisper spec onto candle's (Transformers') names, splitting the stacked
 /// projections, and reads the dimensions from the tensors themselves.
-fn ct2_variables(ct2: &Ct2Model, device: &Device) -> Result<(HashMap<String, Tensor>, Config), crate::ct2::Ct2Error> {
+fn ct2_sources(ct2: &Ct2Model) -> Result<(HashMap<String, Ct2Source>, Config), crate::ct2::Ct2Error> {
     let invalid = |reason: String| crate::ct2::Ct2Error::Invalid { path: ct2.path().to_string(), reason };
     if !ct2.spec.starts_with("Whisper") {
         return Err(invalid(format!("holds a {} model, not Whisper", ct2.spec)));
@@ -317,75 +396,67 @@ fn ct2_variables(ct2: &Ct2Model, device: &Device) -> Result<(HashMap<String, Ten
         decoder_layers: count_layers("decoder"),
         suppress_tokens: Vec::new(),
     };
-    let d = config.d_model;
-    let mut vars = HashMap::new();
-    let mut put = |name: String, t: Tensor| {
-        vars.insert(name, t);
+    let mut sources = HashMap::new();
+    let mut put = |to: String, from: String, part: Option<usize>| {
+        sources.insert(to, Ct2Source { name: from, part });
     };
-    let get = |name: &str| ct2.tensor(name, device);
-    let wrap = |name: &str, source: candle_core::Error| crate::ct2::Ct2Error::Tensor {
-        path: ct2.path().to_string(),
-        name: name.to_string(),
-        source: Box::new(source),
+    let norm = |put: &mut dyn FnMut(String, String, Option<usize>), to: &str, from: &str| {
+        put(format!("{to}.weight"), format!("{from}/gamma"), None);
+        put(format!("{to}.bias"), format!("{from}/beta"), None);
     };
-    // Rows `part*d .. (part+1)*d` of a stacked projection.
-    let split = |name: &str, part: usize| -> Result<Tensor, crate::ct2::Ct2Error> {
-        let t = get(name)?;
-        t.narrow(0, part * d, d).map_err(|e| wrap(name, e))
-    };
-    let norm = |put: &mut dyn FnMut(String, Tensor), to: &str, from: &str| -> Result<(), crate::ct2::Ct2Error> {
-        put(format!("{to}.weight"), get(&format!("{from}/gamma"))?);
-        put(format!("{to}.bias"), get(&format!("{from}/beta"))?);
-        Ok(())
-    };
-    let linear = |put: &mut dyn FnMut(String, Tensor), to: &str, from: &str| -> Result<(), crate::ct2::Ct2Error> {
-        put(format!("{to}.weight"), get(&format!("{from}/weight"))?);
-        put(format!("{to}.bias"), get(&format!("{from}/bias"))?);
-        Ok(())
+    let linear = |put: &mut dyn FnMut(String, String, Option<usize>), to: &str, from: &str| {
+        put(format!("{to}.weight"), format!("{from}/weight"), None);
+        put(format!("{to}.bias"), format!("{from}/bias"), None);
     };
     // q, k, v stacked in one matrix (self-attention) or k, v (cross-attention); k has no bias in
     // Whisper, so its rows of the stacked bias are zero and dropped.
-    let stacked = |put: &mut dyn FnMut(String, Tensor), to: &str, from: &str, parts: &[&str]| {
+    let stacked = |put: &mut dyn FnMut(String, String, Option<usize>), to: &str, from: &str, parts: &[&str]| {
         for (i, part) in parts.iter().enumerate() {
-            put(format!("{to}.{part}_proj.weight"), split(&format!("{from}/weight"), i)?);
+            put(format!("{to}.{part}_proj.weight"), format!("{from}/weight"), Some(i));
             if *part != "k" {
-                put(format!("{to}.{part}_proj.bias"), split(&format!("{from}/bias"), i)?);
+                put(format!("{to}.{part}_proj.bias"), format!("{from}/bias"), Some(i));
             }
         }
-        Ok::<(), crate::ct2::Ct2Error>(())
     };
 
     for (to, from) in [("model.encoder.conv1", "encoder/conv1"), ("model.encoder.conv2", "encoder/conv2")] {
-        linear(&mut put, to, from)?;
+        linear(&mut put, to, from);
     }
     for i in 0..config.encoder_layers {
         let (to, from) = (format!("model.encoder.layers.{i}"), format!("encoder/layer_{i}"));
-        stacked(&mut put, &format!("{to}.self_attn"), &format!("{from}/self_attention/linear_0"), &["q", "k", "v"])?;
-        linear(&mut put, &format!("{to}.self_attn.out_proj"), &format!("{from}/self_attention/linear_1"))?;
-        norm(&mut put, &format!("{to}.self_attn_layer_norm"), &format!("{from}/self_attention/layer_norm"))?;
-        linear(&mut put, &format!("{to}.fc1"), &format!("{from}/ffn/linear_0"))?;
-        linear(&mut put, &format!("{to}.fc2"), &format!("{from}/ffn/linear_1"))?;
-        norm(&mut put, &format!("{to}.final_layer_norm"), &format!("{from}/ffn/layer_norm"))?;
+        stacked(&mut put, &format!("{to}.self_attn"), &format!("{from}/self_attention/linear_0"), &["q", "k", "v"]);
+        linear(&mut put, &format!("{to}.self_attn.out_proj"), &format!("{from}/self_attention/linear_1"));
+        norm(&mut put, &format!("{to}.self_attn_layer_norm"), &format!("{from}/self_attention/layer_norm"));
+        linear(&mut put, &format!("{to}.fc1"), &format!("{from}/ffn/linear_0"));
+        linear(&mut put, &format!("{to}.fc2"), &format!("{from}/ffn/linear_1"));
+        norm(&mut put, &format!("{to}.final_layer_norm"), &format!("{from}/ffn/layer_norm"));
     }
-    norm(&mut put, "model.encoder.layer_norm", "encoder/layer_norm")?;
+    norm(&mut put, "model.encoder.layer_norm", "encoder/layer_norm");
 
-    put("model.decoder.embed_tokens.weight".into(), get("decoder/embeddings/weight")?);
-    put("model.decoder.embed_positions.weight".into(), get("decoder/position_encodings/encodings")?);
+    put("model.decoder.embed_tokens.weight".into(), "decoder/embeddings/weight".into(), None);
+    put("model.decoder.embed_positions.weight".into(), "decoder/position_encodings/encodings".into(), None);
     for i in 0..config.decoder_layers {
         let (to, from) = (format!("model.decoder.layers.{i}"), format!("decoder/layer_{i}"));
-        stacked(&mut put, &format!("{to}.self_attn"), &format!("{from}/self_attention/linear_0"), &["q", "k", "v"])?;
-        linear(&mut put, &format!("{to}.self_attn.out_proj"), &format!("{from}/self_attention/linear_1"))?;
-        norm(&mut put, &format!("{to}.self_attn_layer_norm"), &format!("{from}/self_attention/layer_norm"))?;
-        linear(&mut put, &format!("{to}.encoder_attn.q_proj"), &format!("{from}/attention/linear_0"))?;
-        stacked(&mut put, &format!("{to}.encoder_attn"), &format!("{from}/attention/linear_1"), &["k", "v"])?;
-        linear(&mut put, &format!("{to}.encoder_attn.out_proj"), &format!("{from}/attention/linear_2"))?;
-        norm(&mut put, &format!("{to}.encoder_attn_layer_norm"), &format!("{from}/attention/layer_norm"))?;
-        linear(&mut put, &format!("{to}.fc1"), &format!("{from}/ffn/linear_0"))?;
-        linear(&mut put, &format!("{to}.fc2"), &format!("{from}/ffn/linear_1"))?;
-        norm(&mut put, &format!("{to}.final_layer_norm"), &format!("{from}/ffn/layer_norm"))?;
+        stacked(&mut put, &format!("{to}.self_attn"), &format!("{from}/self_attention/linear_0"), &["q", "k", "v"]);
+        linear(&mut put, &format!("{to}.self_attn.out_proj"), &format!("{from}/self_attention/linear_1"));
+        norm(&mut put, &format!("{to}.self_attn_layer_norm"), &format!("{from}/self_attention/layer_norm"));
+        linear(&mut put, &format!("{to}.encoder_attn.q_proj"), &format!("{from}/attention/linear_0"));
+        stacked(&mut put, &format!("{to}.encoder_attn"), &format!("{from}/attention/linear_1"), &["k", "v"]);
+        linear(&mut put, &format!("{to}.encoder_attn.out_proj"), &format!("{from}/attention/linear_2"));
+        norm(&mut put, &format!("{to}.encoder_attn_layer_norm"), &format!("{from}/attention/layer_norm"));
+        linear(&mut put, &format!("{to}.fc1"), &format!("{from}/ffn/linear_0"));
+        linear(&mut put, &format!("{to}.fc2"), &format!("{from}/ffn/linear_1"));
+        norm(&mut put, &format!("{to}.final_layer_norm"), &format!("{from}/ffn/layer_norm"));
     }
-    norm(&mut put, "model.decoder.layer_norm", "decoder/layer_norm")?;
-    Ok((vars, config))
+    norm(&mut put, "model.decoder.layer_norm", "decoder/layer_norm");
+    // Every name must point at a variable the checkpoint has: a missing one is named here, at
+    // load, rather than by the layer that asks for it.
+    for source in sources.values() {
+        if ct2.variable(&source.name).is_none() {
+            return Err(invalid(format!("has no {}", source.name)));
+        }
+    }
+    Ok((sources, config))
 }
 
 /// Whisper's language codes in token order (`<|en|>` is the first language token).

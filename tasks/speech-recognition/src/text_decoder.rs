@@ -30,7 +30,7 @@ struct Layer {
 }
 
 pub struct TextDecoder {
-    embeddings: Vec<f32>,
+    /// The token embeddings, also the output projection, in f16 (the checkpoints' precision).
     embeddings_f16: Vec<half::f16>,
     positions: Vec<f32>,
     layers: Vec<Layer>,
@@ -42,8 +42,9 @@ pub struct TextDecoder {
 }
 
 /// Keys and values, one row of `d` per position (all heads side by side). The audio's keys are
-/// also kept transposed per head (`heads x dh x frames`), so that a query's scores over 1500 frames
-/// are one contiguous multiply-add per key dimension instead of 1500 short dot products.
+/// kept transposed per head instead (`heads x dh x frames`, `k` empty), so that a query's scores
+/// over 1500 frames are one contiguous multiply-add per key dimension instead of 1500 short dot
+/// products.
 #[derive(Clone, Default)]
 struct Cache {
     k: Vec<f32>,
@@ -128,10 +129,15 @@ impl TextDecoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embeddings = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
+        // Asked for in f16: the largest table of the model (40 MB in f16 for tiny, 133 MB for
+        // large), read as the checkpoint stores it rather than widened to f32 and narrowed again,
+        // which held it three times over at the peak of loading.
+        let embeddings_f16 = vb
+            .get_with_hints_dtype((cfg.vocab_size, d), "embed_tokens.weight", Default::default(), DType::F16)?
+            .flatten_all()?
+            .to_vec1()?;
         Ok(Self {
-            embeddings_f16: embeddings.flatten_all()?.to_dtype(DType::F16)?.to_vec1()?,
-            embeddings: vec_of(&embeddings)?,
+            embeddings_f16,
             positions: vec_of(&vb.get((cfg.max_target_positions, d), "embed_positions.weight")?)?,
             layers,
             ln: LayerNorm::load(&vb, "layer_norm", d)?,
@@ -152,13 +158,10 @@ impl TextDecoder {
             .iter()
             .map(|layer| {
                 let kv = layer.cross_kv.forward(&audio, rows);
-                let mut cache = Cache {
-                    k: Vec::with_capacity(rows * d),
-                    v: Vec::with_capacity(rows * d),
-                    k_by_head: vec![0f32; rows * d],
-                };
+                // The audio's keys are read by head only, so they are kept that way alone.
+                let mut cache =
+                    Cache { k: Vec::new(), v: Vec::with_capacity(rows * d), k_by_head: vec![0f32; rows * d] };
                 for (j, row) in kv.chunks_exact(2 * d).enumerate() {
-                    cache.k.extend_from_slice(&row[..d]);
                     cache.v.extend_from_slice(&row[d..]);
                     // Column c = h * dh + kk of k goes to k_by_head[(h * dh + kk) * rows + j].
                     for (c, &value) in row[..d].iter().enumerate() {
@@ -174,6 +177,19 @@ impl TextDecoder {
             past: vec![Cache::default(); self.layers.len()],
             len: 0,
         })
+    }
+
+    /// A token's input row: its embedding (widened from the f16 table the logits read too) plus
+    /// the position's.
+    fn embed(&self, token: u32, position: usize, row: &mut [f32]) -> Result<()> {
+        use half::slice::HalfFloatSliceExt;
+        if token as usize >= self.vocab {
+            candle_core::bail!("token {token} is outside the vocabulary");
+        }
+        let d = self.d;
+        self.embeddings_f16[token as usize * d..][..d].convert_to_f32_slice(&mut row[..d]);
+        row.iter_mut().zip(&self.positions[position * d..][..d]).for_each(|(x, p)| *x += p);
+        Ok(())
     }
 
     /// Attention of `n` query rows over `keys` rows of `cache`; with `causal_offset`, query `i`
@@ -258,14 +274,7 @@ impl TextDecoder {
         }
         let mut x = vec![0f32; n * d];
         for (i, (&token, row)) in tokens.iter().zip(x.chunks_exact_mut(d)).enumerate() {
-            if token as usize >= self.vocab {
-                candle_core::bail!("token {token} is outside the vocabulary");
-            }
-            let embedding = &self.embeddings[token as usize * d..][..d];
-            let position = &self.positions[(offset + i) * d..][..d];
-            for ((x, e), p) in row.iter_mut().zip(embedding).zip(position) {
-                *x = e + p;
-            }
+            self.embed(token, offset + i, row)?;
         }
         let mut normed = vec![0f32; n * d];
         let mut attended = vec![0f32; n * d];
@@ -317,17 +326,10 @@ impl TextDecoder {
         }
         let mut x = vec![0f32; n * d];
         for ((&token, row), state) in tokens.iter().zip(x.chunks_exact_mut(d)).zip(states.iter()) {
-            if token as usize >= self.vocab {
-                candle_core::bail!("token {token} is outside the vocabulary");
-            }
             if state.len >= self.n_ctx {
                 candle_core::bail!("the decoder holds at most {} tokens", self.n_ctx);
             }
-            let embedding = &self.embeddings[token as usize * d..][..d];
-            let position = &self.positions[state.len * d..][..d];
-            for ((x, e), p) in row.iter_mut().zip(embedding).zip(position) {
-                *x = e + p;
-            }
+            self.embed(token, state.len, row)?;
         }
         let mut normed = vec![0f32; n * d];
         let mut attended = vec![0f32; n * d];
