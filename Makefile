@@ -65,7 +65,12 @@ bench:
 		eval "$$($(SHARED)/bin/test-assets --env)" && scripts/bench-venv.sh "$(SHARED)/bench" && \
 		/tmp/bench-venv/bin/python "$(SHARED)/bench/speech_faster_whisper.py" --threads $(THREADS) \
 			--manifest "$(SHARED)/assets/data/speech/manifest.tsv" --out-dir $(BENCH_OUT) | tee $(BENCH_OUT)/peer-speech.jsonl && \
-		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-speech.jsonl $(BENCH_OUT)/peer-speech.jsonl; fi
+		/tmp/bench-venv/bin/python "$(SHARED)/bench/speech_faster_whisper.py" --threads $(THREADS) --compute-type int8 \
+			--manifest "$(SHARED)/assets/data/speech/manifest.tsv" --out-dir $(BENCH_OUT) | tee -a $(BENCH_OUT)/peer-speech.jsonl && \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-speech.jsonl $(BENCH_OUT)/peer-speech.jsonl && \
+		$(CARGO) build --release --locked -p zoo-cli && \
+		python3 scripts/speech_long_bench.py "$(SHARED)" /tmp/bench-venv/bin/python --threads $(THREADS) --reps 3 \
+			--out $(BENCH_OUT) | tee $(BENCH_OUT)/speech-long.jsonl; fi
 	@if [ -d "$(SHARED)/assets" ]; then $(MAKE) --no-print-directory bench-serve; \
 	else echo "bench: $(SHARED)/assets not found; serve bench skipped"; fi
 

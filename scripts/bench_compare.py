@@ -31,4 +31,5 @@ for p in peer:
         ratio = z["items_per_s"] / p["items_per_s"]
         print(f"{z.get('model', p.get('model', '')):<23} {p['input']:<26} {p['batch']:>5} {p['threads']:>7} "
               f"{z['items_per_s']:>12.1f} {p['items_per_s']:>13.1f} {ratio:>8.2f}x "
-              f"{z.get('peak_rss_mb', float('nan')):>7.0f} {p.get('peak_rss_mb', float('nan')):>8.0f}  {p['peer']}")
+              f"{z.get('peak_rss_mb', float('nan')):>7.0f} {p.get('peak_rss_mb', float('nan')):>8.0f}  {p['peer']}"
+              + (f", {p['compute_type']}" if p.get("compute_type") else ""))

@@ -261,12 +261,15 @@ impl Whisper {
 
 /// The encoder for the device and zoo's cached decoder over the same weights.
 fn load_parts(vb: &VarBuilder, config: &Config) -> candle_core::Result<(Encoder, TextDecoder)> {
+    // The decoder first: its embedding table, the largest tensor, then meets the fewest pages of
+    // the checkpoint already read, which is what sets the peak memory of loading.
+    let decoder = TextDecoder::load(vb, config)?;
     let encoder = if vb.device().is_cpu() {
         Encoder::Cpu(Box::new(CpuEncoder::load(vb, config)?))
     } else {
         Encoder::Candle(Box::new(m::model::Whisper::load(vb, config.clone())?.encoder))
     };
-    Ok((encoder, TextDecoder::load(vb, config)?))
+    Ok((encoder, decoder))
 }
 
 /// A CTranslate2 Whisper's tensors under Transformers' `WhisperForConditionalGeneration` names

@@ -105,6 +105,14 @@ impl TextDecoder {
             let (w, b): (Vec<Tensor>, Vec<Tensor>) = parts.iter().cloned().unzip();
             Dense::from_linears(&w, &b)
         };
+        // Asked for in f16: the largest table of the model (40 MB in f16 for tiny, 133 MB for
+        // large), read as the checkpoint stores it rather than widened to f32 and narrowed again,
+        // which held it three times over at the peak of loading. Read first, while little else of
+        // the checkpoint has been paged in.
+        let embeddings_f16 = vb
+            .get_with_hints_dtype((cfg.vocab_size, d), "embed_tokens.weight", Default::default(), DType::F16)?
+            .flatten_all()?
+            .to_vec1()?;
         let layers = (0..cfg.decoder_layers)
             .map(|i| {
                 let p = |s: &str| format!("layers.{i}.{s}");
@@ -129,13 +137,6 @@ impl TextDecoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        // Asked for in f16: the largest table of the model (40 MB in f16 for tiny, 133 MB for
-        // large), read as the checkpoint stores it rather than widened to f32 and narrowed again,
-        // which held it three times over at the peak of loading.
-        let embeddings_f16 = vb
-            .get_with_hints_dtype((cfg.vocab_size, d), "embed_tokens.weight", Default::default(), DType::F16)?
-            .flatten_all()?
-            .to_vec1()?;
         Ok(Self {
             embeddings_f16,
             positions: vec_of(&vb.get((cfg.max_target_positions, d), "embed_positions.weight")?)?,
