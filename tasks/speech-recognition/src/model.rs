@@ -471,3 +471,184 @@ pub const LANGUAGES: &[&str] = &[
     "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln",
     "ha", "ba", "jw", "su", "yue",
 ];
+
+#[cfg(test)]
+mod tests {
+    use candle_core::IndexOp;
+    use rand::{Rng, SeedableRng};
+    use zoo_runtime::test_support::shared_hub_cache;
+    use zoo_runtime::{HubSettings, ModelRef};
+
+    use super::*;
+    use crate::ct2::tests::write_model_bin;
+
+    /// large-v3's tokenizer, from base's: v3 adds `<|yue|>` after `<|su|>`, which moves every
+    /// special token after it up by one (51866 tokens with the timestamps).
+    fn v3_tokenizer(base: &std::path::Path) -> serde_json::Value {
+        let mut tokenizer: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(base.join("tokenizer.json")).unwrap()).unwrap();
+        let added = tokenizer["added_tokens"].as_array_mut().unwrap();
+        let su = added.iter().position(|t| t["content"] == "<|su|>").expect("<|su|> in base's tokenizer");
+        let yue_id = added[su]["id"].as_u64().unwrap() + 1;
+        for token in added.iter_mut().filter(|t| t["id"].as_u64().unwrap() >= yue_id) {
+            token["id"] = (token["id"].as_u64().unwrap() + 1).into();
+        }
+        let mut yue = added[su].clone();
+        (yue["id"], yue["content"]) = (yue_id.into(), "<|yue|>".into());
+        added.insert(su + 1, yue);
+        tokenizer
+    }
+
+    /// A CTranslate2 `model.bin` in the layout of large-v3-turbo / distil-large-v3 (128 mel bins,
+    /// the v3 vocabulary, `decoder_layers` decoder layers, the projection an alias of the
+    /// embeddings), with small random weights: d_model 64, 4 heads, 2 encoder layers.
+    fn v3_layout_model_bin(decoder_layers: usize, seed: u64) -> Vec<u8> {
+        let (d, mels, vocab) = (64u32, 128u32, 51866u32);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut vars: Vec<(String, Vec<u32>, u8, Vec<u8>)> = Vec::new();
+        let mut add = |name: String, shape: Vec<u32>, scale: f32, offset: f32, f16: bool| {
+            let n: u32 = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0)).collect();
+            let bytes = if f16 {
+                values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()
+            } else {
+                values.iter().flat_map(|v| v.to_le_bytes()).collect()
+            };
+            vars.push((name, shape, if f16 { 4 } else { 0 }, bytes));
+        };
+        let w = 1.0 / (d as f32).sqrt();
+        let linear = |add: &mut dyn FnMut(String, Vec<u32>, f32, f32, bool), name: &str, out: u32, inp: u32| {
+            add(format!("{name}/weight"), vec![out, inp], 1.0 / (inp as f32).sqrt(), 0.0, true);
+            add(format!("{name}/bias"), vec![out], 0.1, 0.0, false);
+        };
+        let norm = |add: &mut dyn FnMut(String, Vec<u32>, f32, f32, bool), name: &str| {
+            add(format!("{name}/gamma"), vec![d], 0.1, 1.0, false);
+            add(format!("{name}/beta"), vec![d], 0.1, 0.0, false);
+        };
+        add("encoder/conv1/weight".into(), vec![d, mels, 3], 1.0 / ((3 * mels) as f32).sqrt(), 0.0, true);
+        add("encoder/conv1/bias".into(), vec![d], 0.1, 0.0, false);
+        add("encoder/conv2/weight".into(), vec![d, d, 3], w / 3f32.sqrt(), 0.0, true);
+        add("encoder/conv2/bias".into(), vec![d], 0.1, 0.0, false);
+        add("encoder/position_encodings/encodings".into(), vec![1500, d], 0.5, 0.0, false);
+        for i in 0..2 {
+            let p = format!("encoder/layer_{i}");
+            linear(&mut add, &format!("{p}/self_attention/linear_0"), 3 * d, d);
+            linear(&mut add, &format!("{p}/self_attention/linear_1"), d, d);
+            norm(&mut add, &format!("{p}/self_attention/layer_norm"));
+            linear(&mut add, &format!("{p}/ffn/linear_0"), 4 * d, d);
+            linear(&mut add, &format!("{p}/ffn/linear_1"), d, 4 * d);
+            norm(&mut add, &format!("{p}/ffn/layer_norm"));
+        }
+        norm(&mut add, "encoder/layer_norm");
+        add("decoder/embeddings/weight".into(), vec![vocab, d], 0.5, 0.0, true);
+        add("decoder/position_encodings/encodings".into(), vec![448, d], 0.5, 0.0, false);
+        for i in 0..decoder_layers {
+            let p = format!("decoder/layer_{i}");
+            linear(&mut add, &format!("{p}/self_attention/linear_0"), 3 * d, d);
+            linear(&mut add, &format!("{p}/self_attention/linear_1"), d, d);
+            norm(&mut add, &format!("{p}/self_attention/layer_norm"));
+            linear(&mut add, &format!("{p}/attention/linear_0"), d, d);
+            linear(&mut add, &format!("{p}/attention/linear_1"), 2 * d, d);
+            linear(&mut add, &format!("{p}/attention/linear_2"), d, d);
+            norm(&mut add, &format!("{p}/attention/layer_norm"));
+            linear(&mut add, &format!("{p}/ffn/linear_0"), 4 * d, d);
+            linear(&mut add, &format!("{p}/ffn/linear_1"), d, 4 * d);
+            norm(&mut add, &format!("{p}/ffn/layer_norm"));
+        }
+        norm(&mut add, "decoder/layer_norm");
+        vars.push(("encoder/num_heads".into(), vec![], 2, 4i16.to_le_bytes().to_vec()));
+        vars.push(("decoder/num_heads".into(), vec![], 2, 4i16.to_le_bytes().to_vec()));
+        let borrowed: Vec<(&str, Vec<u32>, u8, Vec<u8>)> =
+            vars.iter().map(|(n, s, t, b)| (n.as_str(), s.clone(), *t, b.clone())).collect();
+        write_model_bin(&borrowed, &[("decoder/projection/weight", "decoder/embeddings/weight")])
+    }
+
+    /// Checkpoints in large-v3-turbo's layout (4 decoder layers) and distil-large-v3's (2) load
+    /// through the CTranslate2 path: 128 mel bins, the v3 vocabulary with `<|yue|>`, and the
+    /// layer counts read from the file; the CPU encoder and decoder then give what
+    /// candle-transformers' Whisper gives on the same weights, and a recording transcribes.
+    #[test]
+    fn turbo_and_distil_layouts_load_and_run_as_candles_whisper() {
+        let Some(cache) = shared_hub_cache("v3 layouts") else { return };
+        let base = std::fs::read_dir(cache.join("models--Systran--faster-whisper-base/snapshots"))
+            .ok()
+            .and_then(|mut entries| entries.next())
+            .map(|entry| entry.unwrap().path());
+        let Some(base) = base else {
+            assert!(std::env::var("CI").is_err(), "faster-whisper-base is missing (test-assets --with-base)");
+            eprintln!("SKIPPED v3 layouts: faster-whisper-base is not in the shared hub cache");
+            return;
+        };
+        let tokenizer = v3_tokenizer(&base);
+        for (layout, decoder_layers) in [("large-v3-turbo", 4), ("distil-large-v3", 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("model.bin"), v3_layout_model_bin(decoder_layers, 7)).unwrap();
+            std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+            std::fs::write(
+                dir.path().join("config.json"),
+                serde_json::json!({"alignment_heads": [[decoder_layers - 1, 0]], "suppress_ids": [220],
+                                   "suppress_ids_begin": [220, 50257]})
+                .to_string(),
+            )
+            .unwrap();
+            let model = Model::resolve(
+                &ModelRef::parse(&dir.path().display().to_string()).unwrap(),
+                &HubSettings::from_env(true),
+            );
+            let mut whisper = Whisper::load(&model, &Device::Cpu).unwrap();
+            let c = &whisper.config;
+            assert_eq!(
+                (c.num_mel_bins, c.vocab_size, c.decoder_layers, c.encoder_layers, c.d_model),
+                (128, 51866, decoder_layers, 2, 64),
+                "{layout}"
+            );
+            assert!(whisper.multilingual, "{layout}");
+            let yue = whisper.tokens.languages.iter().find(|(code, _)| code == "yue").map(|l| l.1);
+            assert_eq!(yue, Some(50358), "{layout}: <|yue|> is a language");
+            assert_eq!(whisper.tokens.timestamp_begin, 50365, "{layout}: timestamps after v3's specials");
+
+            // The same weights through candle-transformers' Whisper.
+            let ct2 = Ct2Model::open(&dir.path().join("model.bin")).unwrap();
+            let (tensors, config) = transformers_tensors(&ct2, &Device::Cpu).unwrap();
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+            let mut reference = m::model::Whisper::load(&vb, config).unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let window: Vec<f32> = (0..128 * 3000).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+            let mel = Tensor::from_vec(window.clone(), (1, 128, 3000), &Device::Cpu).unwrap();
+            let want_audio = reference.encoder.forward(&mel, true).unwrap();
+            let audio = whisper.encode(window).unwrap();
+            let scale = want_audio.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (&audio - &want_audio).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 1e-4 * scale.max(1.0), "{layout}: encoder differs by {diff} (scale {scale})");
+
+            let t = whisper.tokens.clone();
+            let prompt = [t.sot, t.languages[0].1, t.transcribe, t.no_timestamps];
+            let mut state = whisper.start(&audio).unwrap();
+            let ours = whisper.step(&prompt, &mut state, &[3]).unwrap().remove(0);
+            let ids = Tensor::new(&prompt[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let hidden = reference.decoder.forward(&ids, &want_audio, true).unwrap();
+            let logits = reference.decoder.final_linear(&hidden.i((.., 3..4, ..)).unwrap()).unwrap();
+            let want: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            eprintln!("{layout}: logits within {diff:.1e} of candle-transformers' (scale {scale:.1})");
+            assert!(diff <= 1e-3 * scale, "{layout}: logits differ by {diff} (scale {scale})");
+
+            // The whole path, 128-bin log-mel included: random weights say nothing, but say it in full.
+            let mut runner = crate::SpeechRunner::load(
+                &model,
+                &zoo_runtime::TaskArgs::new(),
+                &zoo_runtime::Context {
+                    device: Device::Cpu,
+                    hub: HubSettings::from_env(true),
+                    progress: false,
+                    outputs: Default::default(),
+                },
+            )
+            .unwrap();
+            let samples: Vec<f32> = (0..16_000 * 3).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+            let transcript = runner.transcribe_samples(&samples).unwrap();
+            assert!(transcript.duration > 2.9, "{layout}: {transcript:?}");
+        }
+    }
+}
