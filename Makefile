@@ -61,6 +61,8 @@ bench:
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-text.jsonl $(BENCH_OUT)/peer-text.jsonl; fi
 	eval "$$($(SHARED)/bin/test-assets --env)" && RAYON_NUM_THREADS=$(THREADS) BENCH_OUT=$(BENCH_OUT) \
 		$(CARGO) bench --locked -p zoo-speech-recognition --bench transcribe | tee $(BENCH_OUT)/zoo-speech.jsonl
+	eval "$$($(SHARED)/bin/test-assets --env)" && RAYON_NUM_THREADS=$(THREADS) BENCH_OUT=$(BENCH_OUT) ZOO_BENCH_COMPUTE_TYPE=int8 \
+		$(CARGO) bench --locked -p zoo-speech-recognition --bench transcribe | tee -a $(BENCH_OUT)/zoo-speech.jsonl
 	@if [ -d "$(SHARED)/bench" ]; then \
 		eval "$$($(SHARED)/bin/test-assets --env)" && scripts/bench-venv.sh "$(SHARED)/bench" && \
 		/tmp/bench-venv/bin/python "$(SHARED)/bench/speech_faster_whisper.py" --threads $(THREADS) \
@@ -70,7 +72,7 @@ bench:
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-speech.jsonl $(BENCH_OUT)/peer-speech.jsonl && \
 		$(CARGO) build --release --locked -p zoo-cli && \
 		python3 scripts/speech_long_bench.py "$(SHARED)" /tmp/bench-venv/bin/python --threads $(THREADS) --reps 3 \
-			--out $(BENCH_OUT) | tee $(BENCH_OUT)/speech-long.jsonl; fi
+			--out $(BENCH_OUT) --zoo-rows $(BENCH_OUT)/zoo-speech.jsonl | tee $(BENCH_OUT)/speech-long.jsonl; fi
 	@if [ -d "$(SHARED)/assets" ]; then $(MAKE) --no-print-directory bench-serve; \
 	else echo "bench: $(SHARED)/assets not found; serve bench skipped"; fi
 

@@ -18,7 +18,7 @@ def same(z, p):
 
 
 zoo, peer = load(sys.argv[1]), load(sys.argv[2])
-print(f"{'model':<23} {'input':<26} {'batch':>5} {'threads':>7} {'zoo items/s':>12} {'peer items/s':>13} "
+print(f"{'model':<31} {'input':<26} {'batch':>5} {'threads':>7} {'zoo items/s':>12} {'peer items/s':>13} "
       f"{'zoo/peer':>9} {'zoo MB':>7} {'peer MB':>8}  peer")
 for p in peer:
     # Speech peers report a real-time factor; its inverse is seconds of audio per second.
@@ -29,7 +29,8 @@ for p in peer:
     # Every zoo row on the same input (an int8 model is timed against the peer's float one).
     for z in [z for z in zoo if same(z, p)]:
         ratio = z["items_per_s"] / p["items_per_s"]
-        print(f"{z.get('model', p.get('model', '')):<23} {p['input']:<26} {p['batch']:>5} {p['threads']:>7} "
+        model = z.get("model", p.get("model", "")) + (f" {z['compute_type']}" if z.get("compute_type") else "")
+        print(f"{model:<31} {p['input']:<26} {p['batch']:>5} {p['threads']:>7} "
               f"{z['items_per_s']:>12.1f} {p['items_per_s']:>13.1f} {ratio:>8.2f}x "
               f"{z.get('peak_rss_mb', float('nan')):>7.0f} {p.get('peak_rss_mb', float('nan')):>8.0f}  {p['peer']}"
               + (f", {p['compute_type']}" if p.get("compute_type") else ""))

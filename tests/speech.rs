@@ -136,6 +136,15 @@ fn dev_set_wer_is_within_the_bar() {
     let vad = transcripts(&rows, &run);
     // Each dev clip is speech from end to end (goforward less its first 0.11 s): the same words.
     assert_eq!(vad, hyps, "--vad changed the dev transcripts");
+
+    // int8 products (faster-whisper's int8): within 0.3 points of float32, or better.
+    args.pop();
+    args.extend(["--compute-type", "int8"]);
+    let run = zoo(&s, &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (int8_wer, report) = wer(&s, &s.speech.join("manifest.tsv"), &transcripts(&rows, &run));
+    eprintln!("dev WER with --compute-type int8: {int8_wer:.2}% (float32 {total:.2}%)");
+    assert!(int8_wer <= total + 0.3, "int8 WER {int8_wer}% against float32's {total}%:\n{report}");
 }
 
 /// faster-whisper's `vad_filter=True` segments of the long recording (start, end, text).
@@ -422,6 +431,7 @@ fn bad_options_are_usage_errors_before_any_work() {
         (vec!["--vad", "--vad-min-silence-ms", "soon"], "--vad-min-silence-ms"),
         (vec!["--vad", "--vad-max-speech-s", "0"], "--vad-max-speech-s"),
         (vec!["--vad", "--vad-max-speech-s", "0.5"], "twice the speech pad"),
+        (vec!["--compute-type", "int4"], "--compute-type"),
         (vec!["--batch-size", "0"], "--batch-size"),
         (vec!["--batch-size", "65"], "--batch-size"),
         (vec!["--batch-size", "4", "--vad-max-speech-s", "40"], "at most 30 with --batch-size"),

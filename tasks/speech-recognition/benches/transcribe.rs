@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::Device;
 use serde_json::json;
 use zoo_runtime::test_support::{peak_rss_mb, shared_assets, shared_hub_cache};
-use zoo_runtime::{Context, HubSettings, Model, ModelRef, TaskArgs};
+use zoo_runtime::{Context, HubSettings, Input, Model, ModelRef, Runner, TaskArgs};
 use zoo_speech_recognition::{audio, SpeechRunner};
 
 fn main() {
@@ -22,6 +22,9 @@ fn main() {
     let model = Model::resolve(&ModelRef::parse(&model_name).unwrap(), &hub);
     let mut args = TaskArgs::new();
     args.set("no-fallback", "true");
+    // `make bench` runs this once per compute type, each in its own process for its own peak.
+    let compute_type = std::env::var("ZOO_BENCH_COMPUTE_TYPE").unwrap_or_else(|_| "float32".into());
+    args.set("compute-type", &compute_type);
     let load_start = Instant::now();
     let mut runner = SpeechRunner::load(&model, &args, &ctx).unwrap();
     let load_s = load_start.elapsed().as_secs_f64();
@@ -61,7 +64,7 @@ fn main() {
 
     let out = std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench".into());
     std::fs::create_dir_all(&out).unwrap();
-    let hyp_path = std::path::Path::new(&out).join("hyp-zoo-speech.tsv");
+    let hyp_path = std::path::Path::new(&out).join(format!("hyp-zoo-speech-{compute_type}.tsv"));
     std::fs::write(&hyp_path, hyps).unwrap();
     let wer = std::process::Command::new("python3")
         .arg(assets.join("reference/wer.py"))
@@ -74,13 +77,42 @@ fn main() {
     println!(
         "{}",
         json!({"task": "speech", "peer": "zoo (candle)", "model": model.id, "input": format!("{} clips", clips.len()),
-               "batch": 1, "threads": candle_core::utils::get_num_threads(), "wall_s": wall_s, "audio_s": audio_s,
+               "compute_type": compute_type, "batch": 1, "threads": candle_core::utils::get_num_threads(), "wall_s": wall_s, "audio_s": audio_s,
                "rtf": wall_s / audio_s, "items_per_s": audio_s / wall_s, "encoder_s_per_window": encoder_s,
                "load_s": load_s, "wer": wer, "hyp": hyp_path, "peak_rss_mb": peak_rss_mb()})
     );
 
-    // What --explain costs: the same clips with every word timed (cross-attention DTW) and scored.
+    // The 190 s recording three ways, as ../shared/assets/reference/vad/tools/bench_long.py times
+    // faster-whisper on it: the transcription alone (model loaded; the WAV's decoding, a few ms, is
+    // inside), median of three runs, each on a freshly loaded runner.
     drop(runner);
+    let long = Input::file(speech.join("long/long_dev_concat.wav"));
+    for (mode, flags) in
+        [("sequential", vec![]), ("--vad", vec![("vad", "true")]), ("--batch-size 8", vec![("batch-size", "8")])]
+    {
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let mut mode_args = args.clone();
+            mode_args.set("no-fallback", "false");
+            for (name, value) in &flags {
+                mode_args.set(name, *value);
+            }
+            let mut runner = SpeechRunner::load(&model, &mode_args, &ctx).unwrap();
+            let start = Instant::now();
+            let result = runner.run(std::slice::from_ref(&long)).remove(0);
+            times.push(start.elapsed().as_secs_f64());
+            assert!(result.is_ok(), "the long recording, {mode}");
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{}",
+            json!({"task": "speech", "peer": "zoo (candle)", "model": model.id, "input": format!("long recording, {mode}"),
+                   "compute_type": compute_type, "threads": candle_core::utils::get_num_threads(),
+                   "transcribe_s_median": times[1], "transcribe_s_all": times})
+        );
+    }
+
+    // What --explain costs: the same clips with every word timed (cross-attention DTW) and scored.
     args.set(zoo_runtime::explain::FLAG, "true");
     let mut runner = SpeechRunner::load(&model, &args, &ctx).unwrap();
     runner.transcribe_samples(&clips[0].1).unwrap();
@@ -92,7 +124,7 @@ fn main() {
     println!(
         "{}",
         json!({"task": "speech", "peer": "zoo (candle)", "model": model.id, "input": format!("{} clips, --explain (word timing)", clips.len()),
-               "batch": 1, "threads": candle_core::utils::get_num_threads(), "wall_s": explain_s, "audio_s": audio_s,
+               "compute_type": compute_type, "batch": 1, "threads": candle_core::utils::get_num_threads(), "wall_s": explain_s, "audio_s": audio_s,
                "rtf": explain_s / audio_s, "explain_cost_x": explain_s / wall_s, "peak_rss_mb": peak_rss_mb()})
     );
 }

@@ -54,6 +54,16 @@ fn sinusoids(length: usize, channels: usize) -> Vec<f32> {
 }
 
 impl CpuEncoder {
+    /// The attention and MLP layers' weights as int8 ([`Dense::quantize`]); the convolutions stay
+    /// in float, as CTranslate2 keeps them.
+    pub fn quantize(&mut self) {
+        for layer in &mut self.layers {
+            for dense in [&mut layer.qkv, &mut layer.out, &mut layer.fc1, &mut layer.fc2] {
+                dense.quantize();
+            }
+        }
+    }
+
     /// Reads `model.encoder.*` in Transformers' names.
     pub fn load(vb: &VarBuilder, cfg: &candle_transformers::models::whisper::Config) -> Result<Self> {
         let vb = vb.pp("model.encoder");

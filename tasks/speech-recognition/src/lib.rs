@@ -98,6 +98,14 @@ const OPTIONS: &[TaskOption] = &[
         default: None,
     },
     TaskOption {
+        name: "compute-type",
+        value_name: Some("TYPE"),
+        help: "float32 (the default), int8 (the encoder's and decoder's matrix products in 8-bit integers, \
+               weights quantized per row as CTranslate2 does, inputs per row as they come: faster-whisper's \
+               int8), or auto (int8 for a checkpoint stored in int8, else float32)",
+        default: None,
+    },
+    TaskOption {
         name: "batch-size",
         value_name: Some("N"),
         help: "Transcribe long recordings N pieces at a time, as faster-whisper's batched pipeline: the VAD \
@@ -316,6 +324,14 @@ impl SpeechRunner {
             }
         };
         let output_dir = args.value("output-dir").map(PathBuf::from);
+        let compute_type = args.value("compute-type").unwrap_or("float32");
+        if !matches!(compute_type, "float32" | "int8" | "auto") {
+            return Err(Error::InvalidOption {
+                option: "compute-type".into(),
+                value: compute_type.into(),
+                reason: "choose float32, int8 or auto".into(),
+            });
+        }
         let batch_size: usize = args.parse("batch-size")?.unwrap_or(1);
         if !(1..=64).contains(&batch_size) {
             return Err(Error::InvalidOption {
@@ -336,7 +352,10 @@ impl SpeechRunner {
             }
         }
 
-        let whisper = model::Whisper::load(model, &ctx.device)?;
+        let mut whisper = model::Whisper::load(model, &ctx.device)?;
+        if compute_type == "int8" || (compute_type == "auto" && whisper.stored_int8) {
+            whisper.quantize()?;
+        }
         if !whisper.multilingual {
             if language.as_deref().is_some_and(|l| l != "en") {
                 return Err(Error::Usage(format!(

@@ -54,6 +54,9 @@ pub struct Whisper {
     pub device: Device,
     /// "ctranslate2" or "transformers": which kind of checkpoint was read.
     pub format: &'static str,
+    /// Whether the checkpoint stores its layers' weights in int8 (CTranslate2's int8 and
+    /// int8_float16), which `--compute-type auto` runs in int8.
+    pub stored_int8: bool,
 }
 
 /// `config.json` of a CTranslate2 Whisper conversion.
@@ -127,16 +130,12 @@ impl Whisper {
             let whisper =
                 load_parts(&vb, &config).map_err(|e| Error::model(&model.id, format!("{}: {e}", path.display())))?;
             let begin = if extra.suppress_ids_begin.is_empty() { None } else { Some(ids(&extra.suppress_ids_begin)) };
-            return Self::assemble(
-                model,
-                whisper,
-                config,
-                tokenizer,
-                begin,
-                extra.alignment_heads,
-                device,
-                "ctranslate2",
-            );
+            let stored_int8 = ct2
+                .variable("decoder/layer_0/ffn/linear_0/weight")
+                .is_some_and(|v| v.dtype == crate::ct2::Ct2Dtype::I8);
+            let whisper =
+                Self::assemble(model, whisper, config, tokenizer, begin, extra.alignment_heads, device, "ctranslate2")?;
+            return Ok(Self { stored_int8, ..whisper });
         }
 
         let config: Config = model.json("config.json")?;
@@ -215,7 +214,18 @@ impl Whisper {
             multilingual,
             device: device.clone(),
             format,
+            stored_int8: false,
         })
+    }
+
+    /// Runs the encoder's and decoder's matrix products in int8 from here on (CPU only).
+    pub fn quantize(&mut self) -> Result<()> {
+        let Encoder::Cpu(encoder) = &mut self.encoder else {
+            return Err(Error::Usage("--compute-type int8 runs on the CPU only (--device cpu)".into()));
+        };
+        encoder.quantize();
+        self.decoder.quantize();
+        Ok(())
     }
 
     /// The encoder's output for one 30 s log-mel window (`n_mels` x 3000 values).

@@ -149,6 +149,18 @@ impl TextDecoder {
         })
     }
 
+    /// Every layer's projections as int8 ([`Dense::quantize`]); the embeddings (also the output
+    /// projection) stay in f16.
+    pub fn quantize(&mut self) {
+        for l in &mut self.layers {
+            for dense in [&mut l.self_qkv, &mut l.self_out, &mut l.cross_q, &mut l.cross_kv, &mut l.cross_out] {
+                dense.quantize();
+            }
+            l.fc1.quantize();
+            l.fc2.quantize();
+        }
+    }
+
     /// Starts a window: the cross-attention keys and values of `audio` (1, frames, d).
     pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
         let rows = audio.dim(1)?;

@@ -17,6 +17,8 @@ use super::{Activation, Kernel, LANES};
 
 /// Columns per panel: three registers of 32-bit accumulators per row of a tile.
 const PANEL_LANES: usize = 3 * LANES;
+/// Columns per panel, for callers splitting a matrix into column blocks that fill whole panels.
+pub const PANEL_COLUMNS: usize = PANEL_LANES;
 /// Rows per tile: 8 rows of 3 registers are 24 accumulators, with 3 weights and a broadcast.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
 const TILE_ROWS: usize = 8;
@@ -33,6 +35,18 @@ thread_local! {
     static CODES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The input codes as floats, for [`QuantizedMatrix::multiply_float`].
     static FLOAT_CODES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The shift of [`QuantizedMatrix::multiply_dynamic`]'s codes: signed codes -127..=127 moved into
+/// the unsigned bytes VNNI multiplies (the shift times each column's codes is taken off the sum).
+const DYNAMIC_ZERO: u8 = 128;
+
+/// A row's quantization for the dynamic product: symmetric about zero, its largest magnitude at
+/// code 127 (an all-zero or non-finite row gets scale 1).
+fn row_quantization(row: &[f32]) -> Quantization {
+    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
+    Quantization { scale, zero_point: DYNAMIC_ZERO }
 }
 
 /// How floats map to 8-bit codes: x ≈ scale * (code - zero_point), code in 0..=255.
@@ -107,9 +121,21 @@ pub struct QuantizedMatrix {
     unit: Vec<f32>,
     /// The bias less the zero point's share of the sum (zero point times the column's codes).
     offset: Vec<f32>,
+    /// For [`QuantizedMatrix::multiply_dynamic`] only (boxed: the static matrices sit in the
+    /// vision networks' layer enums, which should not grow for it).
+    dynamic: Option<Box<DynamicTerms>>,
     /// The weights' codes as floats, for [`QuantizedMatrix::multiply_float`]: made when the
     /// matrix is where the build has no VNNI, else the first time a test asks for it.
     float_codes: OnceLock<PackedMatrix>,
+}
+
+/// What the dynamic product adds to a matrix: the bias, and each column's codes summed times the
+/// zero point (the integer share of the sum to take off before each row's scale).
+struct DynamicTerms {
+    bias: Vec<f32>,
+    /// Read by the VNNI kernel only (the float path sums unshifted codes).
+    #[cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx512vnni")), allow(dead_code))]
+    zero_sums: Vec<i32>,
 }
 
 /// A product's options besides the operands.
@@ -156,19 +182,65 @@ impl QuantizedMatrix {
             })
             .collect();
         let unit: Vec<f32> = scales.iter().map(|s| s * input.scale).collect();
-        let offset = (0..cols)
-            .map(|c| {
-                let codes: i32 = (0..rows).map(|r| code(r, c) as i32).sum();
-                bias[c] - unit[c] * (input.zero_point as i32 * codes) as f32
-            })
-            .collect();
-        let matrix = QuantizedMatrix { panels, rows, cols, input, unit, offset, float_codes: OnceLock::new() };
+        let zero_sums: Vec<i32> =
+            (0..cols).map(|c| input.zero_point as i32 * (0..rows).map(|r| code(r, c) as i32).sum::<i32>()).collect();
+        let offset = (0..cols).map(|c| bias[c] - unit[c] * zero_sums[c] as f32).collect();
+        let dynamic = (input.zero_point == DYNAMIC_ZERO && input.scale == 1.0)
+            .then(|| Box::new(DynamicTerms { bias: bias.to_vec(), zero_sums }));
+        let matrix = QuantizedMatrix { panels, rows, cols, input, unit, offset, dynamic, float_codes: OnceLock::new() };
         if !cfg!(all(target_arch = "x86_64", target_feature = "avx512vnni")) {
             // The float codes are this build's only path: made when the model loads, not on
             // its first image.
             matrix.float_codes();
         }
         matrix
+    }
+
+    /// A matrix for [`QuantizedMatrix::multiply_dynamic`], whose inputs are quantized row by row
+    /// as they come (CTranslate2's int8: no calibration, each row's own scale).
+    pub fn dynamic(weights: &[f32], rows: usize, cols: usize, bias: &[f32]) -> Self {
+        Self::new(weights, rows, cols, bias, Quantization { scale: 1.0, zero_point: DYNAMIC_ZERO })
+    }
+
+    /// out (m, cols) = x (m rows of `rows` floats) times the matrix, plus the bias, each row of x
+    /// quantized symmetrically with its own scale (its largest magnitude at code 127), on the
+    /// calling thread. For a matrix made by [`QuantizedMatrix::dynamic`].
+    pub fn multiply_dynamic(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.multiply_dynamic_with(x, m, out, Kernel::Fastest)
+    }
+
+    pub(crate) fn multiply_dynamic_with(&self, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
+        let (k, n) = (self.rows, self.cols);
+        assert!(x.len() >= m * k && out.len() >= m * n, "quantized product's operands too short");
+        let terms = self.dynamic.as_deref().expect("a matrix for dynamic inputs (QuantizedMatrix::dynamic)");
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+        if kernel == Kernel::Fastest {
+            self.multiply_vnni_dynamic(x, m, out);
+            return;
+        }
+        if m == 0 {
+            return;
+        }
+        let mut scales = vec![0f32; m];
+        FLOAT_CODES.with_borrow_mut(|codes| {
+            super::ensure(codes, m * k);
+            for (r, scale) in scales.iter_mut().enumerate() {
+                let (row, codes) = (&x[r * k..(r + 1) * k], &mut codes[r * k..(r + 1) * k]);
+                let q = row_quantization(row);
+                *scale = q.scale;
+                // The codes the VNNI path multiplies, less their shift: the sums need no correction.
+                q.quantize_to_floats(row, codes);
+                codes.iter_mut().for_each(|c| *c -= DYNAMIC_ZERO as f32);
+            }
+            let lhs = Lhs { x: codes, stride: k, m, k: 0..k, taps: packed::ONE_TAP };
+            let sums = packed::Epilogue { start: Start::Zero, residual: None, activation: Activation::Identity };
+            self.float_codes().multiply_with(&lhs, out, &sums, kernel);
+        });
+        for (row, scale) in out[..m * n].chunks_exact_mut(n).zip(&scales) {
+            for ((o, unit), bias) in row.iter_mut().zip(&self.unit).zip(&terms.bias) {
+                *o = o.mul_add(unit * scale, *bias);
+            }
+        }
     }
 
     /// The weights' codes packed for the f32 product (made the first time they are needed).
@@ -261,11 +333,46 @@ impl QuantizedMatrix {
                     residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
                     out: &mut out[r0 * n..(r0 + rows) * n],
                     activation: epilogue.activation,
+                    row_scales: None,
                 };
                 for panel in &self.panels {
                     // SAFETY: VNNI is compiled in; the tile's slices hold `rows` rows of codes and
                     // of outputs (checked by multiply_with), the panel `groups` groups of whole
                     // registers, and the lane masks keep column accesses inside the panel.
+                    unsafe { self.tile_vnni(panel, &mut tile) }
+                }
+            }
+        });
+    }
+
+    /// [`QuantizedMatrix::multiply_vnni`] with each row quantized by its own scale.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    fn multiply_vnni_dynamic(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let (k, n) = (self.rows, self.cols);
+        let stride = self.row_bytes();
+        CODES.with_borrow_mut(|codes| {
+            if codes.len() < TILE_ROWS * stride {
+                codes.resize(TILE_ROWS * stride, 0);
+            }
+            let mut scales = [0f32; TILE_ROWS];
+            for r0 in (0..m).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(m - r0);
+                for (r, scale) in scales.iter_mut().enumerate().take(rows) {
+                    let row = &x[(r0 + r) * k..(r0 + r + 1) * k];
+                    let q = row_quantization(row);
+                    *scale = q.scale;
+                    q.quantize(row, &mut codes[r * stride..r * stride + k]);
+                }
+                let mut tile = Tile {
+                    codes: &codes[..rows * stride],
+                    stride,
+                    residual: None,
+                    out: &mut out[r0 * n..(r0 + rows) * n],
+                    activation: Activation::Identity,
+                    row_scales: Some(&scales[..rows]),
+                };
+                for panel in &self.panels {
+                    // SAFETY: as in multiply_vnni; the row scales hold one value per tile row.
                     unsafe { self.tile_vnni(panel, &mut tile) }
                 }
             }
@@ -328,10 +435,28 @@ impl QuantizedMatrix {
                 }
             }
             let op = tile.out.as_mut_ptr().add(r0 * n + panel.first);
+            // Dynamic rows: the zero point's share comes off in integers (exactly), then each
+            // row's own scale; the bias is added as it is.
+            let dynamic = tile.row_scales.zip(self.dynamic.as_deref()).map(|(scales, terms)| {
+                let load_i = |from: &[i32], v: usize| {
+                    _mm512_maskz_loadu_epi32(masks[v], from.as_ptr().add(panel.first + v * LANES))
+                };
+                let zero: [__m512i; V] = std::array::from_fn(|v| load_i(&terms.zero_sums, v));
+                let bias: [__m512; V] = std::array::from_fn(|v| {
+                    _mm512_maskz_loadu_ps(masks[v], terms.bias.as_ptr().add(panel.first + v * LANES))
+                });
+                (scales, zero, bias)
+            });
             for (r, acc) in acc.into_iter().enumerate() {
                 for (v, acc) in acc.into_iter().enumerate() {
                     let at = r * n + v * LANES;
-                    let mut y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), unit[v], offset[v]);
+                    let mut y = match &dynamic {
+                        Some((scales, zero, bias)) => {
+                            let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, zero[v]));
+                            _mm512_fmadd_ps(sum, _mm512_mul_ps(unit[v], _mm512_set1_ps(scales[r0 + r])), bias[v])
+                        }
+                        None => _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), unit[v], offset[v]),
+                    };
                     if let Some(res) = tile.residual {
                         y = _mm512_add_ps(
                             y,
@@ -356,6 +481,8 @@ struct Tile<'a> {
     residual: Option<&'a [f32]>,
     out: &'a mut [f32],
     activation: Activation,
+    /// Each row's input scale, for the dynamic product (whose `unit` is the weights' scale).
+    row_scales: Option<&'a [f32]>,
 }
 
 #[cfg(test)]
@@ -430,5 +557,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The dynamic product against its definition: each row's codes at its own scale (largest
+    /// magnitude 127), the weights' per-column codes, integer sums rescaled, the bias added; both
+    /// paths, odd shapes, rows of very different sizes (one all zero) in one call.
+    #[test]
+    fn dynamic_products_match_the_definition_on_odd_shapes() {
+        for (rows, cols) in [(1, 1), (5, 3), (27, 16), (20, 24), (40, 47), (96, 100), (9, 145), (384, 49)] {
+            let weights = numbers(rows * cols, (rows * cols) as u32 + 1);
+            let bias = numbers(cols, 5);
+            let matrix = QuantizedMatrix::dynamic(&weights, rows, cols, &bias);
+            for m in [1, 2, 3, 8, 9, 13, 30] {
+                let mut x = numbers(m * rows, m as u32 + 9);
+                // Row r scaled by 10^(r mod 5 - 2); row 1 all zero.
+                for (r, row) in x.chunks_exact_mut(rows).enumerate() {
+                    let scale = 10f32.powi(r as i32 % 5 - 2);
+                    row.iter_mut().for_each(|v| *v = if r == 1 { 0.0 } else { *v * scale });
+                }
+                let mut want = vec![0f32; m * cols];
+                let mut exact = vec![0f32; m * cols];
+                for (r, c) in (0..m).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+                    let row = &x[r * rows..(r + 1) * rows];
+                    let max = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                    let w_scale = matrix.unit[c];
+                    let dot: f32 = (0..rows)
+                        .map(|i| (row[i] / s).round() * s * (weights[i * cols + c] / w_scale).round() * w_scale)
+                        .sum();
+                    want[r * cols + c] = bias[c] + dot;
+                    exact[r * cols + c] = bias[c] + (0..rows).map(|i| row[i] * weights[i * cols + c]).sum::<f32>();
+                }
+                for kernel in [Kernel::Fastest, Kernel::Portable] {
+                    let mut got = vec![0f32; m * cols + 1];
+                    got[m * cols] = f32::NAN;
+                    matrix.multiply_dynamic_with(&x, m, &mut got, kernel);
+                    assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
+                    for (r, c) in (0..m).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+                        let row_max = x[r * rows..(r + 1) * rows].iter().fold(0f32, |a, v| a.max(v.abs()));
+                        let (g, w, e) = (got[r * cols + c], want[r * cols + c], exact[r * cols + c]);
+                        let what = format!("{kernel:?} {m}x{rows} x ({rows}, {cols}), row {r} col {c}");
+                        // Ties round to even in zoo and away from zero in the definition: a tie
+                        // moves one code by one step.
+                        let step = row_max / 127.0 * matrix.unit[c] * 127.0;
+                        assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()) + step, "{what}: {g} against {w}");
+                        // Against the float product: each term off by half a step of each code.
+                        let bound = rows as f32 * (row_max / 127.0 + row_max * matrix.unit[c]) + 1e-5;
+                        assert!((g - e).abs() <= bound, "{what}: {g} against the float {e} (bound {bound})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A CTranslate2 int8 weight read back as floats (code / scale, scale = 127 / the row's
+    /// largest magnitude) quantizes to the stored codes again: such checkpoints run as stored.
+    #[test]
+    fn dequantized_int8_weights_quantize_to_their_own_codes() {
+        let (rows, cols) = (37, 29);
+        let raw = numbers(rows * cols, 11);
+        let mut codes: Vec<i8> = raw.iter().map(|v| (v * 126.0).round() as i8).collect();
+        // Each column (a CTranslate2 row) reaches 127 once, as CTranslate2's scale makes it.
+        for c in 0..cols {
+            codes[(c * 7 % rows) * cols + c] = if c % 2 == 0 { 127 } else { -127 };
+        }
+        let scales: Vec<f32> = (0..cols).map(|c| 127.0 / (0.01 + 0.37 * c as f32)).collect();
+        let weights: Vec<f32> = (0..rows * cols).map(|i| codes[i] as f32 / scales[i % cols]).collect();
+        let matrix = QuantizedMatrix::dynamic(&weights, rows, cols, &vec![0.0; cols]);
+        let back: Vec<i8> = matrix.weight_codes().iter().map(|&c| c as i8).collect();
+        assert_eq!(back, codes);
     }
 }
