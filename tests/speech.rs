@@ -391,6 +391,11 @@ fn batched_pieces_transcribe_the_long_recording_as_the_sequential_path_does() {
     assert_speech_and_times(line, &want);
     let segments = line["segments"].as_array().unwrap();
     assert_eq!(segments.len(), pieces, "one segment per piece: {segments:?}");
+    // A piece starts where its first speech range does (not at the end of the range before).
+    for segment in segments {
+        let start = segment["start"].as_f64().unwrap();
+        assert!(want.iter().any(|&(a, _)| (start - a).abs() < 0.011), "segment at {start} starts no speech range");
+    }
     let score = |line: &Value| wer(&s, &manifest, &[("long_dev_concat".into(), line["text"].as_str().unwrap().into())]);
     let ((in_pieces, report), (sequential, _)) = (score(line), score(whole));
     eprintln!("long recording WER: {sequential:.2}% one window after another, {in_pieces:.2}% in batched pieces");

@@ -256,7 +256,6 @@ impl Ct2Model {
         Ok(value)
     }
 
-    /// A variable as an f32 tensor, dequantising i8 weights with their `_scale`.
     /// A variable stored in f16, as it is (`None` when it is stored in another type): for the
     /// large tables kept in f16, which widening to f32 first would hold twice.
     pub fn tensor_f16(&self, name: &str, device: &Device) -> Result<Option<Tensor>, Ct2Error> {
@@ -273,6 +272,7 @@ impl Ct2Model {
         })
     }
 
+    /// A variable as an f32 tensor, dequantising i8 weights with their `_scale`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, Ct2Error> {
         let var = self.variable(name).ok_or_else(|| self.missing(name))?;
         let raw = &self.bytes[var.offset..var.offset + var.len];

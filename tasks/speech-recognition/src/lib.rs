@@ -102,7 +102,8 @@ const OPTIONS: &[TaskOption] = &[
         value_name: Some("TYPE"),
         help: "float32 (the default), int8 (the encoder's and decoder's matrix products in 8-bit integers, \
                weights quantized per row as CTranslate2 does, inputs per row as they come: faster-whisper's \
-               int8), or auto (int8 for a checkpoint stored in int8, else float32)",
+               int8; fast where the CPU has AVX-512 VNNI, elsewhere a float path over the same codes that \
+               is not), or auto (int8 for a checkpoint stored in int8 on the CPU, else float32)",
         default: None,
     },
     TaskOption {
@@ -111,7 +112,7 @@ const OPTIONS: &[TaskOption] = &[
         help: "Transcribe long recordings N pieces at a time, as faster-whisper's batched pipeline: the VAD \
                (implied) cuts the speech into pieces of up to 30 s (pauses over 160 ms cut it unless \
                --vad-min-silence-ms says otherwise), each decoded on its own without timestamps (one segment \
-               per piece), greedy steps of all N together (default 1: one 30 s window after another, each \
+               per piece, also for a short clip), greedy steps of all N together (default 1: one 30 s window after another, each \
                prompted by the text before)",
         default: None,
     },
@@ -352,8 +353,12 @@ impl SpeechRunner {
             }
         }
 
+        if compute_type == "int8" && !ctx.device.is_cpu() {
+            return Err(Error::Usage("--compute-type int8 runs on the CPU only (--device cpu)".into()));
+        }
         let mut whisper = model::Whisper::load(model, &ctx.device)?;
-        if compute_type == "int8" || (compute_type == "auto" && whisper.stored_int8) {
+        // auto: what the checkpoint stores, where zoo has int8 products (the CPU).
+        if compute_type == "int8" || (compute_type == "auto" && whisper.stored_int8 && ctx.device.is_cpu()) {
             whisper.quantize()?;
         }
         if !whisper.multilingual {
@@ -445,13 +450,18 @@ impl SpeechRunner {
         let total: usize = regions.iter().map(|(s, e)| e - s).sum();
         let (filters, n_mels) = (&self.filters, self.whisper.config.num_mel_bins);
         let mut offset = 0usize;
-        let pieces = groups.into_iter().map(|group| {
+        let pieces = groups.into_iter().filter_map(|group| {
             let speech = vad::collect_speech(samples, &group);
-            let mel = mel::log_mel_spectrogram(&speech, mel::CHUNK_SAMPLES, filters, n_mels);
             let frames = (speech.len() / mel::HOP_LENGTH).min(mel::N_FRAMES);
-            let time_offset = offset as f64 / f64::from(audio::SAMPLE_RATE);
+            let time_offset = vad::piece_start(offset);
             offset += speech.len();
-            decode::Piece { window: mel.window(0, frames), frames, time_offset }
+            // Less than one frame of audio (a range cut at the recording's end): nothing to hear,
+            // and a blank window would only invite invented text.
+            if frames == 0 {
+                return None;
+            }
+            let mel = mel::log_mel_spectrogram(&speech, mel::CHUNK_SAMPLES, filters, n_mels);
+            Some(decode::Piece { window: mel.window(0, frames), frames, time_offset })
         });
         let duration = total as f64 / f64::from(audio::SAMPLE_RATE);
         Decoder::new(&mut self.whisper, self.options.clone()).transcribe_pieces(pieces, self.batch_size, duration)

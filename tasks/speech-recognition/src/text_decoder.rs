@@ -30,7 +30,8 @@ struct Layer {
 }
 
 pub struct TextDecoder {
-    /// The token embeddings, also the output projection, in f16 (the checkpoints' precision).
+    /// The token embeddings, also the output projection, in f16: CTranslate2 checkpoints store
+    /// them so; an f32 checkpoint's are rounded to f16 at load.
     embeddings_f16: Vec<half::f16>,
     positions: Vec<f32>,
     layers: Vec<Layer>,
@@ -228,24 +229,29 @@ impl TextDecoder {
             let mut weights: Vec<f32> = if cache.k_by_head.is_empty() {
                 (0..limit).map(|j| dot(query, &cache.k[j * d + h * dh..][..dh]) * scale).collect()
             } else {
+                // Four key dimensions per pass over the scores: a quarter of the loads and stores
+                // of the scores, which bound this loop (the keys stream from memory either way).
                 let mut scores = vec![0f32; limit];
-                for (kk, &qk) in query.iter().enumerate() {
-                    let column = &cache.k_by_head[(h * dh + kk) * keys..][..limit];
+                let column = |kk: usize| &cache.k_by_head[(h * dh + kk) * keys..][..limit];
+                let quads = dh / 4;
+                for quad in 0..quads {
+                    let kk = 4 * quad;
+                    let [a, b, c, e] = [0, 1, 2, 3].map(|t| query[kk + t] * scale);
+                    let columns = column(kk).iter().zip(column(kk + 1)).zip(column(kk + 2)).zip(column(kk + 3));
+                    for (s, (((k0, k1), k2), k3)) in scores.iter_mut().zip(columns) {
+                        *s = a.mul_add(*k0, b.mul_add(*k1, c.mul_add(*k2, e.mul_add(*k3, *s))));
+                    }
+                }
+                for (kk, &qk) in query.iter().enumerate().skip(4 * quads) {
                     let qk = qk * scale;
-                    for (s, k) in scores.iter_mut().zip(column) {
+                    for (s, k) in scores.iter_mut().zip(column(kk)) {
                         *s = qk.mul_add(*k, *s);
                     }
                 }
                 scores
             };
             cpu::softmax(&mut weights);
-            out.fill(0.0);
-            for (j, w) in weights.iter().enumerate() {
-                let value = &cache.v[j * d + h * dh..][..dh];
-                for (o, v) in out.iter_mut().zip(value) {
-                    *o = w.mul_add(*v, *o);
-                }
-            }
+            weighted_values(&weights, &cache.v, d, h * dh, out);
             keep.contains(&h).then_some(weights)
         };
         // Cross-attention reads 1500 keys per head: worth the threads; a few cached tokens are not.
@@ -427,6 +433,67 @@ impl TextDecoder {
     }
 }
 
+/// out (`dh` values) = Σ_j weights[j] · values[j * d + offset ..][..dh]. Whisper's heads are all 64
+/// wide: then two keys at a time go into accumulators held in registers (the generic loop keeps
+/// `out` in memory and waits on each multiply-add of the previous key).
+fn weighted_values(weights: &[f32], values: &[f32], d: usize, offset: usize, out: &mut [f32]) {
+    const DH: usize = 64;
+    if out.len() == DH {
+        let (mut even, mut odd) = ([0f32; DH], [0f32; DH]);
+        let mut pairs = weights.chunks_exact(2);
+        for (pair, w) in (&mut pairs).enumerate() {
+            let v0 = &values[2 * pair * d + offset..][..DH];
+            let v1 = &values[(2 * pair + 1) * d + offset..][..DH];
+            for t in 0..DH {
+                even[t] = w[0].mul_add(v0[t], even[t]);
+                odd[t] = w[1].mul_add(v1[t], odd[t]);
+            }
+        }
+        if let [w] = pairs.remainder() {
+            let v = &values[(weights.len() - 1) * d + offset..][..DH];
+            for t in 0..DH {
+                even[t] = w.mul_add(v[t], even[t]);
+            }
+        }
+        for ((o, e), p) in out.iter_mut().zip(&even).zip(&odd) {
+            *o = e + p;
+        }
+        return;
+    }
+    let dh = out.len();
+    out.fill(0.0);
+    for (j, w) in weights.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(&values[j * d + offset..][..dh]) {
+            *o = w.mul_add(*v, *o);
+        }
+    }
+}
+
 fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+#[cfg(test)]
+mod tests {
+    use zoo_runtime::test_support::pseudo_random as numbers;
+
+    use super::*;
+
+    /// The register-held 64-wide sum and the generic loop against the plain sum: odd and even
+    /// key counts, heads at an offset inside rows of `d`, and a head width other than 64.
+    #[test]
+    fn weighted_values_are_the_plain_sum() {
+        for (keys, d, offset, dh) in
+            [(1, 64, 0, 64), (2, 128, 64, 64), (1500, 384, 320, 64), (7, 96, 32, 48), (5, 64, 0, 64)]
+        {
+            let weights = numbers(keys, keys as u32);
+            let values = numbers(keys * d, d as u32);
+            let mut out = vec![f32::NAN; dh];
+            weighted_values(&weights, &values, d, offset, &mut out);
+            for (t, got) in out.iter().enumerate() {
+                let want: f32 = (0..keys).map(|j| weights[j] * values[j * d + offset + t]).sum();
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{keys} keys, dh {dh}: {got} against {want}");
+            }
+        }
+    }
 }

@@ -417,6 +417,14 @@ fn python_round_2(x: f64) -> f64 {
     format!("{x:.2}").parse().unwrap_or(x)
 }
 
+/// Where a piece that starts `offset` samples into the speech-only audio starts, in seconds:
+/// half a sample in. A piece starts exactly where two speech ranges join, and `offset / rate`
+/// read back by [`SpeechMap`] (`t * rate`, truncated) can come out one sample short, which would
+/// put the start in the range before, and the segment's start in the silence before it.
+pub fn piece_start(offset: usize) -> f64 {
+    (offset as f64 + 0.5) / f64::from(SAMPLE_RATE)
+}
+
 /// Segment and word times on the speech-only timeline moved to the recording's, as
 /// faster-whisper's `restore_speech_timestamps`: a word's start and end go by the range its
 /// middle is in (so a word never straddles removed silence), and a segment with words spans them.
@@ -579,5 +587,23 @@ mod tests {
         assert_eq!(map.original(2.0, true), 3.0);
         assert_eq!(map.original(2.0, false), 5.0);
         assert_eq!(collect_speech(&[1.0; 100], &[(10, 20), (90, 120)]).len(), 20);
+    }
+
+    /// A piece's start read back by the map falls in its own range, also for the offsets whose
+    /// seconds multiply back to one sample short (about 1 in 120 of them).
+    #[test]
+    fn pieces_start_in_their_own_range() {
+        let rate = f64::from(SAMPLE_RATE);
+        let short =
+            (1..3_000_000usize).filter(|&a| ((a as f64 / rate) * rate) as usize != a).take(50).collect::<Vec<_>>();
+        assert!(!short.is_empty(), "no offset rounds short: the test would prove nothing");
+        for a in short {
+            // Speech [1000, 1000 + a) then, after a pause, more: the second piece starts at `a`.
+            let map = SpeechMap::new(&[(1000, 1000 + a), (5000 + a, 9000 + a)]);
+            assert_eq!(map.range_of(a as f64 / rate, false), 0, "{a}: the plain division does fall short");
+            assert_eq!(map.range_of(piece_start(a), false), 1, "{a}");
+            let start = map.original(piece_start(a), false);
+            assert!((start - (5000 + a) as f64 / rate).abs() < 0.006, "{a}: starts at {start}");
+        }
     }
 }
