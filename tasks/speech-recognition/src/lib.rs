@@ -460,7 +460,9 @@ impl SpeechRunner {
             if frames == 0 {
                 return None;
             }
-            let mel = mel::log_mel_spectrogram(&speech, mel::CHUNK_SAMPLES, filters, n_mels);
+            // One FFT's worth of zeros is all the padding the piece's frames reach (the sequential
+            // path's 30 s is for windows that start later): the same values, half the transforms.
+            let mel = mel::log_mel_spectrogram(&speech, mel::PIECE_PADDING, filters, n_mels);
             Some(decode::Piece { window: mel.window(0, frames), frames, time_offset })
         });
         let duration = total as f64 / f64::from(audio::SAMPLE_RATE);

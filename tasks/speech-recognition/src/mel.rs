@@ -10,6 +10,9 @@ pub const HOP_LENGTH: usize = 160;
 /// One Whisper window: 30 s of 10 ms frames.
 pub const N_FRAMES: usize = 3000;
 pub const CHUNK_SAMPLES: usize = N_FRAMES * HOP_LENGTH;
+/// Zeros after a piece decoded alone in one window: enough that every frame inside the piece
+/// sees zeros past its end rather than the reflection at the signal's edge.
+pub const PIECE_PADDING: usize = N_FFT;
 
 /// A log-mel spectrogram, `n_mels` rows of `n_frames` values (Whisper's layout).
 #[derive(Debug, Clone)]
@@ -168,5 +171,20 @@ mod tests {
         let filters = mel_filters(16_000, N_FFT, 80);
         let mel = log_mel_spectrogram(&[0.0; 1600], 0, &filters, 80);
         assert!(mel.data.iter().all(|&v| v == mel.data[0] && v.is_finite()));
+    }
+
+    /// A piece's window is the same with PIECE_PADDING zeros as with the 30 s the sequential path
+    /// appends: for pieces of several lengths, up to a whole window.
+    #[test]
+    fn a_pieces_window_needs_only_one_fft_of_padding() {
+        let filters = mel_filters(16_000, N_FFT, 80);
+        let noise = zoo_runtime::test_support::pseudo_random(CHUNK_SAMPLES, 5);
+        for len in [1_000, 16_000, 77_777, 160_000 * 3 - 1, CHUNK_SAMPLES] {
+            let piece = &noise[..len];
+            let frames = (len / HOP_LENGTH).min(N_FRAMES);
+            let short = log_mel_spectrogram(piece, PIECE_PADDING, &filters, 80).window(0, frames);
+            let long = log_mel_spectrogram(piece, CHUNK_SAMPLES, &filters, 80).window(0, frames);
+            assert_eq!(short, long, "a piece of {len} samples");
+        }
     }
 }

@@ -43,7 +43,8 @@ pub struct SileroVad {
     basis: Vec<f32>,
     convs: [Conv; 4],
     /// The LSTM's input weights as (128, 512), gates i, o, f, c; its summed biases; its
-    /// recurrent weights as (512, 128) rows.
+    /// recurrent weights as (128, 512) too, so that a step's 512 sums are 128 multiply-adds over
+    /// contiguous rows (dot products of 128 were one serial chain each, most of the VAD's time).
     input_weights: Vec<f32>,
     gate_bias: Vec<f32>,
     recurrent: Vec<f32>,
@@ -101,7 +102,7 @@ impl SileroVad {
             convs,
             input_weights: transpose(&w, 4 * HIDDEN, HIDDEN),
             gate_bias,
-            recurrent,
+            recurrent: transpose(&recurrent, 4 * HIDDEN, HIDDEN),
             decoder,
             decoder_bias,
         })
@@ -175,12 +176,17 @@ impl SileroVad {
         let mut gates = vec![0f32; windows * 4 * HIDDEN];
         product(features, HIDDEN, &self.input_weights, &mut gates, windows, 4 * HIDDEN);
         let (mut h, mut c) = ([0f32; HIDDEN], [0f32; HIDDEN]);
+        let mut sums = [0f32; 4 * HIDDEN];
         let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
         gates
             .chunks_exact_mut(4 * HIDDEN)
             .map(|g| {
-                for ((g, bias), weights) in g.iter_mut().zip(&self.gate_bias).zip(self.recurrent.chunks_exact(HIDDEN)) {
-                    *g += bias + weights.iter().zip(&h).map(|(w, h)| w * h).sum::<f32>();
+                sums.fill(0.0);
+                for (&h, weights) in h.iter().zip(self.recurrent.chunks_exact(4 * HIDDEN)) {
+                    sums.iter_mut().zip(weights).for_each(|(s, w)| *s = h.mul_add(*w, *s));
+                }
+                for ((g, bias), sum) in g.iter_mut().zip(&self.gate_bias).zip(&sums) {
+                    *g += bias + sum;
                 }
                 let (i, rest) = g.split_at(HIDDEN);
                 let (o, rest) = rest.split_at(HIDDEN);
