@@ -558,7 +558,7 @@ impl<'a> Decoder<'a> {
                 continue;
             }
 
-            let (pieces, consumed) = self.slice_segments(&result, time_offset, segment_size, false);
+            let (pieces, consumed) = self.slice_segments(&result, time_offset, segment_size);
             seek += consumed;
             let window = Window { audio: &audio, frames: segment_size, time_offset };
             segments.extend(self.keep_segments(pieces, &window, language_token, &language, duration)?);
@@ -574,14 +574,18 @@ impl<'a> Decoder<'a> {
     /// faster-whisper's batched pipeline does with the speech `--vad` finds: no piece waits for the
     /// text before it (each has only the initial prompt), so greedy decoding runs a whole batch
     /// through the decoder together. A piece whose text looks like a loop or improbable is decoded
-    /// again alone at the next temperatures; beam search decodes one piece at a time. Segment
-    /// times are on the pieces' own timeline (each piece's `time_offset` added).
+    /// again alone at the next temperatures; beam search decodes one piece at a time. Each piece
+    /// is one segment, its times on the pieces' own timeline (each piece's `time_offset` added).
     pub fn transcribe_pieces(
         &mut self,
         pieces: impl Iterator<Item = Piece>,
         batch_size: usize,
         duration: f64,
     ) -> candle_core::Result<Transcript> {
+        // Without timestamps, as faster-whisper's batched pipeline decodes by default: a piece
+        // joins speech from several places, and Whisper asked for timestamps over it tends to end
+        // early, leaving the rest of the piece untranscribed with no next window to pick it up.
+        self.options.timestamps = false;
         let t = self.whisper.tokens.clone();
         let (mut language, mut language_probability, mut language_token) = ("en".to_string(), 1.0, None);
         if let (true, Some(code)) = (self.whisper.multilingual, &self.options.language) {
@@ -593,10 +597,10 @@ impl<'a> Decoder<'a> {
         let mut pieces = pieces.peekable();
         let mut first = true;
         while pieces.peek().is_some() {
-            let batch: Vec<Piece> = pieces.by_ref().take(batch_size.max(1)).collect();
+            let mut batch: Vec<Piece> = pieces.by_ref().take(batch_size.max(1)).collect();
             let mut audios = Vec::with_capacity(batch.len());
-            for piece in &batch {
-                let encoded = self.whisper.encode(piece.window.clone())?;
+            for piece in &mut batch {
+                let encoded = self.whisper.encode(std::mem::take(&mut piece.window))?;
                 audios.push(self.whisper.start(&encoded)?);
             }
             if first && self.whisper.multilingual && language_token.is_none() {
@@ -627,7 +631,7 @@ impl<'a> Decoder<'a> {
                 if self.probably_silent(&result) {
                     continue;
                 }
-                let (pieces, _) = self.slice_segments(&result, piece.time_offset, piece.frames, true);
+                let (pieces, _) = self.slice_segments(&result, piece.time_offset, piece.frames);
                 let window = Window { audio, frames: piece.frames, time_offset: piece.time_offset };
                 segments.extend(self.keep_segments(pieces, &window, language_token, &language, duration)?);
             }
@@ -681,15 +685,8 @@ impl<'a> Decoder<'a> {
 
     /// A window's segments, split at its timestamp pairs, and how many frames of the window they
     /// cover: all of it, or up to the last complete timestamp when the text ran on past it (the
-    /// next window starts there). With `to_the_end` (no next window), text past the last pair is
-    /// a last segment running to the window's end instead.
-    fn slice_segments(
-        &self,
-        result: &WindowResult,
-        time_offset: f64,
-        segment_size: usize,
-        to_the_end: bool,
-    ) -> (Vec<Segment>, usize) {
+    /// next window starts there). Without timestamps, the whole window is one segment.
+    fn slice_segments(&self, result: &WindowResult, time_offset: f64, segment_size: usize) -> (Vec<Segment>, usize) {
         let t = &self.whisper.tokens;
         let tokens = &result.tokens;
         let segment_duration = segment_size as f64 * HOP_LENGTH as f64 / crate::audio::SAMPLE_RATE as f64;
@@ -719,14 +716,7 @@ impl<'a> Decoder<'a> {
             segments.push(self.segment(time_offset + start, time_offset + end, piece, result));
             last_slice = current;
         }
-        let rest = &tokens[last_slice..];
         let consumed = if single_timestamp_ending {
-            segment_size
-        } else if to_the_end {
-            if rest.iter().any(|&x| !is_ts(x)) {
-                let start = (rest[0].saturating_sub(t.timestamp_begin)) as f64 * TIME_PRECISION;
-                segments.push(self.segment(time_offset + start, time_offset + segment_duration, rest, result));
-            }
             segment_size
         } else {
             (tokens[last_slice - 1] - t.timestamp_begin) as usize * INPUT_STRIDE

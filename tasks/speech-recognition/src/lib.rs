@@ -384,12 +384,7 @@ impl SpeechRunner {
                 reason: "choose 1 (greedy) to 16".into(),
             });
         }
-        // The batched path decodes without timestamps, as faster-whisper's batched pipeline does by
-        // default: a piece joins speech from several places, and Whisper asked for timestamps over
-        // it tends to end early, leaving the rest of the piece untranscribed with no next window
-        // to pick it up.
-        let timestamps = batch_size == 1;
-        let mut options = DecodeOptions { mode, language, beam_size, timestamps, ..DecodeOptions::default() };
+        let mut options = DecodeOptions { mode, language, beam_size, ..DecodeOptions::default() };
         if args.flag("no-context") {
             options.condition_on_previous_text = false;
         }

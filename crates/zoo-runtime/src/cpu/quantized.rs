@@ -150,6 +150,10 @@ impl QuantizedMatrix {
     /// `weights`: (rows, cols) row-major; `bias`: cols values; `input`: how the left operand
     /// will be quantized.
     pub fn new(weights: &[f32], rows: usize, cols: usize, bias: &[f32], input: Quantization) -> Self {
+        Self::build(weights, rows, cols, bias, input, false)
+    }
+
+    fn build(weights: &[f32], rows: usize, cols: usize, bias: &[f32], input: Quantization, dynamic: bool) -> Self {
         assert!(weights.len() == rows * cols && bias.len() == cols, "the matrix is not (rows, cols)");
         let column = |c: usize| (0..rows).map(move |r| weights[r * cols + c]);
         let scales: Vec<f32> = (0..cols)
@@ -185,8 +189,7 @@ impl QuantizedMatrix {
         let zero_sums: Vec<i32> =
             (0..cols).map(|c| input.zero_point as i32 * (0..rows).map(|r| code(r, c) as i32).sum::<i32>()).collect();
         let offset = (0..cols).map(|c| bias[c] - unit[c] * zero_sums[c] as f32).collect();
-        let dynamic = (input.zero_point == DYNAMIC_ZERO && input.scale == 1.0)
-            .then(|| Box::new(DynamicTerms { bias: bias.to_vec(), zero_sums }));
+        let dynamic = dynamic.then(|| Box::new(DynamicTerms { bias: bias.to_vec(), zero_sums }));
         let matrix = QuantizedMatrix { panels, rows, cols, input, unit, offset, dynamic, float_codes: OnceLock::new() };
         if !cfg!(all(target_arch = "x86_64", target_feature = "avx512vnni")) {
             // The float codes are this build's only path: made when the model loads, not on
@@ -199,7 +202,7 @@ impl QuantizedMatrix {
     /// A matrix for [`QuantizedMatrix::multiply_dynamic`], whose inputs are quantized row by row
     /// as they come (CTranslate2's int8: no calibration, each row's own scale).
     pub fn dynamic(weights: &[f32], rows: usize, cols: usize, bias: &[f32]) -> Self {
-        Self::new(weights, rows, cols, bias, Quantization { scale: 1.0, zero_point: DYNAMIC_ZERO })
+        Self::build(weights, rows, cols, bias, Quantization { scale: 1.0, zero_point: DYNAMIC_ZERO }, true)
     }
 
     /// out (m, cols) = x (m rows of `rows` floats) times the matrix, plus the bias, each row of x
