@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 fn main() {
+    int8_dot_cfgs();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let weights = manifest.join("../../weights").canonicalize().expect("weights/ folder beside crates/");
     println!("cargo:rerun-if-changed={}", weights.display());
@@ -21,6 +22,24 @@ fn main() {
     out.push_str("];\n");
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("bundled_files.rs");
     std::fs::write(dest, out).unwrap();
+}
+
+/// The integer dot products this build's int8 kernels (`cpu::quantized`) may use, as cfgs:
+/// `vnni512` (AVX-512 VNNI), `vnni256` (AVX-VNNI with FMA: Intel's client CPUs since Alder Lake,
+/// which have no AVX-512, and Zen 5), and `int8_dot` for either.
+fn int8_dot_cfgs() {
+    for cfg in ["vnni512", "vnni256", "int8_dot"] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+    }
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let has = |name: &str| features.split(',').any(|f| f == name);
+    let vnni512 = has("avx512vnni");
+    let vnni256 = has("avxvnni") && has("fma");
+    for (cfg, on) in [("vnni512", vnni512), ("vnni256", vnni256), ("int8_dot", vnni512 || vnni256)] {
+        if on {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
 }
 
 /// Documentation (README, PROVENANCE, licences) stays in the repository; only what a model loads

@@ -102,8 +102,8 @@ const OPTIONS: &[TaskOption] = &[
         value_name: Some("TYPE"),
         help: "float32 (the default), int8 (the encoder's and decoder's matrix products in 8-bit integers, \
                weights quantized per row as CTranslate2 does, inputs per row as they come: faster-whisper's \
-               int8; fast where the CPU has AVX-512 VNNI, elsewhere a float path over the same codes that \
-               is not), or auto (int8 for a checkpoint stored in int8 on the CPU, else float32)",
+               int8; fast where the CPU has AVX-512 VNNI or AVX-VNNI, elsewhere a float path over the same \
+               codes that is not), or auto (int8 for a checkpoint stored in int8 on the CPU, else float32)",
         default: None,
     },
     TaskOption {

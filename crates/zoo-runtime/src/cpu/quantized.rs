@@ -3,8 +3,9 @@
 //! scale and zero point as a tile's rows are read, products summed in 32-bit integers, and the
 //! result turned back into floats with the bias, residual and ReLU6 as it is stored. On AVX-512
 //! VNNI one `vpdpbusd` multiplies 64 byte pairs and adds them in groups of four, four times the
-//! multiply-adds of an f32 FMA; elsewhere the same codes, held as floats, go through the f32
-//! product.
+//! multiply-adds of an f32 FMA; AVX-VNNI (Intel's client CPUs since Alder Lake, which lack
+//! AVX-512) has the same instruction on 256-bit registers; elsewhere the same codes, held as
+//! floats, go through the f32 product.
 //!
 //! Unsigned activations times signed weights is what VNNI multiplies; the zero point folds into
 //! a per-column constant (zero point times the column's weight sum), so no correction runs per
@@ -19,8 +20,9 @@ use super::{Activation, Kernel, LANES};
 const PANEL_LANES: usize = 3 * LANES;
 /// Columns per panel, for callers splitting a matrix into column blocks that fill whole panels.
 pub const PANEL_COLUMNS: usize = PANEL_LANES;
-/// Rows per tile: 8 rows of 3 registers are 24 accumulators, with 3 weights and a broadcast.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+/// Rows per tile: 8 rows of 3 registers are 24 accumulators, with 3 weights and a broadcast
+/// (the 256-bit kernel takes a tile's rows 4 at a time, one 16-column register at a time).
+#[cfg(int8_dot)]
 const TILE_ROWS: usize = 8;
 /// Consecutive matrix rows whose bytes one 32-bit lane holds (what one VNNI instruction sums).
 const GROUP: usize = 4;
@@ -31,7 +33,7 @@ const ROUND: f32 = 12_582_912.0;
 
 thread_local! {
     /// A tile's input codes, kept between calls: a fused block makes two products per row.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    #[cfg(int8_dot)]
     static CODES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The input codes as floats, for [`QuantizedMatrix::multiply_float`].
     static FLOAT_CODES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -134,8 +136,46 @@ pub struct QuantizedMatrix {
 struct DynamicTerms {
     bias: Vec<f32>,
     /// Read by the VNNI kernel only (the float path sums unshifted codes).
-    #[cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx512vnni")), allow(dead_code))]
+    #[cfg_attr(not(int8_dot), allow(dead_code))]
     zero_sums: Vec<i32>,
+}
+
+/// How a product's sums are made: by an integer dot-product instruction, or from the same codes
+/// held as floats by one of the f32 product's kernels.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    #[cfg(vnni512)]
+    Avx512Vnni,
+    /// Where the build has both, AVX-512's is the fastest and this one runs in tests only.
+    #[cfg(vnni256)]
+    #[cfg_attr(all(vnni512, not(test)), allow(dead_code))]
+    AvxVnni,
+    Float(Kernel),
+}
+
+impl Path {
+    /// `Kernel::Fastest` is the widest dot product this build has.
+    fn of(kernel: Kernel) -> Path {
+        match kernel {
+            #[cfg(vnni512)]
+            Kernel::Fastest => Path::Avx512Vnni,
+            #[cfg(all(vnni256, not(vnni512)))]
+            Kernel::Fastest => Path::AvxVnni,
+            kernel => Path::Float(kernel),
+        }
+    }
+
+    /// Every path this build has (a build for a CPU with both VNNIs tests both).
+    #[cfg(test)]
+    fn all() -> Vec<Path> {
+        let mut paths = vec![];
+        #[cfg(vnni512)]
+        paths.push(Path::Avx512Vnni);
+        #[cfg(vnni256)]
+        paths.push(Path::AvxVnni);
+        paths.extend([Path::Float(Kernel::Fastest), Path::Float(Kernel::Portable)]);
+        paths
+    }
 }
 
 /// A product's options besides the operands.
@@ -191,7 +231,7 @@ impl QuantizedMatrix {
         let offset = (0..cols).map(|c| bias[c] - unit[c] * zero_sums[c] as f32).collect();
         let dynamic = dynamic.then(|| Box::new(DynamicTerms { bias: bias.to_vec(), zero_sums }));
         let matrix = QuantizedMatrix { panels, rows, cols, input, unit, offset, dynamic, float_codes: OnceLock::new() };
-        if !cfg!(all(target_arch = "x86_64", target_feature = "avx512vnni")) {
+        if Path::of(Kernel::Fastest) == Path::Float(Kernel::Fastest) {
             // The float codes are this build's only path: made when the model loads, not on
             // its first image.
             matrix.float_codes();
@@ -209,18 +249,18 @@ impl QuantizedMatrix {
     /// quantized symmetrically with its own scale (its largest magnitude at code 127), on the
     /// calling thread. For a matrix made by [`QuantizedMatrix::dynamic`].
     pub fn multiply_dynamic(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        self.multiply_dynamic_with(x, m, out, Kernel::Fastest)
+        self.multiply_dynamic_on(x, m, out, Path::of(Kernel::Fastest))
     }
 
-    pub(crate) fn multiply_dynamic_with(&self, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
+    fn multiply_dynamic_on(&self, x: &[f32], m: usize, out: &mut [f32], path: Path) {
         let (k, n) = (self.rows, self.cols);
         assert!(x.len() >= m * k && out.len() >= m * n, "quantized product's operands too short");
         let terms = self.dynamic.as_deref().expect("a matrix for dynamic inputs (QuantizedMatrix::dynamic)");
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
-        if kernel == Kernel::Fastest {
-            self.multiply_vnni_dynamic(x, m, out);
-            return;
-        }
+        let kernel = match path {
+            Path::Float(kernel) => kernel,
+            #[cfg(int8_dot)]
+            dot => return self.multiply_int8_dynamic(x, m, out, dot),
+        };
         if m == 0 {
             return;
         }
@@ -252,7 +292,7 @@ impl QuantizedMatrix {
     }
 
     /// Bytes per quantized input row: the rows padded to whole groups.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    #[cfg(int8_dot)]
     fn row_bytes(&self) -> usize {
         self.rows.div_ceil(GROUP) * GROUP
     }
@@ -260,19 +300,22 @@ impl QuantizedMatrix {
     /// out (m, cols) = x (m rows of `rows` floats, contiguous) times the matrix, plus the bias,
     /// then the residual and ReLU6, on the calling thread.
     pub fn multiply(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue) {
-        self.multiply_with(x, m, out, epilogue, Kernel::Fastest)
+        self.multiply_on(x, m, out, epilogue, Path::of(Kernel::Fastest))
     }
 
     pub(crate) fn multiply_with(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue, kernel: Kernel) {
+        self.multiply_on(x, m, out, epilogue, Path::of(kernel))
+    }
+
+    fn multiply_on(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue, path: Path) {
         let (k, n) = (self.rows, self.cols);
         assert!(x.len() >= m * k && out.len() >= m * n, "quantized product's operands too short");
         assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "quantized product's residual too short");
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
-        if kernel == Kernel::Fastest {
-            self.multiply_vnni(x, m, out, epilogue);
-            return;
+        match path {
+            Path::Float(kernel) => self.multiply_float(x, m, out, epilogue, kernel),
+            #[cfg(int8_dot)]
+            dot => self.multiply_int8(x, m, out, epilogue, dot),
         }
-        self.multiply_float(x, m, out, epilogue, kernel)
     }
 
     /// The same sums from the same codes held as floats, through the f32 product: where there
@@ -316,8 +359,8 @@ impl QuantizedMatrix {
     }
 
     /// One tile's codes at a time: quantized once, used for every panel, still in L1.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
-    fn multiply_vnni(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue) {
+    #[cfg(int8_dot)]
+    fn multiply_int8(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue, dot: Path) {
         let (k, n) = (self.rows, self.cols);
         let stride = self.row_bytes();
         // Bytes past a row's `k` codes may hold anything: the weights there are zero.
@@ -339,18 +382,15 @@ impl QuantizedMatrix {
                     row_scales: None,
                 };
                 for panel in &self.panels {
-                    // SAFETY: VNNI is compiled in; the tile's slices hold `rows` rows of codes and
-                    // of outputs (checked by multiply_with), the panel `groups` groups of whole
-                    // registers, and the lane masks keep column accesses inside the panel.
-                    unsafe { self.tile_vnni(panel, &mut tile) }
+                    self.tile_int8(panel, &mut tile, dot);
                 }
             }
         });
     }
 
-    /// [`QuantizedMatrix::multiply_vnni`] with each row quantized by its own scale.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
-    fn multiply_vnni_dynamic(&self, x: &[f32], m: usize, out: &mut [f32]) {
+    /// [`QuantizedMatrix::multiply_int8`] with each row quantized by its own scale.
+    #[cfg(int8_dot)]
+    fn multiply_int8_dynamic(&self, x: &[f32], m: usize, out: &mut [f32], dot: Path) {
         let (k, n) = (self.rows, self.cols);
         let stride = self.row_bytes();
         CODES.with_borrow_mut(|codes| {
@@ -375,15 +415,32 @@ impl QuantizedMatrix {
                     row_scales: Some(&scales[..rows]),
                 };
                 for panel in &self.panels {
-                    // SAFETY: as in multiply_vnni; the row scales hold one value per tile row.
-                    unsafe { self.tile_vnni(panel, &mut tile) }
+                    self.tile_int8(panel, &mut tile, dot);
                 }
             }
         });
     }
 
+    /// The tile times one panel, on the dot product `dot`.
+    #[cfg(int8_dot)]
+    fn tile_int8(&self, panel: &Panel, tile: &mut Tile, dot: Path) {
+        // SAFETY: the instruction set is compiled in (its cfg); the tile's slices hold whole rows
+        // of codes and of outputs (checked by multiply_on), the panel `groups` groups of whole
+        // registers, the row scales one value per tile row, and the lane masks keep column
+        // accesses inside the panel.
+        unsafe {
+            match dot {
+                #[cfg(vnni512)]
+                Path::Avx512Vnni => self.tile_vnni(panel, tile),
+                #[cfg(vnni256)]
+                Path::AvxVnni => self.tile_avxvnni(panel, tile),
+                _ => unreachable!("{dot:?} is not in this build"),
+            }
+        }
+    }
+
     /// The tile's rows in blocks of 8, then 4, then one at a time, times one panel.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    #[cfg(vnni512)]
     unsafe fn tile_vnni(&self, panel: &Panel, tile: &mut Tile) {
         let rows = tile.codes.len() / tile.stride;
         let mut r0 = 0;
@@ -409,7 +466,7 @@ impl QuantizedMatrix {
     }
 
     /// Rows `r0..r0 + R` of the tile times `V` registers of the panel's columns.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+    #[cfg(vnni512)]
     #[inline(always)]
     unsafe fn tile_vnni_of<const V: usize, const R: usize>(&self, panel: &Panel, tile: &mut Tile, r0: usize) {
         use std::arch::x86_64::*;
@@ -474,10 +531,123 @@ impl QuantizedMatrix {
             }
         }
     }
+
+    /// Each 16-column register of the panel (as two 256-bit halves, or one where the panel ends
+    /// within 8 columns), the tile's rows in blocks of 4, then 2, then 1: 8 accumulators, 2
+    /// weights and a broadcast fit AVX2's 16 registers.
+    #[cfg(vnni256)]
+    unsafe fn tile_avxvnni(&self, panel: &Panel, tile: &mut Tile) {
+        let rows = tile.codes.len() / tile.stride;
+        for v in 0..panel.registers() {
+            let halves = if panel.width - v * LANES > LANES / 2 { 2 } else { 1 };
+            let mut r0 = 0;
+            while r0 < rows {
+                let block = match rows - r0 {
+                    4.. => 4,
+                    2..=3 => 2,
+                    _ => 1,
+                };
+                match (halves, block) {
+                    (2, 4) => self.tile_avxvnni_of::<2, 4>(panel, tile, r0, v),
+                    (2, 2) => self.tile_avxvnni_of::<2, 2>(panel, tile, r0, v),
+                    (2, _) => self.tile_avxvnni_of::<2, 1>(panel, tile, r0, v),
+                    (_, 4) => self.tile_avxvnni_of::<1, 4>(panel, tile, r0, v),
+                    (_, 2) => self.tile_avxvnni_of::<1, 2>(panel, tile, r0, v),
+                    (_, _) => self.tile_avxvnni_of::<1, 1>(panel, tile, r0, v),
+                }
+                r0 += block;
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + R` of the tile times `H` halves of the panel's register `v`.
+    #[cfg(vnni256)]
+    #[inline(always)]
+    unsafe fn tile_avxvnni_of<const H: usize, const R: usize>(
+        &self,
+        panel: &Panel,
+        tile: &mut Tile,
+        r0: usize,
+        v: usize,
+    ) {
+        use std::arch::x86_64::*;
+        const HALF: usize = LANES / 2;
+        let (n, groups, registers) = (self.cols, self.row_bytes() / GROUP, panel.registers());
+        assert!(v < registers && H * HALF <= LANES && panel.weights.len() >= groups * registers * LANES * GROUP);
+        assert!((r0 + R) * tile.stride <= tile.codes.len() && tile.out.len() >= (r0 + R) * n);
+        assert!(tile.residual.is_none_or(|res| res.len() >= (r0 + R) * n));
+        // Columns of each half inside the panel; AVX2 has no mask registers, so a half that is
+        // not full is read and written through a vector of lane masks.
+        let lanes: [usize; H] = std::array::from_fn(|h| (panel.width - v * LANES).saturating_sub(h * HALF).min(HALF));
+        let masks: [__m256i; H] = std::array::from_fn(|h| {
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[h] as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+        });
+        let load = |from: *const f32, h: usize| {
+            if lanes[h] == HALF {
+                _mm256_loadu_ps(from)
+            } else {
+                _mm256_maskload_ps(from, masks[h])
+            }
+        };
+        let first = panel.first + v * LANES;
+        let unit: [__m256; H] = std::array::from_fn(|h| load(self.unit.as_ptr().add(first + h * HALF), h));
+        let offset: [__m256; H] = std::array::from_fn(|h| load(self.offset.as_ptr().add(first + h * HALF), h));
+        // The register's 64 bytes per group, as two halves: the same packing as the AVX-512 kernel's.
+        let wp = (panel.weights.as_ptr() as *const __m256i).add(2 * v);
+        let (lo, hi) = tile.activation.bounds();
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let cp = tile.codes.as_ptr().add(r0 * tile.stride);
+        let mut acc = [[_mm256_setzero_si256(); H]; R];
+        for g in 0..groups {
+            let wt: [__m256i; H] = std::array::from_fn(|h| _mm256_loadu_si256(wp.add(2 * g * registers + h)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32((cp.add(r * tile.stride + g * GROUP) as *const i32).read_unaligned());
+                for h in 0..H {
+                    acc[h] = _mm256_dpbusd_avx_epi32(acc[h], a, wt[h]);
+                }
+            }
+        }
+        let dynamic = tile.row_scales.zip(self.dynamic.as_deref()).map(|(scales, terms)| {
+            let zero: [__m256i; H] = std::array::from_fn(|h| {
+                let from = terms.zero_sums.as_ptr().add(first + h * HALF);
+                if lanes[h] == HALF {
+                    _mm256_loadu_si256(from as *const __m256i)
+                } else {
+                    _mm256_maskload_epi32(from, masks[h])
+                }
+            });
+            let bias: [__m256; H] = std::array::from_fn(|h| load(terms.bias.as_ptr().add(first + h * HALF), h));
+            (scales, zero, bias)
+        });
+        for (r, acc) in acc.into_iter().enumerate() {
+            for (h, acc) in acc.into_iter().enumerate() {
+                let at = (r0 + r) * n + first + h * HALF;
+                let mut y = match &dynamic {
+                    Some((scales, zero, bias)) => {
+                        let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, zero[h]));
+                        _mm256_fmadd_ps(sum, _mm256_mul_ps(unit[h], _mm256_set1_ps(scales[r0 + r])), bias[h])
+                    }
+                    None => _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), unit[h], offset[h]),
+                };
+                if let Some(res) = tile.residual {
+                    y = _mm256_add_ps(y, load(res.as_ptr().add(at), h));
+                }
+                if tile.activation != Activation::Identity {
+                    y = _mm256_min_ps(_mm256_max_ps(y, lo), hi);
+                }
+                let to = tile.out.as_mut_ptr().add(at);
+                if lanes[h] == HALF {
+                    _mm256_storeu_ps(to, y);
+                } else {
+                    _mm256_maskstore_ps(to, masks[h], y);
+                }
+            }
+        }
+    }
 }
 
 /// Up to TILE_ROWS rows of a product: their codes (`stride` bytes apart), residual and output.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni"))]
+#[cfg(int8_dot)]
 struct Tile<'a> {
     codes: &'a [u8],
     stride: usize,
@@ -542,16 +712,15 @@ mod tests {
                         float[r * cols + c] = act(bias[c] + exact + extra);
                     }
                     let epilogue = Epilogue { residual: with_residual.then_some(residual.as_slice()), activation };
-                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                    for path in Path::all() {
                         let mut got = vec![0f32; m * cols + 1];
                         got[m * cols] = f32::NAN;
-                        matrix.multiply_with(&x, m, &mut got, &epilogue, kernel);
-                        assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
+                        matrix.multiply_on(&x, m, &mut got, &epilogue, path);
+                        assert!(got[m * cols].is_nan(), "{path:?} wrote past the output");
                         let diff =
                             |b: &[f32]| got[..m * cols].iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                        let what = format!(
-                            "{kernel:?} {m}x{rows} x ({rows}, {cols}), residual {with_residual}, {activation:?}"
-                        );
+                        let what =
+                            format!("{path:?} {m}x{rows} x ({rows}, {cols}), residual {with_residual}, {activation:?}");
                         assert!(diff(&want) < 1e-4, "{what}: {} from the definition", diff(&want));
                         // Each product term is off by at most half a step of each code.
                         let bound = rows as f32 * (input.scale + 1.0 / 127.0);
@@ -591,15 +760,15 @@ mod tests {
                     want[r * cols + c] = bias[c] + dot;
                     exact[r * cols + c] = bias[c] + (0..rows).map(|i| row[i] * weights[i * cols + c]).sum::<f32>();
                 }
-                for kernel in [Kernel::Fastest, Kernel::Portable] {
+                for path in Path::all() {
                     let mut got = vec![0f32; m * cols + 1];
                     got[m * cols] = f32::NAN;
-                    matrix.multiply_dynamic_with(&x, m, &mut got, kernel);
-                    assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
+                    matrix.multiply_dynamic_on(&x, m, &mut got, path);
+                    assert!(got[m * cols].is_nan(), "{path:?} wrote past the output");
                     for (r, c) in (0..m).flat_map(|r| (0..cols).map(move |c| (r, c))) {
                         let row_max = x[r * rows..(r + 1) * rows].iter().fold(0f32, |a, v| a.max(v.abs()));
                         let (g, w, e) = (got[r * cols + c], want[r * cols + c], exact[r * cols + c]);
-                        let what = format!("{kernel:?} {m}x{rows} x ({rows}, {cols}), row {r} col {c}");
+                        let what = format!("{path:?} {m}x{rows} x ({rows}, {cols}), row {r} col {c}");
                         // Ties round to even in zoo and away from zero in the definition: a tie
                         // moves one code by one step.
                         let step = row_max / 127.0 * matrix.unit[c] * 127.0;
