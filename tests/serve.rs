@@ -518,6 +518,47 @@ fn api_key_payload_limit_and_broken_uploads() {
     assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
 }
 
+/// `--set TASK.OPTION=VALUE` loads the served model with options a request may not set: a long
+/// recording served with batched pieces in int8 is what `zoo run` prints with those options
+/// (batched pieces make one segment per piece, so a server that dropped them would differ).
+#[test]
+fn operator_options_load_the_served_model_as_the_cli_runs_it() {
+    let Some(setup) = setup("operator_options_load_the_served_model_as_the_cli_runs_it") else { return };
+    let cache = setup.cache.as_path();
+    let long_path = setup.speech.join("long/long_dev_concat.wav");
+    let options = ["--batch-size", "8", "--compute-type", "int8"];
+    let mut args = vec!["asr", long_path.to_str().unwrap()];
+    args.extend(options);
+    let cli = cli_json(cache, &args);
+    let server = Server::start(
+        cache,
+        &["--task", "asr", "--set", "asr.batch-size=8", "--set", "speech-recognition.compute_type=int8"],
+    );
+    let reply =
+        post_multipart(&server.url("/v1/run/asr"), &[("file", Part::File("long.wav", &long_recording(&setup)))], &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_same(&results(&reply)[0], &cli[0], "");
+    // What the operator set, a request still may not.
+    let reply = post_multipart(
+        &server.url("/v1/run/asr?batch_size=1"),
+        &[("file", Part::File("jfk.wav", &std::fs::read(setup.speech.join("audio/jfk.wav")).unwrap()))],
+        &[],
+    );
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.error().contains("operator"), "{}", reply.error());
+    drop(server);
+    // A name the task does not have, or a task not served: a usage error before anything loads.
+    for (set, expect) in [
+        ("asr.batchsize=8", "--set: unknown option 'batchsize' for task 'speech-recognition'; its options: "),
+        ("classify.top-k=3", "--set image-classification.top-k: task 'image-classification' is not served"),
+        ("batch-size=8", "invalid value 'batch-size=8' for --set: TASK.OPTION=VALUE"),
+    ] {
+        let run = zoo_with(Some(cache), &["serve", "--port", "0", "--task", "asr", "--set", set], None);
+        assert_eq!(run.code, 2, "{set}: {}", run.describe());
+        assert!(run.error_line().contains(expect), "{set}: {}", run.describe());
+    }
+}
+
 /// A long recording that keeps the speech model busy for a while on any machine.
 fn long_recording(setup: &Setup) -> Vec<u8> {
     std::fs::read(setup.speech.join("long/long_dev_concat.wav")).unwrap()

@@ -116,17 +116,11 @@ impl NativePipeline {
         device: &str,
     ) -> PyResult<Self> {
         let task = find_task(task)?;
-        let mut args = zoo_pipeline::defaults(task.options());
-        for (name, value) in options {
-            let option = find_option(task, &name)?;
-            if option.value_name.is_none() {
-                if value == "true" {
-                    args.set(option.name, "true");
-                }
-            } else {
-                args.set(option.name, value);
-            }
+        for (name, _) in &options {
+            find_option(task, name)?;
         }
+        let pairs = options.iter().map(|(name, value)| (name.as_str(), value.as_str()));
+        let mut args = zoo_pipeline::load_options(task, pairs).map_err(|e| PyValueError::new_err(e.to_string()))?;
         for (name, file_name, bytes) in files {
             args.attach(&name, Input::bytes(file_name, bytes));
         }

@@ -103,6 +103,7 @@ slow, 413 over --payload-limit, 422 a bad option, 429 the model's queue is full 
 Examples:
   zoo serve                                   every task whose default model needs no download
   zoo serve --task asr=faster-whisper-base --task classify --port 9000
+  zoo serve --task asr --set asr.compute-type=int8 --set asr.batch-size=8
   curl -F file=@photo.jpg 'http://127.0.0.1:8080/v1/run/image-classification?top_k=3'
   ZOO_API_KEY=secret zoo serve --host 0.0.0.0   (then send Authorization: Bearer secret)
 
@@ -117,6 +118,10 @@ fn serve_command() -> Command {
         .after_help(SERVE_AFTER_HELP)
         .arg(
             value("task", "TASK[=MODEL]", "Serve TASK (with MODEL, else its default); repeat for more [default: every task whose default model is bundled or cached]")
+                .action(ArgAction::Append),
+        )
+        .arg(
+            value("set", "TASK.OPTION=VALUE", "Load TASK's models with OPTION (as `zoo run TASK --OPTION VALUE`; a flag's VALUE is true): the options a request may not set, or defaults for those it may; repeatable")
                 .action(ArgAction::Append),
         )
         .arg(value("host", "ADDRESS", "Address to listen on (0.0.0.0 for every interface)").default_value("127.0.0.1"))

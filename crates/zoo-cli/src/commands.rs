@@ -253,6 +253,23 @@ fn serve(registry: &'static Registry, hub: &HubSettings, m: &ArgMatches) -> Resu
         };
         models.push(zoo_server::ServedSpec { task: registry.find(name.trim())?, model });
     }
+    let mut task_options = Vec::new();
+    for setting in m.get_many::<String>("set").into_iter().flatten() {
+        let parsed = setting.split_once('=').and_then(|(target, value)| {
+            let (task, name) = target.split_once('.')?;
+            Some((task.trim(), name.trim(), value))
+        });
+        let Some((task, name, value)) = parsed.filter(|(task, name, _)| !task.is_empty() && !name.is_empty()) else {
+            return Err(Error::InvalidOption {
+                option: "set".into(),
+                value: setting.clone(),
+                reason: "TASK.OPTION=VALUE, such as asr.batch-size=8".into(),
+            }
+            .into());
+        };
+        let task = registry.find(task)?;
+        task_options.push(zoo_server::TaskOptionSetting { task, name: name.into(), value: value.into() });
+    }
     let payload = m.get_one::<String>("payload-limit").expect("has a default");
     let payload_limit = parse_size(payload).ok_or_else(|| Error::InvalidOption {
         option: "payload-limit".into(),
@@ -263,6 +280,7 @@ fn serve(registry: &'static Registry, hub: &HubSettings, m: &ArgMatches) -> Resu
         m.get_one::<String>("api-key").cloned().or_else(|| std::env::var("ZOO_API_KEY").ok()).filter(|k| !k.is_empty());
     let config = zoo_server::Config {
         models,
+        task_options,
         host: m.get_one::<String>("host").expect("has a default").clone(),
         port: *m.get_one::<u16>("port").expect("has a default"),
         api_key,

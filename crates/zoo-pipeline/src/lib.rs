@@ -23,7 +23,7 @@ use zoo_runtime::{
 };
 
 pub use catalog_view::{availability, model_json};
-pub use options::{defaults, explain_options, request_options, upload_option, RequestOptionError};
+pub use options::{defaults, explain_options, load_options, request_options, upload_option, RequestOptionError};
 pub use shard::{Shard, ShardError, INDEX_VARIABLE};
 
 /// The tasks this build of zoo knows, in the order they were registered.

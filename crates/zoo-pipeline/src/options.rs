@@ -29,11 +29,13 @@ pub fn explain_options(task: &dyn Task, explain: bool, out: Option<&str>, args: 
     Ok(())
 }
 
-/// A request's options that cannot be taken.
+/// A request's (or a load's) options that cannot be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestOptionError {
     #[error("unknown option '{name}' for task '{task}'; a request may set: {allowed}")]
     Unknown { name: String, task: String, allowed: String },
+    #[error("unknown option '{name}' for task '{task}'; its options: {known}")]
+    NotAnOption { name: String, task: String, known: String },
     #[error("option '{name}' cannot be set by a request: {why}")]
     NotAllowed { name: String, why: &'static str },
     #[error("invalid value '{value}' for option '{name}': {why}")]
@@ -97,6 +99,41 @@ pub fn request_options<'a>(
         };
         if option.value_name.is_none() {
             if flag_value(&name, &value)? {
+                args.set(option.name, "true");
+            }
+        } else {
+            args.set(option.name, value);
+        }
+    }
+    Ok(args)
+}
+
+/// The options a pipeline is loaded with where no command line parses them (the Python
+/// package's keyword arguments, `zoo serve --set`): the defaults, then `pairs` (names spelt with
+/// `-` or `_`, a flag's value true or false). Values are checked when the pipeline loads.
+pub fn load_options<'a>(
+    task: &dyn Task,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<TaskArgs, RequestOptionError> {
+    let mut args = defaults(task.options());
+    for (raw_name, value) in pairs {
+        let name = raw_name.trim().to_ascii_lowercase().replace('_', "-");
+        if name == explain::FLAG {
+            if flag_value(&name, value)? {
+                explain_options(task, true, None, &mut args)?;
+            }
+            continue;
+        }
+        let Some(option) = task.options().iter().find(|o| o.name == name) else {
+            let known: Vec<&str> = task.options().iter().map(|o| o.name).collect();
+            return Err(RequestOptionError::NotAnOption {
+                name: raw_name.to_string(),
+                task: task.name().into(),
+                known: known.join(", "),
+            });
+        };
+        if option.value_name.is_none() {
+            if flag_value(&name, value)? {
                 args.set(option.name, "true");
             }
         } else {

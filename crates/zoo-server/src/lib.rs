@@ -39,11 +39,29 @@ pub struct ServedSpec {
     pub model: Option<String>,
 }
 
+/// One option a served task is loaded with.
+#[derive(Clone)]
+pub struct TaskOptionSetting {
+    pub task: &'static dyn Task,
+    pub name: String,
+    pub value: String,
+}
+
+/// A model to serve, found, with the options it is loaded with.
+struct Chosen {
+    task: &'static dyn Task,
+    model: zoo_runtime::Model,
+    args: zoo_runtime::TaskArgs,
+}
+
 /// Everything `zoo serve` was told.
 #[derive(Clone)]
 pub struct Config {
     /// The models to serve; empty: the default model of every task that is available offline.
     pub models: Vec<ServedSpec>,
+    /// Options every model of a task is loaded with (`zoo serve --set TASK.NAME=VALUE`): what a
+    /// request may not set (compute type, batched pieces), and defaults for what it may.
+    pub task_options: Vec<TaskOptionSetting>,
     pub host: String,
     pub port: u16,
     pub api_key: Option<String>,
@@ -105,7 +123,7 @@ pub(crate) fn deadline(config: &Config, input_bytes: usize) -> Instant {
 }
 
 /// Which models `config` asks for: its list, or every task's default that needs no download.
-fn chosen_models(config: &Config) -> Result<Vec<(&'static dyn Task, zoo_runtime::Model)>, ServeError> {
+fn chosen_models(config: &Config) -> Result<Vec<Chosen>, ServeError> {
     let registry = zoo_pipeline::registry();
     let specs: Vec<ServedSpec> = if config.models.is_empty() {
         registry
@@ -124,14 +142,26 @@ fn chosen_models(config: &Config) -> Result<Vec<(&'static dyn Task, zoo_runtime:
             "no task's default model is available offline; fetch one with `zoo download TASK` or name one with --task TASK=MODEL".into(),
         ));
     }
-    let mut chosen: Vec<(&'static dyn Task, zoo_runtime::Model)> = Vec::new();
+    if let Some(unserved) = config.task_options.iter().find(|o| !specs.iter().any(|s| s.task.name() == o.task.name())) {
+        return Err(ServeError::Usage(format!(
+            "--set {}.{}: task '{}' is not served; serve it with --task {}",
+            unserved.task.name(),
+            unserved.name,
+            unserved.task.name(),
+            unserved.task.name()
+        )));
+    }
+    let mut chosen: Vec<Chosen> = Vec::new();
     for spec in specs {
         let model = zoo_pipeline::resolve(spec.task, spec.model.as_deref(), &config.context)
             .map_err(|e| ServeError::Usage(e.to_string()))?;
-        if chosen.iter().any(|(t, m)| t.name() == spec.task.name() && m.id == model.id) {
+        if chosen.iter().any(|c| c.task.name() == spec.task.name() && c.model.id == model.id) {
             continue;
         }
-        chosen.push((spec.task, model));
+        let settings = config.task_options.iter().filter(|o| o.task.name() == spec.task.name());
+        let args = zoo_pipeline::load_options(spec.task, settings.map(|o| (o.name.as_str(), o.value.as_str())))
+            .map_err(|e| ServeError::Usage(format!("--set: {e}")))?;
+        chosen.push(Chosen { task: spec.task, model, args });
     }
     Ok(chosen)
 }
@@ -150,7 +180,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     runtime.block_on(serve_async(config, chosen))
 }
 
-async fn serve_async(config: Config, chosen: Vec<(&'static dyn Task, zoo_runtime::Model)>) -> Result<(), ServeError> {
+async fn serve_async(config: Config, chosen: Vec<Chosen>) -> Result<(), ServeError> {
     let address = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
@@ -161,7 +191,7 @@ async fn serve_async(config: Config, chosen: Vec<(&'static dyn Task, zoo_runtime
     let metrics = Arc::new(Metrics::new());
     let mut workers = Vec::new();
     let mut threads = Vec::new();
-    for (task, model) in chosen {
+    for Chosen { task, model, args } in chosen {
         if let Some(warning) = zoo_pipeline::unpinned_warning(&model) {
             eprintln!("zoo: warning: {warning}");
         }
@@ -170,7 +200,6 @@ async fn serve_async(config: Config, chosen: Vec<(&'static dyn Task, zoo_runtime
         ctx.progress = false;
         ctx.outputs = Outputs::Memory;
         let thread_worker = worker.clone();
-        let args = zoo_pipeline::defaults(task.options());
         let thread = std::thread::Builder::new()
             .name(format!("zoo-{}", task.name()))
             .spawn(move || thread_worker.run(move || Pipeline::load(task, model, args, ctx)))?;
