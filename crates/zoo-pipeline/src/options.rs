@@ -54,7 +54,7 @@ pub fn request_options<'a>(
     let allowed = task.request_options();
     let mut args = TaskArgs::new();
     for (raw_name, value) in pairs {
-        let name = raw_name.trim().to_ascii_lowercase().replace('_', "-");
+        let name = option_name(raw_name);
         if name == explain::OUT {
             return Err(RequestOptionError::NotAllowed { name, why: "it names a path on the server's machine" });
         }
@@ -97,13 +97,7 @@ pub fn request_options<'a>(
                 allowed: names.join(", "),
             });
         };
-        if option.value_name.is_none() {
-            if flag_value(&name, &value)? {
-                args.set(option.name, "true");
-            }
-        } else {
-            args.set(option.name, value);
-        }
+        set_value(&mut args, option, &value)?;
     }
     Ok(args)
 }
@@ -117,7 +111,7 @@ pub fn load_options<'a>(
 ) -> Result<TaskArgs, RequestOptionError> {
     let mut args = defaults(task.options());
     for (raw_name, value) in pairs {
-        let name = raw_name.trim().to_ascii_lowercase().replace('_', "-");
+        let name = option_name(raw_name);
         if name == explain::FLAG {
             if flag_value(&name, value)? {
                 explain_options(task, true, None, &mut args)?;
@@ -132,22 +126,33 @@ pub fn load_options<'a>(
                 known: known.join(", "),
             });
         };
-        if option.value_name.is_none() {
-            if flag_value(&name, value)? {
-                args.set(option.name, "true");
-            }
-        } else {
-            args.set(option.name, value);
-        }
+        set_value(&mut args, option, value)?;
     }
     Ok(args)
+}
+
+/// An option's value into `args`: a flag is set only when its value says true.
+fn set_value(args: &mut TaskArgs, option: &TaskOption, value: &str) -> Result<(), RequestOptionError> {
+    if option.value_name.is_none() {
+        if flag_value(option.name, value)? {
+            args.set(option.name, "true");
+        }
+    } else {
+        args.set(option.name, value);
+    }
+    Ok(())
 }
 
 /// The upload option a multipart file field names (`style_image` or `style-image`: one of the
 /// task's [`Task::upload_options`]), to give the upload to with [`TaskArgs::attach`].
 pub fn upload_option(task: &dyn Task, field: &str) -> Option<&'static str> {
-    let name = field.trim().to_ascii_lowercase().replace('_', "-");
+    let name = option_name(field);
     task.upload_options().iter().copied().find(|o| *o == name)
+}
+
+/// An option's name as the command line spells it (`top_k`, ` Top-K` -> `top-k`).
+fn option_name(raw: &str) -> String {
+    raw.trim().to_ascii_lowercase().replace('_', "-")
 }
 
 fn flag_value(name: &str, value: &str) -> Result<bool, RequestOptionError> {

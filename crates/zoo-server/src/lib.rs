@@ -143,12 +143,10 @@ fn chosen_models(config: &Config) -> Result<Vec<Chosen>, ServeError> {
         ));
     }
     if let Some(unserved) = config.task_options.iter().find(|o| !specs.iter().any(|s| s.task.name() == o.task.name())) {
+        let task = unserved.task.name();
         return Err(ServeError::Usage(format!(
-            "--set {}.{}: task '{}' is not served; serve it with --task {}",
-            unserved.task.name(),
-            unserved.name,
-            unserved.task.name(),
-            unserved.task.name()
+            "--set {task}.{}: task '{task}' is not served; serve it with --task {task}",
+            unserved.name
         )));
     }
     let mut chosen: Vec<Chosen> = Vec::new();

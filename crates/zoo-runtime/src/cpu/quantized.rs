@@ -231,7 +231,7 @@ impl QuantizedMatrix {
         let offset = (0..cols).map(|c| bias[c] - unit[c] * zero_sums[c] as f32).collect();
         let dynamic = dynamic.then(|| Box::new(DynamicTerms { bias: bias.to_vec(), zero_sums }));
         let matrix = QuantizedMatrix { panels, rows, cols, input, unit, offset, dynamic, float_codes: OnceLock::new() };
-        if Path::of(Kernel::Fastest) == Path::Float(Kernel::Fastest) {
+        if cfg!(not(int8_dot)) {
             // The float codes are this build's only path: made when the model loads, not on
             // its first image.
             matrix.float_codes();
