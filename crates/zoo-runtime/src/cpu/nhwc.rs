@@ -699,6 +699,7 @@ impl MobileNet {
         let image = h * w * self.stem.in_ch;
         assert_eq!(input.len(), batch * image, "input is not (batch, h, w, channels)");
         let threads = rayon::current_num_threads();
+        let team_passes = &TEAM_STALLS;
         let mut pooled = vec![0f32; batch * self.head.out_ch];
         if batch > 1 && batch >= threads {
             // One image per thread, each through the whole network: no hand-offs between
@@ -712,10 +713,11 @@ impl MobileNet {
             return pooled;
         }
         // Only one team at a time, and never from inside the pool: a team needs every pool
-        // thread, and two waiting for each other's would wait for ever. Otherwise the pass runs
-        // on the calling thread.
+        // thread, and two waiting for each other's would wait for ever. Nor while the cores are
+        // taken by other work (see `TEAM_STALLS`). Otherwise the pass runs on the calling thread.
         let team_lock = TEAM.try_lock();
-        let as_team = threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none();
+        let as_team =
+            threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none() && !team_passes.skip();
         let mut buffers = self.take_scratch(batch, h, w, if as_team { threads } else { 1 });
         let shared = Buffers::new(&mut buffers);
         if as_team {
@@ -727,6 +729,7 @@ impl MobileNet {
                     if ctx.index() == 0 { pooled.0.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
                 self.forward(input, batch, h, w, &team, &shared, out);
             });
+            team_passes.after_team_pass(barrier.stalls.load(Ordering::Relaxed) >= STALLS_TO_GO_ALONE);
         } else {
             self.forward(input, batch, h, w, &Team::alone(), &shared, Some(&mut pooled));
         }
@@ -948,6 +951,47 @@ fn expansion_buffer(alone: bool, i: usize, x: usize) -> usize {
 /// Held while a team runs (see [`MobileNet::pooled`]).
 static TEAM: Mutex<()> = Mutex::new(());
 
+/// Whether the next passes should run alone. A team whose members are not all on a core at once
+/// (another process holds one) waits at every barrier for a descheduled thread, about a hundred
+/// times a pass: on 2 cores beside one busy process, batch 1 fell from 360 images/s to 74-152,
+/// below one thread's speed. A pass with waits that spun to the end is taken as that sign; the
+/// passes after it run on one thread, twice as many after each further stalled try, until a team
+/// pass gathers cleanly again (measured: 193-198 images/s beside the busy process, onnxruntime
+/// 177-185; unchanged alone).
+static TEAM_STALLS: TeamStalls = TeamStalls { alone_left: AtomicUsize::new(0), backoff: AtomicUsize::new(0) };
+
+/// Waits in one pass that spun to the end before it counts as stalled: one alone can be a pool
+/// thread slow to wake for the pass (a virtual CPU that was halted).
+const STALLS_TO_GO_ALONE: usize = 2;
+
+/// Passes run alone after the first stalled team pass, and at most after many in a row.
+const ALONE_AFTER_STALL: usize = 16;
+const ALONE_AFTER_STALL_MAX: usize = 1024;
+
+struct TeamStalls {
+    /// Passes still to run alone.
+    alone_left: AtomicUsize,
+    /// How many passes alone the next stall brings (0: the first stall's).
+    backoff: AtomicUsize,
+}
+
+impl TeamStalls {
+    /// True for a pass that should run alone (and counts it).
+    fn skip(&self) -> bool {
+        self.alone_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok()
+    }
+
+    fn after_team_pass(&self, stalled: bool) {
+        if !stalled {
+            self.backoff.store(0, Ordering::Relaxed);
+            return;
+        }
+        let passes = self.backoff.load(Ordering::Relaxed).max(ALONE_AFTER_STALL);
+        self.alone_left.store(passes, Ordering::Relaxed);
+        self.backoff.store((2 * passes).min(ALONE_AFTER_STALL_MAX), Ordering::Relaxed);
+    }
+}
+
 /// Thread 0's output, handed to it inside the broadcast.
 struct PooledOut<'a>(Mutex<Option<&'a mut [f32]>>);
 
@@ -985,11 +1029,19 @@ struct SpinBarrier {
     parties: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
+    /// Waits that spun through the whole spin phase (about a millisecond, tens of layers' time):
+    /// a party was off its core.
+    stalls: AtomicUsize,
 }
 
 impl SpinBarrier {
     fn new(parties: usize) -> Self {
-        SpinBarrier { parties, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0) }
+        SpinBarrier {
+            parties,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            stalls: AtomicUsize::new(0),
+        }
     }
 
     fn wait(&self) {
@@ -1007,6 +1059,10 @@ impl SpinBarrier {
             } else {
                 // Someone in the team is descheduled or busy with other work: stop burning the
                 // core it may need.
+                if spins == 1 << 16 {
+                    self.stalls.fetch_add(1, Ordering::Relaxed);
+                    spins += 1;
+                }
                 std::thread::yield_now();
             }
         }
@@ -1181,6 +1237,8 @@ mod tests {
         let net = MobileNet::new(conv(8, 3, 3, 2, false, true, 1), blocks, pointwise(40, 20, true, 50)).unwrap();
         for (batch, h, w) in [(1, 37, 29), (1, 3, 2), (3, 16, 16)] {
             let input = numbers(batch * h * w * 3, (h * w) as u32);
+            // A stall elsewhere in the tests (the cores are shared) must not make this pass alone.
+            TEAM_STALLS.alone_left.store(0, Ordering::Relaxed);
             let pooled = net.pooled(&input, batch, h, w);
             let mut buffers = net.take_scratch(batch, h, w, 1);
             let mut alone = vec![0f32; pooled.len()];
@@ -1188,6 +1246,26 @@ mod tests {
             assert!(max_diff(&pooled, &alone) < 1e-6, "{batch}x{h}x{w}: {pooled:?} vs {alone:?}");
             assert!(alone.iter().any(|v| *v != 0.0));
         }
+    }
+
+    /// After a stalled team pass the next passes run alone, twice as many after each stalled try
+    /// in a row, up to a bound; a clean team pass starts the count over.
+    #[test]
+    fn a_stalled_team_runs_alone_for_a_while() {
+        let stalls = TeamStalls { alone_left: AtomicUsize::new(0), backoff: AtomicUsize::new(0) };
+        let alone_passes = |stalls: &TeamStalls| std::iter::from_fn(|| stalls.skip().then_some(())).count();
+        assert_eq!(alone_passes(&stalls), 0, "a team until something stalls");
+        stalls.after_team_pass(false);
+        assert_eq!(alone_passes(&stalls), 0);
+        let mut runs = Vec::new();
+        for _ in 0..9 {
+            stalls.after_team_pass(true);
+            runs.push(alone_passes(&stalls));
+        }
+        assert_eq!(runs, [16, 32, 64, 128, 256, 512, 1024, 1024, 1024]);
+        stalls.after_team_pass(false);
+        stalls.after_team_pass(true);
+        assert_eq!(alone_passes(&stalls), ALONE_AFTER_STALL, "a clean pass forgets the stalls before it");
     }
 
     /// The banded pass (fused blocks on wide maps, three passes on narrow ones; a team at batch
