@@ -54,18 +54,10 @@ fn sinusoids(length: usize, channels: usize) -> Vec<f32> {
 }
 
 impl CpuEncoder {
-    /// The attention and MLP layers' weights as int8 ([`Dense::quantize`]); the convolutions stay
-    /// in float, as CTranslate2 keeps them.
-    pub fn quantize(&mut self) {
-        for layer in &mut self.layers {
-            for dense in [&mut layer.qkv, &mut layer.out, &mut layer.fc1, &mut layer.fc2] {
-                dense.quantize();
-            }
-        }
-    }
-
-    /// Reads `model.encoder.*` in Transformers' names.
-    pub fn load(vb: &VarBuilder, cfg: &candle_transformers::models::whisper::Config) -> Result<Self> {
+    /// Reads `model.encoder.*` in Transformers' names; with `int8`, the attention and MLP layers'
+    /// weights as int8 ([`Dense::quantize`]), while the convolutions stay in float, as CTranslate2
+    /// keeps them.
+    pub fn load(vb: &VarBuilder, cfg: &candle_transformers::models::whisper::Config, int8: bool) -> Result<Self> {
         let vb = vb.pp("model.encoder");
         let (d, mels) = (cfg.d_model, cfg.num_mel_bins);
         let conv = |name: &str, d_in: usize| -> Result<Dense> {
@@ -88,10 +80,11 @@ impl CpuEncoder {
                     linear(&p("self_attn.k_proj"), d, d, false)?,
                     linear(&p("self_attn.v_proj"), d, d, true)?,
                 );
-                let dense = |(w, b): (Tensor, Tensor)| Dense::from_linears(&[w], &[b]);
+                let dense =
+                    |(w, b): (Tensor, Tensor)| Dense::from_linears(&[w], &[b]).map(|dense| dense.quantized_if(int8));
                 Ok(Layer {
                     attn_ln: LayerNorm::load(&vb, &p("self_attn_layer_norm"), d)?,
-                    qkv: Dense::from_linears(&[q.0, k.0, v.0], &[q.1, k.1, v.1])?,
+                    qkv: Dense::from_linears(&[q.0, k.0, v.0], &[q.1, k.1, v.1])?.quantized_if(int8),
                     out: dense(linear(&p("self_attn.out_proj"), d, d, true)?)?,
                     mlp_ln: LayerNorm::load(&vb, &p("final_layer_norm"), d)?,
                     fc1: dense(linear(&p("fc1"), d, 4 * d, true)?)?,

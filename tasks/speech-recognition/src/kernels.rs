@@ -73,6 +73,15 @@ impl Dense {
         self.weight = Vec::new();
     }
 
+    /// The layer itself, quantized when `int8`: loading quantizes each layer as it is read, so a
+    /// model's float weights are never all held at once.
+    pub fn quantized_if(mut self, int8: bool) -> Self {
+        if int8 {
+            self.quantize();
+        }
+        self
+    }
+
     pub fn is_quantized(&self) -> bool {
         !self.int8.is_empty()
     }

@@ -325,14 +325,18 @@ impl SpeechRunner {
             }
         };
         let output_dir = args.value("output-dir").map(PathBuf::from);
-        let compute_type = args.value("compute-type").unwrap_or("float32");
-        if !matches!(compute_type, "float32" | "int8" | "auto") {
-            return Err(Error::InvalidOption {
-                option: "compute-type".into(),
-                value: compute_type.into(),
-                reason: "choose float32, int8 or auto".into(),
-            });
-        }
+        let compute_type = match args.value("compute-type").unwrap_or("float32") {
+            "float32" => model::ComputeType::Float32,
+            "int8" => model::ComputeType::Int8,
+            "auto" => model::ComputeType::Auto,
+            other => {
+                return Err(Error::InvalidOption {
+                    option: "compute-type".into(),
+                    value: other.into(),
+                    reason: "choose float32, int8 or auto".into(),
+                })
+            }
+        };
         let batch_size: usize = args.parse("batch-size")?.unwrap_or(1);
         if !(1..=64).contains(&batch_size) {
             return Err(Error::InvalidOption {
@@ -353,14 +357,7 @@ impl SpeechRunner {
             }
         }
 
-        if compute_type == "int8" && !ctx.device.is_cpu() {
-            return Err(Error::Usage("--compute-type int8 runs on the CPU only (--device cpu)".into()));
-        }
-        let mut whisper = model::Whisper::load(model, &ctx.device)?;
-        // auto: what the checkpoint stores, where zoo has int8 products (the CPU).
-        if compute_type == "int8" || (compute_type == "auto" && whisper.stored_int8 && ctx.device.is_cpu()) {
-            whisper.quantize()?;
-        }
+        let whisper = model::Whisper::load(model, &ctx.device, compute_type)?;
         if !whisper.multilingual {
             if language.as_deref().is_some_and(|l| l != "en") {
                 return Err(Error::Usage(format!(

@@ -37,6 +37,17 @@ pub enum Encoder {
     Candle(Box<m::model::AudioEncoder>),
 }
 
+/// The precision of the encoder's and decoder's matrix products (`--compute-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeType {
+    Float32,
+    /// Weights per row in int8, inputs quantized per row as they come (CPU only).
+    Int8,
+    /// int8 for a checkpoint that stores its layers so (CTranslate2's int8 and int8_float16) on
+    /// the CPU, float32 otherwise.
+    Auto,
+}
+
 /// A Whisper model ready to encode windows and decode tokens.
 pub struct Whisper {
     pub encoder: Encoder,
@@ -54,9 +65,6 @@ pub struct Whisper {
     pub device: Device,
     /// "ctranslate2" or "transformers": which kind of checkpoint was read.
     pub format: &'static str,
-    /// Whether the checkpoint stores its layers' weights in int8 (CTranslate2's int8 and
-    /// int8_float16), which `--compute-type auto` runs in int8.
-    pub stored_int8: bool,
 }
 
 /// `config.json` of a CTranslate2 Whisper conversion.
@@ -110,8 +118,12 @@ fn ids(list: &[i64]) -> Vec<u32> {
 }
 
 impl Whisper {
-    /// Reads a CTranslate2 (`model.bin`) or Transformers (`model.safetensors`) checkpoint.
-    pub fn load(model: &Model, device: &Device) -> Result<Self> {
+    /// Reads a CTranslate2 (`model.bin`) or Transformers (`model.safetensors`) checkpoint, its
+    /// layers in `compute`'s precision.
+    pub fn load(model: &Model, device: &Device, compute: ComputeType) -> Result<Self> {
+        if compute == ComputeType::Int8 && !device.is_cpu() {
+            return Err(Error::Usage("--compute-type int8 runs on the CPU only (--device cpu)".into()));
+        }
         let tokenizer_file = model.file("tokenizer.json")?;
         let tokenizer = Tokenizer::from_bytes(tokenizer_file.bytes()?.as_ref())
             .map_err(|e| Error::model(&model.id, format!("{}: {e}", tokenizer_file.display())))?;
@@ -125,17 +137,25 @@ impl Whisper {
             let (sources, mut config) = ct2_sources(&ct2).map_err(|e| Error::model(&model.id, e))?;
             config.suppress_tokens = ids(&extra.suppress_ids);
             check_config(&model.id, &config)?;
-            let backend = Ct2Backend { ct2: &ct2, sources, d: config.d_model };
-            let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-            let whisper =
-                load_parts(&vb, &config).map_err(|e| Error::model(&model.id, format!("{}: {e}", path.display())))?;
-            let begin = if extra.suppress_ids_begin.is_empty() { None } else { Some(ids(&extra.suppress_ids_begin)) };
             let stored_int8 = ct2
                 .variable("decoder/layer_0/ffn/linear_0/weight")
                 .is_some_and(|v| v.dtype == crate::ct2::Ct2Dtype::I8);
-            let whisper =
-                Self::assemble(model, whisper, config, tokenizer, begin, extra.alignment_heads, device, "ctranslate2")?;
-            return Ok(Self { stored_int8, ..whisper });
+            let int8 = compute == ComputeType::Int8 || (compute == ComputeType::Auto && stored_int8 && device.is_cpu());
+            let backend = Ct2Backend { ct2: &ct2, sources, d: config.d_model };
+            let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+            let whisper = load_parts(&vb, &config, int8)
+                .map_err(|e| Error::model(&model.id, format!("{}: {e}", path.display())))?;
+            let begin = if extra.suppress_ids_begin.is_empty() { None } else { Some(ids(&extra.suppress_ids_begin)) };
+            return Self::assemble(
+                model,
+                whisper,
+                config,
+                tokenizer,
+                begin,
+                extra.alignment_heads,
+                device,
+                "ctranslate2",
+            );
         }
 
         let config: Config = model.json("config.json")?;
@@ -143,8 +163,8 @@ impl Whisper {
         let hf: HfConfig = model.json("config.json")?;
         let generation: HfGenerationConfig = model.optional_json("generation_config.json")?.unwrap_or_default();
         let vb = model.var_builder("model.safetensors", DType::F32, device)?;
-        let whisper =
-            load_parts(&vb, &config).map_err(|e| Error::model(&model.id, format!("model.safetensors: {e}")))?;
+        let whisper = load_parts(&vb, &config, compute == ComputeType::Int8)
+            .map_err(|e| Error::model(&model.id, format!("model.safetensors: {e}")))?;
         let begin = if hf.begin_suppress_tokens.is_empty() { None } else { Some(ids(&hf.begin_suppress_tokens)) };
         Self::assemble(model, whisper, config, tokenizer, begin, generation.alignment_heads, device, "transformers")
     }
@@ -214,18 +234,7 @@ impl Whisper {
             multilingual,
             device: device.clone(),
             format,
-            stored_int8: false,
         })
-    }
-
-    /// Runs the encoder's and decoder's matrix products in int8 from here on (CPU only).
-    pub fn quantize(&mut self) -> Result<()> {
-        let Encoder::Cpu(encoder) = &mut self.encoder else {
-            return Err(Error::Usage("--compute-type int8 runs on the CPU only (--device cpu)".into()));
-        };
-        encoder.quantize();
-        self.decoder.quantize();
-        Ok(())
     }
 
     /// The encoder's output for one 30 s log-mel window (`n_mels` x 3000 values).
@@ -269,13 +278,14 @@ impl Whisper {
     }
 }
 
-/// The encoder for the device and zoo's cached decoder over the same weights.
-fn load_parts(vb: &VarBuilder, config: &Config) -> candle_core::Result<(Encoder, TextDecoder)> {
+/// The encoder for the device and zoo's cached decoder over the same weights, their layers in
+/// int8 where `int8` (the CPU encoder only).
+fn load_parts(vb: &VarBuilder, config: &Config, int8: bool) -> candle_core::Result<(Encoder, TextDecoder)> {
     // The decoder first: its embedding table, the largest tensor, then meets the fewest pages of
     // the checkpoint already read, which is what sets the peak memory of loading.
-    let decoder = TextDecoder::load(vb, config)?;
+    let decoder = TextDecoder::load(vb, config, int8)?;
     let encoder = if vb.device().is_cpu() {
-        Encoder::Cpu(Box::new(CpuEncoder::load(vb, config)?))
+        Encoder::Cpu(Box::new(CpuEncoder::load(vb, config, int8)?))
     } else {
         Encoder::Candle(Box::new(m::model::Whisper::load(vb, config.clone())?.encoder))
     };
@@ -605,7 +615,7 @@ mod tests {
                 &ModelRef::parse(&dir.path().display().to_string()).unwrap(),
                 &HubSettings::from_env(true),
             );
-            let mut whisper = Whisper::load(&model, &Device::Cpu).unwrap();
+            let mut whisper = Whisper::load(&model, &Device::Cpu, ComputeType::Float32).unwrap();
             let c = &whisper.config;
             assert_eq!(
                 (c.num_mel_bins, c.vocab_size, c.decoder_layers, c.encoder_layers, c.d_model),

@@ -42,6 +42,14 @@ pub struct TextDecoder {
     vocab: usize,
 }
 
+/// What a layer's attention reads: the tokens decoded so far (their keys and values are in the
+/// caches) or the window's audio.
+#[derive(Clone, Copy)]
+enum Attention {
+    Tokens,
+    Audio,
+}
+
 /// Keys and values, one row of `d` per position (all heads side by side). The audio's keys are
 /// kept transposed per head instead (`heads x dh x frames`, `k` empty), so that a query's scores
 /// over 1500 frames are one contiguous multiply-add per key dimension instead of 1500 short dot
@@ -89,8 +97,10 @@ impl DecoderState {
 }
 
 impl TextDecoder {
-    /// Reads `model.decoder.*` in Transformers' names (what zoo maps CTranslate2 weights to).
-    pub fn load(vb: &VarBuilder, cfg: &candle_transformers::models::whisper::Config) -> Result<Self> {
+    /// Reads `model.decoder.*` in Transformers' names (what zoo maps CTranslate2 weights to); with
+    /// `int8`, every layer's projections as int8 ([`Dense::quantize`]), while the embeddings (also
+    /// the output projection) stay in f16.
+    pub fn load(vb: &VarBuilder, cfg: &candle_transformers::models::whisper::Config, int8: bool) -> Result<Self> {
         let vb = vb.pp("model.decoder");
         let d = cfg.d_model;
         let get = |name: &str, d_in: usize, d_out: usize, bias: bool| -> Result<(Tensor, Tensor)> {
@@ -104,7 +114,7 @@ impl TextDecoder {
         };
         let dense = |parts: &[(Tensor, Tensor)]| {
             let (w, b): (Vec<Tensor>, Vec<Tensor>) = parts.iter().cloned().unzip();
-            Dense::from_linears(&w, &b)
+            Dense::from_linears(&w, &b).map(|dense| dense.quantized_if(int8))
         };
         // Asked for in f16: the largest table of the model (40 MB in f16 for tiny, 133 MB for
         // large), read as the checkpoint stores it rather than widened to f32 and narrowed again,
@@ -148,18 +158,6 @@ impl TextDecoder {
             n_ctx: cfg.max_target_positions,
             vocab: cfg.vocab_size,
         })
-    }
-
-    /// Every layer's projections as int8 ([`Dense::quantize`]); the embeddings (also the output
-    /// projection) stay in f16.
-    pub fn quantize(&mut self) {
-        for l in &mut self.layers {
-            for dense in [&mut l.self_qkv, &mut l.self_out, &mut l.cross_q, &mut l.cross_kv, &mut l.cross_out] {
-                dense.quantize();
-            }
-            l.fc1.quantize();
-            l.fc2.quantize();
-        }
     }
 
     /// Starts a window: the cross-attention keys and values of `audio` (1, frames, d).
@@ -273,6 +271,32 @@ impl TextDecoder {
             .collect()
     }
 
+    /// One pre-norm decoder layer over the rows of `x`, with `normed` and `attended` as scratch of
+    /// the same size. `attend` is called twice: with [`Attention::Tokens`] and the rows' fused q,
+    /// k and v (rows of `3 d`), it keeps the keys and values in the rows' caches and writes the
+    /// attention over the tokens so far into its last argument; with [`Attention::Audio`] and the
+    /// rows' queries (rows of `d`), the attention over the audio.
+    fn layer_step(
+        &self,
+        layer: &Layer,
+        (x, normed, attended): (&mut [f32], &mut [f32], &mut [f32]),
+        mut attend: impl FnMut(Attention, &[f32], &mut [f32]),
+    ) {
+        let n = x.len() / self.d;
+        layer.self_ln.apply(x, normed);
+        attend(Attention::Tokens, &layer.self_qkv.forward(normed, n), attended);
+        add(x, &layer.self_out.forward(attended, n));
+
+        layer.cross_ln.apply(x, normed);
+        attend(Attention::Audio, &layer.cross_q.forward(normed, n), attended);
+        add(x, &layer.cross_out.forward(attended, n));
+
+        layer.mlp_ln.apply(x, normed);
+        let mut hidden = layer.fc1.forward(normed, n);
+        gelu_in_place(&mut hidden);
+        add(x, &layer.fc2.forward(&hidden, n));
+    }
+
     /// Feeds `tokens` after those already in `state`; returns their final hidden states (n x d).
     pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Vec<f32>> {
         Ok(self.forward_watching(tokens, state, &[])?.0)
@@ -295,35 +319,32 @@ impl TextDecoder {
         for (i, (&token, row)) in tokens.iter().zip(x.chunks_exact_mut(d)).enumerate() {
             self.embed(token, offset + i, row)?;
         }
-        let mut normed = vec![0f32; n * d];
-        let mut attended = vec![0f32; n * d];
+        let (mut normed, mut attended) = (vec![0f32; n * d], vec![0f32; n * d]);
         let mut watched: Vec<((usize, usize), Vec<f32>)> = Vec::new();
         for (index, (layer, (cross, past))) in
             self.layers.iter().zip(state.cross.iter().zip(state.past.iter_mut())).enumerate()
         {
-            layer.self_ln.apply(&x, &mut normed);
-            let qkv = layer.self_qkv.forward(&normed, n);
-            let mut q = Vec::with_capacity(n * d);
-            for row in qkv.chunks_exact(3 * d) {
-                q.extend_from_slice(&row[..d]);
-                past.k.extend_from_slice(&row[d..2 * d]);
-                past.v.extend_from_slice(&row[2 * d..]);
-            }
-            self.attend(&q, n, past, offset + n, Some(offset), &mut attended, &[]);
-            add(&mut x, &layer.self_out.forward(&attended, n));
-
-            layer.cross_ln.apply(&x, &mut normed);
-            let q = layer.cross_q.forward(&normed, n);
             let keep: Vec<usize> = watch.iter().filter(|w| w.0 == index).map(|w| w.1).collect();
-            for (h, weights) in self.attend(&q, n, cross, state.audio_len, None, &mut attended, &keep) {
-                watched.push(((index, h), weights));
-            }
-            add(&mut x, &layer.cross_out.forward(&attended, n));
-
-            layer.mlp_ln.apply(&x, &mut normed);
-            let mut hidden = layer.fc1.forward(&normed, n);
-            gelu_in_place(&mut hidden);
-            add(&mut x, &layer.fc2.forward(&hidden, n));
+            self.layer_step(
+                layer,
+                (&mut x, &mut normed, &mut attended),
+                |attention, input, attended| match attention {
+                    Attention::Tokens => {
+                        let mut q = Vec::with_capacity(n * d);
+                        for row in input.chunks_exact(3 * d) {
+                            q.extend_from_slice(&row[..d]);
+                            past.k.extend_from_slice(&row[d..2 * d]);
+                            past.v.extend_from_slice(&row[2 * d..]);
+                        }
+                        self.attend(&q, n, past, offset + n, Some(offset), attended, &[]);
+                    }
+                    Attention::Audio => {
+                        for (h, weights) in self.attend(input, n, cross, state.audio_len, None, attended, &keep) {
+                            watched.push(((index, h), weights));
+                        }
+                    }
+                },
+            );
         }
         state.len += n;
         self.ln.apply(&x, &mut normed);
@@ -350,33 +371,32 @@ impl TextDecoder {
             }
             self.embed(token, state.len, row)?;
         }
-        let mut normed = vec![0f32; n * d];
-        let mut attended = vec![0f32; n * d];
+        let (mut normed, mut attended) = (vec![0f32; n * d], vec![0f32; n * d]);
         for (index, layer) in self.layers.iter().enumerate() {
-            layer.self_ln.apply(&x, &mut normed);
-            let qkv = layer.self_qkv.forward(&normed, n);
-            let mut q = Vec::with_capacity(n * d);
-            for (row, state) in qkv.chunks_exact(3 * d).zip(states.iter_mut()) {
-                q.extend_from_slice(&row[..d]);
-                state.past[index].k.extend_from_slice(&row[d..2 * d]);
-                state.past[index].v.extend_from_slice(&row[2 * d..]);
-            }
-            attended.par_chunks_mut(d).zip(q.par_chunks(d)).zip(states.par_iter()).for_each(|((out, q), state)| {
-                self.attend(q, 1, &state.past[index], state.len + 1, Some(state.len), out, &[]);
+            self.layer_step(layer, (&mut x, &mut normed, &mut attended), |attention, input, attended| {
+                let mut queries = Vec::new();
+                let q = match attention {
+                    Attention::Tokens => {
+                        queries.reserve(n * d);
+                        for (row, state) in input.chunks_exact(3 * d).zip(states.iter_mut()) {
+                            queries.extend_from_slice(&row[..d]);
+                            state.past[index].k.extend_from_slice(&row[d..2 * d]);
+                            state.past[index].v.extend_from_slice(&row[2 * d..]);
+                        }
+                        &queries[..]
+                    }
+                    Attention::Audio => input,
+                };
+                let rows = attended.par_chunks_mut(d).zip(q.par_chunks(d)).zip(states.par_iter());
+                rows.for_each(|((out, q), state)| match attention {
+                    Attention::Tokens => {
+                        self.attend(q, 1, &state.past[index], state.len + 1, Some(state.len), out, &[]);
+                    }
+                    Attention::Audio => {
+                        self.attend(q, 1, &state.cross[index], state.audio_len, None, out, &[]);
+                    }
+                });
             });
-            add(&mut x, &layer.self_out.forward(&attended, n));
-
-            layer.cross_ln.apply(&x, &mut normed);
-            let q = layer.cross_q.forward(&normed, n);
-            attended.par_chunks_mut(d).zip(q.par_chunks(d)).zip(states.par_iter()).for_each(|((out, q), state)| {
-                self.attend(q, 1, &state.cross[index], state.audio_len, None, out, &[]);
-            });
-            add(&mut x, &layer.cross_out.forward(&attended, n));
-
-            layer.mlp_ln.apply(&x, &mut normed);
-            let mut hidden = layer.fc1.forward(&normed, n);
-            gelu_in_place(&mut hidden);
-            add(&mut x, &layer.fc2.forward(&hidden, n));
         }
         states.iter_mut().for_each(|state| state.len += 1);
         self.ln.apply(&x, &mut normed);

@@ -149,7 +149,7 @@ fn cpu_encoder_matches_candle_ops() {
     let window = log_mel.window(0, samples.len() / mel::HOP_LENGTH);
 
     let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
-    let ours = zoo_speech_recognition::encoder::CpuEncoder::load(&vb, &config).unwrap().forward(&window);
+    let ours = zoo_speech_recognition::encoder::CpuEncoder::load(&vb, &config, false).unwrap().forward(&window);
 
     let t = |name: &str| w[name].clone();
     let linear = |x: &Tensor, name: &str, bias: bool| {
@@ -216,7 +216,7 @@ fn a_batched_decoder_step_is_each_windows_own_step() {
     let Some(samples) = jfk_samples("batched decoder step") else { return };
     let hub = HubSettings::from_env(false);
     let model = Model::resolve(&ModelRef::parse(&dir.display().to_string()).unwrap(), &hub);
-    let mut whisper = model::Whisper::load(&model, &Device::Cpu).unwrap();
+    let mut whisper = model::Whisper::load(&model, &Device::Cpu, model::ComputeType::Float32).unwrap();
     let filters = mel::mel_filters(16_000, mel::N_FFT, 80);
     let window = |audio: &[f32]| {
         mel::log_mel_spectrogram(audio, mel::CHUNK_SAMPLES, &filters, 80).window(0, audio.len() / mel::HOP_LENGTH)
@@ -245,4 +245,41 @@ fn a_batched_decoder_step_is_each_windows_own_step() {
         assert!(max_abs_diff(got, &want) <= 1e-4 * scale);
     }
     assert!(whisper.step_batch(&[next_a], &mut states).is_err(), "one token for two windows is refused");
+}
+
+/// `--compute-type int8` quantizes each layer as the model loads: the encoder's output and the
+/// first token's logits then differ from float32's by quantization's error alone (not at all
+/// would mean the layers stayed in float), and the same token comes first; `auto` on this float16
+/// checkpoint is float32 exactly.
+#[test]
+fn an_int8_load_runs_its_layers_in_int8_close_to_float() {
+    let Some(dir) = tiny_en_dir("int8 load") else { return };
+    let Some(samples) = jfk_samples("int8 load") else { return };
+    let hub = HubSettings::from_env(false);
+    let model = Model::resolve(&ModelRef::parse(&dir.display().to_string()).unwrap(), &hub);
+    let load = |compute| model::Whisper::load(&model, &Device::Cpu, compute).unwrap();
+    let filters = mel::mel_filters(16_000, mel::N_FFT, 80);
+    let window =
+        mel::log_mel_spectrogram(&samples, mel::CHUNK_SAMPLES, &filters, 80).window(0, samples.len() / mel::HOP_LENGTH);
+    let mut outputs = Vec::new();
+    for compute in [model::ComputeType::Float32, model::ComputeType::Int8, model::ComputeType::Auto] {
+        let mut whisper = load(compute);
+        let audio = whisper.encode(window.clone()).unwrap();
+        let t = whisper.tokens.clone();
+        let mut state = whisper.start(&audio).unwrap();
+        let logits = whisper.step(&[t.sot, t.no_timestamps], &mut state, &[1]).unwrap().remove(0);
+        outputs.push((audio.flatten_all().unwrap().to_vec1::<f32>().unwrap(), logits));
+    }
+    let [(float_audio, float_logits), (int8_audio, int8_logits), auto] = &outputs[..] else { unreachable!() };
+    assert!(auto.0 == *float_audio && auto.1 == *float_logits, "auto on a float checkpoint is float32");
+    let relative_rms = |a: &[f32], b: &[f32]| {
+        let error: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        (error / b.iter().map(|y| y * y).sum::<f32>()).sqrt()
+    };
+    let (audio_error, logits_error) = (relative_rms(int8_audio, float_audio), relative_rms(int8_logits, float_logits));
+    eprintln!("int8 against float32: encoder relative RMS {audio_error:.2e}, logits {logits_error:.2e}");
+    assert!(audio_error > 0.0 && logits_error > 0.0, "int8 gave float32's outputs bit for bit");
+    assert!(audio_error < 0.1 && logits_error < 0.1, "int8 is far from float32: {audio_error}, {logits_error}");
+    let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    assert_eq!(argmax(int8_logits), argmax(float_logits), "int8 picks another first token");
 }
