@@ -50,7 +50,7 @@ impl Dense {
 
     /// The weights as int8, per output column, as CTranslate2 quantizes them (the f32 copy is
     /// dropped); inputs are then quantized per row as they come, and products summed in int32.
-    pub fn quantize(&mut self) {
+    fn quantize(&mut self) {
         if self.weight.is_empty() {
             return;
         }

@@ -48,6 +48,18 @@ pub enum ComputeType {
     Auto,
 }
 
+impl ComputeType {
+    /// Whether a checkpoint's layers run in int8: the one that stores them so (`stored_int8`)
+    /// under `auto`, where zoo has int8 products (the CPU).
+    fn int8_for(self, stored_int8: bool, cpu: bool) -> bool {
+        match self {
+            ComputeType::Float32 => false,
+            ComputeType::Int8 => true,
+            ComputeType::Auto => stored_int8 && cpu,
+        }
+    }
+}
+
 /// A Whisper model ready to encode windows and decode tokens.
 pub struct Whisper {
     pub encoder: Encoder,
@@ -140,7 +152,7 @@ impl Whisper {
             let stored_int8 = ct2
                 .variable("decoder/layer_0/ffn/linear_0/weight")
                 .is_some_and(|v| v.dtype == crate::ct2::Ct2Dtype::I8);
-            let int8 = compute == ComputeType::Int8 || (compute == ComputeType::Auto && stored_int8 && device.is_cpu());
+            let int8 = compute.int8_for(stored_int8, device.is_cpu());
             let backend = Ct2Backend { ct2: &ct2, sources, d: config.d_model };
             let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
             let whisper = load_parts(&vb, &config, int8)
@@ -163,7 +175,7 @@ impl Whisper {
         let hf: HfConfig = model.json("config.json")?;
         let generation: HfGenerationConfig = model.optional_json("generation_config.json")?.unwrap_or_default();
         let vb = model.var_builder("model.safetensors", DType::F32, device)?;
-        let whisper = load_parts(&vb, &config, compute == ComputeType::Int8)
+        let whisper = load_parts(&vb, &config, compute.int8_for(false, device.is_cpu()))
             .map_err(|e| Error::model(&model.id, format!("model.safetensors: {e}")))?;
         let begin = if hf.begin_suppress_tokens.is_empty() { None } else { Some(ids(&hf.begin_suppress_tokens)) };
         Self::assemble(model, whisper, config, tokenizer, begin, generation.alignment_heads, device, "transformers")
@@ -279,8 +291,9 @@ impl Whisper {
 }
 
 /// The encoder for the device and zoo's cached decoder over the same weights, their layers in
-/// int8 where `int8` (the CPU encoder only).
+/// int8 where `int8` (only on the CPU: candle's encoder has no int8 layers).
 fn load_parts(vb: &VarBuilder, config: &Config, int8: bool) -> candle_core::Result<(Encoder, TextDecoder)> {
+    debug_assert!(!int8 || vb.device().is_cpu(), "int8 layers are for the CPU");
     // The decoder first: its embedding table, the largest tensor, then meets the fewest pages of
     // the checkpoint already read, which is what sets the peak memory of loading.
     let decoder = TextDecoder::load(vb, config, int8)?;
@@ -500,6 +513,20 @@ mod tests {
     use zoo_runtime::{HubSettings, ModelRef};
 
     use super::*;
+
+    /// `auto` runs int8 only for a checkpoint stored in int8 on the CPU; the others do as named.
+    #[test]
+    fn the_compute_type_decides_int8_as_documented() {
+        for (compute, stored, cpu, want) in [
+            (ComputeType::Auto, true, true, true),
+            (ComputeType::Auto, true, false, false),
+            (ComputeType::Auto, false, true, false),
+            (ComputeType::Int8, false, true, true),
+            (ComputeType::Float32, true, true, false),
+        ] {
+            assert_eq!(compute.int8_for(stored, cpu), want, "{compute:?}, stored int8 {stored}, cpu {cpu}");
+        }
+    }
     use crate::ct2::tests::write_model_bin;
 
     /// large-v3's tokenizer, from base's: v3 adds `<|yue|>` after `<|su|>`, which moves every

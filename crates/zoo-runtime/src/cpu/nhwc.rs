@@ -699,7 +699,6 @@ impl MobileNet {
         let image = h * w * self.stem.in_ch;
         assert_eq!(input.len(), batch * image, "input is not (batch, h, w, channels)");
         let threads = rayon::current_num_threads();
-        let team_passes = &TEAM_STALLS;
         let mut pooled = vec![0f32; batch * self.head.out_ch];
         if batch > 1 && batch >= threads {
             // One image per thread, each through the whole network: no hand-offs between
@@ -717,7 +716,7 @@ impl MobileNet {
         // taken by other work (see `TEAM_STALLS`). Otherwise the pass runs on the calling thread.
         let team_lock = TEAM.try_lock();
         let as_team =
-            threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none() && !team_passes.skip();
+            threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none() && !TEAM_STALLS.skip();
         let mut buffers = self.take_scratch(batch, h, w, if as_team { threads } else { 1 });
         let shared = Buffers::new(&mut buffers);
         if as_team {
@@ -729,7 +728,7 @@ impl MobileNet {
                     if ctx.index() == 0 { pooled.0.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
                 self.forward(input, batch, h, w, &team, &shared, out);
             });
-            team_passes.after_team_pass(barrier.stalls.load(Ordering::Relaxed) >= STALLS_TO_GO_ALONE);
+            TEAM_STALLS.after_team_pass(barrier.stalls.load(Ordering::Relaxed) >= STALLS_TO_GO_ALONE);
         } else {
             self.forward(input, batch, h, w, &Team::alone(), &shared, Some(&mut pooled));
         }
@@ -960,8 +959,8 @@ static TEAM: Mutex<()> = Mutex::new(());
 /// 177-185; unchanged alone).
 static TEAM_STALLS: TeamStalls = TeamStalls { alone_left: AtomicUsize::new(0), backoff: AtomicUsize::new(0) };
 
-/// Waits in one pass that spun to the end before it counts as stalled: one alone can be a pool
-/// thread slow to wake for the pass (a virtual CPU that was halted).
+/// Barriers in one pass with a wait that spun to the end before the pass counts as stalled: one
+/// alone can be a pool thread slow to wake for the pass (a virtual CPU that was halted).
 const STALLS_TO_GO_ALONE: usize = 2;
 
 /// Passes run alone after the first stalled team pass, and at most after many in a row.
@@ -1029,9 +1028,11 @@ struct SpinBarrier {
     parties: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
-    /// Waits that spun through the whole spin phase (about a millisecond, tens of layers' time):
-    /// a party was off its core.
+    /// Barriers at which some wait spun through the whole spin phase (about a millisecond, tens
+    /// of layers' time): a party was off its core.
     stalls: AtomicUsize,
+    /// The generation of the last barrier counted in `stalls`.
+    stalled_generation: AtomicUsize,
 }
 
 impl SpinBarrier {
@@ -1041,6 +1042,7 @@ impl SpinBarrier {
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
             stalls: AtomicUsize::new(0),
+            stalled_generation: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -1060,7 +1062,10 @@ impl SpinBarrier {
                 // Someone in the team is descheduled or busy with other work: stop burning the
                 // core it may need.
                 if spins == 1 << 16 {
-                    self.stalls.fetch_add(1, Ordering::Relaxed);
+                    // Once per barrier, however many of the team wait at it.
+                    if self.stalled_generation.swap(generation, Ordering::Relaxed) != generation {
+                        self.stalls.fetch_add(1, Ordering::Relaxed);
+                    }
                     spins += 1;
                 }
                 std::thread::yield_now();
