@@ -1,56 +1,205 @@
-//! Temperature scaling (Guo et al. 2017): one number that divides the head's logits, fitted on
+//! Calibration: a temperature that divides the head's logits and a bias per class added after it
+//! (Platt scaling; temperature scaling, Guo et al. 2017, is the case of no bias), fitted on
 //! validation data so that a score of 0.8 is right about 80 % of the time; and the expected
-//! calibration error that says how far from that the scores are.
+//! calibration error that says how far from that the scores are. The bias matters when the
+//! training loss weighs the classes otherwise than the texts the model meets: sources weighted by
+//! the square root of their size leave the decision boundary where no real mix of texts has it.
 
-/// Softmax of `logits / temperature`.
-pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+use serde::{Deserialize, Serialize};
+
+/// softmax(logits / temperature + bias).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaling {
+    pub temperature: f32,
+    /// One per class, or none (heads and calibrations from before zoo fitted a bias).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bias: Vec<f32>,
+}
+
+impl Scaling {
+    /// Leaves the softmax of the logits as it is.
+    pub fn identity() -> Self {
+        Scaling { temperature: 1.0, bias: Vec::new() }
+    }
+
+    /// Why a stored scaling cannot be used for `classes` classes, if it cannot.
+    pub fn check(&self, classes: usize) -> std::result::Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(format!("temperature {} is not positive", self.temperature));
+        }
+        if !(self.bias.is_empty() || self.bias.len() == classes) {
+            return Err(format!("{} biases for {classes} classes", self.bias.len()));
+        }
+        if let Some(b) = self.bias.iter().find(|b| !b.is_finite()) {
+            return Err(format!("bias {b} is not finite"));
+        }
+        Ok(())
+    }
+
+    /// Calibrated probabilities of one row of logits.
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        let scaled: Vec<f32> = logits
+            .iter()
+            .enumerate()
+            .map(|(k, &z)| z / self.temperature + self.bias.get(k).copied().unwrap_or(0.0))
+            .collect();
+        softmax(&scaled)
+    }
+
+    /// Calibrated logits of a batch (rows x classes), for a softmax after.
+    pub fn apply(&self, logits: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        let scaled = (logits / self.temperature as f64)?;
+        if self.bias.is_empty() {
+            return Ok(scaled);
+        }
+        scaled.broadcast_add(&candle_core::Tensor::new(self.bias.as_slice(), logits.device())?)
+    }
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|z| ((z - max) / temperature).exp()).collect();
+    let exp: Vec<f32> = logits.iter().map(|z| (z - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
     exp.iter().map(|e| e / sum).collect()
 }
 
-/// Weighted mean negative log-likelihood of `targets` under `logits / temperature`.
-fn nll(logits: &[Vec<f32>], targets: &[usize], weights: &[f32], temperature: f64) -> f64 {
+/// The parameters being fitted: the inverse temperature, then the biases of classes 1.. (class 0's
+/// is 0: adding the same number to every bias changes nothing).
+type Params = Vec<f64>;
+
+/// A weak pull of the biases towards 0, so that a class no val text has gets a finite bias.
+const BIAS_RIDGE: f64 = 1e-4;
+
+/// The temperature's range, as 1/T.
+const INVERSE_TEMPERATURE: std::ops::RangeInclusive<f64> = 0.05..=20.0;
+
+fn scaled(z: &[f32], params: &[f64]) -> Vec<f64> {
+    z.iter().enumerate().map(|(k, &v)| params[0] * v as f64 + if k == 0 { 0.0 } else { params[k] }).collect()
+}
+
+fn log_softmax_at(u: &[f64], t: usize) -> f64 {
+    let max = u.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    u[t] - max - u.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+/// Weighted mean negative log-likelihood of `targets`, plus the biases' ridge.
+fn objective(logits: &[Vec<f32>], targets: &[usize], weights: &[f32], params: &[f64]) -> f64 {
     let mut total = 0.0;
     let mut weight = 0.0;
     for ((z, &t), &w) in logits.iter().zip(targets).zip(weights) {
-        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let log_sum = z.iter().map(|&v| ((v as f64 - max) / temperature).exp()).sum::<f64>().ln();
-        total += w as f64 * (log_sum - (z[t] as f64 - max) / temperature);
+        total -= w as f64 * log_softmax_at(&scaled(z, params), t);
         weight += w as f64;
     }
-    total / weight.max(f64::MIN_POSITIVE)
+    total / weight.max(f64::MIN_POSITIVE) + BIAS_RIDGE / 2.0 * params[1..].iter().map(|b| b * b).sum::<f64>()
 }
 
-/// The temperature in [1/20, 20] with the lowest weighted NLL: golden-section search on its
-/// logarithm, where the NLL is unimodal for all but pathological data.
-pub fn fit_temperature(logits: &[Vec<f32>], targets: &[usize], weights: &[f32]) -> f32 {
-    if logits.is_empty() {
-        return 1.0;
-    }
-    let f = |log_t: f64| nll(logits, targets, weights, log_t.exp());
-    let ratio = (5f64.sqrt() - 1.0) / 2.0;
-    let (mut a, mut b) = (-(20f64.ln()), 20f64.ln());
-    let mut c = b - ratio * (b - a);
-    let mut d = a + ratio * (b - a);
-    let (mut fc, mut fd) = (f(c), f(d));
-    while b - a > 1e-4 {
-        if fc < fd {
-            b = d;
-            d = c;
-            fd = fc;
-            c = b - ratio * (b - a);
-            fc = f(c);
-        } else {
-            a = c;
-            c = d;
-            fc = fd;
-            d = a + ratio * (b - a);
-            fd = f(d);
+/// The objective's gradient and Hessian in the parameters. Each class's logit is linear in them
+/// (feature z_k for 1/T, 1 for its own bias), so the Hessian is the features' covariance under the
+/// softmax: positive semi-definite, and Newton's method finds the one minimum.
+fn derivatives(logits: &[Vec<f32>], targets: &[usize], weights: &[f32], params: &[f64]) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let n = params.len();
+    let mut gradient = vec![0.0; n];
+    let mut hessian = vec![vec![0.0; n]; n];
+    let mut weight = 0.0;
+    let feature = |z: &[f32], k: usize, j: usize| -> f64 {
+        match j {
+            0 => z[k] as f64,
+            j if j == k => 1.0,
+            _ => 0.0,
+        }
+    };
+    for ((z, &t), &w) in logits.iter().zip(targets).zip(weights) {
+        let u = scaled(z, params);
+        let max = u.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let exp: Vec<f64> = u.iter().map(|v| (v - max).exp()).collect();
+        let sum: f64 = exp.iter().sum();
+        let p: Vec<f64> = exp.iter().map(|e| e / sum).collect();
+        let mean: Vec<f64> = (0..n).map(|j| (0..z.len()).map(|k| p[k] * feature(z, k, j)).sum()).collect();
+        let w = w as f64;
+        weight += w;
+        for j in 0..n {
+            gradient[j] += w * (mean[j] - feature(z, t, j));
+            for (i, h) in hessian[j].iter_mut().enumerate() {
+                let second: f64 = (0..z.len()).map(|k| p[k] * feature(z, k, i) * feature(z, k, j)).sum();
+                *h += w * (second - mean[i] * mean[j]);
+            }
         }
     }
-    ((a + b) / 2.0).exp() as f32
+    let weight = weight.max(f64::MIN_POSITIVE);
+    for j in 0..n {
+        gradient[j] /= weight;
+        hessian[j].iter_mut().for_each(|h| *h /= weight);
+        if j > 0 {
+            gradient[j] += BIAS_RIDGE * params[j];
+            hessian[j][j] += BIAS_RIDGE;
+        }
+    }
+    (gradient, hessian)
+}
+
+/// Solves `a x = b` by Gaussian elimination with partial pivoting; none when `a` is singular.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        let pivot_row = a[col].clone();
+        for row in col + 1..n {
+            let f = a[row][col] / pivot_row[col];
+            for (v, p) in a[row][col..].iter_mut().zip(&pivot_row[col..]) {
+                *v -= f * p;
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let s: f64 = (row + 1..n).map(|k| a[row][k] * x[k]).sum();
+        x[row] = (b[row] - s) / a[row][row];
+    }
+    Some(x)
+}
+
+/// The temperature and biases with the lowest weighted NLL on `logits` (rows x classes):
+/// Newton's method with a backtracking line search, from the identity.
+pub fn fit(logits: &[Vec<f32>], targets: &[usize], weights: &[f32]) -> Scaling {
+    let Some(classes) = logits.first().map(Vec::len) else { return Scaling::identity() };
+    let mut params: Params = vec![0.0; classes];
+    params[0] = 1.0;
+    let mut value = objective(logits, targets, weights, &params);
+    for _ in 0..100 {
+        let (gradient, hessian) = derivatives(logits, targets, weights, &params);
+        let Some(step) = solve(hessian, gradient.clone()) else { break };
+        let descent: f64 = step.iter().zip(&gradient).map(|(s, g)| s * g).sum();
+        let mut size = 1.0;
+        let moved = loop {
+            let mut next: Params = params.iter().zip(&step).map(|(p, s)| p - size * s).collect();
+            next[0] = next[0].clamp(*INVERSE_TEMPERATURE.start(), *INVERSE_TEMPERATURE.end());
+            let next_value = objective(logits, targets, weights, &next);
+            if next_value <= value - 1e-4 * size * descent.max(0.0) {
+                break Some((next, next_value));
+            }
+            size /= 2.0;
+            if size < 1e-6 {
+                break None;
+            }
+        };
+        let Some((next, next_value)) = moved else { break };
+        let change = next.iter().zip(&params).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        (params, value) = (next, next_value);
+        if change < 1e-7 {
+            break;
+        }
+    }
+    // Centred, so the biases read as each class's lean against the others.
+    let mut bias: Vec<f64> = (0..classes).map(|k| if k == 0 { 0.0 } else { params[k] }).collect();
+    let mean = bias.iter().sum::<f64>() / classes as f64;
+    bias.iter_mut().for_each(|b| *b -= mean);
+    Scaling { temperature: (1.0 / params[0]) as f32, bias: bias.into_iter().map(|b| b as f32).collect() }
 }
 
 /// Expected calibration error of the top label's score, over `bins` equal-width bins: the mean
@@ -82,28 +231,78 @@ mod tests {
         ((crate::splitmix64(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
+    /// `n` texts with z uniform in (-span, span) and class 1 drawn with probability sigmoid(z),
+    /// scored by `logits_of(z)`.
+    fn synthetic(n: usize, seed: u64, span: f64, logits_of: impl Fn(f32) -> Vec<f32>) -> (Vec<Vec<f32>>, Vec<usize>) {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                let z = (uniform(&mut state) * 2.0 * span - span) as f32;
+                let class = usize::from(uniform(&mut state) < 1.0 / (1.0 + (-z as f64).exp()));
+                (logits_of(z), class)
+            })
+            .unzip()
+    }
+
     /// Labels drawn with known probabilities sigmoid(z), and logits that are z made three times too
-    /// confident: the fitted temperature must undo the factor, and the calibration error must fall
-    /// to sampling noise.
+    /// confident and leaning 1.5 towards class 1: the fit must undo both, and the calibration error
+    /// must fall to sampling noise.
     #[test]
-    fn recovers_a_known_overconfidence_on_synthetic_data() {
-        let mut state = 7;
-        let (mut logits, mut truth) = (Vec::new(), Vec::new());
-        for _ in 0..20_000 {
-            let z = (uniform(&mut state) * 8.0 - 4.0) as f32;
-            let p_one = 1.0 / (1.0 + (-z as f64).exp());
-            truth.push(usize::from(uniform(&mut state) < p_one));
-            logits.push(vec![0.0, 3.0 * z]);
-        }
+    fn recovers_a_known_overconfidence_and_lean_on_synthetic_data() {
+        let (logits, truth) = synthetic(20_000, 7, 4.0, |z| vec![0.0, 3.0 * z + 1.5]);
         let weights = vec![1f32; truth.len()];
-        let t = fit_temperature(&logits, &truth, &weights);
-        assert!((t - 3.0).abs() < 0.15, "temperature {t}");
-        let raw: Vec<Vec<f32>> = logits.iter().map(|z| softmax(z, 1.0)).collect();
-        let scaled: Vec<Vec<f32>> = logits.iter().map(|z| softmax(z, t)).collect();
+        let fitted = fit(&logits, &truth, &weights);
+        assert!((fitted.temperature - 3.0).abs() < 0.15, "{fitted:?}");
+        // (3z + 1.5) / 3 + b1 - b0 = z: the biases differ by -0.5.
+        assert!((fitted.bias[1] - fitted.bias[0] + 0.5).abs() < 0.06, "{fitted:?}");
+        assert!((fitted.bias[0] + fitted.bias[1]).abs() < 1e-6, "centred: {fitted:?}");
+        let raw: Vec<Vec<f32>> = logits.iter().map(|z| Scaling::identity().probabilities(z)).collect();
+        let scaled: Vec<Vec<f32>> = logits.iter().map(|z| fitted.probabilities(z)).collect();
         let (before, after) =
             (expected_calibration_error(&raw, &truth, ECE_BINS), expected_calibration_error(&scaled, &truth, ECE_BINS));
         assert!(before > 0.08, "overconfident scores are miscalibrated: {before}");
         assert!(after < 0.015, "after scaling {after}");
+        // The temperature alone would leave the lean: class 1 predicted more often than it occurs.
+        let rate = truth.iter().sum::<usize>() as f64 / truth.len() as f64;
+        let mean_one = |p: &[Vec<f32>]| p.iter().map(|p| p[1] as f64).sum::<f64>() / p.len() as f64;
+        let temperature_only = Scaling { temperature: fitted.temperature, bias: Vec::new() };
+        let leaning: Vec<Vec<f32>> = logits.iter().map(|z| temperature_only.probabilities(z)).collect();
+        assert!((mean_one(&scaled) - rate).abs() < 0.01, "{} against {rate}", mean_one(&scaled));
+        assert!(mean_one(&leaning) - rate > 0.04, "{} against {rate}", mean_one(&leaning));
+    }
+
+    /// Three classes, one of which no text has: the fit stays finite and gives that class little.
+    #[test]
+    fn a_class_without_val_texts_gets_a_finite_bias() {
+        let (logits, truth) = synthetic(2_000, 3, 2.0, |z| vec![0.0, z, 0.5]);
+        let fitted = fit(&logits, &truth, &vec![1.0; truth.len()]);
+        assert!(fitted.check(3).is_ok(), "{fitted:?}");
+        let p = fitted.probabilities(&[0.0, 0.0, 0.5]);
+        assert!(p[2] < 0.05, "{p:?} from {fitted:?}");
+        assert!((fitted.temperature - 1.0).abs() < 0.2, "{fitted:?}");
+    }
+
+    /// Balanced, calibrated logits: the fit leaves them alone.
+    #[test]
+    fn calibrated_logits_stay_as_they_are() {
+        let (logits, truth) = synthetic(20_000, 11, 3.0, |z| vec![-z / 2.0, z / 2.0]);
+        let fitted = fit(&logits, &truth, &vec![1.0; truth.len()]);
+        assert!((fitted.temperature - 1.0).abs() < 0.05 && fitted.bias[0].abs() < 0.03, "{fitted:?}");
+    }
+
+    #[test]
+    fn a_stored_scaling_that_does_not_fit_is_refused() {
+        let scaling = |temperature, bias: &[f32]| Scaling { temperature, bias: bias.to_vec() };
+        assert!(scaling(1.2, &[]).check(2).is_ok());
+        assert!(scaling(1.2, &[0.1, -0.1]).check(2).is_ok());
+        for (bad, why) in [
+            (scaling(0.0, &[]), "temperature 0 is not positive"),
+            (scaling(f32::NAN, &[]), "temperature NaN is not positive"),
+            (scaling(1.0, &[0.1, 0.0, -0.1]), "3 biases for 2 classes"),
+            (scaling(1.0, &[f32::INFINITY, 0.0]), "bias inf is not finite"),
+        ] {
+            assert_eq!(bad.check(2).unwrap_err(), why);
+        }
     }
 
     #[test]

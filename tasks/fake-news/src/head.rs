@@ -8,6 +8,7 @@ use candle_nn::{Linear, Optimizer};
 use serde::{Deserialize, Serialize};
 use zoo_runtime::{Error, Model, Result};
 
+use crate::calibration::Scaling;
 use crate::domain::{self, DomainInfo};
 
 /// What `head.json` records beside the weights.
@@ -23,6 +24,10 @@ pub struct HeadInfo {
     /// before zoo calibrated them).
     #[serde(default = "one")]
     pub temperature: f32,
+    /// Added to each class's logit after the temperature; fitted with it (none for heads trained
+    /// before zoo fitted one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bias: Vec<f32>,
     /// The training data's domain, for telling texts unlike it; heads trained before zoo kept it
     /// have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +43,12 @@ pub struct HeadInfo {
 
 fn one() -> f32 {
     1.0
+}
+
+impl HeadInfo {
+    pub fn scaling(&self) -> Scaling {
+        Scaling { temperature: self.temperature, bias: self.bias.clone() }
+    }
 }
 
 pub struct Head {
@@ -79,11 +90,8 @@ impl Head {
         } else {
             None
         };
-        if !(info.temperature.is_finite() && info.temperature > 0.0) {
-            return Err(Error::model(
-                &model.id,
-                format!("head.json: temperature {} is not positive", info.temperature),
-            ));
+        if let Err(why) = info.scaling().check(labels) {
+            return Err(Error::model(&model.id, format!("head.json: {why}")));
         }
         let centroids = match &info.domain {
             Some(domain) => {
@@ -114,7 +122,7 @@ impl Head {
 
     /// Calibrated class probabilities for each row of `embeddings`.
     pub fn probabilities(&self, embeddings: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-        let logits = (self.logits(embeddings)? / self.info.temperature as f64)?;
+        let logits = self.info.scaling().apply(&self.logits(embeddings)?)?;
         candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()
     }
 
@@ -342,7 +350,7 @@ mod tests {
         let data = Examples { x: &x, y: &[0, 1], weights: &[1.5, 0.5] };
         let trained = train(data, None, 2, &settings, |_, _| {}).unwrap();
         let z: Vec<Vec<f32>> = logits(&trained.tensors, &x).unwrap().to_vec2().unwrap();
-        let p = crate::calibration::softmax(&z[0], 1.0);
+        let p = Scaling::identity().probabilities(&z[0]);
         assert!((p[0] - 0.75).abs() < 1e-3, "{p:?}");
     }
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use zoo_runtime::model::TransformerSizes;
 use zoo_runtime::{Error, Model, Result};
 
+use crate::calibration::Scaling;
 use crate::windows::{pad_batch, Windowing, Windows};
 
 /// The `architectures` zoo runs, as config.json names them.
@@ -57,8 +58,8 @@ pub struct HubClassifier {
     /// Independent per-label sigmoids instead of one softmax, as transformers' pipeline does for
     /// `multi_label_classification` and single-output models.
     sigmoid: bool,
-    /// Divides the logits before the softmax: 1, or what `zoo train --calibrate` fitted.
-    temperature: f32,
+    /// Applied to the logits before the softmax: none, or what `zoo train --calibrate` fitted.
+    scaling: Scaling,
     pad: u32,
     device: Device,
 }
@@ -336,7 +337,7 @@ impl HubClassifier {
             windowing,
             labels,
             sigmoid: sigmoid || classes == 1,
-            temperature: 1.0,
+            scaling: Scaling::identity(),
             pad: pad as u32,
             device: device.clone(),
         })
@@ -383,14 +384,14 @@ impl HubClassifier {
         self.sigmoid
     }
 
-    /// Applies a temperature fitted on validation data (see [`Calibration`]).
-    pub fn calibrate(&mut self, temperature: f32) {
-        self.temperature = temperature;
+    /// Applies a scaling fitted on validation data (see [`Calibration`]).
+    pub fn calibrate(&mut self, scaling: Scaling) {
+        self.scaling = scaling;
     }
 
     /// Label probabilities for each window: a softmax over the labels, or a sigmoid per label.
     pub fn probabilities(&self, windows: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let logits = (self.logits_tensor(windows)? / self.temperature as f64)?;
+        let logits = self.scaling.apply(&self.logits_tensor(windows)?)?;
         let p =
             if self.sigmoid { candle_nn::ops::sigmoid(&logits)? } else { candle_nn::ops::softmax_last_dim(&logits)? };
         p.to_vec2()
@@ -398,13 +399,14 @@ impl HubClassifier {
 }
 
 /// What `zoo train fake-news --calibrate MODEL` writes: a folder that `--model` runs as MODEL with
-/// its logits divided by a temperature fitted on labelled val texts.
+/// its logits divided by a temperature and shifted by a bias per label, fitted on labelled val texts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibration {
     /// The classifier: a Hub id or catalogue name as given, or a folder's absolute path.
     pub model: String,
     pub labels: Vec<String>,
-    pub temperature: f32,
+    #[serde(flatten)]
+    pub scaling: Scaling,
     /// The val data and what calibration did on it, for the record.
     #[serde(default)]
     pub report: Value,

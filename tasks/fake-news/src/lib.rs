@@ -200,7 +200,7 @@ const TRAIN_OPTIONS: &[TaskOption] = &[
     TaskOption {
         name: "calibrate",
         value_name: Some("MODEL"),
-        help: "Instead of training a head: fit a temperature to a Transformers classifier (a Hub id or a folder) on --val, into --out, a folder that --model then runs calibrated",
+        help: "Instead of training a head: fit a temperature and a bias per label to a Transformers classifier (a Hub id or a folder) on --val, into --out, a folder that --model then runs calibrated",
         default: None,
     },
     TaskOption { name: "force", value_name: None, help: "Overwrite a head already in --out", default: None },
@@ -319,12 +319,8 @@ impl Classifier {
         if model.optional_file("head.json")?.is_none() {
             if model.optional_file(hub::CALIBRATION)?.is_some() {
                 let calibration: hub::Calibration = model.json(hub::CALIBRATION)?;
-                let t = calibration.temperature;
-                if !(t.is_finite() && t > 0.0) {
-                    return Err(Error::model(
-                        &model.id,
-                        format!("{}: temperature {t} is not positive", hub::CALIBRATION),
-                    ));
+                if let Err(why) = calibration.scaling.check(calibration.labels.len()) {
+                    return Err(Error::model(&model.id, format!("{}: {why}", hub::CALIBRATION)));
                 }
                 let inner = Model::resolve(&ModelRef::parse(&calibration.model)?, &ctx.hub);
                 let mut hub = HubClassifier::load(&inner, &ctx.device)?;
@@ -339,7 +335,7 @@ impl Classifier {
                         ),
                     ));
                 }
-                hub.calibrate(t);
+                hub.calibrate(calibration.scaling);
                 return Ok(Classifier { network: Network::Hub(Box::new(hub)) });
             }
             if model.optional_file("config.json")?.is_some() {
@@ -653,6 +649,19 @@ fn fixed(v: &Value) -> String {
     v.as_f64().map_or_else(|| "-".into(), |v| format!("{v:.3}"))
 }
 
+/// A calibration's biases by label, for the reports.
+fn labelled(labels: &[String], bias: &[f32]) -> Value {
+    Value::Object(labels.iter().zip(bias).map(|(l, &b)| (l.clone(), json!(b))).collect())
+}
+
+/// ", bias fake +0.071 real -0.071" from a report's `bias` object; nothing when it has none.
+fn bias_text(bias: &Value) -> String {
+    let Some(bias) = bias.as_object().filter(|b| !b.is_empty()) else { return String::new() };
+    let parts: Vec<String> =
+        bias.iter().map(|(label, b)| format!("{label} {:+.3}", b.as_f64().unwrap_or_default())).collect();
+    format!(", bias {}", parts.join(" "))
+}
+
 impl Prediction for TrainReport {
     fn json(&self) -> Map<String, Value> {
         self.0.as_object().cloned().unwrap_or_default()
@@ -708,8 +717,9 @@ impl Prediction for TrainReport {
         let c = &r["calibration"];
         if !c["temperature"].is_null() {
             text.push_str(&format!(
-                "calibration: temperature {}, expected calibration error on val {} before, {} after\n",
+                "calibration: temperature {}{}, expected calibration error on val {} before, {} after\n",
                 fixed(&c["temperature"]),
+                bias_text(&c["bias"]),
                 fixed(&c["ece_before"]),
                 fixed(&c["ece_after"])
             ));
@@ -1049,7 +1059,10 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     let mut frozen_val_text = None;
     let mut fine_tune_report = Value::Null;
     if let Some(settings) = &fine_tune {
-        let frozen: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&head::logits(&head_tensors, &vx)?)?.to_vec2()?;
+        // Calibrated as the fine-tuned model will be, so the two are compared on the same terms.
+        let frozen_logits: Vec<Vec<f32>> = head::logits(&head_tensors, &vx)?.to_vec2()?;
+        let frozen_scaling = calibration::fit(&frozen_logits, &vy, &per_text_weights(&val_split));
+        let frozen: Vec<Vec<f32>> = frozen_logits.iter().map(|z| frozen_scaling.probabilities(z)).collect();
         frozen_val_text = Some(val_split.per_text(&frozen));
         let base = encoder::tensors(&encoder_model, &Device::Cpu)?;
         let tuned = finetune::fine_tune(
@@ -1076,17 +1089,20 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         });
     }
 
-    // Calibration: one temperature on the val windows, each text counting once.
+    // Calibration: a temperature and a bias per class on the val windows, each text counting once.
     let train_logits: Vec<Vec<f32>> = head::logits(&head_tensors, &x)?.to_vec2()?;
     let val_logits: Vec<Vec<f32>> = if has_val { head::logits(&head_tensors, &vx)?.to_vec2()? } else { Vec::new() };
-    let per_text_weight: Vec<f32> =
-        val_split.windows.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect();
-    let temperature = if has_val { calibration::fit_temperature(&val_logits, &vy, &per_text_weight) } else { 1.0 };
-    let probabilities =
-        |logits: &[Vec<f32>], t: f32| -> Vec<Vec<f32>> { logits.iter().map(|z| calibration::softmax(z, t)).collect() };
-    let train_text = train_split.per_text(&probabilities(&train_logits, temperature));
-    let val_raw = val_split.per_text(&probabilities(&val_logits, 1.0));
-    let val_text = val_split.per_text(&probabilities(&val_logits, temperature));
+    let scaling = if has_val {
+        calibration::fit(&val_logits, &vy, &per_text_weights(&val_split))
+    } else {
+        calibration::Scaling::identity()
+    };
+    let probabilities = |logits: &[Vec<f32>], s: &calibration::Scaling| -> Vec<Vec<f32>> {
+        logits.iter().map(|z| s.probabilities(z)).collect()
+    };
+    let train_text = train_split.per_text(&probabilities(&train_logits, &scaling));
+    let val_raw = val_split.per_text(&probabilities(&val_logits, &calibration::Scaling::identity()));
+    let val_text = val_split.per_text(&probabilities(&val_logits, &scaling));
     let ece =
         |p: &[Vec<f32>], truth: &[usize]| calibration::expected_calibration_error(p, truth, calibration::ECE_BINS);
 
@@ -1161,7 +1177,7 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         "frozen_val": frozen_val_text.as_ref().map(|p| text_scores(p, &val_split.classes, &labels)),
         "fine_tune": fine_tune_report,
         "calibration": if has_val {
-            json!({"temperature": temperature, "bins": calibration::ECE_BINS,
+            json!({"temperature": scaling.temperature, "bias": labelled(&labels, &scaling.bias), "bins": calibration::ECE_BINS,
                    "ece_before": ece(&val_raw, &val_split.classes), "ece_after": ece(&val_text, &val_split.classes)})
         } else {
             json!({"temperature": null, "note": "no val data: not calibrated"})
@@ -1175,7 +1191,8 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
         encoder: encoder_ref.to_string(),
         window: WINDOW,
         overlap: OVERLAP,
-        temperature,
+        temperature: scaling.temperature,
+        bias: scaling.bias.clone(),
         domain: Some(domain_info),
         encoder_tensors: (!tuned_encoder.is_empty()).then(|| TUNED_ENCODER.to_string()),
         training: training.clone(),
@@ -1208,13 +1225,18 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     Ok(Box::new(TrainReport(report)))
 }
 
-/// `--calibrate MODEL`: one temperature for a Transformers classifier's logits, fitted on the val
+/// Each window's weight when every text counts once, however many windows it has.
+fn per_text_weights(split: &Split) -> Vec<f32> {
+    split.windows.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect()
+}
+
+/// `--calibrate MODEL`: a temperature and biases for a Transformers classifier's logits, fitted on the val
 /// windows (each text counting once) as for a trained head.
 fn calibrate(args: &TaskArgs, ctx: &Context, reference: &str) -> Result<Box<dyn Prediction>> {
     let out = PathBuf::from(required(args, "out")?);
     for other in ["train", "recipe", "fine-tune"] {
         if args.value(other).is_some() {
-            return Err(Error::Usage(format!("--calibrate fits a temperature on --val alone; drop --{other}")));
+            return Err(Error::Usage(format!("--calibrate fits its scaling on --val alone; drop --{other}")));
         }
     }
     let val_path = PathBuf::from(
@@ -1267,10 +1289,10 @@ fn calibrate(args: &TaskArgs, ctx: &Context, reference: &str) -> Result<Box<dyn 
     let window_classes: Vec<usize> =
         classes.iter().zip(&per_text).flat_map(|(&c, &n)| std::iter::repeat_n(c, n)).collect();
     let weights: Vec<f32> = per_text.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect();
-    let temperature = calibration::fit_temperature(&logits, &window_classes, &weights);
+    let scaling = calibration::fit(&logits, &window_classes, &weights);
     let window_lengths: Vec<usize> = windows.iter().map(Vec::len).collect();
-    let text_probabilities = |t: f32| -> Vec<Vec<f32>> {
-        let p: Vec<Vec<f32>> = logits.iter().map(|z| calibration::softmax(z, t)).collect();
+    let text_probabilities = |s: &calibration::Scaling| -> Vec<Vec<f32>> {
+        let p: Vec<Vec<f32>> = logits.iter().map(|z| s.probabilities(z)).collect();
         let mut at = 0;
         per_text
             .iter()
@@ -1281,15 +1303,15 @@ fn calibrate(args: &TaskArgs, ctx: &Context, reference: &str) -> Result<Box<dyn 
             })
             .collect()
     };
-    let (before, after) = (text_probabilities(1.0), text_probabilities(temperature));
+    let (before, after) = (text_probabilities(&calibration::Scaling::identity()), text_probabilities(&scaling));
     let ece = |p: &[Vec<f32>]| calibration::expected_calibration_error(p, &classes, calibration::ECE_BINS);
     let report = json!({
         "val_file": val_path.display().to_string(), "limit": args.parse::<usize>("limit")?,
-        "temperature": temperature, "bins": calibration::ECE_BINS,
+        "temperature": scaling.temperature, "bias": labelled(&labels, &scaling.bias), "bins": calibration::ECE_BINS,
         "ece_before": ece(&before), "ece_after": ece(&after),
         "val": text_scores(&after, &classes, &labels),
     });
-    let calibration = hub::Calibration { model: recorded, labels, temperature, report: report.clone() };
+    let calibration = hub::Calibration { model: recorded, labels, scaling, report: report.clone() };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     fsutil::write_atomic(&file, &serde_json::to_vec_pretty(&calibration).expect("calibration serialises"), true)?;
     let mut report = report;
@@ -1308,10 +1330,11 @@ impl Prediction for CalibrationReport {
     fn human(&self) -> String {
         let r = &self.0;
         format!(
-            "wrote {}/{}: temperature {} for {}; expected calibration error on {} val texts {} before, {} after (accuracy {})",
+            "wrote {}/{}: temperature {}{} for {}; expected calibration error on {} val texts {} before, {} after (accuracy {})",
             r["out"].as_str().unwrap_or_default(),
             hub::CALIBRATION,
             fixed(&r["temperature"]),
+            bias_text(&r["bias"]),
             r["model"].as_str().unwrap_or_default(),
             r["val"]["texts"],
             fixed(&r["ece_before"]),
