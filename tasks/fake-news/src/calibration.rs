@@ -67,19 +67,32 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 /// is 0: adding the same number to every bias changes nothing).
 type Params = Vec<f64>;
 
-/// A weak pull of the biases towards 0, so that a class no val text has gets a finite bias.
+/// A weak pull of the centred biases towards 0, so that a class no val text has gets a finite
+/// bias, the same whatever its place among the labels.
 const BIAS_RIDGE: f64 = 1e-4;
+
+/// Added to the Hessian's diagonal for the Newton solve alone, so that a direction the data
+/// cannot tell (logits that are the same for every class) gets no step rather than no solve.
+const DAMPING: f64 = 1e-9;
 
 /// The temperature's range, as 1/T.
 const INVERSE_TEMPERATURE: std::ops::RangeInclusive<f64> = 0.05..=20.0;
 
-fn scaled(z: &[f32], params: &[f64]) -> Vec<f64> {
-    z.iter().enumerate().map(|(k, &v)| params[0] * v as f64 + if k == 0 { 0.0 } else { params[k] }).collect()
+/// The biases of all classes, class 0's being 0, centred.
+fn centred_biases(params: &[f64]) -> Vec<f64> {
+    let bias: Vec<f64> = (0..params.len()).map(|k| if k == 0 { 0.0 } else { params[k] }).collect();
+    let mean = bias.iter().sum::<f64>() / bias.len() as f64;
+    bias.iter().map(|b| b - mean).collect()
 }
 
-fn log_softmax_at(u: &[f64], t: usize) -> f64 {
+/// Row `z`'s class probabilities under `params`.
+fn softmax_of(z: &[f32], params: &[f64]) -> Vec<f64> {
+    let u: Vec<f64> =
+        z.iter().enumerate().map(|(k, &v)| params[0] * v as f64 + if k == 0 { 0.0 } else { params[k] }).collect();
     let max = u.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    u[t] - max - u.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
+    let exp: Vec<f64> = u.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
 }
 
 /// Weighted mean negative log-likelihood of `targets`, plus the biases' ridge.
@@ -87,51 +100,52 @@ fn objective(logits: &[Vec<f32>], targets: &[usize], weights: &[f32], params: &[
     let mut total = 0.0;
     let mut weight = 0.0;
     for ((z, &t), &w) in logits.iter().zip(targets).zip(weights) {
-        total -= w as f64 * log_softmax_at(&scaled(z, params), t);
+        total -= w as f64 * softmax_of(z, params)[t].max(f64::MIN_POSITIVE).ln();
         weight += w as f64;
     }
-    total / weight.max(f64::MIN_POSITIVE) + BIAS_RIDGE / 2.0 * params[1..].iter().map(|b| b * b).sum::<f64>()
+    let ridge = BIAS_RIDGE / 2.0 * centred_biases(params).iter().map(|b| b * b).sum::<f64>();
+    total / weight.max(f64::MIN_POSITIVE) + ridge
 }
 
 /// The objective's gradient and Hessian in the parameters. Each class's logit is linear in them
 /// (feature z_k for 1/T, 1 for its own bias), so the Hessian is the features' covariance under the
-/// softmax: positive semi-definite, and Newton's method finds the one minimum.
+/// softmax, positive semi-definite, and Newton's method finds the one minimum. With p the
+/// probabilities and m = sum_k p_k z_k: H_00 = sum_k p_k z_k^2 - m^2, H_0j = p_j (z_j - m),
+/// H_ij = p_i (i == j) - p_i p_j, which is O(classes^2) a row.
 fn derivatives(logits: &[Vec<f32>], targets: &[usize], weights: &[f32], params: &[f64]) -> (Vec<f64>, Vec<Vec<f64>>) {
     let n = params.len();
     let mut gradient = vec![0.0; n];
     let mut hessian = vec![vec![0.0; n]; n];
     let mut weight = 0.0;
-    let feature = |z: &[f32], k: usize, j: usize| -> f64 {
-        match j {
-            0 => z[k] as f64,
-            j if j == k => 1.0,
-            _ => 0.0,
-        }
-    };
     for ((z, &t), &w) in logits.iter().zip(targets).zip(weights) {
-        let u = scaled(z, params);
-        let max = u.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let exp: Vec<f64> = u.iter().map(|v| (v - max).exp()).collect();
-        let sum: f64 = exp.iter().sum();
-        let p: Vec<f64> = exp.iter().map(|e| e / sum).collect();
-        let mean: Vec<f64> = (0..n).map(|j| (0..z.len()).map(|k| p[k] * feature(z, k, j)).sum()).collect();
+        let p = softmax_of(z, params);
         let w = w as f64;
         weight += w;
-        for j in 0..n {
-            gradient[j] += w * (mean[j] - feature(z, t, j));
-            for (i, h) in hessian[j].iter_mut().enumerate() {
-                let second: f64 = (0..z.len()).map(|k| p[k] * feature(z, k, i) * feature(z, k, j)).sum();
-                *h += w * (second - mean[i] * mean[j]);
+        let m: f64 = p.iter().zip(z).map(|(p, &z)| p * z as f64).sum();
+        let second: f64 = p.iter().zip(z).map(|(p, &z)| p * (z as f64) * (z as f64)).sum();
+        gradient[0] += w * (m - z[t] as f64);
+        hessian[0][0] += w * (second - m * m);
+        for j in 1..n {
+            gradient[j] += w * (p[j] - f64::from(u8::from(j == t)));
+            let h0j = w * p[j] * (z[j] as f64 - m);
+            hessian[0][j] += h0j;
+            hessian[j][0] += h0j;
+            for (i, h) in hessian[j].iter_mut().enumerate().skip(1) {
+                *h += w * (if i == j { p[j] } else { 0.0 } - p[i] * p[j]);
             }
         }
     }
     let weight = weight.max(f64::MIN_POSITIVE);
+    let centred = centred_biases(params);
     for j in 0..n {
         gradient[j] /= weight;
         hessian[j].iter_mut().for_each(|h| *h /= weight);
-        if j > 0 {
-            gradient[j] += BIAS_RIDGE * params[j];
-            hessian[j][j] += BIAS_RIDGE;
+    }
+    // The ridge on the centred biases c: d/db_j = c_j, d2/db_i db_j = (i == j) - 1/classes.
+    for j in 1..n {
+        gradient[j] += BIAS_RIDGE * centred[j];
+        for (i, h) in hessian[j].iter_mut().enumerate().skip(1) {
+            *h += BIAS_RIDGE * (f64::from(u8::from(i == j)) - 1.0 / n as f64);
         }
     }
     (gradient, hessian)
@@ -164,23 +178,46 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
     Some(x)
 }
 
+/// The Newton step, with 1/T held where it is when it sits at a bound of its range and the
+/// gradient pushes it past (a projected step: the biases are then fitted for that temperature).
+fn newton_step(gradient: &[f64], mut hessian: Vec<Vec<f64>>, params: &[f64]) -> Option<Vec<f64>> {
+    let a = params[0];
+    let held = (a <= *INVERSE_TEMPERATURE.start() && gradient[0] > 0.0)
+        || (a >= *INVERSE_TEMPERATURE.end() && gradient[0] < 0.0);
+    for (j, row) in hessian.iter_mut().enumerate() {
+        row[j] += DAMPING;
+    }
+    if !held {
+        return solve(hessian, gradient.to_vec());
+    }
+    let biases: Vec<Vec<f64>> = hessian[1..].iter().map(|row| row[1..].to_vec()).collect();
+    let mut step = vec![0.0];
+    step.extend(solve(biases, gradient[1..].to_vec())?);
+    Some(step)
+}
+
 /// The temperature and biases with the lowest weighted NLL on `logits` (rows x classes):
-/// Newton's method with a backtracking line search, from the identity.
-pub fn fit(logits: &[Vec<f32>], targets: &[usize], weights: &[f32]) -> Scaling {
-    let Some(classes) = logits.first().map(Vec::len) else { return Scaling::identity() };
+/// Newton's method with a backtracking line search, from the identity. Refuses logits that are
+/// not finite, which no scaling can calibrate.
+pub fn fit(logits: &[Vec<f32>], targets: &[usize], weights: &[f32]) -> std::result::Result<Scaling, String> {
+    let Some(classes) = logits.first().map(Vec::len) else { return Ok(Scaling::identity()) };
+    if let Some(row) = logits.iter().position(|z| z.iter().any(|v| !v.is_finite())) {
+        return Err(format!("window {row}'s logits are not finite, so they cannot be calibrated"));
+    }
     let mut params: Params = vec![0.0; classes];
     params[0] = 1.0;
     let mut value = objective(logits, targets, weights, &params);
     for _ in 0..100 {
         let (gradient, hessian) = derivatives(logits, targets, weights, &params);
-        let Some(step) = solve(hessian, gradient.clone()) else { break };
-        let descent: f64 = step.iter().zip(&gradient).map(|(s, g)| s * g).sum();
+        let Some(step) = newton_step(&gradient, hessian, &params) else { break };
         let mut size = 1.0;
         let moved = loop {
             let mut next: Params = params.iter().zip(&step).map(|(p, s)| p - size * s).collect();
             next[0] = next[0].clamp(*INVERSE_TEMPERATURE.start(), *INVERSE_TEMPERATURE.end());
+            // Armijo on the move made, which the clamp may have shortened.
+            let decrease: f64 = gradient.iter().zip(params.iter().zip(&next)).map(|(g, (p, q))| g * (p - q)).sum();
             let next_value = objective(logits, targets, weights, &next);
-            if next_value <= value - 1e-4 * size * descent.max(0.0) {
+            if next_value <= value - 1e-4 * decrease.max(0.0) {
                 break Some((next, next_value));
             }
             size /= 2.0;
@@ -195,11 +232,10 @@ pub fn fit(logits: &[Vec<f32>], targets: &[usize], weights: &[f32]) -> Scaling {
             break;
         }
     }
-    // Centred, so the biases read as each class's lean against the others.
-    let mut bias: Vec<f64> = (0..classes).map(|k| if k == 0 { 0.0 } else { params[k] }).collect();
-    let mean = bias.iter().sum::<f64>() / classes as f64;
-    bias.iter_mut().for_each(|b| *b -= mean);
-    Scaling { temperature: (1.0 / params[0]) as f32, bias: bias.into_iter().map(|b| b as f32).collect() }
+    Ok(Scaling {
+        temperature: (1.0 / params[0]) as f32,
+        bias: centred_biases(&params).into_iter().map(|b| b as f32).collect(),
+    })
 }
 
 /// Expected calibration error of the top label's score, over `bins` equal-width bins: the mean
@@ -251,7 +287,7 @@ mod tests {
     fn recovers_a_known_overconfidence_and_lean_on_synthetic_data() {
         let (logits, truth) = synthetic(20_000, 7, 4.0, |z| vec![0.0, 3.0 * z + 1.5]);
         let weights = vec![1f32; truth.len()];
-        let fitted = fit(&logits, &truth, &weights);
+        let fitted = fit(&logits, &truth, &weights).unwrap();
         assert!((fitted.temperature - 3.0).abs() < 0.15, "{fitted:?}");
         // (3z + 1.5) / 3 + b1 - b0 = z: the biases differ by -0.5.
         assert!((fitted.bias[1] - fitted.bias[0] + 0.5).abs() < 0.06, "{fitted:?}");
@@ -275,7 +311,7 @@ mod tests {
     #[test]
     fn a_class_without_val_texts_gets_a_finite_bias() {
         let (logits, truth) = synthetic(2_000, 3, 2.0, |z| vec![0.0, z, 0.5]);
-        let fitted = fit(&logits, &truth, &vec![1.0; truth.len()]);
+        let fitted = fit(&logits, &truth, &vec![1.0; truth.len()]).unwrap();
         assert!(fitted.check(3).is_ok(), "{fitted:?}");
         let p = fitted.probabilities(&[0.0, 0.0, 0.5]);
         assert!(p[2] < 0.05, "{p:?} from {fitted:?}");
@@ -286,8 +322,91 @@ mod tests {
     #[test]
     fn calibrated_logits_stay_as_they_are() {
         let (logits, truth) = synthetic(20_000, 11, 3.0, |z| vec![-z / 2.0, z / 2.0]);
-        let fitted = fit(&logits, &truth, &vec![1.0; truth.len()]);
+        let fitted = fit(&logits, &truth, &vec![1.0; truth.len()]).unwrap();
         assert!((fitted.temperature - 1.0).abs() < 0.05 && fitted.bias[0].abs() < 0.03, "{fitted:?}");
+    }
+
+    /// Far too little confidence: 1/T wants to go past its bound of 20. Held there, the bias must
+    /// still fit the labels' lean (an unprojected step left it worse than no bias at all).
+    #[test]
+    fn a_temperature_at_its_bound_still_gets_its_bias() {
+        let (logits, truth) = synthetic(5_000, 5, 3.0, |z| vec![0.0, 0.01 * z + 0.02]);
+        let weights = vec![1f32; truth.len()];
+        let fitted = fit(&logits, &truth, &weights).unwrap();
+        assert!((fitted.temperature - 0.05).abs() < 1e-6, "{fitted:?}");
+        let nll = |s: &Scaling| {
+            logits.iter().zip(&truth).map(|(z, &t)| -(s.probabilities(z)[t] as f64).ln()).sum::<f64>()
+                / truth.len() as f64
+        };
+        let unbiased = Scaling { temperature: fitted.temperature, bias: Vec::new() };
+        assert!(nll(&fitted) < nll(&unbiased) - 1e-3, "{} against {} unbiased", nll(&fitted), nll(&unbiased));
+        // The best bias at this temperature, by a scan: the fit is within the scan's step of it.
+        let best = (-200..=200)
+            .map(|i| i as f32 / 200.0)
+            .min_by(|&a, &b| {
+                let at = |lean: f32| nll(&Scaling { temperature: 0.05, bias: vec![-lean / 2.0, lean / 2.0] });
+                at(a).total_cmp(&at(b))
+            })
+            .unwrap();
+        assert!((fitted.bias[1] - fitted.bias[0] - best).abs() < 0.01, "{fitted:?} against a lean of {best}");
+    }
+
+    /// Logits that say nothing (the same for every text and class): the temperature has nothing
+    /// to act on, and the bias alone gives the classes their shares.
+    #[test]
+    fn uninformative_logits_get_the_classes_shares() {
+        let logits = vec![vec![0.3f32, 0.3]; 400];
+        let truth: Vec<usize> = (0..400).map(|i| usize::from(i % 4 == 0)).collect();
+        let fitted = fit(&logits, &truth, &vec![1.0; 400]).unwrap();
+        let p = fitted.probabilities(&logits[0]);
+        assert!((p[1] - 0.25).abs() < 0.005, "{p:?} from {fitted:?}");
+    }
+
+    #[test]
+    fn logits_that_are_not_finite_are_refused() {
+        let logits = vec![vec![0.0, 1.0], vec![f32::NAN, 0.0]];
+        assert_eq!(
+            fit(&logits, &[0, 1], &[1.0, 1.0]).unwrap_err(),
+            "window 1's logits are not finite, so they cannot be calibrated"
+        );
+    }
+
+    /// A class with no val texts gets the same bias wherever it stands among the labels.
+    #[test]
+    fn the_fit_does_not_depend_on_the_order_of_the_labels() {
+        let (logits, truth) = synthetic(2_000, 3, 2.0, |z| vec![0.0, z, 0.5]);
+        let forward = fit(&logits, &truth, &vec![1.0; truth.len()]).unwrap();
+        let reversed: Vec<Vec<f32>> = logits.iter().map(|z| z.iter().rev().copied().collect()).collect();
+        let flipped: Vec<usize> = truth.iter().map(|&t| 2 - t).collect();
+        let backward = fit(&reversed, &flipped, &vec![1.0; truth.len()]).unwrap();
+        assert!((forward.temperature - backward.temperature).abs() < 1e-4, "{forward:?} {backward:?}");
+        for k in 0..3 {
+            assert!((forward.bias[k] - backward.bias[2 - k]).abs() < 1e-4, "{forward:?} {backward:?}");
+        }
+    }
+
+    /// The batch form the heads use gives the probabilities the rows do.
+    #[test]
+    fn the_tensor_form_applies_the_bias_as_the_rows_do() {
+        let scaling = Scaling { temperature: 1.7, bias: vec![0.4, -0.1, -0.3] };
+        let rows = [[0.5f32, -1.0, 2.0], [3.0, 0.0, 0.1]];
+        let tensor = candle_core::Tensor::new(&rows, &candle_core::Device::Cpu).unwrap();
+        let batch: Vec<Vec<f32>> =
+            candle_nn::ops::softmax_last_dim(&scaling.apply(&tensor).unwrap()).unwrap().to_vec2().unwrap();
+        for (row, got) in rows.iter().zip(&batch) {
+            let want = scaling.probabilities(row);
+            assert!(want.iter().zip(got).all(|(a, b)| (a - b).abs() < 1e-6), "{want:?} against {got:?}");
+        }
+    }
+
+    /// Files written before zoo fitted a bias have a temperature alone.
+    #[test]
+    fn a_scaling_without_a_bias_reads_as_before() {
+        let old: Scaling = serde_json::from_str(r#"{"temperature": 1.25}"#).unwrap();
+        assert_eq!(old, Scaling { temperature: 1.25, bias: Vec::new() });
+        let p = old.probabilities(&[0.0, 1.0]);
+        assert!((p[1] - 1.0 / (1.0 + (-0.8f32).exp())).abs() < 1e-6, "{p:?}");
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"temperature":1.25}"#);
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Head {
         self.hidden.as_ref().unwrap_or(&self.linear).weight().dim(1).unwrap_or(0)
     }
 
-    /// Logits, before the temperature, for each row of `embeddings` (rows x dim).
+    /// Logits, before calibration, for each row of `embeddings` (rows x dim).
     pub fn logits(&self, embeddings: &Tensor) -> candle_core::Result<Tensor> {
         let x = match &self.hidden {
             Some(hidden) => hidden.forward(embeddings)?.relu()?,

@@ -1061,7 +1061,8 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     if let Some(settings) = &fine_tune {
         // Calibrated as the fine-tuned model will be, so the two are compared on the same terms.
         let frozen_logits: Vec<Vec<f32>> = head::logits(&head_tensors, &vx)?.to_vec2()?;
-        let frozen_scaling = calibration::fit(&frozen_logits, &vy, &per_text_weights(&val_split));
+        let frozen_scaling = calibration::fit(&frozen_logits, &vy, &per_text_weights(&val_split))
+            .map_err(|why| Error::model(encoder_ref, format!("the frozen head on the val texts: {why}")))?;
         let frozen: Vec<Vec<f32>> = frozen_logits.iter().map(|z| frozen_scaling.probabilities(z)).collect();
         frozen_val_text = Some(val_split.per_text(&frozen));
         let base = encoder::tensors(&encoder_model, &Device::Cpu)?;
@@ -1086,6 +1087,8 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
             "learning_rate": settings.encoder_learning_rate, "head_learning_rate": settings.head_learning_rate,
             "batch_tokens": settings.batch_tokens,
             "kept": if tuned_encoder.is_empty() { "frozen" } else { "fine-tuned" },
+            "frozen_calibration": {"temperature": frozen_scaling.temperature,
+                                   "bias": labelled(&labels, &frozen_scaling.bias)},
         });
     }
 
@@ -1094,6 +1097,7 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     let val_logits: Vec<Vec<f32>> = if has_val { head::logits(&head_tensors, &vx)?.to_vec2()? } else { Vec::new() };
     let scaling = if has_val {
         calibration::fit(&val_logits, &vy, &per_text_weights(&val_split))
+            .map_err(|why| Error::model(encoder_ref, format!("the head on the val texts: {why}")))?
     } else {
         calibration::Scaling::identity()
     };
@@ -1289,7 +1293,8 @@ fn calibrate(args: &TaskArgs, ctx: &Context, reference: &str) -> Result<Box<dyn 
     let window_classes: Vec<usize> =
         classes.iter().zip(&per_text).flat_map(|(&c, &n)| std::iter::repeat_n(c, n)).collect();
     let weights: Vec<f32> = per_text.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect();
-    let scaling = calibration::fit(&logits, &window_classes, &weights);
+    let scaling = calibration::fit(&logits, &window_classes, &weights)
+        .map_err(|why| Error::model(reference, format!("on {}: {why}", val_path.display())))?;
     let window_lengths: Vec<usize> = windows.iter().map(Vec::len).collect();
     let text_probabilities = |s: &calibration::Scaling| -> Vec<Vec<f32>> {
         let p: Vec<Vec<f32>> = logits.iter().map(|z| s.probabilities(z)).collect();
