@@ -48,10 +48,6 @@ impl Activation {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Kernel {
     Fastest,
-    /// The packed products' 256-bit FMA tiles: what `Fastest` runs where AVX2 and FMA are
-    /// compiled in and AVX-512 is not, and tested beside AVX-512 where both are.
-    #[cfg_attr(not(test), allow(dead_code))]
-    Avx2,
     #[cfg_attr(not(test), allow(dead_code))]
     Portable,
     #[cfg_attr(not(test), allow(dead_code))]

@@ -130,17 +130,10 @@ impl PackedMatrix {
             assert!(bias.len() >= n, "product's bias too short");
         }
         // A few rows (a classifier's) are a matrix-vector product, which the tiles would pad to
-        // a whole tile of rows.
+        // TILE_ROWS rows.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
         if kernel == Kernel::Fastest && m >= TILE_ROWS {
-            self.by_tiles(lhs, out, epilogue, TILE_ROWS, |panel, tile| self.tile(panel, tile, epilogue));
-            return;
-        }
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-        if (kernel == Kernel::Avx2 || (kernel == Kernel::Fastest && !cfg!(target_feature = "avx512f")))
-            && m >= AVX2_TILE_ROWS
-        {
-            self.by_tiles(lhs, out, epilogue, AVX2_TILE_ROWS, |panel, tile| self.tile_avx2(panel, tile, epilogue));
+            self.multiply_avx512(lhs, out, epilogue);
             return;
         }
         let _ = kernel;
@@ -198,33 +191,23 @@ impl PackedMatrix {
         }
     }
 
-    /// Whole tiles of `rows` rows in place, panel by panel; a last, short tile through zero-padded
-    /// copies.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    fn by_tiles(
-        &self,
-        lhs: &Lhs,
-        out: &mut [f32],
-        epilogue: &Epilogue,
-        rows: usize,
-        mut tile: impl FnMut(&Panel, Tile),
-    ) {
+    /// Whole tiles in place; a last, short tile of rows through zero-padded copies.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    fn multiply_avx512(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
         let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
-        let whole = m / rows * rows;
-        let tile_reach = reach(lhs.taps, rows, lhs.stride, k);
+        let whole = m / TILE_ROWS * TILE_ROWS;
+        let tile_reach = reach(lhs.taps, TILE_ROWS, lhs.stride, k);
         for panel in &self.panels {
-            for r0 in (0..whole).step_by(rows) {
-                tile(
-                    panel,
-                    Tile {
-                        x: &lhs.x[r0 * lhs.stride..][..tile_reach],
-                        stride: lhs.stride,
-                        k: lhs.k.clone(),
-                        taps: lhs.taps,
-                        residual: epilogue.residual.map(|r| &r[r0 * n..(r0 + rows) * n]),
-                        out: &mut out[r0 * n..(r0 + rows) * n],
-                    },
-                );
+            for r0 in (0..whole).step_by(TILE_ROWS) {
+                let tile = Tile {
+                    x: &lhs.x[r0 * lhs.stride..][..tile_reach],
+                    stride: lhs.stride,
+                    k: lhs.k.clone(),
+                    taps: lhs.taps,
+                    residual: epilogue.residual.map(|r| &r[r0 * n..(r0 + TILE_ROWS) * n]),
+                    out: &mut out[r0 * n..(r0 + TILE_ROWS) * n],
+                };
+                self.tile(panel, tile, epilogue);
             }
         }
         if whole == m {
@@ -232,7 +215,7 @@ impl PackedMatrix {
         }
         // The short tile's rows, each with its taps side by side: one tap of the whole depth.
         let (tail, depth) = (m - whole, lhs.depth());
-        let mut xs = vec![0f32; rows * depth];
+        let mut xs = vec![0f32; TILE_ROWS * depth];
         for r in 0..tail {
             for (t, &tap) in lhs.taps.iter().enumerate() {
                 let at = tap + (whole + r) * lhs.stride;
@@ -240,52 +223,25 @@ impl PackedMatrix {
             }
         }
         let residual = epilogue.residual.map(|res| {
-            let mut padded = vec![0f32; rows * n];
+            let mut padded = vec![0f32; TILE_ROWS * n];
             padded[..tail * n].copy_from_slice(&res[whole * n..m * n]);
             padded
         });
-        let mut outs = vec![0f32; rows * n];
+        let mut outs = vec![0f32; TILE_ROWS * n];
         outs[..tail * n].copy_from_slice(&out[whole * n..m * n]);
-        let depth_rows = lhs.k.start..lhs.k.start + depth;
+        let rows = lhs.k.start..lhs.k.start + depth;
         for panel in &self.panels {
-            let short = Tile {
+            let tile = Tile {
                 x: &xs,
                 stride: depth,
-                k: depth_rows.clone(),
+                k: rows.clone(),
                 taps: ONE_TAP,
                 residual: residual.as_deref(),
                 out: &mut outs,
             };
-            tile(panel, short);
+            self.tile(panel, tile, epilogue);
         }
         out[whole * n..m * n].copy_from_slice(&outs[..tail * n]);
-    }
-
-    /// One tile of AVX2_TILE_ROWS rows times one panel, in passes of up to three registers of
-    /// columns: AVX2's sixteen registers hold 4 x 3 accumulators, three weights and a broadcast.
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    fn tile_avx2(&self, panel: &Panel, mut tile: Tile, epilogue: &Epilogue) {
-        let n = self.cols;
-        assert!(tile.x.len() >= reach(tile.taps, AVX2_TILE_ROWS, tile.stride, tile.k.len()));
-        assert!(tile.out.len() >= AVX2_TILE_ROWS * n && tile.k.start + tile.taps.len() * tile.k.len() <= self.rows);
-        assert!(tile.residual.is_none_or(|r| r.len() >= AVX2_TILE_ROWS * n));
-        assert!(panel.first + panel.width <= n && panel.width <= PANEL_LANES);
-        // SAFETY: AVX2 and FMA are compiled in; the asserts bound the rows read and written, the
-        // panel's weights are zero-padded to whole registers, and the lane masks keep every load
-        // and store of the output, bias and residual inside the panel's columns.
-        unsafe {
-            match panel.stride() / AVX2_LANES {
-                6 => {
-                    tile_avx2::<3>(panel, n, 0, &mut tile, epilogue);
-                    tile_avx2::<3>(panel, n, 3 * AVX2_LANES, &mut tile, epilogue);
-                }
-                4 => {
-                    tile_avx2::<2>(panel, n, 0, &mut tile, epilogue);
-                    tile_avx2::<2>(panel, n, 2 * AVX2_LANES, &mut tile, epilogue);
-                }
-                _ => tile_avx2::<2>(panel, n, 0, &mut tile, epilogue),
-            }
-        }
     }
 
     /// One tile: TILE_ROWS rows times one panel.
@@ -309,9 +265,9 @@ impl PackedMatrix {
     }
 }
 
-/// A tile's rows of a product: of x (`stride` apart, each its taps of `k.len()` values, the
+/// TILE_ROWS rows of a product: of x (`stride` apart, each its taps of `k.len()` values, the
 /// matrix's rows from `k.start`), of the residual and of the output.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 struct Tile<'a> {
     x: &'a [f32],
     stride: usize,
@@ -370,78 +326,6 @@ unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilo
     }
 }
 
-/// f32 lanes of one AVX2 register.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-const AVX2_LANES: usize = 8;
-/// Rows per AVX2 tile.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-const AVX2_TILE_ROWS: usize = 4;
-
-/// AVX2_TILE_ROWS rows times V registers of columns from the panel's column `col0`.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-#[inline(always)]
-unsafe fn tile_avx2<const V: usize>(panel: &Panel, n: usize, col0: usize, tile: &mut Tile, epilogue: &Epilogue) {
-    use std::arch::x86_64::*;
-    let weights_stride = panel.stride();
-    debug_assert!(col0 + V * AVX2_LANES <= weights_stride);
-    let lanes: [usize; V] = std::array::from_fn(|v| panel.width.saturating_sub(col0 + v * AVX2_LANES).min(AVX2_LANES));
-    let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let masks: [__m256i; V] =
-        std::array::from_fn(|v| _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), lane_index));
-    let load = |p: *const f32, v: usize| {
-        if lanes[v] == AVX2_LANES {
-            _mm256_loadu_ps(p)
-        } else {
-            _mm256_maskload_ps(p, masks[v])
-        }
-    };
-    let first = panel.first + col0;
-    let op = tile.out.as_mut_ptr().add(first);
-    let mut acc: [[__m256; V]; AVX2_TILE_ROWS] = match epilogue.start {
-        Start::Zero => [[_mm256_setzero_ps(); V]; AVX2_TILE_ROWS],
-        Start::Bias(bias) => {
-            [std::array::from_fn(|v| load(bias.as_ptr().add(first + v * AVX2_LANES), v)); AVX2_TILE_ROWS]
-        }
-        Start::Output => std::array::from_fn(|r| std::array::from_fn(|v| load(op.add(r * n + v * AVX2_LANES), v))),
-    };
-    let (k, stride) = (tile.k.clone(), tile.stride);
-    for (t, &tap) in tile.taps.iter().enumerate() {
-        let xp = tile.x.as_ptr().add(tap);
-        let wp = panel.weights.as_ptr().add((k.start + t * k.len()) * weights_stride + col0);
-        for i in 0..k.len() {
-            let wt: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(wp.add(i * weights_stride + v * AVX2_LANES)));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm256_broadcast_ss(&*xp.add(r * stride + i));
-                for v in 0..V {
-                    acc[v] = _mm256_fmadd_ps(xv, wt[v], acc[v]);
-                }
-            }
-        }
-    }
-    let (lo, hi) = epilogue.activation.bounds();
-    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let clamp = epilogue.activation != Activation::Identity;
-    for (r, acc) in acc.into_iter().enumerate() {
-        for (v, mut a) in acc.into_iter().enumerate() {
-            if lanes[v] == 0 {
-                continue;
-            }
-            let at = r * n + v * AVX2_LANES;
-            if let Some(res) = tile.residual {
-                a = _mm256_add_ps(a, load(res.as_ptr().add(first + at), v));
-            }
-            if clamp {
-                a = _mm256_min_ps(_mm256_max_ps(a, lo), hi);
-            }
-            if lanes[v] == AVX2_LANES {
-                _mm256_storeu_ps(op.add(at), a);
-            } else {
-                _mm256_maskstore_ps(op.add(at), masks[v], a);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,7 +365,7 @@ mod tests {
                         residual: with_residual.then_some(residual.as_slice()),
                         activation,
                     };
-                    for kernel in [Kernel::Fastest, Kernel::Avx2, Kernel::Portable] {
+                    for kernel in [Kernel::Fastest, Kernel::Portable] {
                         let mut got = before.clone();
                         got.push(f32::NAN);
                         let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps: ONE_TAP };
@@ -528,7 +412,7 @@ mod tests {
                 want[r * cols + c] += dot;
             }
             let epilogue = Epilogue { start: Start::Output, residual: None, activation: Activation::Identity };
-            for kernel in [Kernel::Fastest, Kernel::Avx2, Kernel::Portable] {
+            for kernel in [Kernel::Fastest, Kernel::Portable] {
                 let mut got = before.clone();
                 let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps };
                 matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
