@@ -46,6 +46,11 @@ impl Scaling {
         softmax(&scaled)
     }
 
+    /// Calibrated probabilities of each row of logits.
+    pub fn rows(&self, logits: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        logits.iter().map(|z| self.probabilities(z)).collect()
+    }
+
     /// Calibrated logits of a batch (rows x classes), for a softmax after.
     pub fn apply(&self, logits: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
         let scaled = (logits / self.temperature as f64)?;

@@ -57,6 +57,8 @@ pub struct Head {
     linear: Linear,
     /// The training windows' centroids (rows x dim), when head.json has a domain.
     pub centroids: Option<Vec<f32>>,
+    /// head.json's calibration, checked once at load.
+    scaling: Scaling,
     pub info: HeadInfo,
 }
 
@@ -90,7 +92,8 @@ impl Head {
         } else {
             None
         };
-        if let Err(why) = info.scaling().check(labels) {
+        let scaling = info.scaling();
+        if let Err(why) = scaling.check(labels) {
             return Err(Error::model(&model.id, format!("head.json: {why}")));
         }
         let centroids = match &info.domain {
@@ -103,7 +106,7 @@ impl Head {
             }
             None => None,
         };
-        Ok(Head { hidden, linear: Linear::new(weight, Some(bias)), centroids, info })
+        Ok(Head { hidden, linear: Linear::new(weight, Some(bias)), centroids, scaling, info })
     }
 
     /// The length of the embeddings the head takes.
@@ -122,7 +125,7 @@ impl Head {
 
     /// Calibrated class probabilities for each row of `embeddings`.
     pub fn probabilities(&self, embeddings: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-        let logits = self.info.scaling().apply(&self.logits(embeddings)?)?;
+        let logits = self.scaling.apply(&self.logits(embeddings)?)?;
         candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()
     }
 

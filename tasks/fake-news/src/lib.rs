@@ -1056,15 +1056,16 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
 
     let mut head_tensors = trained.tensors;
     let mut tuned_encoder = HashMap::new();
+    // Calibration's weights: every val text counts once, however many windows it has.
+    let val_text_weights = per_text_weights(&val_split.windows);
     let mut frozen_val_text = None;
     let mut fine_tune_report = Value::Null;
     if let Some(settings) = &fine_tune {
         // Calibrated as the fine-tuned model will be, so the two are compared on the same terms.
         let frozen_logits: Vec<Vec<f32>> = head::logits(&head_tensors, &vx)?.to_vec2()?;
-        let frozen_scaling = calibration::fit(&frozen_logits, &vy, &per_text_weights(&val_split))
+        let frozen_scaling = calibration::fit(&frozen_logits, &vy, &val_text_weights)
             .map_err(|why| Error::model(encoder_ref, format!("the frozen head on the val texts: {why}")))?;
-        let frozen: Vec<Vec<f32>> = frozen_logits.iter().map(|z| frozen_scaling.probabilities(z)).collect();
-        frozen_val_text = Some(val_split.per_text(&frozen));
+        frozen_val_text = Some(val_split.per_text(&frozen_scaling.rows(&frozen_logits)));
         let base = encoder::tensors(&encoder_model, &Device::Cpu)?;
         let tuned = finetune::fine_tune(
             &base,
@@ -1096,17 +1097,14 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     let train_logits: Vec<Vec<f32>> = head::logits(&head_tensors, &x)?.to_vec2()?;
     let val_logits: Vec<Vec<f32>> = if has_val { head::logits(&head_tensors, &vx)?.to_vec2()? } else { Vec::new() };
     let scaling = if has_val {
-        calibration::fit(&val_logits, &vy, &per_text_weights(&val_split))
+        calibration::fit(&val_logits, &vy, &val_text_weights)
             .map_err(|why| Error::model(encoder_ref, format!("the head on the val texts: {why}")))?
     } else {
         calibration::Scaling::identity()
     };
-    let probabilities = |logits: &[Vec<f32>], s: &calibration::Scaling| -> Vec<Vec<f32>> {
-        logits.iter().map(|z| s.probabilities(z)).collect()
-    };
-    let train_text = train_split.per_text(&probabilities(&train_logits, &scaling));
-    let val_raw = val_split.per_text(&probabilities(&val_logits, &calibration::Scaling::identity()));
-    let val_text = val_split.per_text(&probabilities(&val_logits, &scaling));
+    let train_text = train_split.per_text(&scaling.rows(&train_logits));
+    let val_raw = val_split.per_text(&calibration::Scaling::identity().rows(&val_logits));
+    let val_text = val_split.per_text(&scaling.rows(&val_logits));
     let ece =
         |p: &[Vec<f32>], truth: &[usize]| calibration::expected_calibration_error(p, truth, calibration::ECE_BINS);
 
@@ -1229,9 +1227,9 @@ fn train(args: &TaskArgs, ctx: &Context) -> Result<Box<dyn Prediction>> {
     Ok(Box::new(TrainReport(report)))
 }
 
-/// Each window's weight when every text counts once, however many windows it has.
-fn per_text_weights(split: &Split) -> Vec<f32> {
-    split.windows.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect()
+/// Each window's weight when every text counts once, given each text's number of windows.
+fn per_text_weights(windows: &[usize]) -> Vec<f32> {
+    windows.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect()
 }
 
 /// `--calibrate MODEL`: a temperature and biases for a Transformers classifier's logits, fitted on the val
@@ -1292,12 +1290,12 @@ fn calibrate(args: &TaskArgs, ctx: &Context, reference: &str) -> Result<Box<dyn 
     bar.finish_and_clear();
     let window_classes: Vec<usize> =
         classes.iter().zip(&per_text).flat_map(|(&c, &n)| std::iter::repeat_n(c, n)).collect();
-    let weights: Vec<f32> = per_text.iter().flat_map(|&n| std::iter::repeat_n(1.0 / n as f32, n)).collect();
+    let weights = per_text_weights(&per_text);
     let scaling = calibration::fit(&logits, &window_classes, &weights)
         .map_err(|why| Error::model(reference, format!("on {}: {why}", val_path.display())))?;
     let window_lengths: Vec<usize> = windows.iter().map(Vec::len).collect();
     let text_probabilities = |s: &calibration::Scaling| -> Vec<Vec<f32>> {
-        let p: Vec<Vec<f32>> = logits.iter().map(|z| s.probabilities(z)).collect();
+        let p = s.rows(&logits);
         let mut at = 0;
         per_text
             .iter()
