@@ -262,10 +262,7 @@ struct CpuNet {
 
 impl CpuNet {
     fn forward(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Vec<f32> {
-        let pooled = self.body.pooled(input, batch, h, w);
-        let mut logits = vec![0f32; batch * self.classifier.out_ch];
-        self.classifier.run(&pooled, batch, None, &mut logits, candle_core::utils::get_num_threads());
-        logits
+        self.body.pooled_then(input, batch, h, w, &self.classifier)
     }
 }
 

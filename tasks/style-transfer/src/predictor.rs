@@ -191,9 +191,7 @@ impl CpuPredictor {
             candle_core::bail!("the style predictor takes (batch, height, width, 3) pictures, got {c} channels")
         }
         let pixels: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let pooled = self.body.pooled(&pixels, batch, h, w);
-        let mut style = vec![0f32; batch * self.bottleneck.out_ch];
-        self.bottleneck.run(&pooled, batch, None, &mut style, candle_core::utils::get_num_threads());
+        let style = self.body.pooled_then(&pixels, batch, h, w, &self.bottleneck);
         Tensor::from_vec(style, (batch, self.bottleneck.out_ch), &candle_core::Device::Cpu)
     }
 }

@@ -143,7 +143,7 @@ impl ConvWeights {
             let x = &x[b * image..(b + 1) * image];
             let at = (r - rows.start) * row_len;
             if self.depthwise {
-                self.depthwise_row(x, Rows::Image, h, w, oy, &mut out[at..at + row_len], Kernel::Fastest);
+                self.depthwise_row(x, Rows::Image, h, w, oy, 0..ow, &mut out[at..at + row_len], Kernel::Fastest);
                 r += 1;
             } else {
                 // A few rows of one image at a time: their patches stay in cache for the product.
@@ -154,8 +154,12 @@ impl ConvWeights {
         }
     }
 
-    /// Output rows `oy..` of a dense convolution of one image, as many as `out` holds: each
-    /// pixel's window copied into a row of patches, times the (k*k*in, out) weights.
+    /// Output rows `oy..` of a dense convolution of one image, as many as `out` holds. A pixel
+    /// whose window is inside the image reads it in place: its kernel rows are pieces of the
+    /// input `w * c` apart and its neighbour's window starts `s * c` further on, so the product
+    /// takes the image as it is. The pixels whose windows reach into the padding (a row or
+    /// column at the edges) get their windows copied into a row of patches each, with zeros
+    /// for the padding. Copying every window had been two thirds of EfficientNet's stem.
     fn dense_rows(&self, x: &[f32], h: usize, w: usize, oy: usize, out: &mut [f32]) {
         match self.in_ch {
             3 => self.dense_rows_of::<3>(x, h, w, oy, out),
@@ -171,11 +175,32 @@ impl ConvWeights {
         let c = if C == 0 { self.in_ch } else { C };
         let (_, ow) = self.output_hw(h, w);
         let (pad_top, pad_left) = (self.padding.before(h, k, s), self.padding.before(w, k, s));
+        let matrix = self.dense.as_ref().expect("a dense convolution has its matrix");
+        // The output columns whose windows are inside the image's columns.
+        let inside = pad_left.div_ceil(s)..if w + pad_left >= k { ((w + pad_left - k) / s + 1).min(ow) } else { 0 };
+        let kernel_rows: [usize; MAX_KERNEL] = std::array::from_fn(|ky| ky * w * c);
         let window = k * k * c;
-        let pixels = out.len() / cout;
-        let mut patches = vec![0f32; pixels * window];
-        for (i, patch) in patches.chunks_exact_mut(window).enumerate() {
-            let (y, x0) = (oy + i / ow, i % ow);
+        let rows = out.len() / (ow * cout);
+        let mut edges = Vec::new();
+        for y in oy..oy + rows {
+            let out_row = &mut out[(y - oy) * ow * cout..(y - oy + 1) * ow * cout];
+            let top = (y * s).checked_sub(pad_top).filter(|&iy| iy + k <= h);
+            match top {
+                Some(iy) if !inside.is_empty() => {
+                    let at = (iy * w + inside.start * s - pad_left) * c;
+                    let pieces = Pieces { stride: s * c, starts: &kernel_rows[..k], len: k * c };
+                    let out = &mut out_row[inside.start * cout..inside.end * cout];
+                    matrix.run_pieces(&x[at..], pieces, inside.len(), None, out, 1);
+                    edges.extend((0..inside.start).chain(inside.end..ow).map(|ox| (y, ox)));
+                }
+                _ => edges.extend((0..ow).map(|ox| (y, ox))),
+            }
+        }
+        if edges.is_empty() {
+            return;
+        }
+        let mut patches = vec![0f32; edges.len() * window];
+        for (&(y, x0), patch) in edges.iter().zip(patches.chunks_exact_mut(window)) {
             for ky in 0..k {
                 let Some(iy) = (y * s + ky).checked_sub(pad_top).filter(|&iy| iy < h) else { continue };
                 for kx in 0..k {
@@ -190,31 +215,90 @@ impl ConvWeights {
                 }
             }
         }
-        let matrix = self.dense.as_ref().expect("a dense convolution has its matrix");
-        matrix.run(&patches, pixels, None, out, 1);
+        let mut outs = vec![0f32; edges.len() * cout];
+        matrix.run(&patches, edges.len(), None, &mut outs, 1);
+        for (&(y, ox), pixel) in edges.iter().zip(outs.chunks_exact(cout)) {
+            let at = ((y - oy) * ow + ox) * cout;
+            out[at..at + cout].copy_from_slice(pixel);
+        }
     }
 
-    /// One output row of a depthwise convolution of one image (x: h x w x c).
-    /// `x` holds the input's rows as `rows` says (the whole image, or a ring of some of them).
+    /// Output pixels `pixels` (counted over the batch, row after row; they may start and end
+    /// inside a row) of a depthwise convolution into `out`, which holds just those pixels.
+    pub fn run_pixels(
+        &self,
+        x: &[f32],
+        batch: usize,
+        h: usize,
+        w: usize,
+        pixels: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        assert!(self.depthwise, "pixels one by one are for depthwise convolutions");
+        let c = self.in_ch;
+        let (oh, ow) = self.output_hw(h, w);
+        let image = h * w * c;
+        assert!(x.len() >= batch * image && pixels.end <= batch * oh * ow, "convolution input too short");
+        assert!(out.len() >= pixels.len() * c, "convolution output too short");
+        let mut p = pixels.start;
+        while p < pixels.end {
+            let (r, ox) = (p / ow, p % ow);
+            let (b, oy) = (r / oh, r % oh);
+            let cols = ox..ow.min(ox + pixels.end - p);
+            let at = (p - pixels.start) * c;
+            let out = &mut out[at..at + cols.len() * c];
+            let x = &x[b * image..(b + 1) * image];
+            p += cols.len();
+            self.depthwise_row(x, Rows::Image, h, w, oy, cols, out, Kernel::Fastest);
+        }
+    }
+
+    /// Output pixels `cols` of row `oy` of a depthwise convolution of one image (x: h x w x c),
+    /// into `out` (which starts at the first of them). `x` holds the input's rows as `rows`
+    /// says (the whole image, or a ring of some of them).
     #[allow(clippy::too_many_arguments)]
-    fn depthwise_row(&self, x: &[f32], rows: Rows, h: usize, w: usize, oy: usize, out: &mut [f32], kernel: Kernel) {
+    fn depthwise_row(
+        &self,
+        x: &[f32],
+        rows: Rows,
+        h: usize,
+        w: usize,
+        oy: usize,
+        cols: std::ops::Range<usize>,
+        out: &mut [f32],
+        kernel: Kernel,
+    ) {
+        assert!(
+            cols.end <= self.output_hw(h, w).1 && out.len() >= cols.len() * self.in_ch,
+            "depthwise row out of bounds"
+        );
         match (self.kernel, self.stride, kernel) {
-            (_, _, Kernel::Plain) => self.depthwise_row_plain(x, rows, h, w, oy, out),
-            (3, 1, _) => self.depthwise_row_tiled::<3, 1>(x, rows, h, w, oy, out, kernel),
-            (3, 2, _) => self.depthwise_row_tiled::<3, 2>(x, rows, h, w, oy, out, kernel),
-            (5, 1, _) => self.depthwise_row_tiled::<5, 1>(x, rows, h, w, oy, out, kernel),
-            (5, 2, _) => self.depthwise_row_tiled::<5, 2>(x, rows, h, w, oy, out, kernel),
-            _ => self.depthwise_row_plain(x, rows, h, w, oy, out),
+            (_, _, Kernel::Plain) => self.depthwise_row_plain(x, rows, h, w, oy, cols, out),
+            (3, 1, _) => self.depthwise_row_tiled::<3, 1>(x, rows, h, w, oy, cols, out, kernel),
+            (3, 2, _) => self.depthwise_row_tiled::<3, 2>(x, rows, h, w, oy, cols, out, kernel),
+            (5, 1, _) => self.depthwise_row_tiled::<5, 1>(x, rows, h, w, oy, cols, out, kernel),
+            (5, 2, _) => self.depthwise_row_tiled::<5, 2>(x, rows, h, w, oy, cols, out, kernel),
+            _ => self.depthwise_row_plain(x, rows, h, w, oy, cols, out),
         }
     }
 
     /// The definition, one output value at a time: the reference the tiled kernels are tested
     /// against, and the path for kernel sizes and strides they are not built for.
-    fn depthwise_row_plain(&self, x: &[f32], rows: Rows, h: usize, w: usize, oy: usize, out: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_row_plain(
+        &self,
+        x: &[f32],
+        rows: Rows,
+        h: usize,
+        w: usize,
+        oy: usize,
+        cols: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
         let (k, s, c) = (self.kernel, self.stride, self.in_ch);
-        let (_, ow) = self.output_hw(h, w);
         let (pad_top, pad_left) = (self.padding.before(h, k, s), self.padding.before(w, k, s));
-        for ox in 0..ow {
+        let first = cols.start;
+        for ox in cols {
             for ch in 0..c {
                 let mut acc = self.bias[ch];
                 for ky in 0..k {
@@ -226,16 +310,17 @@ impl ConvWeights {
                         }
                     }
                 }
-                out[ox * c + ch] = self.activation.apply(acc);
+                out[(ox - first) * c + ch] = self.activation.apply(acc);
             }
         }
     }
 
-    /// One output row in tiles of neighbouring pixels times LANES channels. A tile loads each
-    /// input column of its window once per kernel row and uses it for every pixel whose window
-    /// covers it (up to K of them at stride 1), so the loads, not the multiplications, set the
-    /// pace no more than they must. Tiles whose windows cross the image's edge, or hold fewer
-    /// pixels or channels than a whole tile, take the masked form of the same kernel.
+    /// Pixels `cols` of one output row in tiles of neighbouring pixels times LANES channels. At
+    /// stride 1 a tile loads each input column of its window once per kernel row and uses it
+    /// for every pixel whose window covers it (up to K of them), so the loads, not the
+    /// multiplications, set the pace no more than they must (see [`TileRow::avx512`] for
+    /// stride 2). Tiles whose windows cross the image's edge, or hold fewer pixels or channels
+    /// than a whole tile, take the masked form of the same kernel.
     #[allow(clippy::too_many_arguments)]
     fn depthwise_row_tiled<const K: usize, const S: usize>(
         &self,
@@ -244,17 +329,17 @@ impl ConvWeights {
         h: usize,
         w: usize,
         oy: usize,
+        cols: std::ops::Range<usize>,
         out: &mut [f32],
         kernel: Kernel,
     ) {
         let c = self.in_ch;
-        let (_, ow) = self.output_hw(h, w);
         let (pad_top, pad_left) = (self.padding.before(h, K, S), self.padding.before(w, K, S));
         // The kernel rows whose input row is inside the image.
         let top = oy * S;
         let ky_first = pad_top.saturating_sub(top);
         let ky_end = K.min((h + pad_top).saturating_sub(top));
-        assert!(ky_first < ky_end && out.len() >= ow * c, "depthwise row out of bounds");
+        assert!(ky_first < ky_end && out.len() >= cols.len() * c, "depthwise row out of bounds");
         let tile = TileRow {
             x,
             rows: std::array::from_fn(|r| rows.offset((top + ky_first + r).saturating_sub(pad_top), w * c)),
@@ -268,14 +353,14 @@ impl ConvWeights {
         let simd = kernel == Kernel::Fastest && cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
         let pixels = if simd { TILE } else { PORTABLE_TILE };
         for ch in (0..c).step_by(LANES) {
-            for ox in (0..ow).step_by(pixels) {
-                let count = pixels.min(ow - ox);
+            for ox in cols.clone().step_by(pixels) {
+                let count = pixels.min(cols.end - ox);
                 let first_col = (ox * S) as isize - pad_left as isize;
                 let whole = count == pixels
                     && ch + LANES <= c
                     && first_col >= 0
                     && first_col as usize + S * (pixels - 1) + K <= w;
-                let out = &mut out[ox * c..];
+                let out = &mut out[(ox - cols.start) * c..];
                 // SAFETY: `simd` is only true where AVX-512F is compiled in.
                 match (simd, whole) {
                     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
@@ -329,31 +414,55 @@ impl TileRow<'_> {
         assert!(out.len() >= (count - 1) * c + ch + lanes && self.weights.len() >= K * K * c && self.bias.len() >= c);
         assert!(self.rows[..self.kernel_rows.len()].iter().all(|&row| row + w * c <= self.x.len()));
         // Masked, the window's columns lo..hi are inside the image; the others are padding,
-        // zeros that add nothing, so they are skipped. Bounds, not a table per column: a table
-        // kept the loop's addresses and masks on the stack.
+        // zeros that add nothing. Bounds, not a table per column: a table kept the loop's
+        // addresses and masks on the stack.
         let (lo, hi) = if MASKED {
             ((-first_col).max(0) as usize, (w as isize - first_col).clamp(0, columns as isize) as usize)
         } else {
             (0, columns)
         };
-        // Unmasked, every column is inside: the caller checked first_col >= 0 and the width.
+        // Where column lo of the window is (unmasked, lo is 0 and first_col >= 0).
         let base = (first_col + lo as isize) as usize * c + ch;
         let bias = _mm512_maskz_loadu_ps(lane_mask, self.bias.as_ptr().add(ch));
         let mut acc = [bias; TILE];
+        // At stride 2, the kernel row's columns lo..hi (masked: copied here first, the padding's
+        // columns left zero, which they are for every kernel row).
+        let mut window = [_mm512_setzero_ps(); MAX_COLUMNS];
         for (r, ky) in self.kernel_rows.clone().enumerate() {
             let row = self.x.as_ptr().add(self.rows[r]);
             let wrow = self.weights.as_ptr().add(ky * K * c + ch);
             let wt: [__m512; K] = std::array::from_fn(|kx| _mm512_maskz_loadu_ps(lane_mask, wrow.add(kx * c)));
-            for j in 0..columns {
-                if MASKED && (j < lo || j >= hi) {
-                    continue;
-                }
-                let at = row.add(base + (j - lo) * c);
-                let v = if MASKED { _mm512_maskz_loadu_ps(lane_mask, at) } else { _mm512_loadu_ps(at) };
-                for (p, acc) in acc.iter_mut().enumerate() {
-                    if j >= S * p && j - S * p < K {
-                        *acc = _mm512_fmadd_ps(wt[j - S * p], v, *acc);
+            if S == 1 {
+                // Column by column: each is loaded once, for the up to K pixels whose windows
+                // hold it, and padding columns are skipped.
+                for j in 0..columns {
+                    if MASKED && (j < lo || j >= hi) {
+                        continue;
                     }
+                    let at = row.add(base + (j - lo) * c);
+                    let v = if MASKED { _mm512_maskz_loadu_ps(lane_mask, at) } else { _mm512_loadu_ps(at) };
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        if j >= p && j - p < K {
+                            *acc = _mm512_fmadd_ps(wt[j - p], v, *acc);
+                        }
+                    }
+                }
+                continue;
+            }
+            // Pixel by pixel, each column loaded into the multiply for every pixel whose window
+            // holds it: at stride 2 a column serves at most (K + 1) / 2 pixels, and the loop
+            // above stayed rolled there, with a branch per column and pixel (about 1.5x slower
+            // in a benchmark of EfficientNet's strided layers).
+            if MASKED {
+                for (j, column) in window.iter_mut().enumerate().take(hi).skip(lo) {
+                    *column = _mm512_maskz_loadu_ps(lane_mask, row.add(base + (j - lo) * c));
+                }
+            }
+            for (p, acc) in acc.iter_mut().enumerate() {
+                for (kx, wt) in wt.iter().enumerate() {
+                    let j = S * p + kx;
+                    let v = if MASKED { window[j] } else { _mm512_loadu_ps(row.add(base + j * c)) };
+                    *acc = _mm512_fmadd_ps(*wt, v, *acc);
                 }
             }
         }
@@ -428,6 +537,8 @@ const TILE: usize = 8;
 const PORTABLE_TILE: usize = 4;
 /// The largest kernel [`ConvWeights::new`] takes.
 const MAX_KERNEL: usize = 7;
+/// Input columns a depthwise tile's windows span at most: stride 2, the largest kernel.
+const MAX_COLUMNS: usize = 2 * (TILE - 1) + MAX_KERNEL;
 
 /// Where a depthwise convolution finds each input row in its buffer.
 #[derive(Clone, Copy, Debug)]
@@ -509,6 +620,31 @@ impl Pointwise {
         self.run_with(x, self.whole_rows(), rows, residual, out, threads, Kernel::Fastest)
     }
 
+    /// The panels of columns its weights are packed in, for threads to share out (none for an
+    /// int8 layer, which is not shared out).
+    fn panel_count(&self) -> usize {
+        match &self.weights {
+            Weights::F32(matrix) => matrix.panel_count(),
+            Weights::Int8(_) => 0,
+        }
+    }
+
+    fn panel_columns(&self, panels: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        match &self.weights {
+            Weights::F32(matrix) => matrix.panel_columns(panels),
+            Weights::Int8(_) => 0..0,
+        }
+    }
+
+    /// One row x through panels `panels` of the layer (see [`PackedMatrix::multiply_panels`]),
+    /// into `out`: their columns.
+    fn run_panels(&self, x: &[f32], panels: std::ops::Range<usize>, out: &mut [f32]) {
+        let Weights::F32(matrix) = &self.weights else { unreachable!("an int8 layer has no panels") };
+        let lhs = Lhs { x: &x[..self.in_ch], stride: self.in_ch, m: 1, k: 0..self.in_ch, taps: ONE_TAP };
+        let epilogue = Epilogue { start: Start::Bias(&self.bias), residual: None, activation: self.activation };
+        matrix.multiply_panels(&lhs, out, &epilogue, panels);
+    }
+
     /// Rows of the input that are just the layer's inputs, one after the other.
     fn whole_rows(&self) -> Pieces<'static> {
         Pieces { stride: self.in_ch, starts: ONE_TAP, len: self.in_ch }
@@ -556,7 +692,7 @@ impl Pointwise {
                 Weights::F32(matrix) => {
                     let lhs = Lhs { x, stride, m: nr, k: 0..len, taps: starts };
                     let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, activation: self.activation };
-                    matrix.multiply_with(&lhs, out, &epilogue, kernel);
+                    matrix.multiply_with(&lhs, out, &epilogue, 0..matrix.panel_count(), kernel);
                 }
                 Weights::Int8(matrix) => {
                     assert!(stride == cin && starts == ONE_TAP, "an int8 layer reads whole rows");
@@ -599,19 +735,26 @@ impl InvertedResidual {
     /// while it is still in cache, each depthwise row projected at once. The six-times-wider
     /// expansion then never goes out to memory, which on the wide maps is most of the block's
     /// time; on narrow ones a band of it stays in cache anyway, and a row is too few pixels
-    /// for the products to pay their way.
+    /// for the products to pay their way. A block without an expansion (MobileNet's first)
+    /// projects each depthwise row as it is made, likewise.
     fn fused(&self, w: usize) -> bool {
-        self.expand.is_some() && w >= FUSED_MIN_WIDTH
+        w >= FUSED_MIN_WIDTH
+    }
+
+    /// Floats of the ring of expanded rows on maps `w` wide (none without an expansion).
+    fn ring_len(&self, w: usize) -> usize {
+        self.expand.as_ref().map_or(0, |_| self.depthwise.kernel * w * self.depthwise.in_ch)
     }
 
     /// Floats a thread needs for [`InvertedResidual::fused_rows`] on maps `w` wide.
     fn fused_scratch(&self, w: usize) -> usize {
         let (c, (_, ow)) = (self.depthwise.in_ch, self.depthwise.output_hw(1, w));
-        self.depthwise.kernel * w * c + ow * c
+        self.ring_len(w) + ow * c
     }
 
     /// The block's output rows `rows` (counted over the batch) into `out`, fused (see
     /// [`InvertedResidual::fused`]); x: the block's input, (batch, h, w, in), all of it.
+    /// `scratch`: [`InvertedResidual::fused_scratch`] floats.
     #[allow(clippy::too_many_arguments)]
     fn fused_rows(
         &self,
@@ -622,28 +765,34 @@ impl InvertedResidual {
         out: &mut [f32],
         scratch: &mut [f32],
     ) {
-        let (Some(expand), dw) = (&self.expand, &self.depthwise) else { unreachable!("a fused block expands") };
-        let (c_in, c, c_out) = (expand.in_ch, dw.in_ch, self.project.out_ch);
+        let dw = &self.depthwise;
+        let (c, c_out) = (dw.in_ch, self.project.out_ch);
+        let c_in = self.expand.as_ref().map_or(c, |e| e.in_ch);
         let (oh, ow) = dw.output_hw(h, w);
         let (k, s) = (dw.kernel, dw.stride);
         let pad_top = dw.padding.before(h, k, s);
-        let (ring, dw_row) = scratch.split_at_mut(k * w * c);
+        let (ring, dw_row) = scratch.split_at_mut(self.ring_len(w));
         let dw_row = &mut dw_row[..ow * c];
         // The input row (counted over the batch) each slot of the ring holds.
         let mut held = [usize::MAX; MAX_KERNEL];
         for r in rows.clone() {
             let (b, oy) = (r / oh, r % oh);
             let image = &x[b * h * w * c_in..(b + 1) * h * w * c_in];
-            for iy in (oy * s).saturating_sub(pad_top)..(oy * s + k - pad_top).min(h) {
-                // A window's rows are k in a row, so each has a slot of its own.
-                let slot = iy % k;
-                if held[slot] != b * h + iy {
-                    let into = &mut ring[slot * w * c..(slot + 1) * w * c];
-                    expand.run(&image[iy * w * c_in..(iy + 1) * w * c_in], w, None, into, 1);
-                    held[slot] = b * h + iy;
+            match &self.expand {
+                Some(expand) => {
+                    for iy in (oy * s).saturating_sub(pad_top)..(oy * s + k - pad_top).min(h) {
+                        // A window's rows are k in a row, so each has a slot of its own.
+                        let slot = iy % k;
+                        if held[slot] != b * h + iy {
+                            let into = &mut ring[slot * w * c..(slot + 1) * w * c];
+                            expand.run(&image[iy * w * c_in..(iy + 1) * w * c_in], w, None, into, 1);
+                            held[slot] = b * h + iy;
+                        }
+                    }
+                    dw.depthwise_row(ring, Rows::Ring(k), h, w, oy, 0..ow, dw_row, Kernel::Fastest);
                 }
+                None => dw.depthwise_row(image, Rows::Image, h, w, oy, 0..ow, dw_row, Kernel::Fastest),
             }
-            dw.depthwise_row(ring, Rows::Ring(k), h, w, oy, dw_row, Kernel::Fastest);
             // A residual block keeps the shape: its output row oy adds input row oy.
             let residual = self.residual.then(|| &image[oy * w * c_in..(oy + 1) * w * c_in]);
             let at = (r - rows.start) * ow * c_out;
@@ -705,20 +854,40 @@ impl MobileNet {
     /// input: (batch, h, w, stem input channels); returns (batch, features): the head's output
     /// averaged over the pixels.
     pub fn pooled(&self, input: &[f32], batch: usize, h: usize, w: usize) -> Vec<f32> {
+        self.run(input, batch, h, w, None)
+    }
+
+    /// What [`MobileNet::pooled`] returns, through one more dense layer `last` (a classifier, a
+    /// style bottleneck): (batch, last.out_ch). At batch 1 the team shares out `last`'s columns:
+    /// a classifier's weights (5 MB for a thousand classes) are the largest layer a pass reads,
+    /// for one product of one row, which on one thread took a twentieth of the pass.
+    pub fn pooled_then(&self, input: &[f32], batch: usize, h: usize, w: usize, last: &Pointwise) -> Vec<f32> {
+        assert_eq!(last.in_ch, self.head.out_ch, "the last layer does not take the pooled features");
+        self.run(input, batch, h, w, Some(last))
+    }
+
+    fn run(&self, input: &[f32], batch: usize, h: usize, w: usize, last: Option<&Pointwise>) -> Vec<f32> {
         let image = h * w * self.stem.in_ch;
         assert_eq!(input.len(), batch * image, "input is not (batch, h, w, channels)");
         let threads = rayon::current_num_threads();
-        let mut pooled = vec![0f32; batch * self.head.out_ch];
+        let features = self.head.out_ch;
         if batch > 1 && batch >= threads {
             // One image per thread, each through the whole network: no hand-offs between
             // layers, and each thread's activations stay in its own cache (also on one thread,
             // where a whole batch's would not).
-            pooled.par_chunks_mut(self.head.out_ch).zip(input.par_chunks(image)).for_each(|(pooled, image)| {
-                let mut buffers = self.take_scratch(1, h, w, 1);
-                self.forward(image, 1, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(pooled));
+            let mut pooled = vec![0f32; batch * features];
+            pooled.par_chunks_mut(features).zip(input.par_chunks(image)).for_each(|(pooled, image)| {
+                let mut buffers = self.take_scratch(1, h, w, 1, 0);
+                self.forward(image, 1, h, w, &Team::alone(), &Buffers::new(&mut buffers), None);
+                pooled.copy_from_slice(&buffers[POOLED_BUFFER][..features]);
                 self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
             });
-            return pooled;
+            // The last layer over the whole batch at once: its weights read once per tile of
+            // images, not once per image.
+            let Some(last) = last else { return pooled };
+            let mut out = vec![0f32; batch * last.out_ch];
+            last.run(&pooled, batch, None, &mut out, threads);
+            return out;
         }
         // Only one team at a time, and never from inside the pool: a team needs every pool
         // thread, and two waiting for each other's would wait for ever. Nor while the cores are
@@ -726,24 +895,26 @@ impl MobileNet {
         let team_lock = TEAM.try_lock();
         let as_team =
             threads > 1 && team_lock.is_ok() && rayon::current_thread_index().is_none() && !TEAM_STALLS.skip();
-        let mut buffers = self.take_scratch(batch, h, w, if as_team { threads } else { 1 });
+        let last_len = last.map_or(0, |l| batch * l.out_ch);
+        let mut buffers = self.take_scratch(batch, h, w, if as_team { threads } else { 1 }, last_len);
         let shared = Buffers::new(&mut buffers);
         if as_team {
             let barrier = SpinBarrier::new(threads);
-            let pooled = PooledOut(std::sync::Mutex::new(Some(&mut pooled)));
             rayon::broadcast(|ctx| {
                 let team = Team { index: ctx.index(), size: ctx.num_threads(), barrier: Some(&barrier) };
-                let out =
-                    if ctx.index() == 0 { pooled.0.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None };
-                self.forward(input, batch, h, w, &team, &shared, out);
+                self.forward(input, batch, h, w, &team, &shared, last);
             });
             TEAM_STALLS.after_team_pass(barrier.stalls.load(Ordering::Relaxed) >= STALLS_TO_GO_ALONE);
         } else {
-            self.forward(input, batch, h, w, &Team::alone(), &shared, Some(&mut pooled));
+            self.forward(input, batch, h, w, &Team::alone(), &shared, last);
         }
         drop(team_lock);
+        let out = match last {
+            Some(_) => buffers[LAST_BUFFER][..last_len].to_vec(),
+            None => buffers[POOLED_BUFFER][..batch * features].to_vec(),
+        };
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(buffers);
-        pooled
+        out
     }
 
     /// The 1x1 layers in the order [`MobileNet::observe_pointwise_inputs`] numbers them: each
@@ -812,11 +983,14 @@ impl MobileNet {
 
     /// The buffers of a pass over `batch` images, each long enough for the tensors
     /// [`MobileNet::forward`] puts in it (found by walking the same assignment).
-    fn take_scratch(&self, batch: usize, h: usize, w: usize, threads: usize) -> [Vec<f32>; BUFFERS] {
+    /// `last`: the floats of the last layer's output, if the pass has one.
+    fn take_scratch(&self, batch: usize, h: usize, w: usize, threads: usize, last: usize) -> [Vec<f32>; BUFFERS] {
         let alone = threads == 1;
         let mut buffers = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
         let mut lens = [0usize; BUFFERS];
         lens[FUSED_BUFFER] = threads * self.fused_scratch(h, w);
+        lens[POOLED_BUFFER] = batch * self.head.out_ch;
+        lens[LAST_BUFFER] = last;
         let mut need = |buffer: usize, len: usize| lens[buffer] = lens[buffer].max(batch * len);
         let (mut h, mut w) = self.stem.output_hw(h, w);
         let mut x = 0;
@@ -837,11 +1011,12 @@ impl MobileNet {
         buffers
     }
 
-    /// The network over `batch` images. Each thread of the team owns a band of rows of every
-    /// layer's output and keeps it through the next layers that need only those rows (a
-    /// projection, the next expansion); it waits for the others only where a depthwise
-    /// convolution reads the rows around its band (before a fused block, its expansion does).
-    /// Thread 0 pools the head's output into `pooled`.
+    /// The network over `batch` images. Each thread of the team owns a band of every layer's
+    /// output (rows, or pixels where the maps are narrow) and keeps it through the next layers
+    /// that need only those pixels (a projection, the next expansion); it waits for the others
+    /// only where a depthwise convolution reads the rows around its band (before a fused block,
+    /// its expansion does). Thread 0 pools the head's output into the pooled buffer; the `last`
+    /// layer over it goes into the last buffer, its columns shared out at batch 1.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -851,11 +1026,13 @@ impl MobileNet {
         w: usize,
         team: &Team,
         buffers: &Buffers,
-        pooled: Option<&mut [f32]>,
+        last: Option<&Pointwise>,
     ) {
         // Why each step may touch what it does (SAFETY for the unsafe blocks below): a thread
         // writes only its own band of one buffer per step and reads only its own band, except
-        // that a depthwise convolution reads all of its input after the barrier in front of it.
+        // that a depthwise convolution reads all of its input after the barrier in front of it,
+        // and so may a residual (the bands of pixels after that barrier need not be the
+        // block's input's) and the last layer (the pooled features, after a barrier of its own).
         // Its input is written again only two blocks later (the expansions alternate between
         // two buffers), by which time every thread has passed the next barrier; the block
         // outputs alternate between two buffers likewise. A thread alone needs none of that:
@@ -870,9 +1047,12 @@ impl MobileNet {
         let expansion = |i: usize, x: usize| expansion_buffer(alone, i, x);
         let (in_h, in_w) = (h, w);
         let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
-        let mut band = team.share(batch * h);
+        // This thread's band of the current tensor: a range of its pixels, counted over the
+        // batch row after row.
+        let band = team.share(batch * h);
         let row_len = w * self.stem.out_ch;
         self.stem.run_rows(input, batch, in_h, in_w, band.clone(), unsafe { buffers.rows(x, band.clone(), row_len) });
+        let mut pixels = band.start * w..band.end * w;
         let mut ch = self.stem.out_ch;
         let fused_len = self.fused_scratch(in_h, in_w);
         for (i, block) in self.blocks.iter().enumerate() {
@@ -882,16 +1062,15 @@ impl MobileNet {
             if block.fused(w) {
                 // It reads the rows around its band of the block's input: wait for them.
                 team.wait();
-                band = team.share(batch * oh);
+                let band = team.share(batch * oh);
                 let scratch = unsafe { buffers.rows(FUSED_BUFFER, team.index..team.index + 1, fused_len) };
                 let out = unsafe { buffers.rows(spare(x), band.clone(), ow * out_ch) };
                 block.fused_rows(unsafe { buffers.all(x) }, h, w, band.clone(), out, scratch);
                 x = spare(x);
+                pixels = band.start * ow..band.end * ow;
                 (h, w, ch) = (oh, ow, out_ch);
                 continue;
             }
-            // The band's pixels: its rows of every image, w pixels each.
-            let pixels = band.start * w..band.end * w;
             let dw_input = match &block.expand {
                 Some(expand) => {
                     let e = expansion(i, x);
@@ -903,25 +1082,41 @@ impl MobileNet {
                 None => x,
             };
             team.wait();
-            band = team.share(batch * oh);
-            let out = unsafe { buffers.rows(d, band.clone(), ow * dw.out_ch) };
-            dw.run_rows(unsafe { buffers.all(dw_input) }, batch, h, w, band.clone(), out);
-            let pixels = band.start * ow..band.end * ow;
+            // Bands of pixels, not of rows: a 7x7 map's seven rows split four to three, its
+            // 49 pixels 25 to 24.
+            pixels = team.share(batch * oh * ow);
+            let out = unsafe { buffers.rows(d, pixels.clone(), dw.out_ch) };
+            dw.run_pixels(unsafe { buffers.all(dw_input) }, batch, h, w, pixels.clone(), out);
             let residual =
                 block.residual.then(|| unsafe { &buffers.all(x)[pixels.start * out_ch..pixels.end * out_ch] });
             let input = unsafe { &buffers.all(d)[pixels.start * dw.out_ch..pixels.end * dw.out_ch] };
-            block.project.run(input, pixels.len(), residual, unsafe { buffers.rows(spare(x), pixels, out_ch) }, 1);
+            let out = unsafe { buffers.rows(spare(x), pixels.clone(), out_ch) };
+            block.project.run(input, pixels.len(), residual, out, 1);
             x = spare(x);
             (h, w, ch) = (oh, ow, out_ch);
         }
         let features = self.head.out_ch;
         let head = expansion(self.blocks.len(), x);
-        let pixels = band.start * w..band.end * w;
         let input = unsafe { &buffers.all(x)[pixels.start * ch..pixels.end * ch] };
         self.head.run(input, pixels.len(), None, unsafe { buffers.rows(head, pixels, features) }, 1);
         team.wait();
-        let Some(pooled) = pooled else { return };
-        average_pool(unsafe { buffers.all(head) }, h * w, features, pooled);
+        let pooled_len = batch * features;
+        if team.index == 0 {
+            let pooled = unsafe { buffers.rows(POOLED_BUFFER, 0..1, pooled_len) };
+            average_pool(unsafe { buffers.all(head) }, h * w, features, pooled);
+        }
+        let Some(last) = last else { return };
+        if team.size > 1 && batch == 1 && last.panel_count() >= team.size {
+            team.wait();
+            let panels = team.share(last.panel_count());
+            let columns = last.panel_columns(panels.clone());
+            let pooled = unsafe { &buffers.all(POOLED_BUFFER)[..features] };
+            last.run_panels(pooled, panels, unsafe { buffers.rows(LAST_BUFFER, columns, 1) });
+        } else if team.index == 0 {
+            let pooled = unsafe { &buffers.all(POOLED_BUFFER)[..pooled_len] };
+            let out = unsafe { buffers.rows(LAST_BUFFER, 0..1, batch * last.out_ch) };
+            last.run(pooled, batch, None, out, 1);
+        }
     }
 }
 
@@ -939,11 +1134,14 @@ fn average_pool(x: &[f32], pixels: usize, features: usize, pooled: &mut [f32]) {
 }
 
 /// The buffers of one pass: block inputs and outputs in 0 and 1 by turns, expansions in 2 and 3
-/// by turns (a team) or in whichever of 0 and 1 is free (alone), depthwise outputs in 4, and
-/// each thread's scratch for fused blocks in 5.
-const BUFFERS: usize = 6;
+/// by turns (a team) or in whichever of 0 and 1 is free (alone), depthwise outputs in 4, each
+/// thread's scratch for fused blocks in 5, the pooled features in 6 and the last layer's output
+/// in 7.
+const BUFFERS: usize = 8;
 const DEPTHWISE_BUFFER: usize = 4;
 const FUSED_BUFFER: usize = 5;
+const POOLED_BUFFER: usize = 6;
+const LAST_BUFFER: usize = 7;
 /// Maps at least this wide run their blocks fused ([`InvertedResidual::fused`]).
 const FUSED_MIN_WIDTH: usize = 28;
 
@@ -999,9 +1197,6 @@ impl TeamStalls {
         self.backoff.store((2 * passes).min(ALONE_AFTER_STALL_MAX), Ordering::Relaxed);
     }
 }
-
-/// Thread 0's output, handed to it inside the broadcast.
-struct PooledOut<'a>(Mutex<Option<&'a mut [f32]>>);
 
 /// The threads running one pass together: this one's index among them, and how they wait for
 /// each other between layers.
@@ -1162,17 +1357,22 @@ mod tests {
                     let (oh, ow) = dw.output_hw(h, w);
                     for oy in 0..oh {
                         let mut want = vec![0f32; ow * c];
-                        dw.depthwise_row(&x, Rows::Image, h, w, oy, &mut want, Kernel::Plain);
-                        for kernel in [Kernel::Fastest, Kernel::Portable] {
-                            // Values past the row must survive: the masked tiles write only theirs.
-                            let mut got = vec![f32::NAN; ow * c + 3];
-                            dw.depthwise_row(&x, Rows::Image, h, w, oy, &mut got, kernel);
-                            assert!(got[ow * c..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the row");
-                            let diff = max_diff(&got[..ow * c], &want);
-                            assert!(
-                                diff < 1e-5,
-                                "{kernel:?} k{k} s{s} c{c} {h}x{w} {activation:?} {padding:?} row {oy}: {diff}"
-                            );
+                        dw.depthwise_row(&x, Rows::Image, h, w, oy, 0..ow, &mut want, Kernel::Plain);
+                        // The whole row, and a part of it (what a team's band that starts or
+                        // ends inside a row asks for).
+                        for cols in [0..ow, ow / 3..ow - ow / 4] {
+                            let n = cols.len() * c;
+                            for kernel in [Kernel::Fastest, Kernel::Portable] {
+                                // Values past the pixels must survive: the masked tiles write only theirs.
+                                let mut got = vec![f32::NAN; n + 3];
+                                dw.depthwise_row(&x, Rows::Image, h, w, oy, cols.clone(), &mut got, kernel);
+                                assert!(got[n..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the pixels");
+                                let diff = max_diff(&got[..n], &want[cols.start * c..cols.end * c]);
+                                assert!(
+                                    diff < 1e-5,
+                                    "{kernel:?} k{k} s{s} c{c} {h}x{w} {activation:?} {padding:?} row {oy} {cols:?}: {diff}"
+                                );
+                            }
                         }
                     }
                 }
@@ -1230,7 +1430,8 @@ mod tests {
     }
 
     /// A pass split over the pool's threads (a team at batch 1, an image per thread for larger
-    /// batches) gives what one thread alone gives, also where some thread's band is empty.
+    /// batches) gives what one thread alone gives, also where some thread's band is empty or
+    /// starts inside a row, and through a last layer whose columns the team shares out.
     #[test]
     fn a_team_pass_equals_a_pass_alone() {
         let block = |c_in: usize, expanded: Option<usize>, c_out: usize, k: usize, s: usize, seed: u32| {
@@ -1249,16 +1450,25 @@ mod tests {
             block(12, Some(36), 20, 5, 2, 40),
         ];
         let net = MobileNet::new(conv(8, 3, 3, 2, false, true, 1), blocks, pointwise(40, 20, true, 50)).unwrap();
+        // Four panels of columns: a team at batch 1 shares them out.
+        let last = pointwise(150, 40, false, 60);
         for (batch, h, w) in [(1, 37, 29), (1, 3, 2), (3, 16, 16)] {
             let input = numbers(batch * h * w * 3, (h * w) as u32);
             // A stall elsewhere in the tests (the cores are shared) must not make this pass alone.
             TEAM_STALLS.alone_left.store(0, Ordering::Relaxed);
             let pooled = net.pooled(&input, batch, h, w);
-            let mut buffers = net.take_scratch(batch, h, w, 1);
-            let mut alone = vec![0f32; pooled.len()];
-            net.forward(&input, batch, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(&mut alone));
-            assert!(max_diff(&pooled, &alone) < 1e-6, "{batch}x{h}x{w}: {pooled:?} vs {alone:?}");
+            TEAM_STALLS.alone_left.store(0, Ordering::Relaxed);
+            let through = net.pooled_then(&input, batch, h, w, &last);
+            let mut buffers = net.take_scratch(batch, h, w, 1, batch * last.out_ch);
+            net.forward(&input, batch, h, w, &Team::alone(), &Buffers::new(&mut buffers), Some(&last));
+            let alone = &buffers[POOLED_BUFFER][..pooled.len()];
+            assert!(max_diff(&pooled, alone) < 1e-6, "{batch}x{h}x{w}: {pooled:?} vs {alone:?}");
             assert!(alone.iter().any(|v| *v != 0.0));
+            let alone_through = &buffers[LAST_BUFFER][..through.len()];
+            assert!(max_diff(&through, alone_through) < 1e-6, "{batch}x{h}x{w} through the last layer");
+            let mut want = vec![0f32; batch * last.out_ch];
+            last.run(&pooled, batch, None, &mut want, 1);
+            assert!(max_diff(&through, &want) < 1e-5, "{batch}x{h}x{w}: the last layer is not of the pooled features");
         }
     }
 
@@ -1292,7 +1502,15 @@ mod tests {
             project: pointwise(c_out, expanded, false, seed + 4),
             residual: c_in == c_out && s == 1,
         };
+        // First, a block without an expansion (run fused too), with its residual.
+        let separable = InvertedResidual {
+            expand: None,
+            depthwise: conv(8, 1, 3, 1, true, true, 5),
+            project: pointwise(8, 8, false, 7),
+            residual: true,
+        };
         let blocks = vec![
+            separable,
             block(8, 24, 8, 3, 1, 10),
             block(8, 24, 12, 3, 2, 20),
             block(12, 36, 12, 5, 1, 30),
@@ -1384,7 +1602,17 @@ mod tests {
     /// not, for several images and row groups that do not divide the height.
     #[test]
     fn dense_convolution_matches_the_definition() {
-        for (k, s, c_in, c_out, h, w) in [(3, 2, 3, 32, 11, 9), (3, 1, 2, 5, 1, 4), (5, 2, 3, 17, 13, 1)] {
+        // Windows inside the image in place and at its edges through patches: odd and even
+        // sides, edge rows and columns only (1 wide), and more channels than the specialised 1 and 3.
+        for (k, s, c_in, c_out, h, w) in [
+            (3, 2, 3, 32, 11, 9),
+            (3, 1, 2, 5, 1, 4),
+            (5, 2, 3, 17, 13, 1),
+            (3, 2, 3, 32, 24, 30),
+            (3, 1, 4, 9, 7, 13),
+            (5, 1, 1, 16, 9, 8),
+            (5, 2, 6, 20, 12, 17),
+        ] {
             let dense = conv(c_out, c_in, k, s, false, true, (k * c_out) as u32);
             let batch = 2;
             let x = numbers(batch * h * w * c_in, 9);

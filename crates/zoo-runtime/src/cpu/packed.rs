@@ -113,12 +113,43 @@ impl PackedMatrix {
     /// out (lhs.m, cols) = start + lhs * self[lhs.k], then the residual and ReLU6, on the
     /// calling thread.
     pub fn multiply(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
-        self.multiply_with(lhs, out, epilogue, Kernel::Fastest)
+        self.multiply_with(lhs, out, epilogue, 0..self.panels.len(), Kernel::Fastest)
     }
 
-    pub(crate) fn multiply_with(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, kernel: Kernel) {
-        let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
-        if m == 0 {
+    /// As [`PackedMatrix::multiply`], the columns of panels `panels` only (see
+    /// [`PackedMatrix::panel_columns`]): the output and the residual are (lhs.m, those columns),
+    /// the bias the whole matrix's. Threads that share out a product's panels share its weights,
+    /// which for a matrix-vector product are all it reads.
+    pub fn multiply_panels(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, panels: Range<usize>) {
+        self.multiply_with(lhs, out, epilogue, panels, Kernel::Fastest)
+    }
+
+    /// How many panels of columns the matrix is packed in.
+    pub fn panel_count(&self) -> usize {
+        self.panels.len()
+    }
+
+    /// The columns of panels `panels`.
+    pub fn panel_columns(&self, panels: Range<usize>) -> Range<usize> {
+        match self.panels.get(panels.clone()) {
+            Some([first, .., last]) => first.first..last.first + last.width,
+            Some([only]) => only.first..only.first + only.width,
+            _ => 0..0,
+        }
+    }
+
+    pub(crate) fn multiply_with(
+        &self,
+        lhs: &Lhs,
+        out: &mut [f32],
+        epilogue: &Epilogue,
+        panels: Range<usize>,
+        kernel: Kernel,
+    ) {
+        assert!(panels.end <= self.panels.len(), "product's panels out of range");
+        let columns = self.panel_columns(panels.clone());
+        let (m, n, k) = (lhs.m, columns.len(), lhs.k.len());
+        if m == 0 || n == 0 {
             return;
         }
         assert!(lhs.k.start + lhs.depth() <= self.rows && k > 0, "product rows out of range");
@@ -127,27 +158,26 @@ impl PackedMatrix {
         assert!(out.len() >= m * n, "product's output too short");
         assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "product's residual too short");
         if let Start::Bias(bias) = epilogue.start {
-            assert!(bias.len() >= n, "product's bias too short");
+            assert!(bias.len() >= columns.end, "product's bias too short");
         }
-        // A few rows (a classifier's) are a matrix-vector product, which the tiles would pad to
-        // TILE_ROWS rows.
         #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-        if kernel == Kernel::Fastest && m >= TILE_ROWS {
-            self.multiply_avx512(lhs, out, epilogue);
+        if kernel == Kernel::Fastest {
+            self.multiply_avx512(lhs, out, epilogue, panels);
             return;
         }
         let _ = kernel;
-        self.multiply_portable(lhs, out, epilogue);
+        self.multiply_portable(lhs, out, epilogue, panels);
     }
 
     /// The gemm crate, panel by panel, then a pass for the bias, residual and ReLU6.
-    fn multiply_portable(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
-        let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
+    fn multiply_portable(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, panels: Range<usize>) {
+        let columns = self.panel_columns(panels.clone());
+        let (m, n, k) = (lhs.m, columns.len(), lhs.k.len());
         let bias = match epilogue.start {
             Start::Bias(bias) => Some(bias),
             Start::Zero | Start::Output => None,
         };
-        for panel in &self.panels {
+        for panel in &self.panels[panels] {
             for (t, &tap) in lhs.taps.iter().enumerate() {
                 let accumulate = t > 0 || matches!(epilogue.start, Start::Output);
                 // SAFETY: multiply_with checked the operands' lengths: the output is m rows of n
@@ -159,7 +189,7 @@ impl PackedMatrix {
                         m,
                         panel.width,
                         k,
-                        out.as_mut_ptr().add(panel.first),
+                        out.as_mut_ptr().add(panel.first - columns.start),
                         1,
                         n as isize,
                         accumulate,
@@ -185,87 +215,86 @@ impl PackedMatrix {
         for (r, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
             let residual = epilogue.residual.map(|res| &res[r * n..(r + 1) * n]);
             for (i, o) in row.iter_mut().enumerate() {
-                let v = *o + bias.map_or(0.0, |b| b[i]) + residual.map_or(0.0, |res| res[i]);
+                let v = *o + bias.map_or(0.0, |b| b[columns.start + i]) + residual.map_or(0.0, |res| res[i]);
                 *o = epilogue.activation.apply(v);
             }
         }
     }
 
-    /// Whole tiles in place; a last, short tile of rows through zero-padded copies.
+    /// Whole tiles, then a last, short tile of the rows left, all in place.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    fn multiply_avx512(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
-        let (m, n, k) = (lhs.m, self.cols, lhs.k.len());
-        let whole = m / TILE_ROWS * TILE_ROWS;
-        let tile_reach = reach(lhs.taps, TILE_ROWS, lhs.stride, k);
-        for panel in &self.panels {
-            for r0 in (0..whole).step_by(TILE_ROWS) {
+    fn multiply_avx512(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, panels: Range<usize>) {
+        let columns = self.panel_columns(panels.clone());
+        let (m, n, k) = (lhs.m, columns.len(), lhs.k.len());
+        for panel in &self.panels[panels] {
+            let at = Columns { first: panel.first - columns.start, of: n };
+            for r0 in (0..m).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(m - r0);
                 let tile = Tile {
-                    x: &lhs.x[r0 * lhs.stride..][..tile_reach],
+                    x: &lhs.x[r0 * lhs.stride..][..reach(lhs.taps, rows, lhs.stride, k)],
                     stride: lhs.stride,
                     k: lhs.k.clone(),
                     taps: lhs.taps,
-                    residual: epilogue.residual.map(|r| &r[r0 * n..(r0 + TILE_ROWS) * n]),
-                    out: &mut out[r0 * n..(r0 + TILE_ROWS) * n],
+                    residual: epilogue.residual.map(|r| &r[r0 * n..(r0 + rows) * n]),
+                    out: &mut out[r0 * n..(r0 + rows) * n],
                 };
-                self.tile(panel, tile, epilogue);
+                self.tile(panel, at, tile, rows, epilogue);
             }
         }
-        if whole == m {
-            return;
-        }
-        // The short tile's rows, each with its taps side by side: one tap of the whole depth.
-        let (tail, depth) = (m - whole, lhs.depth());
-        let mut xs = vec![0f32; TILE_ROWS * depth];
-        for r in 0..tail {
-            for (t, &tap) in lhs.taps.iter().enumerate() {
-                let at = tap + (whole + r) * lhs.stride;
-                xs[r * depth + t * k..][..k].copy_from_slice(&lhs.x[at..at + k]);
-            }
-        }
-        let residual = epilogue.residual.map(|res| {
-            let mut padded = vec![0f32; TILE_ROWS * n];
-            padded[..tail * n].copy_from_slice(&res[whole * n..m * n]);
-            padded
-        });
-        let mut outs = vec![0f32; TILE_ROWS * n];
-        outs[..tail * n].copy_from_slice(&out[whole * n..m * n]);
-        let rows = lhs.k.start..lhs.k.start + depth;
-        for panel in &self.panels {
-            let tile = Tile {
-                x: &xs,
-                stride: depth,
-                k: rows.clone(),
-                taps: ONE_TAP,
-                residual: residual.as_deref(),
-                out: &mut outs,
-            };
-            self.tile(panel, tile, epilogue);
-        }
-        out[whole * n..m * n].copy_from_slice(&outs[..tail * n]);
     }
 
-    /// One tile: TILE_ROWS rows times one panel.
+    /// One tile: `rows` (up to TILE_ROWS) rows times one panel. A short tile has as many
+    /// accumulators as rows, so a last row or two costs a fraction of a whole tile's time (a
+    /// 7x7 map's 49 pixels are six tiles and one row), and a matrix-vector product (a
+    /// classifier's) is one row of them.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-    fn tile(&self, panel: &Panel, tile: Tile, epilogue: &Epilogue) {
-        let n = self.cols;
-        assert!(tile.x.len() >= reach(tile.taps, TILE_ROWS, tile.stride, tile.k.len()));
-        assert!(tile.out.len() >= TILE_ROWS * n && tile.k.start + tile.taps.len() * tile.k.len() <= self.rows);
-        assert!(tile.residual.is_none_or(|r| r.len() >= TILE_ROWS * n));
-        assert!(panel.first + panel.width <= n && panel.width <= PANEL_LANES);
+    fn tile(&self, panel: &Panel, at: Columns, tile: Tile, rows: usize, epilogue: &Epilogue) {
+        match rows {
+            1 => self.tile_of::<1>(panel, at, tile, epilogue),
+            2 => self.tile_of::<2>(panel, at, tile, epilogue),
+            3 => self.tile_of::<3>(panel, at, tile, epilogue),
+            4 => self.tile_of::<4>(panel, at, tile, epilogue),
+            5 => self.tile_of::<5>(panel, at, tile, epilogue),
+            6 => self.tile_of::<6>(panel, at, tile, epilogue),
+            7 => self.tile_of::<7>(panel, at, tile, epilogue),
+            _ => self.tile_of::<TILE_ROWS>(panel, at, tile, epilogue),
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+    fn tile_of<const R: usize>(&self, panel: &Panel, at: Columns, tile: Tile, epilogue: &Epilogue) {
+        let n = at.of;
+        assert!((1..=TILE_ROWS).contains(&R));
+        assert!(tile.x.len() >= reach(tile.taps, R, tile.stride, tile.k.len()));
+        assert!(tile.out.len() >= R * n && tile.k.start + tile.taps.len() * tile.k.len() <= self.rows);
+        assert!(tile.residual.is_none_or(|r| r.len() >= R * n));
+        assert!(at.first + panel.width <= n && panel.width <= PANEL_LANES);
+        if let Start::Bias(bias) = epilogue.start {
+            assert!(bias.len() >= panel.first + panel.width);
+        }
         // SAFETY: AVX-512F is compiled in; the asserts bound the rows read and written, and the
         // lane masks keep every load and store of the output, bias and residual inside the
         // panel's columns.
         unsafe {
             match panel.width.div_ceil(LANES) {
-                1 => tile_avx512::<1>(panel, n, tile, epilogue),
-                2 => tile_avx512::<2>(panel, n, tile, epilogue),
-                _ => tile_avx512::<3>(panel, n, tile, epilogue),
+                1 => tile_avx512::<R, 1>(panel, at, tile, epilogue),
+                2 => tile_avx512::<R, 2>(panel, at, tile, epilogue),
+                _ => tile_avx512::<R, 3>(panel, at, tile, epilogue),
             }
         }
     }
 }
 
-/// TILE_ROWS rows of a product: of x (`stride` apart, each its taps of `k.len()` values, the
+/// Where a panel's columns are in a product's output (and residual): from column `first` of
+/// rows `of` columns long.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[derive(Clone, Copy)]
+struct Columns {
+    first: usize,
+    of: usize,
+}
+
+/// Up to TILE_ROWS rows of a product: of x (`stride` apart, each its taps of `k.len()` values, the
 /// matrix's rows from `k.start`), of the residual and of the output.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 struct Tile<'a> {
@@ -279,18 +308,19 @@ struct Tile<'a> {
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
 #[inline(always)]
-unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilogue: &Epilogue) {
+unsafe fn tile_avx512<const R: usize, const V: usize>(panel: &Panel, at: Columns, tile: Tile, epilogue: &Epilogue) {
     use std::arch::x86_64::*;
     let Tile { x, stride, k, taps, residual, out } = tile;
     debug_assert_eq!(panel.stride(), V * LANES);
     let masks: [u16; V] = super::lane_masks(panel.width);
-    let op = out.as_mut_ptr().add(panel.first);
-    let mut acc: [[__m512; V]; TILE_ROWS] = match epilogue.start {
-        Start::Zero => [[_mm512_setzero_ps(); V]; TILE_ROWS],
+    let n = at.of;
+    let op = out.as_mut_ptr().add(at.first);
+    let mut acc: [[__m512; V]; R] = match epilogue.start {
+        Start::Zero => [[_mm512_setzero_ps(); V]; R],
         Start::Bias(bias) => {
             let b: [__m512; V] =
                 std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bias.as_ptr().add(panel.first + v * LANES)));
-            [b; TILE_ROWS]
+            [b; R]
         }
         Start::Output => {
             std::array::from_fn(|r| std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], op.add(r * n + v * LANES))))
@@ -314,14 +344,14 @@ unsafe fn tile_avx512<const V: usize>(panel: &Panel, n: usize, tile: Tile, epilo
     let clamp = epilogue.activation != Activation::Identity;
     for (r, acc) in acc.into_iter().enumerate() {
         for (v, mut a) in acc.into_iter().enumerate() {
-            let at = r * n + v * LANES;
+            let offset = r * n + v * LANES;
             if let Some(res) = residual {
-                a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(panel.first + at)));
+                a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(masks[v], res.as_ptr().add(at.first + offset)));
             }
             if clamp {
                 a = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
             }
-            _mm512_mask_storeu_ps(op.add(at), masks[v], a);
+            _mm512_mask_storeu_ps(op.add(offset), masks[v], a);
         }
     }
 }
@@ -332,7 +362,7 @@ mod tests {
     use crate::test_support::pseudo_random as numbers;
 
     /// Both paths against the definition: widths short of, between and past the registers and
-    /// panels, row counts that leave a short tile, overlapping rows, a range of the matrix's
+    /// panels, row counts that leave a short tile (of 1, 3, 4, 6 and 7 rows) or are one, overlapping rows, a range of the matrix's
     /// rows, starting at a bias, at the output or at zero, with a residual and ReLU6 or without.
     #[test]
     fn products_match_the_definition_on_odd_shapes() {
@@ -340,7 +370,14 @@ mod tests {
             let weights = numbers(rows * cols, (rows * cols) as u32);
             let matrix = PackedMatrix::new(&weights, rows, cols);
             let bias = numbers(cols, 3);
-            for (m, k, stride) in [(1, 0..rows, rows), (9, 0..rows, rows), (30, rows / 3..rows, 2), (100, 0..1, 1)] {
+            for (m, k, stride) in [
+                (1, 0..rows, rows),
+                (9, 0..rows, rows),
+                (30, rows / 3..rows, 2),
+                (100, 0..1, 1),
+                (3, 0..rows, rows + 1),
+                (7, rows / 2..rows, 3),
+            ] {
                 let klen = k.len();
                 let stride = stride.max(1);
                 let x = numbers((m - 1) * stride + klen, m as u32);
@@ -369,7 +406,7 @@ mod tests {
                         let mut got = before.clone();
                         got.push(f32::NAN);
                         let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps: ONE_TAP };
-                        matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
+                        matrix.multiply_with(&lhs, &mut got, &epilogue, 0..matrix.panel_count(), kernel);
                         assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
                         let diff = got[..m * cols].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                         assert!(
@@ -381,6 +418,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A product of some of the panels is those columns of the whole product, also where they
+    /// end in a part-filled panel, with a residual of their own and the whole matrix's bias.
+    #[test]
+    fn a_product_of_some_panels_is_those_columns_of_the_whole() {
+        for (rows, cols) in [(40, 145), (7, 100), (33, 49)] {
+            let matrix = PackedMatrix::new(&numbers(rows * cols, 5), rows, cols);
+            let bias = numbers(cols, 6);
+            let count = matrix.panel_count();
+            for m in [1, 5, 13] {
+                let x = numbers(m * rows, 7);
+                let residual = numbers(m * cols, 8);
+                let lhs = Lhs { x: &x, stride: rows, m, k: 0..rows, taps: ONE_TAP };
+                let whole_epilogue =
+                    Epilogue { start: Start::Bias(&bias), residual: Some(&residual), activation: Activation::Relu6 };
+                // The whole product on the portable path (checked against the definition above).
+                let mut whole = vec![0f32; m * cols];
+                matrix.multiply_with(&lhs, &mut whole, &whole_epilogue, 0..count, Kernel::Portable);
+                for panels in [0..1, 1..count, count - 1..count, 0..count] {
+                    let columns = matrix.panel_columns(panels.clone());
+                    let part = |all: &[f32]| -> Vec<f32> {
+                        all.chunks_exact(cols).flat_map(|row| row[columns.clone()].to_vec()).collect()
+                    };
+                    let their_residual = part(&residual);
+                    let epilogue = Epilogue { residual: Some(&their_residual), ..whole_epilogue };
+                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                        let mut got = vec![f32::NAN; m * columns.len() + 1];
+                        matrix.multiply_with(&lhs, &mut got, &epilogue, panels.clone(), kernel);
+                        assert!(got[m * columns.len()].is_nan(), "{kernel:?} wrote past the output");
+                        let diff = max_diff(&got[..m * columns.len()], &part(&whole));
+                        assert!(diff < 1e-4, "{kernel:?} {m} rows, panels {panels:?} of ({rows}, {cols}): {diff}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
     }
 
     /// Several taps per row (a convolution's kernel rows, read in place) against the definition:
@@ -415,7 +493,7 @@ mod tests {
             for kernel in [Kernel::Fastest, Kernel::Portable] {
                 let mut got = before.clone();
                 let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps };
-                matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
+                matrix.multiply_with(&lhs, &mut got, &epilogue, 0..matrix.panel_count(), kernel);
                 let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-4, "{kernel:?} {m} rows, taps {taps:?} of {k:?}, {cols} columns: max diff {diff}");
             }
