@@ -59,9 +59,9 @@ bench:
 		/tmp/bench-venv/bin/python "$(SHARED)/bench/text_minilm_ort.py" --batches 1,32 --threads $(THREADS) \
 			--graphs plain --sort chars --n $(BENCH_TEXTS) | tee $(BENCH_OUT)/peer-text.jsonl && \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-text.jsonl $(BENCH_OUT)/peer-text.jsonl; fi
-	eval "$$($(SHARED)/bin/test-assets --env)" && RAYON_NUM_THREADS=$(THREADS) BENCH_OUT=$(BENCH_OUT) \
+	eval "$$($(SHARED)/bin/test-assets --env)" && RAYON_NUM_THREADS=$(THREADS) BENCH_OUT=$(abspath $(BENCH_OUT)) \
 		$(CARGO) bench --locked -p zoo-speech-recognition --bench transcribe | tee $(BENCH_OUT)/zoo-speech.jsonl
-	eval "$$($(SHARED)/bin/test-assets --env)" && RAYON_NUM_THREADS=$(THREADS) BENCH_OUT=$(BENCH_OUT) ZOO_BENCH_COMPUTE_TYPE=int8 \
+	eval "$$($(SHARED)/bin/test-assets --env)" && RAYON_NUM_THREADS=$(THREADS) BENCH_OUT=$(abspath $(BENCH_OUT)) ZOO_BENCH_COMPUTE_TYPE=int8 \
 		$(CARGO) bench --locked -p zoo-speech-recognition --bench transcribe | tee -a $(BENCH_OUT)/zoo-speech.jsonl
 	@if [ -d "$(SHARED)/bench" ]; then \
 		eval "$$($(SHARED)/bin/test-assets --env)" && scripts/bench-venv.sh "$(SHARED)/bench" && \
