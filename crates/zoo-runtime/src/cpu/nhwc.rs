@@ -1429,11 +1429,9 @@ mod tests {
         Pointwise::new(&weight, &Tensor::from_vec(numbers(c_out, seed + 1), c_out, &dev).unwrap(), relu6).unwrap()
     }
 
-    /// A pass split over the pool's threads (a team at batch 1, an image per thread for larger
-    /// batches) gives what one thread alone gives, also where some thread's band is empty or
-    /// starts inside a row, and through a last layer whose columns the team shares out.
-    #[test]
-    fn a_team_pass_equals_a_pass_alone() {
+    /// A stem, a block without expansion (with its residual), blocks at both strides and
+    /// kernel sizes, and a 1x1 head of 40 features.
+    fn small_network() -> MobileNet {
         let block = |c_in: usize, expanded: Option<usize>, c_out: usize, k: usize, s: usize, seed: u32| {
             let c = expanded.unwrap_or(c_in);
             InvertedResidual {
@@ -1449,7 +1447,15 @@ mod tests {
             block(12, Some(36), 12, 5, 1, 30),
             block(12, Some(36), 20, 5, 2, 40),
         ];
-        let net = MobileNet::new(conv(8, 3, 3, 2, false, true, 1), blocks, pointwise(40, 20, true, 50)).unwrap();
+        MobileNet::new(conv(8, 3, 3, 2, false, true, 1), blocks, pointwise(40, 20, true, 50)).unwrap()
+    }
+
+    /// A pass split over the pool's threads (a team at batch 1, an image per thread for larger
+    /// batches) gives what one thread alone gives, also where some thread's band is empty or
+    /// starts inside a row, and through a last layer whose columns the team shares out.
+    #[test]
+    fn a_team_pass_equals_a_pass_alone() {
+        let net = small_network();
         // Four panels of columns: a team at batch 1 shares them out.
         let last = pointwise(150, 40, false, 60);
         for (batch, h, w) in [(1, 37, 29), (1, 3, 2), (3, 16, 16)] {
@@ -1469,6 +1475,39 @@ mod tests {
             let mut want = vec![0f32; batch * last.out_ch];
             last.run(&pooled, batch, None, &mut want, 1);
             assert!(max_diff(&through, &want) < 1e-5, "{batch}x{h}x{w}: the last layer is not of the pooled features");
+        }
+    }
+
+    /// Teams of any size over several images (what a machine with more cores than the batch
+    /// has), run here on threads of their own: every band, of rows in the fused blocks and of
+    /// pixels in the others, across images and inside rows, gives what one thread alone gives.
+    #[test]
+    fn teams_of_any_size_over_several_images_equal_a_pass_alone() {
+        let net = small_network();
+        let last = pointwise(150, 40, false, 60);
+        // 61 wide: the first two blocks fused (31 wide), the others not.
+        for (batch, h, w, size) in [(2, 23, 61, 3), (3, 9, 13, 2), (1, 30, 61, 5), (2, 5, 7, 4)] {
+            let input = numbers(batch * h * w * 3, (h * w + size) as u32);
+            let mut alone = net.take_scratch(batch, h, w, 1, batch * last.out_ch);
+            net.forward(&input, batch, h, w, &Team::alone(), &Buffers::new(&mut alone), Some(&last));
+            let mut team = net.take_scratch(batch, h, w, size, batch * last.out_ch);
+            let shared = Buffers::new(&mut team);
+            let barrier = SpinBarrier::new(size);
+            std::thread::scope(|scope| {
+                for index in 0..size {
+                    let (net, input, shared, barrier, last) = (&net, &input, &shared, &barrier, &last);
+                    scope.spawn(move || {
+                        let team = Team { index, size, barrier: Some(barrier) };
+                        net.forward(input, batch, h, w, &team, shared, Some(last));
+                    });
+                }
+            });
+            for buffer in [POOLED_BUFFER, LAST_BUFFER] {
+                let len = if buffer == POOLED_BUFFER { batch * 40 } else { batch * last.out_ch };
+                let diff = max_diff(&team[buffer][..len], &alone[buffer][..len]);
+                assert!(diff < 1e-5, "{batch}x{h}x{w} on {size} threads, buffer {buffer}: max diff {diff}");
+            }
+            assert!(alone[LAST_BUFFER][..batch * last.out_ch].iter().any(|v| *v != 0.0));
         }
     }
 
