@@ -2,9 +2,9 @@
 //! ShuffleNets) in NHWC with TensorFlow "same" or PyTorch's symmetric padding: the depthwise and
 //! stem convolutions (bias and the activation fused in), 1x1 convolutions as one matrix product
 //! each with the bias, the residual and the activation (ReLU or ReLU6) fused around it,
-//! and [`MobileNet`], which runs a stem, inverted-residual blocks and a head over three reused
-//! buffers. Work is split across output rows with rayon; inner loops run over contiguous channels
-//! so the compiler vectorises them.
+//! and [`MobileNet`], which runs a stem, inverted-residual blocks, a head and optionally a last
+//! dense layer over reused buffers. Work is split across output rows or pixels between threads;
+//! inner loops run over contiguous channels so the compiler vectorises them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -180,7 +180,7 @@ impl ConvWeights {
         let inside = pad_left.div_ceil(s)..if w + pad_left >= k { ((w + pad_left - k) / s + 1).min(ow) } else { 0 };
         let kernel_rows: [usize; MAX_KERNEL] = std::array::from_fn(|ky| ky * w * c);
         let window = k * k * c;
-        let rows = out.len() / (ow * cout);
+        let rows = out.len().checked_div(ow * cout).unwrap_or(0);
         let mut edges = Vec::new();
         for y in oy..oy + rows {
             let out_row = &mut out[(y - oy) * ow * cout..(y - oy + 1) * ow * cout];
@@ -361,7 +361,8 @@ impl ConvWeights {
                     && first_col >= 0
                     && first_col as usize + S * (pixels - 1) + K <= w;
                 let out = &mut out[(ox - cols.start) * c..];
-                // SAFETY: `simd` is only true where AVX-512F is compiled in.
+                // SAFETY: `simd` is only true where AVX-512F is compiled in, and `whole` is the
+                // unmasked form's condition.
                 match (simd, whole) {
                     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
                     (true, true) => unsafe { tile.avx512::<K, S, false>(first_col, ch, count, out) },
@@ -395,8 +396,11 @@ impl TileRow<'_> {
     ///
     /// # Safety
     /// AVX-512F must be available (it is compiled in). Every offset is checked against the
-    /// slices' lengths: rows by the assert on the row offsets, columns by the bounds lo..hi
-    /// (no column outside the image is read), channels by the lane mask.
+    /// slices' lengths: rows by the assert on the row offsets, and, masked, columns by the
+    /// bounds lo..hi (no column outside the image is read) and channels by the lane mask.
+    /// Unmasked, the caller must have checked that the tile is whole: `first_col >= 0`,
+    /// `first_col + S * (TILE - 1) + K <= w`, all LANES channels from `ch` present, and
+    /// `count` all TILE pixels.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     #[inline(always)]
     unsafe fn avx512<const K: usize, const S: usize, const MASKED: bool>(
@@ -416,6 +420,7 @@ impl TileRow<'_> {
         // Masked, the window's columns lo..hi are inside the image; the others are padding,
         // zeros that add nothing. Bounds, not a table per column: a table kept the loop's
         // addresses and masks on the stack.
+        debug_assert!(MASKED || (first_col >= 0 && first_col as usize + columns <= w && lanes == LANES));
         let (lo, hi) = if MASKED {
             ((-first_col).max(0) as usize, (w as isize - first_col).clamp(0, columns as isize) as usize)
         } else {
@@ -801,11 +806,11 @@ impl InvertedResidual {
     }
 }
 
-/// A stem, inverted-residual blocks and a 1x1 head, ending in a global average pool: the body of
-/// EfficientNet-Lite and of MobileNetV2, which differ only in their tables and final layer.
-/// Element-wise ops in candle would each be a pass over memory and a round of thread
-/// synchronisation; here bias, residual and ReLU6 ride along with the convolutions, and three
-/// buffers per thread are reused throughout.
+/// A stem, inverted-residual blocks and a 1x1 head, ending in a global average pool (and, with
+/// [`MobileNet::pooled_then`], a last dense layer): the body of EfficientNet-Lite and of
+/// MobileNetV2, which differ only in their tables and final layer. Element-wise ops in candle
+/// would each be a pass over memory and a round of thread synchronisation; here bias, residual
+/// and ReLU6 ride along with the convolutions, and the buffers of a pass are reused throughout.
 pub struct MobileNet {
     stem: ConvWeights,
     blocks: Vec<InvertedResidual>,
@@ -815,8 +820,8 @@ pub struct MobileNet {
 }
 
 impl MobileNet {
-    /// Refuses layers that do not take what the one before gives: [`MobileNet::pooled`] slices
-    /// its buffers by these counts.
+    /// Refuses layers that do not take what the one before gives: a pass slices its buffers by
+    /// these counts.
     pub fn new(stem: ConvWeights, blocks: Vec<InvertedResidual>, head: Pointwise) -> Result<Self> {
         if stem.depthwise {
             candle_core::bail!("the stem is a dense convolution, not a depthwise one")
@@ -858,9 +863,11 @@ impl MobileNet {
     }
 
     /// What [`MobileNet::pooled`] returns, through one more dense layer `last` (a classifier, a
-    /// style bottleneck): (batch, last.out_ch). At batch 1 the team shares out `last`'s columns:
-    /// a classifier's weights (5 MB for a thousand classes) are the largest layer a pass reads,
-    /// for one product of one row, which on one thread took a twentieth of the pass.
+    /// style bottleneck): (batch, last.out_ch). At batch 1 a team shares out `last`'s panels of
+    /// columns (an int8 layer runs on one thread): a classifier's weights (5 MB for a thousand
+    /// classes) are the largest layer a pass reads, for one product of one row, which on one
+    /// thread took a twentieth of the pass. A team over several images (more cores than
+    /// images) runs it on one thread.
     pub fn pooled_then(&self, input: &[f32], batch: usize, h: usize, w: usize, last: &Pointwise) -> Vec<f32> {
         assert_eq!(last.in_ch, self.head.out_ch, "the last layer does not take the pooled features");
         self.run(input, batch, h, w, Some(last))
@@ -999,8 +1006,11 @@ impl MobileNet {
             if block.expand.is_some() && !block.fused(w) {
                 need(expansion_buffer(alone, i, x), h * w * block.depthwise.in_ch);
             }
+            let fused = block.fused(w);
             (h, w) = block.depthwise.output_hw(h, w);
-            need(DEPTHWISE_BUFFER, h * w * block.depthwise.out_ch);
+            if !fused {
+                need(DEPTHWISE_BUFFER, h * w * block.depthwise.out_ch);
+            }
             need(1 - x, h * w * block.project.out_ch);
             x = 1 - x;
         }
@@ -1014,9 +1024,10 @@ impl MobileNet {
     /// The network over `batch` images. Each thread of the team owns a band of every layer's
     /// output (rows, or pixels where the maps are narrow) and keeps it through the next layers
     /// that need only those pixels (a projection, the next expansion); it waits for the others
-    /// only where a depthwise convolution reads the rows around its band (before a fused block,
-    /// its expansion does). Thread 0 pools the head's output into the pooled buffer; the `last`
-    /// layer over it goes into the last buffer, its columns shared out at batch 1.
+    /// where a depthwise convolution reads the rows around its band (before a fused block, its
+    /// expansion does), before thread 0 pools the head's output into the pooled buffer, and
+    /// before the `last` layer over that goes into the last buffer, its columns shared out at
+    /// batch 1.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -1029,10 +1040,13 @@ impl MobileNet {
         last: Option<&Pointwise>,
     ) {
         // Why each step may touch what it does (SAFETY for the unsafe blocks below): a thread
-        // writes only its own band of one buffer per step and reads only its own band, except
-        // that a depthwise convolution reads all of its input after the barrier in front of it,
-        // and so may a residual (the bands of pixels after that barrier need not be the
-        // block's input's) and the last layer (the pooled features, after a barrier of its own).
+        // writes only its own band of one buffer per step and reads only its own band (as a
+        // slice of that band alone: others may be writing theirs), except that a depthwise
+        // convolution reads all of its input after the barrier in front of it, and so may a
+        // residual (the bands of pixels after that barrier need not be the block's input's);
+        // after the head's barrier thread 0 alone reads the head's output and writes the pooled
+        // features, which the last layer reads after a barrier of its own, each thread writing
+        // its own columns of the last buffer.
         // Its input is written again only two blocks later (the expansions alternate between
         // two buffers), by which time every thread has passed the next barrier; the block
         // outputs alternate between two buffers likewise. A thread alone needs none of that:
@@ -1047,8 +1061,8 @@ impl MobileNet {
         let expansion = |i: usize, x: usize| expansion_buffer(alone, i, x);
         let (in_h, in_w) = (h, w);
         let (mut h, mut w) = self.stem.output_hw(in_h, in_w);
-        // This thread's band of the current tensor: a range of its pixels, counted over the
-        // batch row after row.
+        // This thread's band of the stem's output rows (counted over the batch); `pixels` is
+        // its band of the current tensor's pixels, counted over the batch row after row.
         let band = team.share(batch * h);
         let row_len = w * self.stem.out_ch;
         self.stem.run_rows(input, batch, in_h, in_w, band.clone(), unsafe { buffers.rows(x, band.clone(), row_len) });
@@ -1074,7 +1088,7 @@ impl MobileNet {
             let dw_input = match &block.expand {
                 Some(expand) => {
                     let e = expansion(i, x);
-                    let input = unsafe { &buffers.all(x)[pixels.start * ch..pixels.end * ch] };
+                    let input = unsafe { buffers.part(x, pixels.start * ch..pixels.end * ch) };
                     let out = unsafe { buffers.rows(e, pixels.clone(), expand.out_ch) };
                     expand.run(input, pixels.len(), None, out, 1);
                     e
@@ -1088,8 +1102,8 @@ impl MobileNet {
             let out = unsafe { buffers.rows(d, pixels.clone(), dw.out_ch) };
             dw.run_pixels(unsafe { buffers.all(dw_input) }, batch, h, w, pixels.clone(), out);
             let residual =
-                block.residual.then(|| unsafe { &buffers.all(x)[pixels.start * out_ch..pixels.end * out_ch] });
-            let input = unsafe { &buffers.all(d)[pixels.start * dw.out_ch..pixels.end * dw.out_ch] };
+                block.residual.then(|| unsafe { buffers.part(x, pixels.start * out_ch..pixels.end * out_ch) });
+            let input = unsafe { buffers.part(d, pixels.start * dw.out_ch..pixels.end * dw.out_ch) };
             let out = unsafe { buffers.rows(spare(x), pixels.clone(), out_ch) };
             block.project.run(input, pixels.len(), residual, out, 1);
             x = spare(x);
@@ -1097,7 +1111,7 @@ impl MobileNet {
         }
         let features = self.head.out_ch;
         let head = expansion(self.blocks.len(), x);
-        let input = unsafe { &buffers.all(x)[pixels.start * ch..pixels.end * ch] };
+        let input = unsafe { buffers.part(x, pixels.start * ch..pixels.end * ch) };
         self.head.run(input, pixels.len(), None, unsafe { buffers.rows(head, pixels, features) }, 1);
         team.wait();
         let pooled_len = batch * features;
@@ -1106,14 +1120,15 @@ impl MobileNet {
             average_pool(unsafe { buffers.all(head) }, h * w, features, pooled);
         }
         let Some(last) = last else { return };
-        if team.size > 1 && batch == 1 && last.panel_count() >= team.size {
+        if team.size > 1 && batch == 1 && last.panel_count() > 0 {
             team.wait();
+            // With fewer panels than threads some get none.
             let panels = team.share(last.panel_count());
             let columns = last.panel_columns(panels.clone());
-            let pooled = unsafe { &buffers.all(POOLED_BUFFER)[..features] };
+            let pooled = unsafe { buffers.part(POOLED_BUFFER, 0..features) };
             last.run_panels(pooled, panels, unsafe { buffers.rows(LAST_BUFFER, columns, 1) });
         } else if team.index == 0 {
-            let pooled = unsafe { &buffers.all(POOLED_BUFFER)[..pooled_len] };
+            let pooled = unsafe { buffers.part(POOLED_BUFFER, 0..pooled_len) };
             let out = unsafe { buffers.rows(LAST_BUFFER, 0..1, batch * last.out_ch) };
             last.run(pooled, batch, None, out, 1);
         }
@@ -1211,7 +1226,7 @@ impl Team<'_> {
         Team { index: 0, size: 1, barrier: None }
     }
 
-    /// This thread's rows of `total`.
+    /// This thread's share of `total` rows, pixels or panels.
     fn share(&self, total: usize) -> std::ops::Range<usize> {
         let at = |i: usize| total * i / self.size;
         at(self.index)..at(self.index + 1)
@@ -1297,6 +1312,16 @@ impl Buffers {
     unsafe fn all(&self, i: usize) -> &[f32] {
         let (ptr, len) = self.parts[i];
         std::slice::from_raw_parts(ptr, len)
+    }
+
+    /// Values `range` of buffer `i`.
+    ///
+    /// # Safety
+    /// No thread may write those values while the slice lives.
+    unsafe fn part(&self, i: usize, range: std::ops::Range<usize>) -> &[f32] {
+        let (ptr, len) = self.parts[i];
+        assert!(range.start <= range.end && range.end <= len, "scratch buffer too short");
+        std::slice::from_raw_parts(ptr.add(range.start), range.len())
     }
 
     /// Rows `rows` of `row_len` values of buffer `i`.
@@ -1486,7 +1511,9 @@ mod tests {
         let net = small_network();
         let last = pointwise(150, 40, false, 60);
         // 61 wide: the first two blocks fused (31 wide), the others not.
-        for (batch, h, w, size) in [(2, 23, 61, 3), (3, 9, 13, 2), (1, 30, 61, 5), (2, 5, 7, 4)] {
+        // At batch 1 the last layer's four panels are shared out: one each on 3 threads, some
+        // threads without one on 5.
+        for (batch, h, w, size) in [(2, 23, 61, 3), (3, 9, 13, 2), (1, 30, 61, 5), (1, 17, 40, 3), (2, 5, 7, 4)] {
             let input = numbers(batch * h * w * 3, (h * w + size) as u32);
             let mut alone = net.take_scratch(batch, h, w, 1, batch * last.out_ch);
             net.forward(&input, batch, h, w, &Team::alone(), &Buffers::new(&mut alone), Some(&last));

@@ -1,5 +1,5 @@
 //! A weight matrix packed once for every product it takes part in, and the product itself: on
-//! AVX-512 a tile of 8 rows times up to 48 columns of accumulators that start at the bias (or at
+//! AVX-512 a tile of up to 8 rows times up to 48 columns of accumulators that start at the bias (or at
 //! what the output holds) and get the residual and activation as they are stored, so nothing is
 //! packed per call and the output is written once; elsewhere the gemm crate, panel by panel,
 //! and a second pass. The left operand's rows may be any distance apart (also overlapping: a
@@ -362,8 +362,9 @@ mod tests {
     use crate::test_support::pseudo_random as numbers;
 
     /// Both paths against the definition: widths short of, between and past the registers and
-    /// panels, row counts that leave a short tile (of 1, 3, 4, 6 and 7 rows) or are one, overlapping rows, a range of the matrix's
-    /// rows, starting at a bias, at the output or at zero, with a residual and ReLU6 or without.
+    /// panels, row counts that leave a short tile of every height (1 to 7 rows) or are one,
+    /// overlapping rows, a range of the matrix's rows, starting at a bias, at the output or at
+    /// zero, with a residual and ReLU6 or without.
     #[test]
     fn products_match_the_definition_on_odd_shapes() {
         for (rows, cols) in [(1, 1), (5, 3), (27, 16), (20, 24), (40, 47), (96, 100), (9, 145)] {
@@ -377,6 +378,8 @@ mod tests {
                 (100, 0..1, 1),
                 (3, 0..rows, rows + 1),
                 (7, rows / 2..rows, 3),
+                (10, 0..rows, rows),
+                (13, 0..rows, rows),
             ] {
                 let klen = k.len();
                 let stride = stride.max(1);
