@@ -143,7 +143,7 @@ impl ConvWeights {
             let x = &x[b * image..(b + 1) * image];
             let at = (r - rows.start) * row_len;
             if self.depthwise {
-                self.depthwise_row(x, Rows::Image, h, w, oy, 0..ow, &mut out[at..at + row_len], Kernel::Fastest);
+                self.depthwise_row(RowSource::image(x, h, w), oy, 0..ow, &mut out[at..at + row_len], Kernel::Fastest);
                 r += 1;
             } else {
                 // A few rows of one image at a time: their patches stay in cache for the product.
@@ -249,52 +249,38 @@ impl ConvWeights {
             let out = &mut out[at..at + cols.len() * c];
             let x = &x[b * image..(b + 1) * image];
             p += cols.len();
-            self.depthwise_row(x, Rows::Image, h, w, oy, cols, out, Kernel::Fastest);
+            self.depthwise_row(RowSource::image(x, h, w), oy, cols, out, Kernel::Fastest);
         }
     }
 
-    /// Output pixels `cols` of row `oy` of a depthwise convolution of one image (x: h x w x c),
-    /// into `out` (which starts at the first of them). `x` holds the input's rows as `rows`
-    /// says (the whole image, or a ring of some of them).
-    #[allow(clippy::too_many_arguments)]
+    /// Output pixels `cols` of row `oy` of a depthwise convolution of one image, read from
+    /// `input`, into `out` (which starts at the first of them).
     fn depthwise_row(
         &self,
-        x: &[f32],
-        rows: Rows,
-        h: usize,
-        w: usize,
+        input: RowSource,
         oy: usize,
         cols: std::ops::Range<usize>,
         out: &mut [f32],
         kernel: Kernel,
     ) {
         assert!(
-            cols.end <= self.output_hw(h, w).1 && out.len() >= cols.len() * self.in_ch,
+            cols.end <= self.output_hw(input.h, input.w).1 && out.len() >= cols.len() * self.in_ch,
             "depthwise row out of bounds"
         );
         match (self.kernel, self.stride, kernel) {
-            (_, _, Kernel::Plain) => self.depthwise_row_plain(x, rows, h, w, oy, cols, out),
-            (3, 1, _) => self.depthwise_row_tiled::<3, 1>(x, rows, h, w, oy, cols, out, kernel),
-            (3, 2, _) => self.depthwise_row_tiled::<3, 2>(x, rows, h, w, oy, cols, out, kernel),
-            (5, 1, _) => self.depthwise_row_tiled::<5, 1>(x, rows, h, w, oy, cols, out, kernel),
-            (5, 2, _) => self.depthwise_row_tiled::<5, 2>(x, rows, h, w, oy, cols, out, kernel),
-            _ => self.depthwise_row_plain(x, rows, h, w, oy, cols, out),
+            (_, _, Kernel::Plain) => self.depthwise_row_plain(input, oy, cols, out),
+            (3, 1, _) => self.depthwise_row_tiled::<3, 1>(input, oy, cols, out, kernel),
+            (3, 2, _) => self.depthwise_row_tiled::<3, 2>(input, oy, cols, out, kernel),
+            (5, 1, _) => self.depthwise_row_tiled::<5, 1>(input, oy, cols, out, kernel),
+            (5, 2, _) => self.depthwise_row_tiled::<5, 2>(input, oy, cols, out, kernel),
+            _ => self.depthwise_row_plain(input, oy, cols, out),
         }
     }
 
     /// The definition, one output value at a time: the reference the tiled kernels are tested
     /// against, and the path for kernel sizes and strides they are not built for.
-    #[allow(clippy::too_many_arguments)]
-    fn depthwise_row_plain(
-        &self,
-        x: &[f32],
-        rows: Rows,
-        h: usize,
-        w: usize,
-        oy: usize,
-        cols: std::ops::Range<usize>,
-        out: &mut [f32],
-    ) {
+    fn depthwise_row_plain(&self, input: RowSource, oy: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+        let RowSource { x, rows, h, w } = input;
         let (k, s, c) = (self.kernel, self.stride, self.in_ch);
         let (pad_top, pad_left) = (self.padding.before(h, k, s), self.padding.before(w, k, s));
         let first = cols.start;
@@ -321,18 +307,15 @@ impl ConvWeights {
     /// multiplications, set the pace no more than they must (see [`TileRow::avx512`] for
     /// stride 2). Tiles whose windows cross the image's edge, or hold fewer pixels or channels
     /// than a whole tile, take the masked form of the same kernel.
-    #[allow(clippy::too_many_arguments)]
     fn depthwise_row_tiled<const K: usize, const S: usize>(
         &self,
-        x: &[f32],
-        rows: Rows,
-        h: usize,
-        w: usize,
+        input: RowSource,
         oy: usize,
         cols: std::ops::Range<usize>,
         out: &mut [f32],
         kernel: Kernel,
     ) {
+        let RowSource { x, rows, h, w } = input;
         let c = self.in_ch;
         let (pad_top, pad_left) = (self.padding.before(h, K, S), self.padding.before(w, K, S));
         // The kernel rows whose input row is inside the image.
@@ -545,6 +528,23 @@ const MAX_KERNEL: usize = 7;
 /// Input columns a depthwise tile's windows span at most: stride 2, the largest kernel.
 const MAX_COLUMNS: usize = 2 * (TILE - 1) + MAX_KERNEL;
 
+/// What a depthwise output row reads: an h x w image of the layer's channels, whose rows `x`
+/// holds as `rows` says.
+#[derive(Clone, Copy)]
+struct RowSource<'a> {
+    x: &'a [f32],
+    rows: Rows,
+    h: usize,
+    w: usize,
+}
+
+impl<'a> RowSource<'a> {
+    /// A whole image, its rows in order.
+    fn image(x: &'a [f32], h: usize, w: usize) -> Self {
+        RowSource { x, rows: Rows::Image, h, w }
+    }
+}
+
 /// Where a depthwise convolution finds each input row in its buffer.
 #[derive(Clone, Copy, Debug)]
 enum Rows {
@@ -625,26 +625,18 @@ impl Pointwise {
         self.run_with(x, self.whole_rows(), rows, residual, out, threads, Kernel::Fastest)
     }
 
-    /// The panels of columns its weights are packed in, for threads to share out (none for an
-    /// int8 layer, which is not shared out).
-    fn panel_count(&self) -> usize {
+    /// Its float weights, in the panels of columns threads can share out (an int8 layer has
+    /// none, and is not shared out).
+    fn packed(&self) -> Option<&PackedMatrix> {
         match &self.weights {
-            Weights::F32(matrix) => matrix.panel_count(),
-            Weights::Int8(_) => 0,
+            Weights::F32(matrix) => Some(matrix),
+            Weights::Int8(_) => None,
         }
     }
 
-    fn panel_columns(&self, panels: std::ops::Range<usize>) -> std::ops::Range<usize> {
-        match &self.weights {
-            Weights::F32(matrix) => matrix.panel_columns(panels),
-            Weights::Int8(_) => 0..0,
-        }
-    }
-
-    /// One row x through panels `panels` of the layer (see [`PackedMatrix::multiply_panels`]),
-    /// into `out`: their columns.
-    fn run_panels(&self, x: &[f32], panels: std::ops::Range<usize>, out: &mut [f32]) {
-        let Weights::F32(matrix) = &self.weights else { unreachable!("an int8 layer has no panels") };
+    /// One row x through panels `panels` of `matrix`, the layer's [`Pointwise::packed`] weights
+    /// (see [`PackedMatrix::multiply_panels`]), into `out`: their columns.
+    fn run_panels(&self, matrix: &PackedMatrix, x: &[f32], panels: std::ops::Range<usize>, out: &mut [f32]) {
         let lhs = Lhs { x: &x[..self.in_ch], stride: self.in_ch, m: 1, k: 0..self.in_ch, taps: ONE_TAP };
         let epilogue = Epilogue { start: Start::Bias(&self.bias), residual: None, activation: self.activation };
         matrix.multiply_panels(&lhs, out, &epilogue, panels);
@@ -697,7 +689,7 @@ impl Pointwise {
                 Weights::F32(matrix) => {
                     let lhs = Lhs { x, stride, m: nr, k: 0..len, taps: starts };
                     let epilogue = Epilogue { start: Start::Bias(&self.bias), residual, activation: self.activation };
-                    matrix.multiply_with(&lhs, out, &epilogue, 0..matrix.panel_count(), kernel);
+                    matrix.multiply_with(&lhs, out, &epilogue, kernel);
                 }
                 Weights::Int8(matrix) => {
                     assert!(stride == cin && starts == ONE_TAP, "an int8 layer reads whole rows");
@@ -794,9 +786,15 @@ impl InvertedResidual {
                             held[slot] = b * h + iy;
                         }
                     }
-                    dw.depthwise_row(ring, Rows::Ring(k), h, w, oy, 0..ow, dw_row, Kernel::Fastest);
+                    dw.depthwise_row(
+                        RowSource { x: ring, rows: Rows::Ring(k), h, w },
+                        oy,
+                        0..ow,
+                        dw_row,
+                        Kernel::Fastest,
+                    );
                 }
-                None => dw.depthwise_row(image, Rows::Image, h, w, oy, 0..ow, dw_row, Kernel::Fastest),
+                None => dw.depthwise_row(RowSource::image(image, h, w), oy, 0..ow, dw_row, Kernel::Fastest),
             }
             // A residual block keeps the shape: its output row oy adds input row oy.
             let residual = self.residual.then(|| &image[oy * w * c_in..(oy + 1) * w * c_in]);
@@ -1120,17 +1118,21 @@ impl MobileNet {
             average_pool(unsafe { buffers.all(head) }, h * w, features, pooled);
         }
         let Some(last) = last else { return };
-        if team.size > 1 && batch == 1 && last.panel_count() > 0 {
-            team.wait();
-            // With fewer panels than threads some get none.
-            let panels = team.share(last.panel_count());
-            let columns = last.panel_columns(panels.clone());
-            let pooled = unsafe { buffers.part(POOLED_BUFFER, 0..features) };
-            last.run_panels(pooled, panels, unsafe { buffers.rows(LAST_BUFFER, columns, 1) });
-        } else if team.index == 0 {
-            let pooled = unsafe { buffers.part(POOLED_BUFFER, 0..pooled_len) };
-            let out = unsafe { buffers.rows(LAST_BUFFER, 0..1, batch * last.out_ch) };
-            last.run(pooled, batch, None, out, 1);
+        match last.packed() {
+            Some(matrix) if team.size > 1 && batch == 1 => {
+                team.wait();
+                // With fewer panels than threads some get none.
+                let panels = team.share(matrix.panel_count());
+                let columns = matrix.panel_columns(panels.clone());
+                let pooled = unsafe { buffers.part(POOLED_BUFFER, 0..features) };
+                last.run_panels(matrix, pooled, panels, unsafe { buffers.rows(LAST_BUFFER, columns, 1) });
+            }
+            _ if team.index == 0 => {
+                let pooled = unsafe { buffers.part(POOLED_BUFFER, 0..pooled_len) };
+                let out = unsafe { buffers.rows(LAST_BUFFER, 0..1, batch * last.out_ch) };
+                last.run(pooled, batch, None, out, 1);
+            }
+            _ => {}
         }
     }
 }
@@ -1382,7 +1384,7 @@ mod tests {
                     let (oh, ow) = dw.output_hw(h, w);
                     for oy in 0..oh {
                         let mut want = vec![0f32; ow * c];
-                        dw.depthwise_row(&x, Rows::Image, h, w, oy, 0..ow, &mut want, Kernel::Plain);
+                        dw.depthwise_row(RowSource::image(&x, h, w), oy, 0..ow, &mut want, Kernel::Plain);
                         // The whole row, and a part of it (what a team's band that starts or
                         // ends inside a row asks for).
                         for cols in [0..ow, ow / 3..ow - ow / 4] {
@@ -1390,7 +1392,7 @@ mod tests {
                             for kernel in [Kernel::Fastest, Kernel::Portable] {
                                 // Values past the pixels must survive: the masked tiles write only theirs.
                                 let mut got = vec![f32::NAN; n + 3];
-                                dw.depthwise_row(&x, Rows::Image, h, w, oy, cols.clone(), &mut got, kernel);
+                                dw.depthwise_row(RowSource::image(&x, h, w), oy, cols.clone(), &mut got, kernel);
                                 assert!(got[n..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the pixels");
                                 let diff = max_diff(&got[..n], &want[cols.start * c..cols.end * c]);
                                 assert!(

@@ -113,7 +113,7 @@ impl PackedMatrix {
     /// out (lhs.m, cols) = start + lhs * self[lhs.k], then the residual and ReLU6, on the
     /// calling thread.
     pub fn multiply(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue) {
-        self.multiply_with(lhs, out, epilogue, 0..self.panels.len(), Kernel::Fastest)
+        self.multiply_with(lhs, out, epilogue, Kernel::Fastest)
     }
 
     /// As [`PackedMatrix::multiply`], the columns of panels `panels` only (see
@@ -121,7 +121,7 @@ impl PackedMatrix {
     /// the bias the whole matrix's. Threads that share out a product's panels share its weights,
     /// which for a matrix-vector product are all it reads.
     pub fn multiply_panels(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, panels: Range<usize>) {
-        self.multiply_with(lhs, out, epilogue, panels, Kernel::Fastest)
+        self.multiply_panels_with(lhs, out, epilogue, panels, Kernel::Fastest)
     }
 
     /// How many panels of columns the matrix is packed in.
@@ -138,7 +138,11 @@ impl PackedMatrix {
         }
     }
 
-    pub(crate) fn multiply_with(
+    pub(crate) fn multiply_with(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, kernel: Kernel) {
+        self.multiply_panels_with(lhs, out, epilogue, 0..self.panels.len(), kernel)
+    }
+
+    fn multiply_panels_with(
         &self,
         lhs: &Lhs,
         out: &mut [f32],
@@ -409,9 +413,9 @@ mod tests {
                         let mut got = before.clone();
                         got.push(f32::NAN);
                         let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps: ONE_TAP };
-                        matrix.multiply_with(&lhs, &mut got, &epilogue, 0..matrix.panel_count(), kernel);
+                        matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
                         assert!(got[m * cols].is_nan(), "{kernel:?} wrote past the output");
-                        let diff = got[..m * cols].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        let diff = max_diff(&got[..m * cols], &want);
                         assert!(
                             diff < 1e-4,
                             "{kernel:?} {m}x{klen} (stride {stride}) x ({rows}, {cols}), start {start}, \
@@ -439,7 +443,7 @@ mod tests {
                     Epilogue { start: Start::Bias(&bias), residual: Some(&residual), activation: Activation::Relu6 };
                 // The whole product on the portable path (checked against the definition above).
                 let mut whole = vec![0f32; m * cols];
-                matrix.multiply_with(&lhs, &mut whole, &whole_epilogue, 0..count, Kernel::Portable);
+                matrix.multiply_with(&lhs, &mut whole, &whole_epilogue, Kernel::Portable);
                 for panels in [0..1, 1..count, count - 1..count, 0..count] {
                     let columns = matrix.panel_columns(panels.clone());
                     let part = |all: &[f32]| -> Vec<f32> {
@@ -449,7 +453,7 @@ mod tests {
                     let epilogue = Epilogue { residual: Some(&their_residual), ..whole_epilogue };
                     for kernel in [Kernel::Fastest, Kernel::Portable] {
                         let mut got = vec![f32::NAN; m * columns.len() + 1];
-                        matrix.multiply_with(&lhs, &mut got, &epilogue, panels.clone(), kernel);
+                        matrix.multiply_panels_with(&lhs, &mut got, &epilogue, panels.clone(), kernel);
                         assert!(got[m * columns.len()].is_nan(), "{kernel:?} wrote past the output");
                         let diff = max_diff(&got[..m * columns.len()], &part(&whole));
                         assert!(diff < 1e-4, "{kernel:?} {m} rows, panels {panels:?} of ({rows}, {cols}): {diff}");
@@ -496,8 +500,8 @@ mod tests {
             for kernel in [Kernel::Fastest, Kernel::Portable] {
                 let mut got = before.clone();
                 let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps };
-                matrix.multiply_with(&lhs, &mut got, &epilogue, 0..matrix.panel_count(), kernel);
-                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
+                let diff = max_diff(&got, &want);
                 assert!(diff < 1e-4, "{kernel:?} {m} rows, taps {taps:?} of {k:?}, {cols} columns: max diff {diff}");
             }
         }

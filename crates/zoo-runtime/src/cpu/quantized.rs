@@ -277,8 +277,7 @@ impl QuantizedMatrix {
             }
             let lhs = Lhs { x: codes, stride: k, m, k: 0..k, taps: packed::ONE_TAP };
             let sums = packed::Epilogue { start: Start::Zero, residual: None, activation: Activation::Identity };
-            let matrix = self.float_codes();
-            matrix.multiply_with(&lhs, out, &sums, 0..matrix.panel_count(), kernel);
+            self.float_codes().multiply_with(&lhs, out, &sums, kernel);
         });
         for (row, scale) in out[..m * n].chunks_exact_mut(n).zip(&scales) {
             for ((o, unit), bias) in row.iter_mut().zip(&self.unit).zip(&terms.bias) {
@@ -332,8 +331,7 @@ impl QuantizedMatrix {
             self.input.quantize_to_floats(&x[..m * k], &mut codes[..m * k]);
             let lhs = Lhs { x: codes, stride: k, m, k: 0..k, taps: packed::ONE_TAP };
             let sums = packed::Epilogue { start: Start::Zero, residual: None, activation: Activation::Identity };
-            let matrix = self.float_codes();
-            matrix.multiply_with(&lhs, out, &sums, 0..matrix.panel_count(), kernel);
+            self.float_codes().multiply_with(&lhs, out, &sums, kernel);
         });
         for (r, row) in out[..m * n].chunks_exact_mut(n).enumerate() {
             for (c, o) in row.iter_mut().enumerate() {
