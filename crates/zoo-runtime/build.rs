@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 fn main() {
-    int8_dot_cfgs();
+    vector_cfgs();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let weights = manifest.join("../../weights").canonicalize().expect("weights/ folder beside crates/");
     println!("cargo:rerun-if-changed={}", weights.display());
@@ -24,18 +24,21 @@ fn main() {
     std::fs::write(dest, out).unwrap();
 }
 
-/// The integer dot products this build's int8 kernels (`cpu::quantized`) may use, as cfgs:
-/// `vnni512` (AVX-512 VNNI), `vnni256` (AVX-VNNI with FMA: Intel's client CPUs since Alder Lake,
-/// which have no AVX-512, and Zen 5), and `int8_dot` for either.
-fn int8_dot_cfgs() {
-    for cfg in ["vnni512", "vnni256", "int8_dot"] {
+/// The vector instructions this build's kernels (`cpu`) may use, as cfgs: `fma256` (AVX2 with
+/// FMA: every x86-64 since Haswell and Zen 1, the f32 products' kernel where there is no AVX-512);
+/// for the int8 ones, `vnni512` (AVX-512 VNNI), `vnni256` (AVX-VNNI with FMA: Intel's client CPUs
+/// since Alder Lake, which have no AVX-512, and Zen 5), and `int8_dot` for either.
+fn vector_cfgs() {
+    for cfg in ["fma256", "vnni512", "vnni256", "int8_dot"] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
     let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
     let has = |name: &str| features.split(',').any(|f| f == name);
     let vnni512 = has("avx512vnni");
     let vnni256 = has("avxvnni") && has("fma");
-    for (cfg, on) in [("vnni512", vnni512), ("vnni256", vnni256), ("int8_dot", vnni512 || vnni256)] {
+    let fma256 = has("avx2") && has("fma");
+    for (cfg, on) in [("fma256", fma256), ("vnni512", vnni512), ("vnni256", vnni256), ("int8_dot", vnni512 || vnni256)]
+    {
         if on {
             println!("cargo::rustc-cfg={cfg}");
         }

@@ -48,10 +48,27 @@ impl Activation {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Kernel {
     Fastest,
+    /// The AVX2 one, which is the fastest where there is no AVX-512 (and runs in tests where
+    /// there is).
+    #[cfg(fma256)]
+    #[cfg_attr(all(not(test), target_feature = "avx512f"), allow(dead_code))]
+    Avx2,
     #[cfg_attr(not(test), allow(dead_code))]
     Portable,
     #[cfg_attr(not(test), allow(dead_code))]
     Plain,
+}
+
+impl Kernel {
+    /// Every kernel this build has besides the plain definition, for tests to hold to it.
+    #[cfg(test)]
+    pub(crate) fn built() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Fastest];
+        #[cfg(fma256)]
+        kernels.push(Kernel::Avx2);
+        kernels.push(Kernel::Portable);
+        kernels
+    }
 }
 
 /// out (m x n) = a * b, or += with `accumulate`: a is m rows of k floats starting `a_stride` apart

@@ -333,24 +333,38 @@ impl ConvWeights {
             bias: &self.bias,
             activation: self.activation,
         };
-        let simd = kernel == Kernel::Fastest && cfg!(all(target_arch = "x86_64", target_feature = "avx512f"));
-        let pixels = if simd { TILE } else { PORTABLE_TILE };
-        for ch in (0..c).step_by(LANES) {
+        let path = DepthwisePath::of(kernel);
+        let (pixels, lanes) = match path {
+            DepthwisePath::Avx512 => (TILE, LANES),
+            DepthwisePath::Avx2 => (TILE, AVX2_LANES),
+            DepthwisePath::Portable => (PORTABLE_TILE, LANES),
+        };
+        for ch in (0..c).step_by(lanes) {
             for ox in cols.clone().step_by(pixels) {
                 let count = pixels.min(cols.end - ox);
                 let first_col = (ox * S) as isize - pad_left as isize;
                 let whole = count == pixels
-                    && ch + LANES <= c
+                    && ch + lanes <= c
                     && first_col >= 0
                     && first_col as usize + S * (pixels - 1) + K <= w;
                 let out = &mut out[(ox - cols.start) * c..];
-                // SAFETY: `simd` is only true where AVX-512F is compiled in, and `whole` is the
-                // unmasked form's condition.
-                match (simd, whole) {
+                // SAFETY: each path is only chosen where its instructions are compiled in, and
+                // `whole` is the unmasked forms' condition.
+                match (path, whole) {
                     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-                    (true, true) => unsafe { tile.avx512::<K, S, false>(first_col, ch, count, out) },
+                    (DepthwisePath::Avx512, true) => unsafe { tile.avx512::<K, S, false>(first_col, ch, count, out) },
                     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
-                    (true, false) => unsafe { tile.avx512::<K, S, true>(first_col, ch, count, out) },
+                    (DepthwisePath::Avx512, false) => unsafe { tile.avx512::<K, S, true>(first_col, ch, count, out) },
+                    #[cfg(fma256)]
+                    (DepthwisePath::Avx2, true) => unsafe {
+                        tile.avx2::<K, S, false, false>(first_col, ch, count, out)
+                    },
+                    #[cfg(fma256)]
+                    (DepthwisePath::Avx2, false) if ch + lanes <= c => unsafe {
+                        tile.avx2::<K, S, true, false>(first_col, ch, count, out)
+                    },
+                    #[cfg(fma256)]
+                    (DepthwisePath::Avx2, false) => unsafe { tile.avx2::<K, S, true, true>(first_col, ch, count, out) },
                     _ => tile.portable::<K, S>(first_col, ch, count, out),
                 }
             }
@@ -469,6 +483,90 @@ impl TileRow<'_> {
         }
     }
 
+    /// [`TileRow::avx512`] on AVX2 registers: TILE pixels times AVX2_LANES channels from `ch`
+    /// (`SHORT`: fewer, at the channels' end, read and written through lane masks, which are
+    /// slower than plain loads and stores; a runtime choice between them stayed in the loop).
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available (they are compiled in); as for [`TileRow::avx512`], with
+    /// AVX2_LANES channels making a whole tile, and `SHORT` (which implies `MASKED`) exactly
+    /// where fewer than AVX2_LANES channels are left from `ch`.
+    #[cfg(fma256)]
+    #[inline(always)]
+    unsafe fn avx2<const K: usize, const S: usize, const MASKED: bool, const SHORT: bool>(
+        &self,
+        first_col: isize,
+        ch: usize,
+        count: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let (c, w) = (self.c, self.w);
+        let columns = S * (TILE - 1) + K;
+        let lanes = (c - ch).min(AVX2_LANES);
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        assert!(out.len() >= (count - 1) * c + ch + lanes && self.weights.len() >= K * K * c && self.bias.len() >= c);
+        assert!(self.rows[..self.kernel_rows.len()].iter().all(|&row| row + w * c <= self.x.len()));
+        debug_assert!(MASKED || (first_col >= 0 && first_col as usize + columns <= w && lanes == AVX2_LANES));
+        debug_assert!(SHORT == (lanes < AVX2_LANES) && (MASKED || !SHORT));
+        // Masked loads only where channels run short: the columns' bounds are lo..hi as in the
+        // AVX-512 tile.
+        let whole_lanes = !SHORT;
+        let load = |at: *const f32| if whole_lanes { _mm256_loadu_ps(at) } else { _mm256_maskload_ps(at, mask) };
+        let (lo, hi) = if MASKED {
+            ((-first_col).max(0) as usize, (w as isize - first_col).clamp(0, columns as isize) as usize)
+        } else {
+            (0, columns)
+        };
+        let base = (first_col + lo as isize) as usize * c + ch;
+        let mut acc = [load(self.bias.as_ptr().add(ch)); TILE];
+        let mut window = [_mm256_setzero_ps(); MAX_COLUMNS];
+        for (r, ky) in self.kernel_rows.clone().enumerate() {
+            let row = self.x.as_ptr().add(self.rows[r]);
+            let wrow = self.weights.as_ptr().add(ky * K * c + ch);
+            let wt: [__m256; K] = std::array::from_fn(|kx| load(wrow.add(kx * c)));
+            if S == 1 {
+                for j in 0..columns {
+                    if MASKED && (j < lo || j >= hi) {
+                        continue;
+                    }
+                    let v = load(row.add(base + (j - lo) * c));
+                    for (p, acc) in acc.iter_mut().enumerate() {
+                        if j >= p && j - p < K {
+                            *acc = _mm256_fmadd_ps(wt[j - p], v, *acc);
+                        }
+                    }
+                }
+                continue;
+            }
+            if MASKED {
+                for (j, column) in window.iter_mut().enumerate().take(hi).skip(lo) {
+                    *column = load(row.add(base + (j - lo) * c));
+                }
+            }
+            for (p, acc) in acc.iter_mut().enumerate() {
+                for (kx, wt) in wt.iter().enumerate() {
+                    let j = S * p + kx;
+                    let v = if MASKED { window[j] } else { _mm256_loadu_ps(row.add(base + j * c)) };
+                    *acc = _mm256_fmadd_ps(*wt, v, *acc);
+                }
+            }
+        }
+        let (lo, hi) = self.activation.bounds();
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        for (p, mut a) in acc.into_iter().enumerate().take(if MASKED { count } else { TILE }) {
+            if self.activation != Activation::Identity {
+                a = _mm256_min_ps(_mm256_max_ps(a, lo), hi);
+            }
+            let at = out.as_mut_ptr().add(p * c + ch);
+            if whole_lanes {
+                _mm256_storeu_ps(at, a)
+            } else {
+                _mm256_maskstore_ps(at, mask, a)
+            }
+        }
+    }
+
     /// [`TileRow::avx512`] in plain Rust, for builds without AVX-512: PORTABLE_TILE pixels (the
     /// accumulators of eight would not fit in sixteen AVX2 registers), columns outside the image
     /// skipped.
@@ -519,13 +617,38 @@ impl TileRow<'_> {
     }
 }
 
+/// Which depthwise tile a row takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DepthwisePath {
+    #[cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx512f")), allow(dead_code))]
+    Avx512,
+    #[cfg_attr(not(fma256), allow(dead_code))]
+    Avx2,
+    Portable,
+}
+
+impl DepthwisePath {
+    fn of(kernel: Kernel) -> Self {
+        match kernel {
+            Kernel::Fastest if cfg!(all(target_arch = "x86_64", target_feature = "avx512f")) => DepthwisePath::Avx512,
+            Kernel::Fastest if cfg!(fma256) => DepthwisePath::Avx2,
+            #[cfg(fma256)]
+            Kernel::Avx2 => DepthwisePath::Avx2,
+            _ => DepthwisePath::Portable,
+        }
+    }
+}
+
 /// Output pixels per depthwise tile: eight accumulators, up to five weights and a column take
-/// 14 of AVX-512's 32 registers.
+/// 14 of AVX-512's 32 registers, and as many of AVX2's 16 (one register of channels, not two).
 const TILE: usize = 8;
 const PORTABLE_TILE: usize = 4;
+/// f32 lanes of an AVX2 register.
+const AVX2_LANES: usize = 8;
 /// The largest kernel [`ConvWeights::new`] takes.
 const MAX_KERNEL: usize = 7;
 /// Input columns a depthwise tile's windows span at most: stride 2, the largest kernel.
+#[cfg_attr(not(any(fma256, all(target_arch = "x86_64", target_feature = "avx512f"))), allow(dead_code))]
 const MAX_COLUMNS: usize = 2 * (TILE - 1) + MAX_KERNEL;
 
 /// What a depthwise output row reads: an h x w image of the layer's channels, whose rows `x`
@@ -1363,7 +1486,7 @@ mod tests {
         a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
     }
 
-    /// The AVX-512 tiles (where the build has them) and the portable ones against the definition,
+    /// The AVX-512 and AVX2 tiles (where the build has them) and the portable ones against the definition,
     /// on shapes that exercise every edge: channels short of, equal to and past a block of 16,
     /// widths of 1 and widths that leave part of a tile, rows where the window sticks out at the
     /// top and bottom, both strides and both kernel sizes, each activation and both paddings.
@@ -1389,7 +1512,7 @@ mod tests {
                         // ends inside a row asks for).
                         for cols in [0..ow, ow / 3..ow - ow / 4] {
                             let n = cols.len() * c;
-                            for kernel in [Kernel::Fastest, Kernel::Portable] {
+                            for kernel in Kernel::built() {
                                 // Values past the pixels must survive: the masked tiles write only theirs.
                                 let mut got = vec![f32::NAN; n + 3];
                                 dw.depthwise_row(RowSource::image(&x, h, w), oy, cols.clone(), &mut got, kernel);
@@ -1407,7 +1530,7 @@ mod tests {
         }
     }
 
-    /// The AVX-512 tiles (where the build has them) and the portable product against the
+    /// The AVX-512 and AVX2 tiles (where the build has them) and the portable product against the
     /// definition: output widths short of, between and past the 16-lane registers and the
     /// 48-lane panels, row counts that leave a short tile, with a residual and ReLU6 or without,
     /// on one thread and on several.
@@ -1431,7 +1554,7 @@ mod tests {
                         v += (0..cin).map(|k| x[r * cin + k] * weights[o * cin + k]).sum::<f32>();
                         want[r * cout + o] = if relu6 { v.clamp(0.0, 6.0) } else { v };
                     }
-                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                    for kernel in Kernel::built() {
                         for threads in [1, 3] {
                             let mut got = vec![f32::NAN; rows * cout + 2];
                             layer.run_with(&x, layer.whole_rows(), rows, residual, &mut got, threads, kernel);

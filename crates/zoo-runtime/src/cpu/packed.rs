@@ -1,8 +1,9 @@
 //! A weight matrix packed once for every product it takes part in, and the product itself: on
 //! AVX-512 a tile of up to 8 rows times up to 48 columns of accumulators that start at the bias (or at
 //! what the output holds) and get the residual and activation as they are stored, so nothing is
-//! packed per call and the output is written once; elsewhere the gemm crate, panel by panel,
-//! and a second pass. The left operand's rows may be any distance apart (also overlapping: a
+//! packed per call and the output is written once; on AVX2 with FMA (x86-64 without AVX-512) the
+//! same in tiles of up to 4 rows times 24 columns, over the same packing; elsewhere the gemm
+//! crate, panel by panel, and a second pass. The left operand's rows may be any distance apart (also overlapping: a
 //! convolution reads its padded input in place), a product may use a range of the matrix's rows,
 //! and a row may be several pieces of the input (taps: one per kernel row of a convolution), so
 //! that the accumulators stay in registers over the whole kernel.
@@ -169,6 +170,11 @@ impl PackedMatrix {
             self.multiply_avx512(lhs, out, epilogue, panels);
             return;
         }
+        #[cfg(fma256)]
+        if kernel == Kernel::Avx2 || kernel == Kernel::Fastest {
+            self.multiply_avx2(lhs, out, epilogue, panels);
+            return;
+        }
         let _ = kernel;
         self.multiply_portable(lhs, out, epilogue, panels);
     }
@@ -229,19 +235,12 @@ impl PackedMatrix {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     fn multiply_avx512(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, panels: Range<usize>) {
         let columns = self.panel_columns(panels.clone());
-        let (m, n, k) = (lhs.m, columns.len(), lhs.k.len());
+        let (m, n) = (lhs.m, columns.len());
         for panel in &self.panels[panels] {
             let at = Columns { first: panel.first - columns.start, of: n };
             for r0 in (0..m).step_by(TILE_ROWS) {
                 let rows = TILE_ROWS.min(m - r0);
-                let tile = Tile {
-                    x: &lhs.x[r0 * lhs.stride..][..reach(lhs.taps, rows, lhs.stride, k)],
-                    stride: lhs.stride,
-                    k: lhs.k.clone(),
-                    taps: lhs.taps,
-                    residual: epilogue.residual.map(|r| &r[r0 * n..(r0 + rows) * n]),
-                    out: &mut out[r0 * n..(r0 + rows) * n],
-                };
+                let tile = Tile::of(lhs, epilogue, out, r0..r0 + rows, n);
                 self.tile(panel, at, tile, rows, epilogue);
             }
         }
@@ -291,7 +290,7 @@ impl PackedMatrix {
 
 /// Where a panel's columns are in a product's output (and residual): from column `first` of
 /// rows `of` columns long.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[cfg(any(fma256, all(target_arch = "x86_64", target_feature = "avx512f")))]
 #[derive(Clone, Copy)]
 struct Columns {
     first: usize,
@@ -300,7 +299,7 @@ struct Columns {
 
 /// Up to TILE_ROWS rows of a product: of x (`stride` apart, each its taps of `k.len()` values, the
 /// matrix's rows from `k.start`), of the residual and of the output.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+#[cfg(any(fma256, all(target_arch = "x86_64", target_feature = "avx512f")))]
 struct Tile<'a> {
     x: &'a [f32],
     stride: usize,
@@ -308,6 +307,21 @@ struct Tile<'a> {
     taps: &'a [usize],
     residual: Option<&'a [f32]>,
     out: &'a mut [f32],
+}
+
+#[cfg(any(fma256, all(target_arch = "x86_64", target_feature = "avx512f")))]
+impl<'a> Tile<'a> {
+    /// Rows `rows` of a product whose output rows are `n` columns long.
+    fn of(lhs: &Lhs<'a>, epilogue: &Epilogue<'a>, out: &'a mut [f32], rows: Range<usize>, n: usize) -> Self {
+        Tile {
+            x: &lhs.x[rows.start * lhs.stride..][..reach(lhs.taps, rows.len(), lhs.stride, lhs.k.len())],
+            stride: lhs.stride,
+            k: lhs.k.clone(),
+            taps: lhs.taps,
+            residual: epilogue.residual.map(|r| &r[rows.start * n..rows.end * n]),
+            out: &mut out[rows.start * n..rows.end * n],
+        }
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
@@ -360,13 +374,185 @@ unsafe fn tile_avx512<const R: usize, const V: usize>(panel: &Panel, at: Columns
     }
 }
 
+/// Rows per AVX2 tile: four rows of three registers are 12 accumulators; with three weights and
+/// a broadcast, all 16 registers. Six rows of two registers keep as many accumulators but
+/// broadcast half as many values again per multiply, and ran about 15% slower (Zen 3).
+#[cfg(fma256)]
+const AVX2_TILE_ROWS: usize = 4;
+/// Columns per AVX2 tile (three registers): a panel is up to two of them side by side.
+#[cfg(fma256)]
+const AVX2_TILE_COLUMNS: usize = 24;
+/// f32 lanes of an AVX2 register.
+#[cfg(fma256)]
+const AVX2_LANES: usize = 8;
+
+#[cfg(fma256)]
+impl PackedMatrix {
+    /// Row tiles, and in each the panel's columns 24 at a time, all in place: the tile's rows of
+    /// x stay in L1 while each block of columns is multiplied. The rows are shared out evenly
+    /// (49 rows are ten tiles of 4 and three of 3, not twelve of 4 and one of 1): a tile of one
+    /// or two rows has too few accumulators to hide the multiply's latency. A product of one row
+    /// (a classifier's) takes a whole panel at a time, for six accumulators.
+    fn multiply_avx2(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, panels: Range<usize>) {
+        let columns = self.panel_columns(panels.clone());
+        let (m, n) = (lhs.m, columns.len());
+        let tiles = m.div_ceil(AVX2_TILE_ROWS);
+        let block_columns = if m == 1 { PANEL_LANES } else { AVX2_TILE_COLUMNS };
+        for panel in &self.panels[panels] {
+            let mut r0 = 0;
+            for t in 0..tiles {
+                let rows = (m - r0).div_ceil(tiles - t);
+                for block in (0..panel.width).step_by(block_columns) {
+                    let at = Columns { first: panel.first - columns.start, of: n };
+                    let tile = Tile::of(lhs, epilogue, out, r0..r0 + rows, n);
+                    let width = block_columns.min(panel.width - block);
+                    self.tile_avx2(panel, at, block..block + width, tile, rows, epilogue);
+                }
+                r0 += rows;
+            }
+        }
+    }
+
+    /// One tile: `rows` (up to AVX2_TILE_ROWS) rows times the panel's columns `block` (up to
+    /// AVX2_TILE_COLUMNS of them, or a whole panel for a single row).
+    fn tile_avx2(&self, panel: &Panel, at: Columns, block: Range<usize>, tile: Tile, rows: usize, epilogue: &Epilogue) {
+        match (rows.min(AVX2_TILE_ROWS), block.len().div_ceil(AVX2_LANES)) {
+            (1, 1) => self.tile_avx2_of::<1, 1>(panel, at, block, tile, epilogue),
+            (1, 2) => self.tile_avx2_of::<1, 2>(panel, at, block, tile, epilogue),
+            (1, 3) => self.tile_avx2_of::<1, 3>(panel, at, block, tile, epilogue),
+            (1, 4) => self.tile_avx2_of::<1, 4>(panel, at, block, tile, epilogue),
+            (1, 5) => self.tile_avx2_of::<1, 5>(panel, at, block, tile, epilogue),
+            (1, _) => self.tile_avx2_of::<1, 6>(panel, at, block, tile, epilogue),
+            (2, 1) => self.tile_avx2_of::<2, 1>(panel, at, block, tile, epilogue),
+            (2, 2) => self.tile_avx2_of::<2, 2>(panel, at, block, tile, epilogue),
+            (2, _) => self.tile_avx2_of::<2, 3>(panel, at, block, tile, epilogue),
+            (3, 1) => self.tile_avx2_of::<3, 1>(panel, at, block, tile, epilogue),
+            (3, 2) => self.tile_avx2_of::<3, 2>(panel, at, block, tile, epilogue),
+            (3, _) => self.tile_avx2_of::<3, 3>(panel, at, block, tile, epilogue),
+            (_, 1) => self.tile_avx2_of::<AVX2_TILE_ROWS, 1>(panel, at, block, tile, epilogue),
+            (_, 2) => self.tile_avx2_of::<AVX2_TILE_ROWS, 2>(panel, at, block, tile, epilogue),
+            (_, _) => self.tile_avx2_of::<AVX2_TILE_ROWS, 3>(panel, at, block, tile, epilogue),
+        }
+    }
+
+    /// `R` rows times the `block` of `V` registers of columns (the last, maybe, not whole).
+    fn tile_avx2_of<const R: usize, const V: usize>(
+        &self,
+        panel: &Panel,
+        at: Columns,
+        block: Range<usize>,
+        tile: Tile,
+        epilogue: &Epilogue,
+    ) {
+        let n = at.of;
+        let width = block.len();
+        assert!((1..=AVX2_TILE_ROWS).contains(&R) && V * AVX2_LANES <= PANEL_LANES);
+        assert!(width.div_ceil(AVX2_LANES) == V && block.end <= panel.width);
+        assert!(tile.x.len() >= reach(tile.taps, R, tile.stride, tile.k.len()));
+        assert!(tile.out.len() >= R * n && tile.k.start + tile.taps.len() * tile.k.len() <= self.rows);
+        assert!(tile.residual.is_none_or(|r| r.len() >= R * n));
+        assert!(at.first + panel.width <= n && block.start + width.div_ceil(AVX2_LANES) * AVX2_LANES <= panel.stride());
+        if let Start::Bias(bias) = epilogue.start {
+            assert!(bias.len() >= panel.first + panel.width);
+        }
+        let at = Columns { first: at.first + block.start, of: n };
+        // SAFETY: AVX2 and FMA are compiled in; the asserts bound the rows read and written, the
+        // weights read are inside the panel's zero-padded rows, and a block short of whole
+        // registers goes through copies of its `width` columns of the output, bias and residual.
+        unsafe {
+            if width.is_multiple_of(AVX2_LANES) {
+                tile_avx2::<R, V, false>(panel, at, block.start, width, tile, epilogue)
+            } else {
+                tile_avx2::<R, V, true>(panel, at, block.start, width, tile, epilogue)
+            }
+        }
+    }
+}
+
+/// The tile's accumulators over the panel's columns `block..block + V * 8`, of which the first
+/// `width` are the output's columns from `at.first` (all of them unless `SHORT`: AMD's masked
+/// stores are slow, so a short block's bias, residual and output go through a stack copy).
+#[cfg(fma256)]
+#[inline(always)]
+unsafe fn tile_avx2<const R: usize, const V: usize, const SHORT: bool>(
+    panel: &Panel,
+    at: Columns,
+    block: usize,
+    width: usize,
+    tile: Tile,
+    epilogue: &Epilogue,
+) {
+    use std::arch::x86_64::*;
+    let Tile { x, stride, k, taps, residual, out } = tile;
+    let n = at.of;
+    let ps = panel.stride();
+    let op = out.as_mut_ptr().add(at.first);
+    // Loads V registers from `from` (its first `width` values where the block is short).
+    let load = |from: *const f32| -> [__m256; V] {
+        if SHORT {
+            let mut copy = [0f32; PANEL_LANES];
+            std::ptr::copy_nonoverlapping(from, copy.as_mut_ptr(), width);
+            std::array::from_fn(|v| _mm256_loadu_ps(copy.as_ptr().add(v * AVX2_LANES)))
+        } else {
+            std::array::from_fn(|v| _mm256_loadu_ps(from.add(v * AVX2_LANES)))
+        }
+    };
+    let mut acc: [[__m256; V]; R] = match epilogue.start {
+        Start::Zero => [[_mm256_setzero_ps(); V]; R],
+        Start::Bias(bias) => [load(bias.as_ptr().add(panel.first + block)); R],
+        Start::Output => std::array::from_fn(|r| load(op.add(r * n))),
+    };
+    for (t, &tap) in taps.iter().enumerate() {
+        let xp = x.as_ptr().add(tap);
+        let wp = panel.weights.as_ptr().add((k.start + t * k.len()) * ps + block);
+        for i in 0..k.len() {
+            let wt: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(wp.add(i * ps + v * AVX2_LANES)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*xp.add(r * stride + i));
+                for v in 0..V {
+                    acc[v] = _mm256_fmadd_ps(xv, wt[v], acc[v]);
+                }
+            }
+        }
+    }
+    let (lo, hi) = epilogue.activation.bounds();
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let clamp = epilogue.activation != Activation::Identity;
+    for (r, mut acc) in acc.into_iter().enumerate() {
+        if let Some(res) = residual {
+            let add = load(res.as_ptr().add(at.first + r * n));
+            for v in 0..V {
+                acc[v] = _mm256_add_ps(acc[v], add[v]);
+            }
+        }
+        if clamp {
+            for a in &mut acc {
+                *a = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+            }
+        }
+        let to = op.add(r * n);
+        if SHORT {
+            let mut copy = [0f32; PANEL_LANES];
+            for (v, a) in acc.into_iter().enumerate() {
+                _mm256_storeu_ps(copy.as_mut_ptr().add(v * AVX2_LANES), a);
+            }
+            std::ptr::copy_nonoverlapping(copy.as_ptr(), to, width);
+        } else {
+            for (v, a) in acc.into_iter().enumerate() {
+                _mm256_storeu_ps(to.add(v * AVX2_LANES), a);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::pseudo_random as numbers;
 
-    /// Both paths against the definition: widths short of, between and past the registers and
-    /// panels, row counts that leave a short tile of every height (1 to 7 rows) or are one,
+    /// Every kernel against the definition: widths short of, between and past the registers,
+    /// the AVX2 blocks and the panels, row counts that leave a short tile of every height (1 to 7
+    /// rows of AVX-512's, 1 to 3 of AVX2's, whose rows are shared out evenly) or are one,
     /// overlapping rows, a range of the matrix's rows, starting at a bias, at the output or at
     /// zero, with a residual and ReLU6 or without.
     #[test]
@@ -384,6 +570,8 @@ mod tests {
                 (7, rows / 2..rows, 3),
                 (10, 0..rows, rows),
                 (13, 0..rows, rows),
+                (2, 0..rows, rows),
+                (5, rows / 2..rows, rows),
             ] {
                 let klen = k.len();
                 let stride = stride.max(1);
@@ -409,7 +597,7 @@ mod tests {
                         residual: with_residual.then_some(residual.as_slice()),
                         activation,
                     };
-                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                    for kernel in Kernel::built() {
                         let mut got = before.clone();
                         got.push(f32::NAN);
                         let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps: ONE_TAP };
@@ -451,7 +639,7 @@ mod tests {
                     };
                     let their_residual = part(&residual);
                     let epilogue = Epilogue { residual: Some(&their_residual), ..whole_epilogue };
-                    for kernel in [Kernel::Fastest, Kernel::Portable] {
+                    for kernel in Kernel::built() {
                         let mut got = vec![f32::NAN; m * columns.len() + 1];
                         matrix.multiply_panels_with(&lhs, &mut got, &epilogue, panels.clone(), kernel);
                         assert!(got[m * columns.len()].is_nan(), "{kernel:?} wrote past the output");
@@ -497,7 +685,7 @@ mod tests {
                 want[r * cols + c] += dot;
             }
             let epilogue = Epilogue { start: Start::Output, residual: None, activation: Activation::Identity };
-            for kernel in [Kernel::Fastest, Kernel::Portable] {
+            for kernel in Kernel::built() {
                 let mut got = before.clone();
                 let lhs = Lhs { x: &x, stride, m, k: k.clone(), taps };
                 matrix.multiply_with(&lhs, &mut got, &epilogue, kernel);
