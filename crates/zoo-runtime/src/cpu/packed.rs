@@ -557,7 +557,7 @@ mod tests {
     /// zero, with a residual and ReLU6 or without.
     #[test]
     fn products_match_the_definition_on_odd_shapes() {
-        for (rows, cols) in [(1, 1), (5, 3), (27, 16), (20, 24), (40, 47), (96, 100), (9, 145)] {
+        for (rows, cols) in [(1, 1), (5, 3), (27, 16), (20, 24), (40, 47), (96, 100), (9, 145), (601, 30)] {
             let weights = numbers(rows * cols, (rows * cols) as u32);
             let matrix = PackedMatrix::new(&weights, rows, cols);
             let bias = numbers(cols, 3);
@@ -658,7 +658,7 @@ mod tests {
 
     /// Several taps per row (a convolution's kernel rows, read in place) against the definition:
     /// taps out of order and overlapping, rows that leave a short tile, widths past a panel,
-    /// on both paths.
+    /// deep products, on every kernel.
     #[test]
     fn tapped_products_match_the_definition() {
         for (cols, taps, k, m, stride) in [
@@ -667,6 +667,9 @@ mod tests {
             (8, &[5, 0][..], 2..12, 13, 1),
             (47, &[0, 11, 22, 33][..], 1..10, 7, 6),
             (100, &[64, 0, 32][..], 0..32, 21, 64),
+            // Deep products: many taps, and one deep tap.
+            (30, &[0, 130, 260, 390, 520][..], 3..123, 9, 3),
+            (20, &[10, 0][..], 0..300, 6, 7),
         ] {
             let rows = k.start + taps.len() * k.len() + 2;
             let weights = numbers(rows * cols, (rows + cols) as u32);

@@ -37,7 +37,21 @@ thread_local! {
     static CODES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The input codes as floats, for [`QuantizedMatrix::multiply_float`].
     static FLOAT_CODES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The input codes widened to 16 bits, for [`QuantizedMatrix::multiply_madd`].
+    #[cfg(fma256)]
+    static WIDE_CODES: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// Rows per tile of the AVX2 product without VNNI: 4 rows of 2 registers are 8 accumulators;
+/// with 2 weights, a broadcast and the product being added, 12 of the 16 registers.
+#[cfg(fma256)]
+const MADD_ROWS: usize = 4;
+/// f32 (and i32) lanes of an AVX2 register.
+#[cfg(fma256)]
+const AVX2_LANES: usize = 8;
+/// Columns per tile of that product: two registers.
+#[cfg(fma256)]
+const MADD_COLUMNS: usize = 2 * AVX2_LANES;
 
 /// The shift of [`QuantizedMatrix::multiply_dynamic`]'s codes: signed codes -127..=127 moved into
 /// the unsigned bytes VNNI multiplies (the shift times each column's codes is taken off the sum).
@@ -76,6 +90,15 @@ impl Quantization {
         let (inv, zero) = (1.0 / self.scale, self.zero_point as f32);
         for (code, &v) in codes.iter_mut().zip(x) {
             *code = Self::code_plus_round(v, inv, zero).to_bits() as u8;
+        }
+    }
+
+    /// As [`Quantization::quantize`], each code widened to 16 bits.
+    #[cfg(fma256)]
+    pub fn quantize_to_wide(&self, x: &[f32], codes: &mut [i16]) {
+        let (inv, zero) = (1.0 / self.scale, self.zero_point as f32);
+        for (code, &v) in codes.iter_mut().zip(x) {
+            *code = (Self::code_plus_round(v, inv, zero).to_bits() & 0xff) as i16;
         }
     }
 
@@ -126,9 +149,36 @@ pub struct QuantizedMatrix {
     /// For [`QuantizedMatrix::multiply_dynamic`] only (boxed: the static matrices sit in the
     /// vision networks' layer enums, which should not grow for it).
     dynamic: Option<Box<DynamicTerms>>,
-    /// The weights' codes as floats, for [`QuantizedMatrix::multiply_float`]: made when the
-    /// matrix is where the build has no VNNI, else the first time a test asks for it.
+    /// The weights' codes in the other paths' forms (boxed, as `dynamic` is).
+    other_forms: Box<OtherForms>,
+}
+
+/// The weights' codes for the paths without an integer dot product: each made when the matrix
+/// is where that is the build's path, else the first time a test asks for it.
+struct OtherForms {
+    /// As floats, for [`QuantizedMatrix::multiply_float`] (and, on AVX2, the dynamic product).
     float_codes: OnceLock<PackedMatrix>,
+    /// As pairs of 16-bit integers, for [`QuantizedMatrix::multiply_madd`].
+    #[cfg(fma256)]
+    pairs: OnceLock<Vec<PairPanel>>,
+}
+
+/// Columns `first..first + width` of the weights' codes: for each pair of matrix rows, each
+/// column's two codes as 16-bit integers side by side (what one `vpmaddwd` lane multiplies by a
+/// pair of input codes and sums), columns padded to whole registers.
+#[cfg(fma256)]
+struct PairPanel {
+    first: usize,
+    width: usize,
+    weights: Vec<i16>,
+}
+
+#[cfg(fma256)]
+impl PairPanel {
+    /// Columns a pair of rows takes (the width rounded up to whole AVX2 registers).
+    fn padded(&self) -> usize {
+        self.width.div_ceil(AVX2_LANES) * AVX2_LANES
+    }
 }
 
 /// What the dynamic product adds to a matrix: the bias, and each column's codes summed times the
@@ -150,6 +200,12 @@ enum Path {
     #[cfg(vnni256)]
     #[cfg_attr(all(vnni512, not(test)), allow(dead_code))]
     AvxVnni,
+    /// AVX2 without VNNI: codes widened to 16 bits, multiplied and summed in pairs by
+    /// `vpmaddwd` (exactly: no pair of u8 times i8 products overflows it), twice the
+    /// multiply-adds of an f32 FMA. Where the build has VNNI it runs in tests only.
+    #[cfg(fma256)]
+    #[cfg_attr(all(int8_dot, not(test)), allow(dead_code))]
+    Madd,
     Float(Kernel),
 }
 
@@ -161,6 +217,8 @@ impl Path {
             Kernel::Fastest => Path::Avx512Vnni,
             #[cfg(all(vnni256, not(vnni512)))]
             Kernel::Fastest => Path::AvxVnni,
+            #[cfg(all(fma256, not(int8_dot)))]
+            Kernel::Fastest => Path::Madd,
             kernel => Path::Float(kernel),
         }
     }
@@ -173,6 +231,8 @@ impl Path {
         paths.push(Path::Avx512Vnni);
         #[cfg(vnni256)]
         paths.push(Path::AvxVnni);
+        #[cfg(fma256)]
+        paths.push(Path::Madd);
         paths.extend(Kernel::built().into_iter().map(Path::Float));
         paths
     }
@@ -230,10 +290,27 @@ impl QuantizedMatrix {
             (0..cols).map(|c| input.zero_point as i32 * (0..rows).map(|r| code(r, c) as i32).sum::<i32>()).collect();
         let offset = (0..cols).map(|c| bias[c] - unit[c] * zero_sums[c] as f32).collect();
         let dynamic = dynamic.then(|| Box::new(DynamicTerms { bias: bias.to_vec(), zero_sums }));
-        let matrix = QuantizedMatrix { panels, rows, cols, input, unit, offset, dynamic, float_codes: OnceLock::new() };
+        let matrix = QuantizedMatrix {
+            panels,
+            rows,
+            cols,
+            input,
+            unit,
+            offset,
+            dynamic,
+            other_forms: Box::new(OtherForms {
+                float_codes: OnceLock::new(),
+                #[cfg(fma256)]
+                pairs: OnceLock::new(),
+            }),
+        };
+        // This build's path's weights are made when the model loads, not on its first image.
         if cfg!(not(int8_dot)) {
-            // The float codes are this build's only path: made when the model loads, not on
-            // its first image.
+            #[cfg(fma256)]
+            if matrix.dynamic.is_none() {
+                matrix.pairs();
+                return matrix;
+            }
             matrix.float_codes();
         }
         matrix
@@ -252,14 +329,17 @@ impl QuantizedMatrix {
         self.multiply_dynamic_on(x, m, out, Path::of(Kernel::Fastest))
     }
 
-    // Where the build has no integer dot product, the match has one arm; it is written for both.
-    #[cfg_attr(not(int8_dot), allow(clippy::infallible_destructuring_match))]
+    // Where the build has no integer product, the match has one arm; it is written for all.
+    #[cfg_attr(not(any(int8_dot, fma256)), allow(clippy::infallible_destructuring_match))]
     fn multiply_dynamic_on(&self, x: &[f32], m: usize, out: &mut [f32], path: Path) {
         let (k, n) = (self.rows, self.cols);
         assert!(x.len() >= m * k && out.len() >= m * n, "quantized product's operands too short");
         let terms = self.dynamic.as_deref().expect("a matrix for dynamic inputs (QuantizedMatrix::dynamic)");
         let kernel = match path {
             Path::Float(kernel) => kernel,
+            // The text encoder's dynamic rows (its only user) go through the float product.
+            #[cfg(fma256)]
+            Path::Madd => Kernel::Fastest,
             #[cfg(int8_dot)]
             dot => return self.multiply_int8_dynamic(x, m, out, dot),
         };
@@ -290,7 +370,7 @@ impl QuantizedMatrix {
 
     /// The weights' codes packed for the f32 product (made the first time they are needed).
     fn float_codes(&self) -> &PackedMatrix {
-        self.float_codes.get_or_init(|| PackedMatrix::new(&self.weight_codes(), self.rows, self.cols))
+        self.other_forms.float_codes.get_or_init(|| PackedMatrix::new(&self.weight_codes(), self.rows, self.cols))
     }
 
     /// Bytes per quantized input row: the rows padded to whole groups.
@@ -315,6 +395,8 @@ impl QuantizedMatrix {
         assert!(epilogue.residual.is_none_or(|r| r.len() >= m * n), "quantized product's residual too short");
         match path {
             Path::Float(kernel) => self.multiply_float(x, m, out, epilogue, kernel),
+            #[cfg(fma256)]
+            Path::Madd => self.multiply_madd(x, m, out, epilogue),
             #[cfg(int8_dot)]
             dot => self.multiply_int8(x, m, out, epilogue, dot),
         }
@@ -646,6 +728,176 @@ impl QuantizedMatrix {
             }
         }
     }
+}
+
+#[cfg(fma256)]
+impl QuantizedMatrix {
+    /// The weights' codes in pairs of rows (made the first time they are needed).
+    fn pairs(&self) -> &[PairPanel] {
+        self.other_forms.pairs.get_or_init(|| {
+            let (rows, cols) = (self.rows, self.cols);
+            let codes = self.weight_codes();
+            let pairs = rows.div_ceil(2);
+            self.panels
+                .iter()
+                .map(|panel| {
+                    let (first, width) = (panel.first, panel.width);
+                    let padded = width.div_ceil(AVX2_LANES) * AVX2_LANES;
+                    let mut weights = vec![0i16; pairs * padded * 2];
+                    for (r, c) in (0..rows).flat_map(|r| (0..width).map(move |c| (r, c))) {
+                        weights[((r / 2) * padded + c) * 2 + r % 2] = codes[r * cols + first + c] as i16;
+                    }
+                    PairPanel { first, width, weights }
+                })
+                .collect()
+        })
+    }
+
+    /// All `m` rows' codes first, then each panel's columns 16 at a time over tiles of rows
+    /// shared out evenly (as the f32 product's), so a panel's weights stay in cache for every
+    /// row of the product.
+    fn multiply_madd(&self, x: &[f32], m: usize, out: &mut [f32], epilogue: &Epilogue) {
+        let (k, n) = (self.rows, self.cols);
+        if m == 0 {
+            return;
+        }
+        let stride = k.div_ceil(2) * 2;
+        let panels = self.pairs();
+        WIDE_CODES.with_borrow_mut(|codes| {
+            // Codes past a row's `k` may hold anything: the weights there are zero.
+            if codes.len() < m * stride {
+                codes.resize(m * stride, 0);
+            }
+            for r in 0..m {
+                self.input.quantize_to_wide(&x[r * k..(r + 1) * k], &mut codes[r * stride..r * stride + k]);
+            }
+            let tiles = m.div_ceil(MADD_ROWS);
+            for panel in panels {
+                let mut r0 = 0;
+                for t in 0..tiles {
+                    let rows = (m - r0).div_ceil(tiles - t);
+                    for block in (0..panel.width).step_by(MADD_COLUMNS) {
+                        let width = MADD_COLUMNS.min(panel.width - block);
+                        let tile = MaddTile {
+                            codes: &codes[r0 * stride..(r0 + rows) * stride],
+                            stride,
+                            residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
+                            out: &mut out[r0 * n..(r0 + rows) * n],
+                            activation: epilogue.activation,
+                        };
+                        self.tile_madd(panel, block..block + width, tile);
+                    }
+                    r0 += rows;
+                }
+            }
+        });
+    }
+
+    /// The tile's rows times the panel's columns `block` (up to MADD_COLUMNS of them).
+    fn tile_madd(&self, panel: &PairPanel, block: std::ops::Range<usize>, tile: MaddTile) {
+        let rows = tile.codes.len() / tile.stride;
+        let (n, pairs) = (self.cols, tile.stride / 2);
+        assert!((1..=MADD_ROWS).contains(&rows) && tile.out.len() >= rows * n);
+        assert!(tile.residual.is_none_or(|res| res.len() >= rows * n));
+        assert!(!block.is_empty() && block.end <= panel.width && block.len() <= MADD_COLUMNS);
+        assert!(panel.weights.len() >= pairs * panel.padded() * 2 && panel.first + panel.width <= n);
+        let registers = block.len().div_ceil(AVX2_LANES);
+        let short = !block.len().is_multiple_of(AVX2_LANES);
+        // SAFETY: AVX2 is compiled in; the asserts bound the codes (whole rows of `pairs` pairs),
+        // the weights (each pair's padded row of the panel), the output and the residual (rows
+        // of n columns, the block inside the panel's), and a block short of whole registers is
+        // read and written through copies of its columns.
+        unsafe {
+            match (rows, registers, short) {
+                (1, 1, s) => self.tile_madd_of::<1, 1>(panel, block, tile, s),
+                (1, _, s) => self.tile_madd_of::<1, 2>(panel, block, tile, s),
+                (2, 1, s) => self.tile_madd_of::<2, 1>(panel, block, tile, s),
+                (2, _, s) => self.tile_madd_of::<2, 2>(panel, block, tile, s),
+                (3, 1, s) => self.tile_madd_of::<3, 1>(panel, block, tile, s),
+                (3, _, s) => self.tile_madd_of::<3, 2>(panel, block, tile, s),
+                (_, 1, s) => self.tile_madd_of::<MADD_ROWS, 1>(panel, block, tile, s),
+                (_, _, s) => self.tile_madd_of::<MADD_ROWS, 2>(panel, block, tile, s),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile_madd_of<const R: usize, const V: usize>(
+        &self,
+        panel: &PairPanel,
+        block: std::ops::Range<usize>,
+        tile: MaddTile,
+        short: bool,
+    ) {
+        use std::arch::x86_64::*;
+        let (n, pairs, padded) = (self.cols, tile.stride / 2, panel.padded());
+        let first = panel.first + block.start;
+        let width = block.len();
+        // V registers from `from`: its first `width` values where the block is short.
+        let load = |from: *const f32| -> [__m256; V] {
+            if short {
+                let mut copy = [0f32; MADD_COLUMNS];
+                std::ptr::copy_nonoverlapping(from, copy.as_mut_ptr(), width);
+                std::array::from_fn(|v| _mm256_loadu_ps(copy.as_ptr().add(v * AVX2_LANES)))
+            } else {
+                std::array::from_fn(|v| _mm256_loadu_ps(from.add(v * AVX2_LANES)))
+            }
+        };
+        let unit = load(self.unit.as_ptr().add(first));
+        let offset = load(self.offset.as_ptr().add(first));
+        let wp = panel.weights.as_ptr().add(block.start * 2);
+        let cp = tile.codes.as_ptr();
+        let mut acc = [[_mm256_setzero_si256(); V]; R];
+        for p in 0..pairs {
+            let row = wp.add(p * padded * 2);
+            let wt: [__m256i; V] =
+                std::array::from_fn(|v| _mm256_loadu_si256(row.add(v * AVX2_LANES * 2) as *const __m256i));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = _mm256_set1_epi32((cp.add(r * tile.stride + 2 * p) as *const i32).read_unaligned());
+                for v in 0..V {
+                    acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(a, wt[v]));
+                }
+            }
+        }
+        let (lo, hi) = tile.activation.bounds();
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        for (r, acc) in acc.into_iter().enumerate() {
+            let residual = tile.residual.map(|res| load(res.as_ptr().add(r * n + first)));
+            let mut y: [__m256; V] =
+                std::array::from_fn(|v| _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[v]), unit[v], offset[v]));
+            for v in 0..V {
+                if let Some(res) = &residual {
+                    y[v] = _mm256_add_ps(y[v], res[v]);
+                }
+                if tile.activation != Activation::Identity {
+                    y[v] = _mm256_min_ps(_mm256_max_ps(y[v], lo), hi);
+                }
+            }
+            let to = tile.out.as_mut_ptr().add(r * n + first);
+            if short {
+                let mut copy = [0f32; MADD_COLUMNS];
+                for (v, y) in y.into_iter().enumerate() {
+                    _mm256_storeu_ps(copy.as_mut_ptr().add(v * AVX2_LANES), y);
+                }
+                std::ptr::copy_nonoverlapping(copy.as_ptr(), to, width);
+            } else {
+                for (v, y) in y.into_iter().enumerate() {
+                    _mm256_storeu_ps(to.add(v * AVX2_LANES), y);
+                }
+            }
+        }
+    }
+}
+
+/// Up to MADD_ROWS rows of [`QuantizedMatrix::multiply_madd`]: their codes (`stride` apart),
+/// residual and output.
+#[cfg(fma256)]
+struct MaddTile<'a> {
+    codes: &'a [i16],
+    stride: usize,
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+    activation: Activation,
 }
 
 /// Up to TILE_ROWS rows of a product: their codes (`stride` bytes apart), residual and output.
