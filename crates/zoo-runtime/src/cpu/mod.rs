@@ -164,6 +164,55 @@ pub(crate) fn lane_masks<const V: usize>(width: usize) -> [u16; V] {
     })
 }
 
+/// What the AVX2 kernels share: loads and stores of a block of columns, V registers wide, whose
+/// last register may be part-filled. AVX2 has no mask registers and AMD's masked stores are slow,
+/// so a short block goes through a copy on the stack.
+#[cfg(fma256)]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// f32 lanes of an AVX2 register.
+    pub const LANES: usize = 8;
+    /// The widest block: a panel of the packed products.
+    const MAX_COLUMNS: usize = 3 * super::LANES;
+
+    /// V registers of the `width` values at `from` (zeros past them where `short`).
+    ///
+    /// # Safety
+    /// AVX2 must be available; `from` must hold `width` values, and V * LANES unless `short`.
+    #[inline(always)]
+    pub unsafe fn load<const V: usize>(from: *const f32, width: usize, short: bool) -> [__m256; V] {
+        debug_assert!(V * LANES <= MAX_COLUMNS && width <= V * LANES && (short || width == V * LANES));
+        if short {
+            let mut copy = [0f32; MAX_COLUMNS];
+            std::ptr::copy_nonoverlapping(from, copy.as_mut_ptr(), width);
+            std::array::from_fn(|v| _mm256_loadu_ps(copy.as_ptr().add(v * LANES)))
+        } else {
+            std::array::from_fn(|v| _mm256_loadu_ps(from.add(v * LANES)))
+        }
+    }
+
+    /// The first `width` values of the registers to `to`.
+    ///
+    /// # Safety
+    /// As [`load`], for writing.
+    #[inline(always)]
+    pub unsafe fn store<const V: usize>(to: *mut f32, width: usize, short: bool, values: [__m256; V]) {
+        debug_assert!(V * LANES <= MAX_COLUMNS && width <= V * LANES && (short || width == V * LANES));
+        if short {
+            let mut copy = [0f32; MAX_COLUMNS];
+            for (v, value) in values.into_iter().enumerate() {
+                _mm256_storeu_ps(copy.as_mut_ptr().add(v * LANES), value);
+            }
+            std::ptr::copy_nonoverlapping(copy.as_ptr(), to, width);
+        } else {
+            for (v, value) in values.into_iter().enumerate() {
+                _mm256_storeu_ps(to.add(v * LANES), value);
+            }
+        }
+    }
+}
+
 /// Grows `buf` to at least `len` values (a scratch buffer reused between calls).
 pub fn ensure(buf: &mut Vec<f32>, len: usize) {
     if buf.len() < len {

@@ -382,9 +382,8 @@ const AVX2_TILE_ROWS: usize = 4;
 /// Columns per AVX2 tile (three registers): a panel is up to two of them side by side.
 #[cfg(fma256)]
 const AVX2_TILE_COLUMNS: usize = 24;
-/// f32 lanes of an AVX2 register.
 #[cfg(fma256)]
-const AVX2_LANES: usize = 8;
+use super::avx2::LANES as AVX2_LANES;
 
 #[cfg(fma256)]
 impl PackedMatrix {
@@ -487,16 +486,7 @@ unsafe fn tile_avx2<const R: usize, const V: usize, const SHORT: bool>(
     let n = at.of;
     let ps = panel.stride();
     let op = out.as_mut_ptr().add(at.first);
-    // Loads V registers from `from` (its first `width` values where the block is short).
-    let load = |from: *const f32| -> [__m256; V] {
-        if SHORT {
-            let mut copy = [0f32; PANEL_LANES];
-            std::ptr::copy_nonoverlapping(from, copy.as_mut_ptr(), width);
-            std::array::from_fn(|v| _mm256_loadu_ps(copy.as_ptr().add(v * AVX2_LANES)))
-        } else {
-            std::array::from_fn(|v| _mm256_loadu_ps(from.add(v * AVX2_LANES)))
-        }
-    };
+    let load = |from: *const f32| super::avx2::load::<V>(from, width, SHORT);
     let mut acc: [[__m256; V]; R] = match epilogue.start {
         Start::Zero => [[_mm256_setzero_ps(); V]; R],
         Start::Bias(bias) => [load(bias.as_ptr().add(panel.first + block)); R],
@@ -530,18 +520,7 @@ unsafe fn tile_avx2<const R: usize, const V: usize, const SHORT: bool>(
                 *a = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
             }
         }
-        let to = op.add(r * n);
-        if SHORT {
-            let mut copy = [0f32; PANEL_LANES];
-            for (v, a) in acc.into_iter().enumerate() {
-                _mm256_storeu_ps(copy.as_mut_ptr().add(v * AVX2_LANES), a);
-            }
-            std::ptr::copy_nonoverlapping(copy.as_ptr(), to, width);
-        } else {
-            for (v, a) in acc.into_iter().enumerate() {
-                _mm256_storeu_ps(to.add(v * AVX2_LANES), a);
-            }
-        }
+        super::avx2::store(op.add(r * n), width, SHORT, acc);
     }
 }
 

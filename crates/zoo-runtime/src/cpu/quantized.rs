@@ -46,9 +46,8 @@ thread_local! {
 /// with 2 weights, a broadcast and the product being added, 12 of the 16 registers.
 #[cfg(fma256)]
 const MADD_ROWS: usize = 4;
-/// f32 (and i32) lanes of an AVX2 register.
 #[cfg(fma256)]
-const AVX2_LANES: usize = 8;
+use super::avx2::LANES as AVX2_LANES;
 /// Columns per tile of that product: two registers.
 #[cfg(fma256)]
 const MADD_COLUMNS: usize = 2 * AVX2_LANES;
@@ -833,16 +832,7 @@ impl QuantizedMatrix {
         let (n, pairs, padded) = (self.cols, tile.stride / 2, panel.padded());
         let first = panel.first + block.start;
         let width = block.len();
-        // V registers from `from`: its first `width` values where the block is short.
-        let load = |from: *const f32| -> [__m256; V] {
-            if short {
-                let mut copy = [0f32; MADD_COLUMNS];
-                std::ptr::copy_nonoverlapping(from, copy.as_mut_ptr(), width);
-                std::array::from_fn(|v| _mm256_loadu_ps(copy.as_ptr().add(v * AVX2_LANES)))
-            } else {
-                std::array::from_fn(|v| _mm256_loadu_ps(from.add(v * AVX2_LANES)))
-            }
-        };
+        let load = |from: *const f32| super::avx2::load::<V>(from, width, short);
         let unit = load(self.unit.as_ptr().add(first));
         let offset = load(self.offset.as_ptr().add(first));
         let wp = panel.weights.as_ptr().add(block.start * 2);
@@ -873,18 +863,7 @@ impl QuantizedMatrix {
                     y[v] = _mm256_min_ps(_mm256_max_ps(y[v], lo), hi);
                 }
             }
-            let to = tile.out.as_mut_ptr().add(r * n + first);
-            if short {
-                let mut copy = [0f32; MADD_COLUMNS];
-                for (v, y) in y.into_iter().enumerate() {
-                    _mm256_storeu_ps(copy.as_mut_ptr().add(v * AVX2_LANES), y);
-                }
-                std::ptr::copy_nonoverlapping(copy.as_ptr(), to, width);
-            } else {
-                for (v, y) in y.into_iter().enumerate() {
-                    _mm256_storeu_ps(to.add(v * AVX2_LANES), y);
-                }
-            }
+            super::avx2::store(tile.out.as_mut_ptr().add(r * n + first), width, short, y);
         }
     }
 }
