@@ -176,6 +176,19 @@ pub(crate) mod avx2 {
     /// The widest block: a panel of the packed products.
     const MAX_COLUMNS: usize = 3 * super::LANES;
 
+    /// `m` rows in tiles of at most `most`, shared out evenly (49 rows in tiles of up to 4 are
+    /// ten of 4 and three of 3, not twelve of 4 and one of 1): a tile of one or two rows has too
+    /// few accumulators to hide the multiply's latency.
+    pub fn even_tiles(m: usize, most: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let tiles = m.div_ceil(most);
+        (0..tiles).scan(0, move |r0, t| {
+            let rows = (m - *r0).div_ceil(tiles - t);
+            let tile = *r0..*r0 + rows;
+            *r0 += rows;
+            Some(tile)
+        })
+    }
+
     /// V registers of the `width` values at `from` (zeros past them where `short`).
     ///
     /// # Safety
@@ -321,6 +334,28 @@ mod tests {
         let want = t.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
         for (x, w) in xs.iter().zip(want) {
             assert!((gelu(*x) - w).abs() < 1e-6 * (1.0 + w.abs()), "gelu({x}) = {} vs {w}", gelu(*x));
+        }
+    }
+}
+
+#[cfg(all(test, fma256))]
+mod avx2_tests {
+    #[test]
+    fn even_tiles_cover_the_rows_once_in_tiles_a_row_apart() {
+        for most in [1, 3, 4, 8] {
+            for m in 0..60 {
+                let tiles: Vec<_> = super::avx2::even_tiles(m, most).collect();
+                assert_eq!(tiles.len(), m.div_ceil(most), "{m} rows by {most}");
+                let mut next = 0;
+                for tile in &tiles {
+                    assert_eq!(tile.start, next, "{m} rows by {most}: {tiles:?}");
+                    assert!(!tile.is_empty() && tile.len() <= most, "{m} rows by {most}: {tiles:?}");
+                    next = tile.end;
+                }
+                assert_eq!(next, m);
+                let (short, long) = tiles.iter().fold((usize::MAX, 0), |(s, l), t| (s.min(t.len()), l.max(t.len())));
+                assert!(tiles.is_empty() || long - short <= 1, "{m} rows by {most}: {tiles:?}");
+            }
         }
     }
 }

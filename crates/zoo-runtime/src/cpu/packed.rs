@@ -389,25 +389,20 @@ use super::avx2::LANES as AVX2_LANES;
 impl PackedMatrix {
     /// Row tiles, and in each the panel's columns 24 at a time, all in place: the tile's rows of
     /// x stay in L1 while each block of columns is multiplied. The rows are shared out evenly
-    /// (49 rows are ten tiles of 4 and three of 3, not twelve of 4 and one of 1): a tile of one
-    /// or two rows has too few accumulators to hide the multiply's latency. A product of one row
+    /// ([`super::avx2::even_tiles`]). A product of one row
     /// (a classifier's) takes a whole panel at a time, for six accumulators.
     fn multiply_avx2(&self, lhs: &Lhs, out: &mut [f32], epilogue: &Epilogue, panels: Range<usize>) {
         let columns = self.panel_columns(panels.clone());
         let (m, n) = (lhs.m, columns.len());
-        let tiles = m.div_ceil(AVX2_TILE_ROWS);
         let block_columns = if m == 1 { PANEL_LANES } else { AVX2_TILE_COLUMNS };
         for panel in &self.panels[panels] {
-            let mut r0 = 0;
-            for t in 0..tiles {
-                let rows = (m - r0).div_ceil(tiles - t);
+            let at = Columns { first: panel.first - columns.start, of: n };
+            for rows in super::avx2::even_tiles(m, AVX2_TILE_ROWS) {
                 for block in (0..panel.width).step_by(block_columns) {
-                    let at = Columns { first: panel.first - columns.start, of: n };
-                    let tile = Tile::of(lhs, epilogue, out, r0..r0 + rows, n);
                     let width = block_columns.min(panel.width - block);
-                    self.tile_avx2(panel, at, block..block + width, tile, rows, epilogue);
+                    let tile = Tile::of(lhs, epilogue, out, rows.clone(), n);
+                    self.tile_avx2(panel, at, block..block + width, tile, rows.len(), epilogue);
                 }
-                r0 += rows;
             }
         }
     }

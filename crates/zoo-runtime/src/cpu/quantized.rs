@@ -770,30 +770,27 @@ impl QuantizedMatrix {
             for r in 0..m {
                 self.input.quantize_to_wide(&x[r * k..(r + 1) * k], &mut codes[r * stride..r * stride + k]);
             }
-            let tiles = m.div_ceil(MADD_ROWS);
             for panel in panels {
-                let mut r0 = 0;
-                for t in 0..tiles {
-                    let rows = (m - r0).div_ceil(tiles - t);
+                for rows in super::avx2::even_tiles(m, MADD_ROWS) {
                     for block in (0..panel.width).step_by(MADD_COLUMNS) {
                         let width = MADD_COLUMNS.min(panel.width - block);
-                        let tile = MaddTile {
-                            codes: &codes[r0 * stride..(r0 + rows) * stride],
+                        let tile = Tile {
+                            codes: &codes[rows.start * stride..rows.end * stride],
                             stride,
-                            residual: epilogue.residual.map(|res| &res[r0 * n..(r0 + rows) * n]),
-                            out: &mut out[r0 * n..(r0 + rows) * n],
+                            residual: epilogue.residual.map(|res| &res[rows.start * n..rows.end * n]),
+                            out: &mut out[rows.start * n..rows.end * n],
                             activation: epilogue.activation,
+                            row_scales: None,
                         };
                         self.tile_madd(panel, block..block + width, tile);
                     }
-                    r0 += rows;
                 }
             }
         });
     }
 
     /// The tile's rows times the panel's columns `block` (up to MADD_COLUMNS of them).
-    fn tile_madd(&self, panel: &PairPanel, block: std::ops::Range<usize>, tile: MaddTile) {
+    fn tile_madd(&self, panel: &PairPanel, block: std::ops::Range<usize>, tile: Tile<i16>) {
         let rows = tile.codes.len() / tile.stride;
         let (n, pairs) = (self.cols, tile.stride / 2);
         assert!((1..=MADD_ROWS).contains(&rows) && tile.out.len() >= rows * n);
@@ -825,7 +822,7 @@ impl QuantizedMatrix {
         &self,
         panel: &PairPanel,
         block: std::ops::Range<usize>,
-        tile: MaddTile,
+        tile: Tile<i16>,
         short: bool,
     ) {
         use std::arch::x86_64::*;
@@ -868,26 +865,18 @@ impl QuantizedMatrix {
     }
 }
 
-/// Up to MADD_ROWS rows of [`QuantizedMatrix::multiply_madd`]: their codes (`stride` apart),
-/// residual and output.
-#[cfg(fma256)]
-struct MaddTile<'a> {
-    codes: &'a [i16],
+/// A tile's rows of a product: their codes (`stride` apart: bytes for the VNNI paths, 16-bit
+/// for [`QuantizedMatrix::multiply_madd`]), residual and output.
+#[cfg(any(int8_dot, fma256))]
+struct Tile<'a, Code = u8> {
+    codes: &'a [Code],
     stride: usize,
     residual: Option<&'a [f32]>,
     out: &'a mut [f32],
     activation: Activation,
-}
-
-/// Up to TILE_ROWS rows of a product: their codes (`stride` bytes apart), residual and output.
-#[cfg(int8_dot)]
-struct Tile<'a> {
-    codes: &'a [u8],
-    stride: usize,
-    residual: Option<&'a [f32]>,
-    out: &'a mut [f32],
-    activation: Activation,
-    /// Each row's input scale, for the dynamic product (whose `unit` is the weights' scale).
+    /// Each row's input scale, for the dynamic product (whose `unit` is the weights' scale; the
+    /// VNNI paths only).
+    #[cfg_attr(not(int8_dot), allow(dead_code))]
     row_scales: Option<&'a [f32]>,
 }
 
