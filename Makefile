@@ -6,9 +6,13 @@ SHARED  ?= ../shared
 THREADS ?= $(shell nproc)
 BENCH_OUT ?= target/bench
 BENCH_TEXTS ?= 300
+# bench-vision: rounds of zoo then the peer, and seconds per row. On a shared machine whose speed
+# drifts, several short rounds compared round by round give a fairer ratio than one long pair.
+ROUNDS  ?= 1
+BENCH_SECONDS ?= 5
 ZOO     := target/release/zoo
 
-.PHONY: setup run test bench bench-serve lint fuzz clean calibrate-int8
+.PHONY: setup run test bench bench-vision bench-serve lint fuzz clean calibrate-int8
 
 ## setup: build the release binary (target/release/zoo)
 setup:
@@ -23,24 +27,7 @@ test:
 	$(CARGO) test --release --locked --workspace
 
 ## bench: zoo's speed next to the onnxruntime peer on the same model, threads and inputs
-bench:
-	@mkdir -p $(BENCH_OUT)
-	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-image-classification --bench classify | tee $(BENCH_OUT)/zoo-image.jsonl
-	RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_MODEL=efficientnet-lite0-int8 $(CARGO) bench --locked \
-		-p zoo-image-classification --bench classify | tee -a $(BENCH_OUT)/zoo-image.jsonl
-	@if [ -d "$(SHARED)/bench" ]; then \
-		scripts/bench-venv.sh "$(SHARED)/bench" && \
-		/tmp/bench-venv/bin/python "$(SHARED)/bench/image_efflite0_ort.py" --verify 0 --batches 1,32 \
-			--threads $(THREADS) --min-time 5 | tee $(BENCH_OUT)/peer-image.jsonl && \
-		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl; \
-	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
-	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-style-transfer --bench stylize | tee $(BENCH_OUT)/zoo-style.jsonl
-	@if [ -d "$(SHARED)/bench" ]; then \
-		scripts/bench-venv.sh "$(SHARED)/bench" && \
-		/tmp/bench-venv/bin/python "$(SHARED)/bench/style_ort.py" --threads $(THREADS) --min-time 5 \
-			--sizes-ms26 256,512,1024,2048 --sizes-magenta 256,384,512 | tee $(BENCH_OUT)/peer-style.jsonl && \
-		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-style.jsonl $(BENCH_OUT)/peer-style.jsonl; \
-	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
+bench: bench-vision
 	RAYON_NUM_THREADS=$(THREADS) $(CARGO) bench --locked -p zoo-object-detection --bench detect | tee $(BENCH_OUT)/zoo-detection.jsonl
 	@if [ -d "$(SHARED)/bench" ]; then \
 		scripts/bench-venv.sh "$(SHARED)/bench" && \
@@ -75,6 +62,40 @@ bench:
 			--out $(BENCH_OUT) --zoo-rows $(BENCH_OUT)/zoo-speech.jsonl | tee $(BENCH_OUT)/speech-long.jsonl; fi
 	@if [ -d "$(SHARED)/assets" ]; then $(MAKE) --no-print-directory bench-serve; \
 	else echo "bench: $(SHARED)/assets not found; serve bench skipped"; fi
+
+## bench-vision: the image and style rows alone, ROUNDS times zoo then the peer (e.g. ROUNDS=5
+## BENCH_SECONDS=2), each ratio the median of the rounds' own
+bench-vision:
+	@mkdir -p $(BENCH_OUT)
+	@rm -f $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl $(BENCH_OUT)/zoo-style.jsonl $(BENCH_OUT)/peer-style.jsonl
+	@for round in $$(seq $(ROUNDS)); do \
+		echo "bench-vision: image, round $$round of $(ROUNDS)"; \
+		RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_SECONDS=$(BENCH_SECONDS) $(CARGO) bench --locked \
+			-p zoo-image-classification --bench classify | tee -a $(BENCH_OUT)/zoo-image.jsonl; \
+		RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_SECONDS=$(BENCH_SECONDS) ZOO_BENCH_MODEL=efficientnet-lite0-int8 \
+			$(CARGO) bench --locked -p zoo-image-classification --bench classify | tee -a $(BENCH_OUT)/zoo-image.jsonl; \
+		if [ -d "$(SHARED)/bench" ]; then \
+			scripts/bench-venv.sh "$(SHARED)/bench" && \
+			/tmp/bench-venv/bin/python "$(SHARED)/bench/image_efflite0_ort.py" --verify 0 --batches 1,32 \
+				--threads $(THREADS) --min-time $(BENCH_SECONDS) | tee -a $(BENCH_OUT)/peer-image.jsonl; \
+		fi; \
+	done
+	@if [ -d "$(SHARED)/bench" ]; then \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl; \
+	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
+	@for round in $$(seq $(ROUNDS)); do \
+		echo "bench-vision: style, round $$round of $(ROUNDS)"; \
+		RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_SECONDS=$(BENCH_SECONDS) $(CARGO) bench --locked \
+			-p zoo-style-transfer --bench stylize | tee -a $(BENCH_OUT)/zoo-style.jsonl; \
+		if [ -d "$(SHARED)/bench" ]; then \
+			scripts/bench-venv.sh "$(SHARED)/bench" && \
+			/tmp/bench-venv/bin/python "$(SHARED)/bench/style_ort.py" --threads $(THREADS) --min-time $(BENCH_SECONDS) \
+				--sizes-ms26 256,512,1024,2048 --sizes-magenta 256,384,512 | tee -a $(BENCH_OUT)/peer-style.jsonl; \
+		fi; \
+	done
+	@if [ -d "$(SHARED)/bench" ]; then \
+		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-style.jsonl $(BENCH_OUT)/peer-style.jsonl; \
+	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
 
 ## bench-serve: zoo serve under 1, 8 and 64 concurrent clients next to zoo run on the same inputs
 bench-serve: setup

@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """Prints zoo's throughput and peak memory next to a peer's, from the JSON lines both benchmarks
 print, matched on input and batch size (and, for style transfer, whose peer times several networks
-at the same sizes, on the model too). For speech, items are seconds of audio (1 / real-time factor). Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
+at the same sizes, on the model too). For speech, items are seconds of audio (1 / real-time factor).
+
+Where the files hold several rounds (`make bench-vision ROUNDS=n`: zoo, then the peer, n times),
+the n-th zoo row of a kind is paired with the n-th peer row of its kind, and the table gives each
+side's median and the median of the rounds' ratios, with their range: on a machine whose speed
+drifts, a ratio within one round compares like with like. Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
 import json
+import statistics
 import sys
 
 
@@ -17,20 +23,46 @@ def same(z, p):
     return p.get("task") != "style" or z.get("model") == p.get("model")
 
 
+def peer_key(p):
+    return (p.get("task"), p.get("model") if p.get("task") == "style" else None, p.get("input"), p.get("batch"),
+            p.get("compute_type"))
+
+
+def zoo_model(z, p):
+    return z.get("model", p.get("model", "")) + (f" {z['compute_type']}" if z.get("compute_type") else "")
+
+
 zoo, peer = load(sys.argv[1]), load(sys.argv[2])
-print(f"{'model':<31} {'input':<26} {'batch':>5} {'threads':>7} {'zoo items/s':>12} {'peer items/s':>13} "
-      f"{'zoo/peer':>9} {'zoo MB':>7} {'peer MB':>8}  peer")
 for p in peer:
     # Speech peers report a real-time factor; its inverse is seconds of audio per second.
     if "items_per_s" not in p and p.get("rtf"):
         p["items_per_s"] = 1.0 / p["rtf"]
-    if "items_per_s" not in p:
-        continue
-    # Every zoo row on the same input (an int8 model is timed against the peer's float one).
-    for z in [z for z in zoo if same(z, p)]:
-        ratio = z["items_per_s"] / p["items_per_s"]
-        model = z.get("model", p.get("model", "")) + (f" {z['compute_type']}" if z.get("compute_type") else "")
+peer = [p for p in peer if "items_per_s" in p]
+
+# Each kind of peer row, in the order first seen, with its rounds.
+kinds = {}
+for p in peer:
+    kinds.setdefault(peer_key(p), []).append(p)
+
+print(f"{'model':<31} {'input':<26} {'batch':>5} {'threads':>7} {'zoo items/s':>12} {'peer items/s':>13} "
+      f"{'zoo/peer':>9} {'zoo MB':>7} {'peer MB':>8}  peer")
+for rounds in kinds.values():
+    p = rounds[0]
+    # Every zoo model on the same input (an int8 model is timed against the peer's float one), its
+    # rounds in order.
+    models = {}
+    for z in zoo:
+        if same(z, p):
+            models.setdefault(zoo_model(z, p), []).append(z)
+    for model, zs in models.items():
+        n = min(len(zs), len(rounds))
+        zoo_rate = statistics.median(z["items_per_s"] for z in zs[:n])
+        peer_rate = statistics.median(q["items_per_s"] for q in rounds[:n])
+        ratios = sorted(z["items_per_s"] / q["items_per_s"] for z, q in zip(zs, rounds))
+        spread = f" ({ratios[0]:.2f}-{ratios[-1]:.2f}x in {n} rounds)" if n > 1 else ""
+        zoo_mb = max(z.get("peak_rss_mb", float("nan")) for z in zs[:n])
+        peer_mb = max(q.get("peak_rss_mb", float("nan")) for q in rounds[:n])
         print(f"{model:<31} {p['input']:<26} {p['batch']:>5} {p['threads']:>7} "
-              f"{z['items_per_s']:>12.1f} {p['items_per_s']:>13.1f} {ratio:>8.2f}x "
-              f"{z.get('peak_rss_mb', float('nan')):>7.0f} {p.get('peak_rss_mb', float('nan')):>8.0f}  {p['peer']}"
-              + (f", {p['compute_type']}" if p.get("compute_type") else ""))
+              f"{zoo_rate:>12.1f} {peer_rate:>13.1f} {statistics.median(ratios):>8.2f}x "
+              f"{zoo_mb:>7.0f} {peer_mb:>8.0f}  {p['peer']}"
+              + (f", {p['compute_type']}" if p.get("compute_type") else "") + spread)
