@@ -65,35 +65,40 @@ bench: bench-vision
 
 ## bench-vision: the image and style rows alone, ROUNDS times zoo then the peer (e.g. ROUNDS=5
 ## BENCH_SECONDS=2), each ratio the median of the rounds' own
+# Each row is tagged with its round, for bench_compare to pair; a failed run stops the loop, since
+# a round short of rows would compare nothing.
+BENCH_ROUND = > $(BENCH_OUT)/round.jsonl && sed "s/^{/{\"round\":$$round,/" $(BENCH_OUT)/round.jsonl | tee -a
 bench-vision:
 	@mkdir -p $(BENCH_OUT)
 	@rm -f $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl $(BENCH_OUT)/zoo-style.jsonl $(BENCH_OUT)/peer-style.jsonl
 	@for round in $$(seq $(ROUNDS)); do \
 		echo "bench-vision: image, round $$round of $(ROUNDS)"; \
 		RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_SECONDS=$(BENCH_SECONDS) $(CARGO) bench --locked \
-			-p zoo-image-classification --bench classify | tee -a $(BENCH_OUT)/zoo-image.jsonl; \
+			-p zoo-image-classification --bench classify $(BENCH_ROUND) $(BENCH_OUT)/zoo-image.jsonl || exit 1; \
 		RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_SECONDS=$(BENCH_SECONDS) ZOO_BENCH_MODEL=efficientnet-lite0-int8 \
-			$(CARGO) bench --locked -p zoo-image-classification --bench classify | tee -a $(BENCH_OUT)/zoo-image.jsonl; \
+			$(CARGO) bench --locked -p zoo-image-classification --bench classify \
+			$(BENCH_ROUND) $(BENCH_OUT)/zoo-image.jsonl || exit 1; \
 		if [ -d "$(SHARED)/bench" ]; then \
 			scripts/bench-venv.sh "$(SHARED)/bench" && \
 			/tmp/bench-venv/bin/python "$(SHARED)/bench/image_efflite0_ort.py" --verify 0 --batches 1,32 \
-				--threads $(THREADS) --min-time $(BENCH_SECONDS) | tee -a $(BENCH_OUT)/peer-image.jsonl; \
+				--threads $(THREADS) --min-time $(BENCH_SECONDS) $(BENCH_ROUND) $(BENCH_OUT)/peer-image.jsonl || exit 1; \
 		fi; \
 	done
-	@if [ -d "$(SHARED)/bench" ]; then \
+	@if [ -s $(BENCH_OUT)/peer-image.jsonl ]; then \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-image.jsonl $(BENCH_OUT)/peer-image.jsonl; \
 	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
 	@for round in $$(seq $(ROUNDS)); do \
 		echo "bench-vision: style, round $$round of $(ROUNDS)"; \
 		RAYON_NUM_THREADS=$(THREADS) ZOO_BENCH_SECONDS=$(BENCH_SECONDS) $(CARGO) bench --locked \
-			-p zoo-style-transfer --bench stylize | tee -a $(BENCH_OUT)/zoo-style.jsonl; \
+			-p zoo-style-transfer --bench stylize $(BENCH_ROUND) $(BENCH_OUT)/zoo-style.jsonl || exit 1; \
 		if [ -d "$(SHARED)/bench" ]; then \
 			scripts/bench-venv.sh "$(SHARED)/bench" && \
 			/tmp/bench-venv/bin/python "$(SHARED)/bench/style_ort.py" --threads $(THREADS) --min-time $(BENCH_SECONDS) \
-				--sizes-ms26 256,512,1024,2048 --sizes-magenta 256,384,512 | tee -a $(BENCH_OUT)/peer-style.jsonl; \
+				--sizes-ms26 256,512,1024,2048 --sizes-magenta 256,384,512 \
+				$(BENCH_ROUND) $(BENCH_OUT)/peer-style.jsonl || exit 1; \
 		fi; \
 	done
-	@if [ -d "$(SHARED)/bench" ]; then \
+	@if [ -s $(BENCH_OUT)/peer-style.jsonl ]; then \
 		python3 scripts/bench_compare.py $(BENCH_OUT)/zoo-style.jsonl $(BENCH_OUT)/peer-style.jsonl; \
 	else echo "bench: $(SHARED)/bench not found; peer comparison skipped"; fi
 

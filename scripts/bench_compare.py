@@ -3,10 +3,11 @@
 print, matched on input and batch size (and, for style transfer, whose peer times several networks
 at the same sizes, on the model too). For speech, items are seconds of audio (1 / real-time factor).
 
-Where the files hold several rounds (`make bench-vision ROUNDS=n`: zoo, then the peer, n times),
-the n-th zoo row of a kind is paired with the n-th peer row of its kind, and the table gives each
-side's median and the median of the rounds' ratios, with their range: on a machine whose speed
-drifts, a ratio within one round compares like with like. Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
+Where the files hold several rounds (`make bench-vision ROUNDS=n`: zoo, then the peer, n times,
+each row tagged with its "round"), each zoo row is paired with the peer's row of the same kind and
+round, and the table gives each side's median and the median of the rounds' ratios, with their
+range: on a machine whose speed drifts, a ratio within one round compares like with like. Untagged
+rows are numbered in the order they come. Usage: bench_compare.py ZOO.jsonl PEER.jsonl"""
 import json
 import statistics
 import sys
@@ -24,12 +25,22 @@ def same(z, p):
 
 
 def peer_key(p):
-    return (p.get("task"), p.get("model") if p.get("task") == "style" else None, p.get("input"), p.get("batch"),
-            p.get("compute_type"))
+    return (p.get("peer"), p.get("task"), p.get("model") if p.get("task") == "style" else None, p.get("input"),
+            p.get("batch"), p.get("threads"), p.get("compute_type"), p.get("graphs"))
 
 
 def zoo_model(z, p):
     return z.get("model", p.get("model", "")) + (f" {z['compute_type']}" if z.get("compute_type") else "")
+
+
+def by_round(rows):
+    """{round: row}, untagged rows numbered in order."""
+    return {row.get("round", i + 1): row for i, row in enumerate(rows)}
+
+
+def most(rows):
+    known = [r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None]
+    return max(known) if known else float("nan")
 
 
 zoo, peer = load(sys.argv[1]), load(sys.argv[2])
@@ -53,15 +64,23 @@ for rounds in kinds.values():
     models = {}
     for z in zoo:
         if same(z, p):
-            models.setdefault(zoo_model(z, p), []).append(z)
-    for model, zs in models.items():
-        n = min(len(zs), len(rounds))
-        zoo_rate = statistics.median(z["items_per_s"] for z in zs[:n])
-        peer_rate = statistics.median(q["items_per_s"] for q in rounds[:n])
-        ratios = sorted(z["items_per_s"] / q["items_per_s"] for z, q in zip(zs, rounds))
+            models.setdefault((zoo_model(z, p), z.get("threads")), []).append(z)
+    peer_rounds = by_round(rounds)
+    for (model, _), zs in models.items():
+        zoo_rounds = by_round(zs)
+        both = [r for r in zoo_rounds if r in peer_rounds]
+        if not both:
+            continue
+        if len(both) < max(len(zoo_rounds), len(peer_rounds)):
+            print(f"bench_compare: {model} at {p['input']}, batch {p['batch']}: only rounds {both} have both rows",
+                  file=sys.stderr)
+        zs, qs = [zoo_rounds[r] for r in both], [peer_rounds[r] for r in both]
+        n = len(both)
+        zoo_rate = statistics.median(z["items_per_s"] for z in zs)
+        peer_rate = statistics.median(q["items_per_s"] for q in qs)
+        ratios = sorted(z["items_per_s"] / q["items_per_s"] for z, q in zip(zs, qs))
         spread = f" ({ratios[0]:.2f}-{ratios[-1]:.2f}x in {n} rounds)" if n > 1 else ""
-        zoo_mb = max(z.get("peak_rss_mb", float("nan")) for z in zs[:n])
-        peer_mb = max(q.get("peak_rss_mb", float("nan")) for q in rounds[:n])
+        zoo_mb, peer_mb = most(zs), most(qs)
         print(f"{model:<31} {p['input']:<26} {p['batch']:>5} {p['threads']:>7} "
               f"{zoo_rate:>12.1f} {peer_rate:>13.1f} {statistics.median(ratios):>8.2f}x "
               f"{zoo_mb:>7.0f} {peer_mb:>8.0f}  {p['peer']}"

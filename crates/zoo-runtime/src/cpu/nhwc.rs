@@ -301,12 +301,13 @@ impl ConvWeights {
         }
     }
 
-    /// Pixels `cols` of one output row in tiles of neighbouring pixels times LANES channels. At
-    /// stride 1 a tile loads each input column of its window once per kernel row and uses it
-    /// for every pixel whose window covers it (up to K of them), so the loads, not the
-    /// multiplications, set the pace no more than they must (see [`TileRow::avx512`] for
-    /// stride 2). Tiles whose windows cross the image's edge, or hold fewer pixels or channels
-    /// than a whole tile, take the masked form of the same kernel.
+    /// Pixels `cols` of one output row in tiles of neighbouring pixels times LANES channels (on
+    /// AVX2 at stride 1, times all the channels: see [`TileRow::avx2`]). At stride 1 a tile
+    /// loads each input column of its window once per kernel row and uses it for every pixel
+    /// whose window covers it (up to K of them), so the loads, not the multiplications, set the
+    /// pace no more than they must (see [`TileRow::avx512`] for stride 2). Tiles whose windows
+    /// cross the image's edge, or hold fewer pixels or channels than a whole tile, take the
+    /// masked form of the same kernel.
     fn depthwise_row_tiled<const K: usize, const S: usize>(
         &self,
         input: RowSource,
@@ -536,6 +537,8 @@ impl TileRow<'_> {
     unsafe fn avx2<const K: usize, const MASKED: bool>(&self, first_col: isize, count: usize, out: &mut [f32]) {
         let (c, w) = (self.c, self.w);
         let columns = TILE - 1 + K;
+        // Unmasked, all TILE pixels are written.
+        let count = if MASKED { count } else { TILE };
         assert!(out.len() >= count * c && self.weights.len() >= K * K * c && self.bias.len() >= c);
         assert!(self.rows[..self.kernel_rows.len()].iter().all(|&row| row + w * c <= self.x.len()));
         debug_assert!(MASKED || (first_col >= 0 && first_col as usize + columns <= w));
@@ -549,7 +552,7 @@ impl TileRow<'_> {
             base: (first_col + lo as isize) as usize * c,
             lo,
             hi,
-            count: if MASKED { count } else { TILE },
+            count,
             bounds: self.activation.bounds(),
             clamp: self.activation != Activation::Identity,
         };
@@ -568,7 +571,9 @@ impl TileRow<'_> {
     /// for the up to K pixels whose windows hold it, and padding columns are skipped.
     ///
     /// # Safety
-    /// As for [`TileRow::avx2`], whose checks cover every block.
+    /// As for [`TileRow::avx2`], whose checks cover every block; besides, `window` must be the
+    /// one [`TileRow::avx2`] made for this tile, `ch < c`, and `SHORT` must hold exactly where
+    /// fewer than AVX2_LANES channels are left from `ch` (unmasked loads would read past them).
     #[cfg(fma256)]
     #[inline(always)]
     unsafe fn avx2_channels<const K: usize, const MASKED: bool, const SHORT: bool>(
