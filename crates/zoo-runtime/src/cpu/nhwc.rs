@@ -334,6 +334,13 @@ impl ConvWeights {
             bias: &self.bias,
             activation: self.activation,
         };
+        // What every tile of the row reads besides its own columns, checked once for them all.
+        assert!(
+            tile.rows[..tile.kernel_rows.len()].iter().all(|&row| row + w * c <= x.len())
+                && self.weights.len() >= K * K * c
+                && self.bias.len() >= c,
+            "depthwise rows or weights out of bounds"
+        );
         let path = DepthwisePath::of(kernel);
         let (pixels, lanes) = match path {
             DepthwisePath::Avx512 => (TILE, LANES),
@@ -430,8 +437,9 @@ impl TileRow<'_> {
     ///
     /// # Safety
     /// AVX-512F must be available (it is compiled in). Every offset is checked against the
-    /// slices' lengths: rows by the assert on the row offsets, and, masked, columns by the
-    /// bounds lo..hi (no column outside the image is read) and channels by the lane mask.
+    /// slices' lengths: rows, weights and bias once per row where the `TileRow` is made, the
+    /// output here, and, masked, columns by the bounds lo..hi (no column outside the image is
+    /// read) and channels by the lane mask.
     /// Unmasked, the caller must have checked that the tile is whole: `first_col >= 0`,
     /// `first_col + S * (TILE - 1) + K <= w`, all LANES channels from `ch` present, and
     /// `count` all TILE pixels.
@@ -449,8 +457,7 @@ impl TileRow<'_> {
         let columns = S * (TILE - 1) + K;
         let lanes = (c - ch).min(LANES);
         let lane_mask: u16 = if lanes == LANES { u16::MAX } else { (1u16 << lanes) - 1 };
-        assert!(out.len() >= (count - 1) * c + ch + lanes && self.weights.len() >= K * K * c && self.bias.len() >= c);
-        assert!(self.rows[..self.kernel_rows.len()].iter().all(|&row| row + w * c <= self.x.len()));
+        assert!(out.len() >= (count - 1) * c + ch + lanes);
         // Masked, the window's columns lo..hi are inside the image; the others are padding,
         // zeros that add nothing. Bounds, not a table per column: a table kept the loop's
         // addresses and masks on the stack.
@@ -531,7 +538,8 @@ impl TileRow<'_> {
     /// AVX2 and FMA must be available (they are compiled in). Unmasked, the caller must have
     /// checked that the tile is whole: `first_col >= 0`, `first_col + TILE - 1 + K <= w`, and
     /// `count` all TILE pixels; masked, the bounds lo..hi keep every column read inside the
-    /// image. Rows and `out` are checked here, and no channel past `c` is touched (lane masks).
+    /// image. `out` is checked here, the rows, weights and bias where the `TileRow` is made, and
+    /// no channel past `c` is touched (lane masks).
     #[cfg(fma256)]
     #[inline(always)]
     unsafe fn avx2<const K: usize, const MASKED: bool>(&self, first_col: isize, count: usize, out: &mut [f32]) {
@@ -539,8 +547,7 @@ impl TileRow<'_> {
         let columns = TILE - 1 + K;
         // Unmasked, all TILE pixels are written.
         let count = if MASKED { count } else { TILE };
-        assert!(out.len() >= count * c && self.weights.len() >= K * K * c && self.bias.len() >= c);
-        assert!(self.rows[..self.kernel_rows.len()].iter().all(|&row| row + w * c <= self.x.len()));
+        assert!(out.len() >= count * c);
         debug_assert!(MASKED || (first_col >= 0 && first_col as usize + columns <= w));
         // Masked, the window's columns lo..hi are inside the image, as in the AVX-512 tile.
         let (lo, hi) = if MASKED {
@@ -646,8 +653,7 @@ impl TileRow<'_> {
         let columns = S * (TILE - 1) + K;
         let lanes = (c - ch).min(AVX2_LANES);
         let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        assert!(out.len() >= (count - 1) * c + ch + lanes && self.weights.len() >= K * K * c && self.bias.len() >= c);
-        assert!(self.rows[..self.kernel_rows.len()].iter().all(|&row| row + w * c <= self.x.len()));
+        assert!(out.len() >= (count - 1) * c + ch + lanes);
         debug_assert!(MASKED || (first_col >= 0 && first_col as usize + columns <= w && lanes == AVX2_LANES));
         debug_assert!(SHORT == (lanes < AVX2_LANES) && (MASKED || !SHORT));
         // Masked loads only where channels run short: the columns' bounds are lo..hi as in the
